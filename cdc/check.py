@@ -1,0 +1,148 @@
+"""`softcart-sync check`: is everything in place to stream? One line per problem, with the fix.
+
+The judgement is pure (:func:`judge_binlog`, :func:`missing_privileges`) and unit-tested for MariaDB
+and MySQL; :func:`run_checks` gathers the facts from the servers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cdc import mysql
+from cdc.errors import SoftcartError
+from cdc.flavor import Flavor
+from cdc.settings import Settings
+from loader.pg import pg_connect
+
+MIN_RETENTION_SECONDS = 24 * 3600
+
+BINLOG_VARIABLES = ["log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata", "server_id",
+                    "expire_logs_days", "binlog_expire_logs_seconds", "gtid_mode"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    ok: bool
+    what: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"ok    {self.what}" if self.ok else f"FAIL  {self.what}: {self.fix}"
+
+
+def judge_binlog(flavor: Flavor, v: dict[str, str], our_server_id: int) -> list[Finding]:
+    """Judge the source's binlog settings (``v``: lower-case SHOW GLOBAL VARIABLES)."""
+    out: list[Finding] = []
+
+    def need(name: str, want: str, fix: str) -> None:
+        have = v.get(name, "").upper()
+        out.append(Finding(have == want, f"{name} = {have or 'unset'} (need {want})", fix))
+
+    need("log_bin", "ON", "enable the binary log: log_bin=mysql-bin in the [mysqld] section, then restart")
+    need("binlog_format", "ROW", "set binlog_format=ROW in [mysqld] (and SET GLOBAL binlog_format='ROW')")
+    need("binlog_row_image", "FULL", "set binlog_row_image=FULL in [mysqld] (and SET GLOBAL binlog_row_image='FULL')")
+    if flavor.has_row_metadata:
+        need("binlog_row_metadata", "FULL",
+             "set binlog_row_metadata=FULL in [mysqld] (and SET GLOBAL binlog_row_metadata='FULL')")
+    sid = int(v.get("server_id", "0") or 0)
+    out.append(Finding(sid != 0, f"server_id = {sid} (need non-zero)",
+                       "set server_id to a unique non-zero number in [mysqld]"))
+    out.append(Finding(sid != our_server_id, f"SOFTCART_SERVER_ID {our_server_id} differs from the source's server_id",
+                       "set SOFTCART_SERVER_ID to an id no server or replica uses"))
+    seconds = int(v.get("binlog_expire_logs_seconds", "0") or 0)
+    days = float(v.get("expire_logs_days", "0") or 0)
+    retention = seconds or int(days * 86400)
+    shown = "never purged" if retention == 0 else f"{retention // 3600} h"
+    out.append(Finding(retention == 0 or retention >= MIN_RETENTION_SECONDS,
+                       f"binlog retention = {shown} (need at least 24 h)",
+                       "set binlog_expire_logs_seconds=604800 (7 days) so the daemon can be down a while"))
+    return out
+
+
+_GRANT = re.compile(r"^GRANT (.+?) ON (\S+) TO ", re.IGNORECASE)
+
+
+def missing_privileges(flavor: Flavor, grants: list[str], database: str, tables: list[str]) -> list[Finding]:
+    """Which privileges the daemon's user lacks, from its SHOW GRANTS lines."""
+    global_privs: set[str] = set()
+    db_privs: set[str] = set()
+    table_privs: dict[str, set[str]] = {}
+    for g in grants:
+        m = _GRANT.match(g.strip())
+        if not m:
+            continue
+        privs = {p.strip().upper() for p in re.sub(r"\(.*?\)", "", m.group(1)).split(",")}
+        if "ALL" in privs or "ALL PRIVILEGES" in privs:
+            privs |= {"SELECT", "RELOAD", "REPLICATION SLAVE", "REPLICATION CLIENT", "BINLOG MONITOR",
+                      "REPLICATION REPLICA", "SLAVE MONITOR"}
+        target = m.group(2).replace("`", "").lower()
+        if target == "*.*":
+            global_privs |= privs
+        elif target == f"{database.lower()}.*":
+            db_privs |= privs
+        elif target.startswith(database.lower() + "."):
+            table_privs.setdefault(target.split(".", 1)[1], set()).update(privs)
+    out: list[Finding] = []
+    repl = {"REPLICATION SLAVE", "REPLICATION REPLICA"}
+    out.append(Finding(bool(global_privs & repl), "privilege REPLICATION SLAVE",
+                       "GRANT REPLICATION SLAVE ON *.* TO the daemon's user"))
+    monitor = {"REPLICATION CLIENT", "BINLOG MONITOR"} if flavor.mariadb else {"REPLICATION CLIENT"}
+    out.append(Finding(bool(global_privs & monitor), f"privilege {' or '.join(sorted(monitor))}",
+                       f"GRANT {sorted(monitor)[0]} ON *.* TO the daemon's user"))
+    if not flavor.mariadb:
+        out.append(Finding("RELOAD" in global_privs, "privilege RELOAD (snapshot lock on MySQL)",
+                           "GRANT RELOAD ON *.* TO the daemon's user"))
+    for t in tables:
+        has = "SELECT" in global_privs or "SELECT" in db_privs or "SELECT" in table_privs.get(t.lower(), set())
+        out.append(Finding(has, f"privilege SELECT on {database}.{t}",
+                           f"GRANT SELECT ON {database}.{t} TO the daemon's user"))
+    return out
+
+
+def run_checks(settings: Settings, emit: Callable[[str], None]) -> bool:
+    """Print one line per check; True when all passed."""
+    findings: list[Finding] = []
+    try:
+        conn = mysql.connect(settings)
+    except SoftcartError as exc:
+        emit(Finding(False, "connect to the source", str(exc)).line())
+        conn = None
+    if conn is not None:
+        try:
+            flavor = mysql.flavor(conn)
+            emit(f"ok    connected to the source: {flavor.name} at {settings.source.display}")
+            findings += judge_binlog(flavor, mysql.server_variables(conn, BINLOG_VARIABLES), settings.server_id)
+            with conn.cursor() as cur:
+                cur.execute("SHOW GRANTS")
+                grants = [str(r[0]) for r in cur.fetchall()]
+            findings += missing_privileges(flavor, grants, settings.source.database, settings.source_tables)
+            for t in settings.source_tables:
+                try:
+                    table = mysql.read_table(conn, settings.source.database, t)
+                    pk = ", ".join(table.primary_key)
+                    findings.append(Finding(True, f"table {t} exists with primary key ({pk})"))
+                except SoftcartError as exc:
+                    findings.append(Finding(False, f"table {t}", str(exc)))
+        finally:
+            conn.close()
+    findings.append(_check_staging(settings))
+    for f in findings:
+        emit(f.line())
+    return all(f.ok for f in findings) and conn is not None
+
+
+def _check_staging(settings: Settings) -> Finding:
+    try:
+        pg = pg_connect(settings, autocommit=True)
+    except SoftcartError as exc:
+        return Finding(False, "connect to staging", str(exc))
+    try:
+        row = pg.execute("SELECT has_database_privilege(current_user, current_database(), 'CREATE'),"
+                         " current_setting('server_version')").fetchone()
+    finally:
+        pg.close()
+    assert row is not None
+    return Finding(bool(row[0]), f"staging PostgreSQL {row[1]} at {settings.staging.display} allows CREATE SCHEMA",
+                   "GRANT CREATE ON DATABASE <staging database> TO the daemon's user")

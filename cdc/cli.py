@@ -1,0 +1,155 @@
+"""The `softcart-sync` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from cdc.errors import ConfigError, SoftcartError
+from cdc.logs import configure
+from cdc.settings import Settings, load_settings, settings_help
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+DESCRIPTION = """\
+softcart-sync streams the SoftCart sales database from MySQL/MariaDB into PostgreSQL staging
+through the binlog (change data capture): every insert, update and delete, exactly once, across
+crashes and restarts.
+
+Quick start, with no database of your own:   softcart-sync demo
+Against your servers: set SOFTCART_SOURCE_URL and SOFTCART_STAGING_URL (or write them in a TOML
+file given with --config), then `softcart-sync check`, then `softcart-sync run`.
+"""
+
+EPILOG = """\
+settings (environment variables override the --config TOML file, whose keys are the lower-case
+names without the SOFTCART_ prefix):
+{settings}
+
+exit codes: 0 success, 1 failure (a check failed, a fatal error), 2 bad settings or arguments.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="softcart-sync", description=DESCRIPTION, epilog=EPILOG.format(settings=settings_help()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML file with settings")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("run", help="run the daemon: snapshot once, then stream the binlog into staging",
+                   description="Run the daemon. With no stored position it takes a consistent snapshot of "
+                   "the configured tables, then streams the binlog from exactly that point; with a stored "
+                   "position it resumes there. SIGTERM or SIGINT stops it cleanly; a second one at once.")
+    sub.add_parser("check", help="validate settings, connections, binlog settings, privileges, tables",
+                   description="Check everything `run` needs, one line per check; exit 0 only when all pass.")
+    ss = sub.add_parser("setup-source", help="create sales.sales_data if missing and load the seed CSV files",
+                        description="The seed's step 1: create the source database and table if missing "
+                        "and load OLD.csv (rowid,product_id,customer_id,price,quantity,timestamp) and NEW.csv "
+                        "(the same without timestamp; the server stamps the load time). Idempotent; a malformed "
+                        "line loads nothing of its file.")
+    ss.add_argument("old", type=Path, metavar="OLD.csv")
+    ss.add_argument("new", type=Path, metavar="NEW.csv")
+    gen = sub.add_parser("generate-data", help="write seed-shaped OLD.csv and NEW.csv files of any size")
+    gen.add_argument("old", type=Path, metavar="OLD.csv")
+    gen.add_argument("new", type=Path, metavar="NEW.csv")
+    gen.add_argument("--old-rows", type=int, default=10000, help="rows in OLD.csv (default 10000)")
+    gen.add_argument("--new-rows", type=int, default=1000, help="rows in NEW.csv (default 1000)")
+    gen.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    demo = sub.add_parser("demo", help="run everything on private servers and watch changes arrive",
+                          description="Start private MariaDB and PostgreSQL servers under --dir, load seed-shaped "
+                          "data, run the daemon, make live inserts, updates and deletes and show them arriving "
+                          "in staging. Ctrl-C stops everything.")
+    demo.add_argument("--dir", type=Path, default=Path("softcart-demo"), help="where the servers live")
+    demo.add_argument("--rows", type=int, default=20000, help="rows loaded before streaming starts")
+    demo.add_argument("--rate", type=float, default=20.0, help="live source transactions per second")
+    demo.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: on Ctrl-C)")
+    sub.add_parser("settings", help="list every setting with its default")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "settings":
+        print(settings_help())
+        return EXIT_OK
+    if args.command == "generate-data":
+        from cdc.seed import generate
+
+        generate(args.old, args.new, args.old_rows, args.new_rows, args.seed)
+        print(f"wrote {args.old_rows} rows to {args.old} and {args.new_rows} rows to {args.new}")
+        return EXIT_OK
+    if args.command == "demo":
+        from cdc.demo import run_demo
+
+        configure("info", "console" if sys.stderr.isatty() else "json")
+        return run_demo(args.dir, args.rows, args.rate, args.duration)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"softcart-sync: bad settings: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure(settings.log_level, settings.log_format)
+    try:
+        return _COMMANDS[args.command](settings, args)
+    except ConfigError as exc:
+        print(f"softcart-sync: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SoftcartError as exc:
+        print(f"softcart-sync: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.pipeline import Pipeline
+
+    log = structlog.get_logger("softcart")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    pipeline = Pipeline(settings)
+    try:
+        pipeline.run(stop)
+    except SoftcartError as exc:
+        log.error("fatal", error=str(exc), position=str(pipeline.state.position))
+        raise
+    log.info("stopped", position=str(pipeline.state.position))
+    return EXIT_OK
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.check import run_checks
+
+    return EXIT_OK if run_checks(settings, print) else EXIT_FAILED
+
+
+def _setup_source(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.seed import MalformedLine, setup_source
+
+    try:
+        old, new = setup_source(settings, args.old, args.new)
+    except MalformedLine as exc:
+        print(f"softcart-sync: malformed input, nothing loaded from that file: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"loaded {args.old}: {old} new rows; {args.new}: {new} new rows "
+          f"into {settings.source.database}.sales_data")
+    return EXIT_OK
+
+
+_COMMANDS = {"run": _run, "check": _check, "setup-source": _setup_source}
+
+if __name__ == "__main__":
+    sys.exit(main())

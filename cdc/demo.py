@@ -1,0 +1,148 @@
+"""`softcart-sync demo`: the whole stream on private servers, with live changes, in one command."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import stat
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import pymysql
+
+from cdc.localservers import MariaDBServer, PostgresServer
+from cdc.pipeline import Pipeline
+from cdc.seed import generate, setup_source
+from cdc.settings import load_settings
+from loader.pg import pg_connect
+
+
+def _traversable_by_others(path: Path) -> bool:
+    return all(not (p.exists() and not p.stat().st_mode & stat.S_IXOTH) for p in [path, *path.parents])
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
+    base = base.resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    pg_base = base / "postgres"
+    if os.geteuid() == 0 and not _traversable_by_others(base):
+        # PostgreSQL runs as 'postgres', which must be able to reach its folder.
+        pg_base = Path(tempfile.mkdtemp(prefix="softcart-demo-pg-"))
+        pg_base.chmod(0o755)
+    maria = MariaDBServer(base / "mariadb")
+    pg = PostgresServer(pg_base)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        _say(f"1. Starting a private MariaDB (binlog on, ROW format) in {maria.base}")
+        maria.start()
+        _say(f"   listening on 127.0.0.1:{maria.port}")
+        _say(f"2. Starting a private PostgreSQL (the staging warehouse) in {pg.base}")
+        pg.start()
+        _say(f"   listening on 127.0.0.1:{pg.port}")
+        admin = pg_connect(load_settings(source_url=maria.url(), staging_url=pg.url()), autocommit=True)
+        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = 'softcart'").fetchone():
+            admin.execute("CREATE DATABASE softcart")
+        admin.close()
+        settings = load_settings(source_url=maria.url(), staging_url=pg.url("softcart"),
+                                 log_level="warning", metrics_listen="127.0.0.1:0")
+        old, new = base / "sales_old.csv", base / "sales_new.csv"
+        generate(old, new, rows, max(1, rows // 10))
+        _say(f"3. Loading the SoftCart source: {rows} historical sales ({old.name}) and {max(1, rows // 10)} "
+             f"new ones ({new.name}) into sales.sales_data, as the old ETL's first step did")
+        setup_source(settings, old, new)
+        _say("4. Starting the daemon: it snapshots sales_data into staging.sales_data, then tails the binlog")
+        pipeline = Pipeline(settings)
+        errors: list[BaseException] = []
+
+        def daemon() -> None:
+            try:
+                pipeline.run(stop)
+            except BaseException as exc:  # noqa: BLE001 - shown below
+                errors.append(exc)
+                stop.set()
+
+        threading.Thread(target=daemon, name="daemon", daemon=True).start()
+        _say(f"5. Making live changes in MariaDB (~{rate:g} transactions/s: inserts, updates, deletes)."
+             " Watch staging follow. Ctrl-C stops everything.\n")
+        counts = {"insert": 0, "update": 0, "delete": 0}
+        threading.Thread(target=_changes, args=(maria, rate, stop, counts, rows + rows // 10),
+                         name="changes", daemon=True).start()
+        _watch(maria, settings, pipeline, counts, stop, duration)
+        if errors:
+            _say(f"the daemon failed: {errors[0]}")
+            return 1
+        _say("\nStopped. The servers' data stays in " + str(base) + " (delete it to start afresh).")
+        return 0
+    finally:
+        stop.set()
+        pg.stop()
+        maria.stop()
+
+
+def _changes(maria: MariaDBServer, rate: float, stop: threading.Event, counts: dict[str, int], next_id: int) -> None:
+    rnd = random.Random()
+    conn = pymysql.connect(host="127.0.0.1", port=maria.port, user="root", database="sales", autocommit=True)
+    next_id += 1
+    while not stop.wait(1.0 / rate):
+        op = rnd.choices(["insert", "update", "delete"], [6, 3, 1])[0]
+        with conn.cursor() as cur:
+            if op == "insert":
+                cur.execute("INSERT INTO sales_data (rowid, product_id, customer_id, price, quantity)"
+                            " VALUES (%s, %s, %s, %s, %s)",
+                            (next_id, rnd.randint(1, 500), rnd.randint(1, 10000), rnd.randint(100, 50000) / 100,
+                             rnd.randint(1, 5)))
+                next_id += 1
+            elif op == "update":
+                cur.execute("UPDATE sales_data SET quantity = quantity + 1 WHERE rowid = %s",
+                            (rnd.randint(1, next_id),))
+            else:
+                cur.execute("DELETE FROM sales_data WHERE rowid = %s", (rnd.randint(1, next_id),))
+        counts[op] += 1
+    conn.close()
+
+
+def _watch(maria: MariaDBServer, settings: object, pipeline: Pipeline, counts: dict[str, int],
+           stop: threading.Event, duration: float) -> None:
+    from cdc.settings import Settings
+
+    assert isinstance(settings, Settings)
+    src = pymysql.connect(host="127.0.0.1", port=maria.port, user="root", database="sales", autocommit=True)
+    started = time.monotonic()
+    header = f"{'time':>6} {'source rows':>12} {'staging rows':>13} {'ins/upd/del made':>17}  {'lag':>6}  position"
+    _say(header)
+    pg = None
+    while not stop.wait(2.0):
+        if duration and time.monotonic() - started >= duration:
+            break
+        with src.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM sales_data")
+            row = cur.fetchone()
+        source_rows = row[0] if row else 0
+        try:
+            pg = pg or pg_connect(settings, autocommit=True)
+            staged = pg.execute("SELECT COUNT(*) FROM staging.sales_data").fetchone()
+            staging_rows = str(staged[0]) if staged else "-"
+        except Exception:  # noqa: BLE001 - not created yet during the snapshot
+            pg, staging_rows = None, "-"
+        st = pipeline.state
+        lag = f"{max(0.0, time.time() - st.last_event_time):.1f}s" if st.last_event_time else "-"
+        made = f"{counts['insert']}/{counts['update']}/{counts['delete']}"
+        _say(f"{time.monotonic() - started:6.0f} {source_rows:>12} {staging_rows:>13} {made:>17}  {lag:>6}  "
+             f"{st.position or 'snapshotting...'}")
+    src.close()
+    if pg is not None:
+        pg.close()

@@ -1,0 +1,218 @@
+"""Private MariaDB and PostgreSQL servers started from the system binaries.
+
+Used by ``softcart-sync demo`` and by the test suite: each server lives in a folder of its own, on a
+free loopback port, and can be stopped, killed and restarted (fault tests). PostgreSQL refuses to
+run as root, so when we are root it runs as the ``postgres`` user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cdc.errors import FatalError
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FatalError(f"server exited with code {proc.returncode}; see {log}:\n{_tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise FatalError(f"server did not listen on port {port} within {deadline_s}s; see {log}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _find_binary(name: str, *patterns: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern))
+        if matches:
+            return matches[-1]
+    raise FatalError(f"cannot find the {name!r} binary; install the server package (see README)")
+
+
+def _as_postgres() -> tuple[int, int] | None:
+    """The uid/gid to run PostgreSQL as: the 'postgres' user when we are root, else ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam("postgres")
+    except KeyError as exc:
+        raise FatalError("running as root needs a 'postgres' system user to run PostgreSQL") from exc
+    return pw.pw_uid, pw.pw_gid
+
+
+@dataclass
+class MariaDBServer:
+    """A private MariaDB with the binlog on in ROW format, full row image and full metadata."""
+
+    base: Path
+    port: int = field(default_factory=free_port)
+    server_id: int = 1
+    extra_args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def datadir(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.base / "mysqld.sock"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "mysqld.log"
+
+    def url(self, user: str = "root", password: str = "", database: str = "sales") -> str:
+        auth = f"{user}:{password}" if password else user
+        return f"mysql://{auth}@127.0.0.1:{self.port}/{database}"
+
+    def init(self) -> None:
+        if (self.datadir / "mysql").exists():
+            return
+        self.base.mkdir(parents=True, exist_ok=True)
+        install = _find_binary("mariadb-install-db", "/usr/bin/mysql_install_db")
+        args = [install, "--no-defaults", f"--datadir={self.datadir}", "--skip-test-db",
+                "--auth-root-authentication-method=normal"]
+        if os.geteuid() == 0:
+            args.append("--user=root")
+        subprocess.run(args, check=True, capture_output=True)
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.init()
+        binary = _find_binary("mariadbd", "/usr/sbin/mariadbd", "/usr/sbin/mysqld")
+        args = [
+            binary, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
+            f"--socket={self.socket_path}", "--bind-address=127.0.0.1",
+            f"--pid-file={self.base / 'mysqld.pid'}", f"--log-error={self.log}",
+            f"--log-bin={self.base / 'binlog' / 'mysql-bin'}", "--binlog-format=ROW",
+            "--binlog-row-image=FULL", "--binlog-row-metadata=FULL",
+            f"--server-id={self.server_id}", "--skip-name-resolve",
+            "--innodb-buffer-pool-size=256M", "--innodb-flush-log-at-trx-commit=2",
+            "--sync-binlog=0", "--max-allowed-packet=64M", "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_general_ci", "--expire-logs-days=7",
+            *self.extra_args,
+        ]
+        if os.geteuid() == 0:
+            args.append("--user=root")
+        (self.base / "binlog").mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        _wait_port(self.port, self.proc, self.log, timeout_s)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@dataclass
+class PostgresServer:
+    """A private PostgreSQL cluster with trust authentication on loopback."""
+
+    base: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def datadir(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "postgres.log"
+
+    def url(self, database: str = "postgres", user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+
+    def _bin(self, name: str) -> str:
+        return _find_binary(name, f"/usr/lib/postgresql/*/bin/{name}")
+
+    def _chown(self, path: Path) -> None:
+        ids = _as_postgres()
+        if ids is not None:
+            os.chown(path, *ids)
+
+    def init(self) -> None:
+        if (self.datadir / "PG_VERSION").exists():
+            return
+        self.base.mkdir(parents=True, exist_ok=True)
+        self._chown(self.base)
+        ids = _as_postgres()
+        subprocess.run(
+            [self._bin("initdb"), "-D", str(self.datadir), "-U", "postgres", "-A", "trust",
+             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+            check=True, capture_output=True, cwd="/",
+            user=ids[0] if ids else None, group=ids[1] if ids else None,
+        )
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.init()
+        ids = _as_postgres()
+        log = open(self.log, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self.proc = subprocess.Popen(
+                [self._bin("postgres"), "-D", str(self.datadir), "-p", str(self.port),
+                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.base}",
+                 "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                 "-c", "max_connections=200", "-c", "shared_buffers=256MB"],
+                stdout=log, stderr=log, cwd="/", start_new_session=True,
+                user=ids[0] if ids else None, group=ids[1] if ids else None,
+            )
+        finally:
+            log.close()
+        _wait_port(self.port, self.proc, self.log, timeout_s)
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 60.0) -> None:
+        """SIGINT is PostgreSQL's fast shutdown."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)

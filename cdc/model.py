@@ -1,0 +1,75 @@
+"""Our own frozen types for what flows through the pipeline. No library type passes the source."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """A restart point in the source's binlog, always at a transaction boundary.
+
+    ``file``/``pos`` point just past the COMMIT (XID) event, so resuming there starts with the next
+    transaction. ``gtid`` is the server's GTID state at that point where it has one (MariaDB
+    ``domain-server-seq`` list, or a MySQL GTID set), kept for operators and failover.
+    """
+
+    file: str
+    pos: int
+    gtid: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.file}:{self.pos}"
+        return f"{text} gtid={self.gtid}" if self.gtid else text
+
+
+class Op(enum.Enum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class RowChange:
+    """One row changed in one source table, with values already in their PostgreSQL form.
+
+    ``before`` is set for updates and deletes, ``after`` for inserts and updates (tuples in the
+    table's column order). When a value could not be converted, ``error`` says why and ``raw``
+    keeps the source row as text and ``key`` its primary key for the dead-letter table; such a
+    change is not applied.
+    """
+
+    table: str
+    op: Op
+    before: tuple[Any, ...] | None
+    after: tuple[Any, ...] | None
+    error: str | None = None
+    raw: str | None = None
+    key: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TxnChunk:
+    """A slice of one source transaction, in order.
+
+    A transaction of any size arrives as one or more chunks; only the last has ``commit`` set: the
+    restart point after it. Chunks bound memory, and a huge transaction still lands in PostgreSQL
+    in one transaction because the writer commits only at a ``commit``.
+    """
+
+    changes: tuple[RowChange, ...]
+    commit: Position | None
+    event_time: float = 0.0
+    rows: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", len(self.changes))
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The source is alive and idle at ``event_time`` (no position change to save)."""
+
+    event_time: float

@@ -1,0 +1,109 @@
+"""Connections to the source and what we read from its catalog."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pymysql
+
+from cdc.errors import ConfigError, FatalError, TransientError
+from cdc.flavor import Flavor
+from cdc.settings import Endpoint, Settings
+from transform.schema import Column, Table, UnsupportedType, pg_type
+
+#: pymysql error codes that mean the server or the network, not us (retry later).
+_TRANSIENT_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213}
+
+
+def connection_settings(settings: Settings, *, read_timeout: float | None = None) -> dict[str, Any]:
+    ep: Endpoint = settings.source
+    return {
+        "host": ep.host, "port": ep.port, "user": ep.user, "passwd": ep.password.get_secret_value(),
+        "connect_timeout": int(max(1, settings.connect_timeout_seconds)),
+        "read_timeout": int(max(1, read_timeout or settings.read_timeout_seconds)),
+        "charset": "utf8mb4",
+    }
+
+
+def connect(settings: Settings, *, database: bool = True, **extra: Any) -> pymysql.connections.Connection:
+    """A pymysql connection to the source; errors become ours, named and without the password."""
+    params = connection_settings(settings)
+    params["password"] = params.pop("passwd")
+    if database:
+        params["database"] = settings.source.database
+    params.update(extra)
+    try:
+        conn = pymysql.connect(autocommit=True, **params)
+    except pymysql.err.OperationalError as exc:
+        raise classify(exc, settings) from None
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION time_zone = '+00:00'")
+    return conn
+
+
+def classify(exc: pymysql.err.MySQLError, settings: Settings) -> Exception:
+    code = exc.args[0] if exc.args else 0
+    message = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+    where = settings.source.display
+    if code == 1045:
+        return ConfigError(f"source {where}: access denied; check the user and SOFTCART_SOURCE_PASSWORD "
+                           "(or SOFTCART_SOURCE_PASSWORD_FILE)")
+    if code == 1049:
+        return ConfigError(f"source {where}: unknown database; fix the database in SOFTCART_SOURCE_URL")
+    if code in _TRANSIENT_CODES:
+        return TransientError(f"source {where}: {message} (code {code})")
+    return FatalError(f"source {where}: {message} (code {code})")
+
+
+def flavor(conn: pymysql.connections.Connection) -> Flavor:
+    with conn.cursor() as cur:
+        cur.execute("SELECT VERSION()")
+        row = cur.fetchone()
+    if row is None:
+        raise FatalError("the source did not answer SELECT VERSION()")
+    return Flavor.from_version(str(row[0]))
+
+
+def read_table(conn: pymysql.connections.Connection, database: str, name: str) -> Table:
+    """The table's columns and primary key from INFORMATION_SCHEMA; refuses a table without one."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, NUMERIC_PRECISION, NUMERIC_SCALE,"
+            " DATETIME_PRECISION, CHARACTER_MAXIMUM_LENGTH, CHARACTER_SET_NAME"
+            " FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s"
+            " ORDER BY ORDINAL_POSITION", (database, name))
+        rows = cur.fetchall()
+        if not rows:
+            raise FatalError(f"source table {database}.{name} does not exist "
+                             "(check SOFTCART_SOURCE_TABLES and the database in SOFTCART_SOURCE_URL)")
+        cur.execute(
+            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA = %s"
+            " AND TABLE_NAME = %s AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
+            (database, name))
+        pk = tuple(str(r[0]) for r in cur.fetchall())
+    columns = tuple(
+        Column(name=str(r[0]), data_type=str(r[1]).lower(), column_type=str(r[2]),
+               nullable=r[3] == "YES", precision=_int(r[4]), scale=_int(r[5]), fsp=_int(r[6]),
+               char_length=_int(r[7]), charset=r[8])
+        for r in rows)
+    if not pk:
+        raise FatalError(f"source table {database}.{name} has no primary key; softcart-sync needs one "
+                         f"to apply updates and deletes (ALTER TABLE {name} ADD PRIMARY KEY (...))")
+    table = Table(name=name, columns=columns, primary_key=pk)
+    for col in columns:
+        try:
+            pg_type(col)
+        except UnsupportedType as exc:
+            raise FatalError(f"source table {database}.{name}: {exc}") from None
+    return table
+
+
+def _int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def server_variables(conn: pymysql.connections.Connection, names: list[str]) -> dict[str, str]:
+    with conn.cursor() as cur:
+        cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN (" + ",".join(["%s"] * len(names)) + ")",
+                    names)
+        return {str(k).lower(): str(v) for k, v in cur.fetchall()}

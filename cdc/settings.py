@@ -1,0 +1,242 @@
+"""The one settings model. Built once in the entry point and passed down; nothing else reads the
+environment.
+
+Precedence: environment variables (``SOFTCART_*``) override the TOML file given by ``--config``,
+which overrides the defaults. Passwords may sit in the URL, in ``SOFTCART_*_PASSWORD`` or in a file
+named by ``SOFTCART_*_PASSWORD_FILE`` (systemd credentials); they are ``SecretStr`` throughout and
+never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from cdc.errors import ConfigError
+
+ENV_PREFIX = "SOFTCART_"
+#: Environment variables with our prefix that are not settings (test harness knobs).
+_NOT_SETTINGS = ("SOFTCART_TEST_",)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A parsed database URL. ``password`` is secret; ``display`` is safe to log."""
+
+    scheme: str
+    host: str
+    port: int
+    user: str
+    password: SecretStr
+    database: str
+    query: str = ""
+
+    @property
+    def display(self) -> str:
+        return f"{self.scheme}://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+_DEFAULT_PORTS = {"mysql": 3306, "mariadb": 3306, "postgresql": 5432, "postgres": 5432, "db2": 50000}
+
+
+def parse_url(field: str, url: str, schemes: tuple[str, ...]) -> Endpoint:
+    """Parse ``scheme://user:password@host:port/database``; errors name ``field`` but never the URL
+    itself, since it may hold a password."""
+    env = ENV_PREFIX + field.upper()
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ConfigError(f"{env}: the URL must start with {' or '.join(s + '://' for s in schemes)}"
+                          f" (got scheme {parts.scheme!r})")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{env}: the port is not a number between 1 and 65535") from exc
+    if not parts.hostname:
+        raise ConfigError(f"{env}: the URL has no host (expected {parts.scheme}://user:password@host:port/database)")
+    database = unquote(parts.path.lstrip("/"))
+    if not database or "/" in database:
+        raise ConfigError(f"{env}: the URL must name one database after the host, as in .../sales")
+    if not parts.username:
+        raise ConfigError(f"{env}: the URL has no user name (expected {parts.scheme}://user@host/database)")
+    return Endpoint(
+        scheme=parts.scheme, host=parts.hostname, port=port or _DEFAULT_PORTS[parts.scheme],
+        user=unquote(parts.username), password=SecretStr(unquote(parts.password or "")),
+        database=database, query=parts.query,
+    )
+
+
+def _split_list(v: Any) -> Any:
+    if isinstance(v, str):
+        return [p.strip() for p in v.split(",") if p.strip()]
+    return v
+
+
+class Settings(BaseSettings):
+    """Every setting, with its environment variable ``SOFTCART_<NAME>`` and TOML key ``<name>``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True,
+                                      case_sensitive=False)
+
+    source_url: SecretStr = Field(description="mysql://user:password@host:port/database of the source")
+    source_password: SecretStr | None = Field(None, description="source password (overrides the URL's)")
+    source_password_file: Path | None = Field(None, description="file holding the source password")
+    source_tables: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["sales_data"], description="comma-separated source tables to sync")
+    staging_url: SecretStr = Field(description="postgresql://user:password@host:port/database of staging")
+    staging_password: SecretStr | None = Field(None, description="staging password (overrides the URL's)")
+    staging_password_file: Path | None = Field(None, description="file holding the staging password")
+    server_id: int = Field(5401, ge=1, le=4294967295,
+                           description="replica server id the daemon uses; unique among the source's replicas")
+    pipeline_name: str = Field("default", min_length=1, max_length=63,
+                               description="name under which the position is stored (one per source database)")
+    metrics_listen: str = Field("127.0.0.1:9401", description="host:port of /metrics, /healthz, /readyz")
+    batch_max_rows: int = Field(20000, ge=1, description="rows per PostgreSQL transaction (micro-batch), soft")
+    batch_max_seconds: float = Field(0.5, gt=0, description="longest a micro-batch stays open")
+    chunk_rows: int = Field(5000, ge=1, description="rows per slice of a source transaction in the queue")
+    queue_chunks: int = Field(16, ge=1, description="capacity of the reader->writer queue, in slices")
+    snapshot_chunk_rows: int = Field(50000, ge=1, description="rows per COPY chunk during the snapshot")
+    heartbeat_seconds: float = Field(5.0, gt=0, le=3600, description="source heartbeat period when idle")
+    connect_timeout_seconds: float = Field(10.0, gt=0, description="timeout of every connect")
+    read_timeout_seconds: float = Field(30.0, gt=0, description="silence from the source before reconnecting")
+    retry_max_seconds: float = Field(30.0, gt=0, description="cap of the exponential backoff between retries")
+    shutdown_timeout_seconds: float = Field(30.0, gt=0, description="longest a clean shutdown may take")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON lines unless stdout is a terminal")
+
+    @field_validator("source_tables", mode="before")
+    @classmethod
+    def _tables(cls, v: Any) -> Any:
+        return _split_list(v)
+
+    @field_validator("source_tables")
+    @classmethod
+    def _tables_nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one table")
+        if len(set(v)) != len(v):
+            raise ValueError("a table is listed twice")
+        return v
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected host:port, as in 127.0.0.1:9401")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = settings_cls.model_config.get("toml_file")
+        if toml:
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    # Parsed views -----------------------------------------------------------------------------
+
+    @property
+    def source(self) -> Endpoint:
+        return _with_password(parse_url("source_url", self.source_url.get_secret_value(),
+                                        ("mysql", "mariadb")),
+                              self.source_password, self.source_password_file, "source")
+
+    @property
+    def staging(self) -> Endpoint:
+        return _with_password(parse_url("staging_url", self.staging_url.get_secret_value(),
+                                        ("postgresql", "postgres")),
+                              self.staging_password, self.staging_password_file, "staging")
+
+    @property
+    def metrics_address(self) -> tuple[str, int]:
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def _with_password(ep: Endpoint, password: SecretStr | None, password_file: Path | None,
+                   prefix: str) -> Endpoint:
+    if password_file is not None:
+        try:
+            text = password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"{ENV_PREFIX}{prefix.upper()}_PASSWORD_FILE: cannot read "
+                              f"{password_file}: {exc.strerror}") from exc
+        password = SecretStr(text)
+    if password is None:
+        return ep
+    return Endpoint(ep.scheme, ep.host, ep.port, ep.user, password, ep.database, ep.query)
+
+
+def _unknown_env(environ: Mapping[str, str]) -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(k for k in environ if k.upper().startswith(ENV_PREFIX)
+                  and k.upper() not in known and not k.upper().startswith(_NOT_SETTINGS))
+
+
+def load_settings(config: Path | None = None, environ: Mapping[str, str] | None = None,
+                  **overrides: Any) -> Settings:
+    """Build the settings, or raise :class:`ConfigError` naming every bad setting and the fix."""
+    environ = os.environ if environ is None else environ
+    unknown = _unknown_env(environ)
+    if unknown:
+        raise ConfigError("unknown setting(s): " + ", ".join(unknown)
+                          + " (see `softcart-sync --help-settings` for the list)")
+    cls: type[Settings] = Settings
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"--config: no such file {config}")
+        cls = type("FileSettings", (Settings,), {
+            "model_config": SettingsConfigDict(**{**Settings.model_config, "toml_file": config})})
+    try:
+        settings = cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - the TOML parser and pydantic-settings raise their own types
+        raise ConfigError(f"--config {config}: {exc}") from None
+    settings.source  # noqa: B018 - parse the URLs now, so a bad one fails at start
+    settings.staging  # noqa: B018
+    return settings
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        env = ENV_PREFIX + name.upper()
+        if err["type"] == "missing":
+            lines.append(f"{env} (or `{name}` in the config file) is required")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"unknown setting `{name}` in the config file")
+        else:
+            lines.append(f"{env} (`{name}`): {err['msg']}")
+    return "; ".join(lines)
+
+
+def settings_help() -> str:
+    """The list of settings for ``--help-settings`` and the README."""
+    rows = []
+    for name, f in Settings.model_fields.items():
+        default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
+        rows.append(f"  {ENV_PREFIX + name.upper():<36} {f.description} ({default})")
+    return "\n".join(rows)

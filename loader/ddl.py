@@ -1,0 +1,80 @@
+"""The PostgreSQL schemas softcart-sync owns, created and migrated idempotently at start.
+
+- ``staging``: one table per source table, same name, same columns (in PostgreSQL types that hold
+  every source value) and the same primary key.
+- ``softcart``: the pipeline's own state: its position, the dead letters, the snapshot record.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from transform.schema import Table, pg_type
+
+STAGING = "staging"
+META = "softcart"
+
+META_DDL = [
+    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(STAGING)),
+    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META)),
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {}.position (
+        pipeline text PRIMARY KEY,
+        binlog_file text NOT NULL,
+        binlog_pos bigint NOT NULL,
+        gtid text NOT NULL DEFAULT '',
+        event_time timestamptz,
+        committed_at timestamptz NOT NULL DEFAULT now())""").format(sql.Identifier(META)),
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {}.dead_letter (
+        id bigserial PRIMARY KEY,
+        pipeline text NOT NULL,
+        source_table text NOT NULL,
+        row_key text,
+        position text NOT NULL,
+        reason text NOT NULL,
+        row_data text,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        resolved_at timestamptz)""").format(sql.Identifier(META)),
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {}.snapshot (
+        pipeline text NOT NULL,
+        source_table text NOT NULL,
+        rows_copied bigint NOT NULL,
+        position text NOT NULL,
+        finished_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (pipeline, source_table))""").format(sql.Identifier(META)),
+]
+
+
+def create_table_sql(table: Table) -> sql.Composed:
+    cols = [
+        sql.SQL("{} {}{}").format(sql.Identifier(c.name), sql.SQL(pg_type(c)),
+                                  sql.SQL("" if c.nullable else " NOT NULL"))
+        for c in table.columns
+    ]
+    pk = sql.SQL(", ").join(sql.Identifier(k) for k in table.primary_key)
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} ({}, PRIMARY KEY ({}))").format(
+        sql.Identifier(STAGING), sql.Identifier(table.name), sql.SQL(", ").join(cols), pk)
+
+
+def add_column_sql(table: Table, column: str) -> sql.Composed:
+    col = table.column(column)
+    return sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {} {}").format(
+        sql.Identifier(STAGING), sql.Identifier(table.name), sql.Identifier(col.name), sql.SQL(pg_type(col)))
+
+
+def ensure_schema(conn: psycopg.Connection[tuple[object, ...]], tables: dict[str, Table]) -> None:
+    """Create what is missing; add columns the source gained. Safe to run at every start."""
+    with conn.transaction(), conn.cursor() as cur:
+        # One migrator at a time, even with two daemons started by mistake.
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('softcart-sync ddl'))")
+        for stmt in META_DDL:
+            cur.execute(stmt)
+        for table in tables.values():
+            cur.execute(create_table_sql(table))
+            cur.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                (STAGING, table.name))
+            existing = {r[0] for r in cur.fetchall()}
+            for name in table.column_names:
+                if name not in existing:
+                    cur.execute(add_column_sql(table, name))

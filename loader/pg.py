@@ -1,0 +1,27 @@
+"""Connections to PostgreSQL (staging); failures become our errors, named and without secrets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from cdc.errors import ConfigError, TransientError
+from cdc.settings import Settings
+
+
+def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection[tuple[Any, ...]]:
+    ep = settings.staging
+    try:
+        return psycopg.connect(
+            host=ep.host, port=ep.port, user=ep.user, password=ep.password.get_secret_value() or None,
+            dbname=ep.database, connect_timeout=max(1, int(settings.connect_timeout_seconds)),
+            autocommit=autocommit, application_name="softcart-sync")
+    except psycopg.OperationalError as exc:
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else "connection failed"
+        if "password authentication failed" in message or "no password supplied" in message:
+            raise ConfigError(f"staging {ep.display}: authentication failed; check SOFTCART_STAGING_PASSWORD "
+                              "(or SOFTCART_STAGING_PASSWORD_FILE)") from None
+        if "does not exist" in message:
+            raise ConfigError(f"staging {ep.display}: {message}; fix SOFTCART_STAGING_URL") from None
+        raise TransientError(f"staging {ep.display}: {message}") from None

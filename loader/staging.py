@@ -1,0 +1,248 @@
+"""Applies micro-batches to PostgreSQL staging: rows, dead letters and the position, in one
+transaction.
+
+A batch is reduced to its net effect per primary key (``transform.changes``), COPYed into
+temporary tables and merged with one ``DELETE ... USING`` and one ``INSERT ... ON CONFLICT DO
+UPDATE`` per table, so the cost per row is set-based. If PostgreSQL rejects the set (a value it
+can't store), the set is rolled back to its savepoint and applied row by row to find the rows at
+fault, which go to the dead-letter table; the rest lands.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from cdc.model import Position, RowChange
+from loader.ddl import META, STAGING
+from transform.changes import Key, NetChanges, Row, net_changes
+from transform.schema import Table
+
+log = structlog.get_logger(__name__)
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    table: str
+    key: str
+    reason: str
+    row: str | None
+
+
+def _ident_list(names: Iterable[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def _conflict_action(table: Table) -> sql.Composable:
+    non_key = [c for c in table.column_names if c not in table.primary_key]
+    if not non_key:
+        return sql.SQL("DO NOTHING")
+    return sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
+        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in non_key)
+
+
+def upsert_sql(table: Table, temp: str) -> sql.Composed:
+    cols = _ident_list(table.column_names)
+    action = _conflict_action(table)
+    return sql.SQL("INSERT INTO {}.{} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
+        sql.Identifier(STAGING), sql.Identifier(table.name), cols, cols, sql.Identifier(temp),
+        _ident_list(table.primary_key), action)
+
+
+def delete_sql(table: Table, temp: str) -> sql.Composed:
+    cond = sql.SQL(" AND ").join(
+        sql.SQL("t.{0} = d.{0}").format(sql.Identifier(k)) for k in table.primary_key)
+    return sql.SQL("DELETE FROM {}.{} t USING {} d WHERE {}").format(
+        sql.Identifier(STAGING), sql.Identifier(table.name), sql.Identifier(temp), cond)
+
+
+def upsert_one_sql(table: Table) -> sql.Composed:
+    cols = _ident_list(table.column_names)
+    action = _conflict_action(table)
+    return sql.SQL("INSERT INTO {}.{} ({}) VALUES ({}) ON CONFLICT ({}) {}").format(
+        sql.Identifier(STAGING), sql.Identifier(table.name), cols,
+        sql.SQL(", ").join(sql.Placeholder() for _ in table.column_names),
+        _ident_list(table.primary_key), action)
+
+
+def delete_one_sql(table: Table) -> sql.Composed:
+    cond = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in table.primary_key)
+    return sql.SQL("DELETE FROM {}.{} WHERE {}").format(
+        sql.Identifier(STAGING), sql.Identifier(table.name), cond)
+
+
+def key_text(key: Sequence[Any] | None) -> str:
+    return json.dumps([_jsonable(v) for v in key] if key is not None else None)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, int | float | str | bool) or v is None:
+        return v
+    if isinstance(v, bytes):
+        return v.hex()
+    return str(v)
+
+
+class StagingWriter:
+    """Owns one PostgreSQL connection and the open micro-batch transaction on it."""
+
+    def __init__(self, conn: Conn, tables: dict[str, Table], pipeline: str) -> None:
+        self.conn = conn
+        self.tables = tables
+        self.pipeline = pipeline
+        self._temps: dict[str, tuple[str, str]] = {}
+        self._dead: list[DeadLetter] = []
+        self._open = False
+
+    # Transaction control ---------------------------------------------------------------------
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._open
+
+    def begin(self) -> None:
+        # The connection is not in autocommit: psycopg opens the transaction at the first statement.
+        self._open = True
+
+    def rollback(self) -> None:
+        self._dead.clear()
+        if self._open:
+            self._open = False
+            self.conn.rollback()
+
+    def commit(self, position: Position, event_time: float | None) -> None:
+        """Save the position and the dead letters with the rows they cover, then commit."""
+        self.begin()
+        with self.conn.cursor() as cur:
+            if self._dead:
+                cur.executemany(
+                    sql.SQL("INSERT INTO {}.dead_letter (pipeline, source_table, row_key, position, reason,"
+                            " row_data) VALUES (%s, %s, %s, %s, %s, %s)").format(sql.Identifier(META)),
+                    [(self.pipeline, d.table, d.key, str(position), d.reason, d.row) for d in self._dead])
+                for d in self._dead:
+                    log.warning("row_dead_lettered", table=d.table, key=d.key, reason=d.reason,
+                                position=str(position))
+            save_position(cur, self.pipeline, position, event_time)
+        self.conn.commit()
+        self._open = False
+        self._dead.clear()
+
+    # Applying ---------------------------------------------------------------------------------
+
+    def apply(self, changes: Sequence[RowChange]) -> int:
+        """Apply changes (any tables, in order) inside the open transaction; returns rows applied."""
+        self.begin()
+        by_table: dict[str, list[RowChange]] = defaultdict(list)
+        for ch in changes:
+            if ch.error is not None:
+                self._dead.append(DeadLetter(ch.table, key_text(ch.key), ch.error, ch.raw))
+            else:
+                by_table[ch.table].append(ch)
+        applied = 0
+        for name, table_changes in by_table.items():
+            table = self.tables[name]
+            net = net_changes(table_changes, table.key_indexes())
+            applied += self._apply_net(table, net)
+        return applied
+
+    def _temp_tables(self, cur: psycopg.Cursor[Any], table: Table) -> tuple[str, str]:
+        if table.name not in self._temps:
+            n = len(self._temps)
+            up, dl = f"_softcart_up_{n}", f"_softcart_del_{n}"
+            cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}.{}) ON COMMIT DELETE ROWS").format(
+                sql.Identifier(up), sql.Identifier(STAGING), sql.Identifier(table.name)))
+            cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {}.{} WITH NO DATA")
+                        .format(sql.Identifier(dl), _ident_list(table.primary_key), sql.Identifier(STAGING),
+                                sql.Identifier(table.name)))
+            self._temps[table.name] = (up, dl)
+        return self._temps[table.name]
+
+    def _apply_net(self, table: Table, net: NetChanges) -> int:
+        try:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                self._apply_set(cur, table, net)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            log.warning("batch_rejected_isolating_rows", table=table.name, error=_pg_error(exc))
+            self._apply_rows(table, net)
+        return len(net.upserts) + len(net.deletes)
+
+    def _apply_set(self, cur: psycopg.Cursor[Any], table: Table, net: NetChanges) -> None:
+        up, dl = self._temp_tables(cur, table)
+        if net.deletes:
+            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(dl)))
+            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    sql.Identifier(dl), _ident_list(table.primary_key))) as copy:
+                for key in net.deletes:
+                    copy.write_row(key)
+            cur.execute(delete_sql(table, dl))
+        if net.upserts:
+            cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(up)))
+            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    sql.Identifier(up), _ident_list(table.column_names))) as copy:
+                for row in net.upserts.values():
+                    copy.write_row(row)
+            cur.execute(upsert_sql(table, up))
+
+    def _apply_rows(self, table: Table, net: NetChanges) -> None:
+        """Slow path: one savepoint per row, so only the rows PostgreSQL refuses are dead-lettered."""
+        ops: list[tuple[Key, Row | None]] = [(k, None) for k in net.deletes]
+        ops += list(net.upserts.items())
+        for key, row in ops:
+            try:
+                with self.conn.transaction(), self.conn.cursor() as cur:
+                    if row is None:
+                        cur.execute(delete_one_sql(table), key)
+                    else:
+                        cur.execute(upsert_one_sql(table), row)
+            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+                self._dead.append(DeadLetter(table.name, key_text(key), f"PostgreSQL refused the row: "
+                                             f"{_pg_error(exc)}", repr(row)[:10000] if row else None))
+
+    def copy_rows(self, table: Table, rows: Iterable[Row]) -> int:
+        """Snapshot path: COPY rows straight into the (just emptied) staging table."""
+        self.begin()
+        n = 0
+        with self.conn.cursor() as cur, cur.copy(sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
+                sql.Identifier(STAGING), sql.Identifier(table.name), _ident_list(table.column_names))) as copy:
+            for row in rows:
+                copy.write_row(row)
+                n += 1
+        return n
+
+    def dead_letter(self, table: str, key: Sequence[Any] | None, reason: str, row: str | None) -> None:
+        self._dead.append(DeadLetter(table, key_text(key), reason, row))
+
+
+def _pg_error(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    return f"{diag.sqlstate}: {diag.message_primary}" if diag.message_primary else str(exc).strip()
+
+
+def save_position(cur: psycopg.Cursor[Any], pipeline: str, position: Position, event_time: float | None) -> None:
+    ts = dt.datetime.fromtimestamp(event_time, dt.UTC) if event_time else None
+    cur.execute(
+        sql.SQL("INSERT INTO {}.position (pipeline, binlog_file, binlog_pos, gtid, event_time, committed_at)"
+                " VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (pipeline) DO UPDATE SET"
+                " binlog_file = EXCLUDED.binlog_file, binlog_pos = EXCLUDED.binlog_pos, gtid = EXCLUDED.gtid,"
+                " event_time = COALESCE(EXCLUDED.event_time, {}.position.event_time),"
+                " committed_at = now()").format(sql.Identifier(META), sql.Identifier(META)),
+        (pipeline, position.file, position.pos, position.gtid, ts))
+
+
+def load_position(conn: Conn, pipeline: str) -> Position | None:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT binlog_file, binlog_pos, gtid FROM {}.position WHERE pipeline = %s")
+                    .format(sql.Identifier(META)), (pipeline,))
+        row = cur.fetchone()
+    conn.rollback()
+    return Position(row[0], int(row[1]), row[2]) if row else None

@@ -1,0 +1,111 @@
+"""Shared fixtures: one private MariaDB and one private PostgreSQL per test run, fresh databases
+per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pymysql
+import pytest
+
+from cdc.localservers import MariaDBServer, PostgresServer
+from cdc.settings import Settings, load_settings
+
+_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def server_root() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="softcart-test-"))
+    root.chmod(0o755)  # PostgreSQL runs as 'postgres' when we are root
+    yield root
+    if not os.environ.get("SOFTCART_TEST_KEEP"):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mariadb(server_root: Path) -> Iterator[MariaDBServer]:
+    server = MariaDBServer(server_root / "mariadb")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(server_root: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(server_root / "postgres")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def source_db(mariadb: MariaDBServer) -> Iterator[str]:
+    """A fresh, empty source database."""
+    name = f"sales_t{next(_counter)}_{os.getpid()}"
+    conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    yield name
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()
+
+
+@pytest.fixture
+def staging_db(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for staging."""
+    name = f"staging_t{next(_counter)}_{os.getpid()}"
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def server_id() -> int:
+    """A replica id no other test's daemon uses (MariaDB drops a duplicate's older connection)."""
+    return 1000 + next(_counter)
+
+
+@pytest.fixture
+def settings_env(mariadb: MariaDBServer, postgres: PostgresServer, source_db: str, staging_db: str,
+                 server_id: int) -> dict[str, str]:
+    """The environment a daemon subprocess needs for this test's databases."""
+    return {
+        "SOFTCART_SOURCE_URL": mariadb.url(database=source_db),
+        "SOFTCART_STAGING_URL": postgres.url(staging_db),
+        "SOFTCART_SERVER_ID": str(server_id),
+        "SOFTCART_METRICS_LISTEN": "127.0.0.1:0",
+        "SOFTCART_BATCH_MAX_SECONDS": "0.2",
+        "SOFTCART_HEARTBEAT_SECONDS": "1",
+    }
+
+
+@pytest.fixture
+def settings(settings_env: dict[str, str]) -> Settings:
+    return load_settings(environ={}, **{k.removeprefix("SOFTCART_").lower(): v for k, v in settings_env.items()})
+
+
+@pytest.fixture
+def source(mariadb: MariaDBServer, source_db: str) -> Iterator[pymysql.connections.Connection]:
+    conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db,
+                           autocommit=True, charset="utf8mb4")
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION time_zone = '+00:00'")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def staging(postgres: PostgresServer, staging_db: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    conn = psycopg.connect(postgres.url(staging_db), autocommit=True)
+    yield conn
+    conn.close()

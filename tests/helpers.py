@@ -1,0 +1,180 @@
+"""Test helpers in one place: waiting with a deadline, running the daemon, comparing tables."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+
+from cdc.mysql import read_table
+from cdc.pipeline import Pipeline
+from cdc.settings import Settings
+from transform.schema import Table
+from transform.values import RowConverter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SALES_DDL = """CREATE TABLE sales_data (
+  rowid INT NOT NULL PRIMARY KEY, product_id INT NOT NULL, customer_id INT NOT NULL,
+  price DECIMAL(12,2) NOT NULL DEFAULT 0, quantity INT NOT NULL,
+  timestamp TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP)"""
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = cond()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last_exc = exc
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})"
+                                                                             if last_exc else ""))
+
+
+def execute(conn: pymysql.connections.Connection, *stmts: str) -> None:
+    with conn.cursor() as cur:
+        for s in stmts:
+            cur.execute(s)
+
+
+@contextlib.contextmanager
+def running_pipeline(settings: Settings) -> Iterator[Pipeline]:
+    """The daemon's pipeline in a thread of this process; stopped cleanly on exit."""
+    pipeline = Pipeline(settings)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            pipeline.run(stop)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    try:
+        yield pipeline
+    finally:
+        stop.set()
+        t.join(60)
+    assert not t.is_alive(), "pipeline did not stop within 60 s"
+    if errors:
+        raise errors[0]
+
+
+def source_position(conn: pymysql.connections.Connection) -> tuple[str, int]:
+    with conn.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        row = cur.fetchone()
+    return str(row[0]), int(row[1])
+
+
+def caught_up(staging: psycopg.Connection[Any], source: pymysql.connections.Connection,
+              pipeline: str = "default") -> bool:
+    """Staging's saved position has reached the source's current binlog position."""
+    file, pos = source_position(source)
+    row = staging.execute("SELECT binlog_file, binlog_pos FROM softcart.position WHERE pipeline = %s",
+                          (pipeline,)).fetchone()
+    return row is not None and (row[0], row[1]) >= (file, pos)
+
+
+def wait_caught_up(staging: psycopg.Connection[Any], source: pymysql.connections.Connection,
+                   timeout: float = 120.0) -> None:
+    wait_until(lambda: caught_up(staging, source), timeout, "staging to reach the source's binlog position")
+
+
+def _norm(v: Any, pg_type: str) -> Any:
+    if v is None:
+        return None
+    if pg_type == "real":
+        return struct.unpack("f", struct.pack("f", v))[0]
+    if pg_type == "jsonb":
+        return json.dumps(json.loads(v) if isinstance(v, str) else v, sort_keys=True)
+    return v
+
+
+def source_rows(conn: pymysql.connections.Connection, database: str, name: str) -> list[tuple[Any, ...]]:
+    """The source table, converted to staging's form, sorted by primary key."""
+    table = read_table(conn, database, name)
+    conv = RowConverter(table)
+    cols = ", ".join(f"`{c}`" for c in table.column_names)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {cols} FROM `{name}`")
+        rows = [conv.from_snapshot(r) for r in cur.fetchall()]
+    return _normalise(table, rows)
+
+
+def staging_rows(conn: psycopg.Connection[Any], table: Table) -> list[tuple[Any, ...]]:
+    cols = ", ".join(f'"{c}"' for c in table.column_names)
+    rows = conn.execute(f'SELECT {cols} FROM staging."{table.name}"').fetchall()
+    return _normalise(table, [tuple(r) for r in rows])
+
+
+def _normalise(table: Table, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    from transform.schema import pg_type
+
+    types = [pg_type(c) for c in table.columns]
+    keys = table.key_indexes()
+    out = [tuple(_norm(v, t) for v, t in zip(r, types, strict=True)) for r in rows]
+    return sorted(out, key=lambda r: tuple(str(r[i]) for i in keys))
+
+
+def assert_same(source: pymysql.connections.Connection, staging: psycopg.Connection[Any], database: str,
+                name: str) -> int:
+    table = read_table(source, database, name)
+    want = source_rows(source, database, name)
+    got = staging_rows(staging, table)
+    if want != got:
+        missing = [r for r in want if r not in got][:5]
+        extra = [r for r in got if r not in want][:5]
+        raise AssertionError(f"{name}: source has {len(want)} rows, staging {len(got)}; "
+                             f"missing/different in staging: {missing}; extra in staging: {extra}")
+    return len(want)
+
+
+class Daemon:
+    """`softcart-sync run` as a real subprocess, to kill and restart."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("SOFTCART_")}, **env,
+                    "SOFTCART_LOG_FORMAT": "json"}
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cdc", "run"], env=self.env, cwd=ROOT,
+                                         stdout=out, stderr=out)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
