@@ -32,6 +32,16 @@ def quote_mysql(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def select_list(table: Table) -> str:
+    """The SELECT list that reads every column losslessly.
+
+    MySQL prints a FLOAT with six significant digits; widening it to DOUBLE first yields the exact
+    stored value, the same one the binlog carries.
+    """
+    return ", ".join(f"({quote_mysql(c.name)} + 0E0)" if c.data_type == "float" else quote_mysql(c.name)
+                     for c in table.columns)
+
+
 def open_snapshot(conn: pymysql.connections.Connection, flavor: Flavor) -> Position:
     """Start the snapshot transaction on ``conn`` and return the binlog position it sees."""
     plan = flavor.snapshot_statements()
@@ -85,7 +95,7 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
 def _copy_table(settings: Settings, conn: pymysql.connections.Connection, table: Table,
                 writer: StagingWriter, position: Position, progress: Any) -> int:
     conv = RowConverter(table)
-    cols = ", ".join(quote_mysql(c) for c in table.column_names)
+    cols = select_list(table)
     key_idx = table.key_indexes()
     chunk = settings.snapshot_chunk_rows
     copied = 0

@@ -24,6 +24,7 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
+from cdc import binlog_fixes
 from cdc.errors import FatalError, TransientError
 from cdc.flavor import Flavor, gtid_advance
 from cdc.model import Heartbeat, Op, Position, RowChange, TxnChunk
@@ -33,6 +34,8 @@ from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
 
 log = structlog.get_logger(__name__)
+
+binlog_fixes.install()
 
 _EVENTS = [GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent, RotateEvent, HeartbeatLogEvent,
            WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent]

@@ -21,6 +21,7 @@ import pymysql
 from cdc.mysql import read_table
 from cdc.pipeline import Pipeline
 from cdc.settings import Settings
+from cdc.snapshot import select_list
 from transform.schema import Table
 from transform.values import RowConverter
 
@@ -114,7 +115,7 @@ def source_rows(conn: pymysql.connections.Connection, database: str, name: str) 
     """The source table, converted to staging's form, sorted by primary key."""
     table = read_table(conn, database, name)
     conv = RowConverter(table)
-    cols = ", ".join(f"`{c}`" for c in table.column_names)
+    cols = select_list(table)
     with conn.cursor() as cur:
         cur.execute(f"SELECT {cols} FROM `{name}`")
         rows = [conv.from_snapshot(r) for r in cur.fetchall()]

@@ -1,0 +1,60 @@
+"""TIME(fsp) binlog decoding against an encoder that follows the server's C code."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdc.binlog_fixes import decode_time2, time2_size
+
+MAX = dt.timedelta(hours=838, minutes=59, seconds=59)
+
+
+def c_div(a: int, b: int) -> int:
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+def c_mod(a: int, b: int) -> int:
+    return a - b * c_div(a, b)
+
+
+def encode(value: dt.timedelta, fsp: int) -> bytes:
+    """my_time_packed_to_binary(TIME_to_longlong_time_packed(value), fsp)."""
+    neg = value < dt.timedelta(0)
+    v = -value if neg else value
+    total = v.days * 86400 + v.seconds
+    hms = ((total // 3600) << 12) | (((total % 3600) // 60) << 6) | (total % 60)
+    nr = (hms << 24) + v.microseconds
+    nr = -nr if neg else nr
+    int_part, frac_part = nr >> 24, c_mod(nr, 1 << 24)
+    if fsp in (5, 6):
+        return (nr + 0x800000000000).to_bytes(6, "big")
+    head = (int_part + 0x800000).to_bytes(3, "big")
+    if fsp in (1, 2):
+        return head + (c_div(frac_part, 10000) & 0xFF).to_bytes(1, "big")
+    if fsp in (3, 4):
+        return head + (c_div(frac_part, 100) & 0xFFFF).to_bytes(2, "big")
+    return head
+
+
+def truncate(value: dt.timedelta, fsp: int) -> dt.timedelta:
+    unit = 10 ** (6 - fsp)
+    micros = value // dt.timedelta(microseconds=1)
+    return dt.timedelta(microseconds=c_div(micros, unit) * unit)
+
+
+@given(st.timedeltas(-MAX, MAX), st.integers(0, 6))
+def test_time2_decodes_what_the_server_encodes(value: dt.timedelta, fsp: int) -> None:
+    value = truncate(value, fsp)
+    raw = encode(value, fsp)
+    assert len(raw) == time2_size(fsp)
+    assert decode_time2(raw, fsp) == value
+
+
+def test_small_negative_fractions() -> None:
+    for fsp, value in [(6, dt.timedelta(microseconds=-1)), (2, dt.timedelta(milliseconds=-10)),
+                       (4, dt.timedelta(microseconds=-100)), (1, dt.timedelta(milliseconds=-1500))]:
+        assert decode_time2(encode(value, fsp), fsp) == value

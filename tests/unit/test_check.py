@@ -1,0 +1,59 @@
+"""The judgement behind `softcart-sync check`, for MariaDB and MySQL, without a server."""
+
+from __future__ import annotations
+
+from cdc.check import judge_binlog, missing_privileges
+from cdc.flavor import Flavor
+
+MARIADB = Flavor.from_version("10.11.19-MariaDB")
+MYSQL84 = Flavor.from_version("8.4.2")
+GOOD = {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL",
+        "server_id": "1", "binlog_expire_logs_seconds": "604800"}
+
+
+def failures(findings: list) -> list[str]:  # type: ignore[type-arg]
+    return [f.line() for f in findings if not f.ok]
+
+
+def test_good_source_passes() -> None:
+    assert failures(judge_binlog(MARIADB, GOOD, 5401)) == []
+
+
+def test_statement_binlog_names_the_variable_and_the_fix() -> None:
+    lines = failures(judge_binlog(MARIADB, {**GOOD, "binlog_format": "MIXED"}, 5401))
+    assert lines == ["FAIL  binlog_format = MIXED (need ROW): set binlog_format=ROW in [mysqld] "
+                     "(and SET GLOBAL binlog_format='ROW')"]
+
+
+def test_each_bad_variable_is_one_line() -> None:
+    bad = {"log_bin": "OFF", "binlog_format": "ROW", "binlog_row_image": "MINIMAL", "binlog_row_metadata": "MINIMAL",
+           "server_id": "5401", "expire_logs_days": "0.1"}
+    lines = failures(judge_binlog(MARIADB, bad, 5401))
+    assert len(lines) == 5
+    for needle in ("log_bin", "binlog_row_image", "binlog_row_metadata", "SOFTCART_SERVER_ID", "retention"):
+        assert any(needle in line for line in lines), needle
+
+
+def test_old_server_without_row_metadata_is_not_asked_for_it() -> None:
+    old = Flavor.from_version("10.4.30-MariaDB")
+    v = {k: v for k, v in GOOD.items() if k != "binlog_row_metadata"}
+    assert failures(judge_binlog(old, v, 5401)) == []
+
+
+def test_privileges_from_grants() -> None:
+    grants = ["GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO `cdc`@`%`",
+              "GRANT SELECT ON `sales`.`sales_data` TO `cdc`@`%`"]
+    assert failures(missing_privileges(MARIADB, grants, "sales", ["sales_data"])) == []
+    lines = failures(missing_privileges(MARIADB, grants, "sales", ["sales_data", "other"]))
+    assert lines == ["FAIL  privilege SELECT on sales.other: GRANT SELECT ON sales.other TO the daemon's user"]
+
+
+def test_mysql_also_needs_reload_for_the_snapshot_lock() -> None:
+    grants = ["GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `cdc`@`%`", "GRANT SELECT ON `sales`.* TO `cdc`@`%`"]
+    lines = failures(missing_privileges(MYSQL84, grants, "sales", ["sales_data"]))
+    assert lines == ["FAIL  privilege RELOAD (snapshot lock on MySQL): GRANT RELOAD ON *.* TO the daemon's user"]
+
+
+def test_all_privileges_cover_everything() -> None:
+    grants = ["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"]
+    assert failures(missing_privileges(MYSQL84, grants, "sales", ["sales_data"])) == []

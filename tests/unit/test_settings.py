@@ -1,0 +1,92 @@
+"""Settings: precedence, clear errors naming the setting, secrets never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdc.errors import ConfigError
+from cdc.settings import load_settings
+
+CANARY = "Canary-Pa55word-7731"
+BASE = {"SOFTCART_SOURCE_URL": f"mysql://repl:{CANARY}@db.example:3307/sales",
+        "SOFTCART_STAGING_URL": "postgresql://etl@pg.example/warehouse"}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for k, v in BASE.items():
+        monkeypatch.setenv(k, v)
+    return monkeypatch
+
+
+def test_urls_are_parsed_with_defaults(env: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.source.host, s.source.port, s.source.user, s.source.database) == ("db.example", 3307, "repl", "sales")
+    assert s.source.password.get_secret_value() == CANARY
+    assert s.staging.port == 5432 and s.source_tables == ["sales_data"]
+
+
+def test_password_never_appears_in_repr_or_display(env: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert CANARY not in repr(s) and CANARY not in str(s)
+    assert CANARY not in s.source.display and CANARY not in repr(s.source)
+
+
+def test_tables_are_comma_separated(env: pytest.MonkeyPatch) -> None:
+    env.setenv("SOFTCART_SOURCE_TABLES", "sales_data, customers")
+    assert load_settings().source_tables == ["sales_data", "customers"]
+
+
+def test_environment_overrides_config_file(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = tmp_path / "softcart.toml"
+    cfg.write_text('server_id = 77\nbatch_max_rows = 10\nsource_tables = ["a", "b"]\n')
+    env.setenv("SOFTCART_SERVER_ID", "78")
+    s = load_settings(cfg)
+    assert (s.server_id, s.batch_max_rows, s.source_tables) == (78, 10, ["a", "b"])
+
+
+def test_password_file_wins_and_is_read_without_newline(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    f = tmp_path / "pw"
+    f.write_text("from-file\n")
+    env.setenv("SOFTCART_SOURCE_PASSWORD_FILE", str(f))
+    assert load_settings().source.password.get_secret_value() == "from-file"
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("SOFTCART_SERVER_ID", "abc", "SOFTCART_SERVER_ID"),
+    ("SOFTCART_SERVER_ID", "0", "SOFTCART_SERVER_ID"),
+    ("SOFTCART_METRICS_LISTEN", "9401", "SOFTCART_METRICS_LISTEN"),
+    ("SOFTCART_SOURCE_URL", f"http://u:{CANARY}@h/db", "SOFTCART_SOURCE_URL: the URL must start with mysql://"),
+    ("SOFTCART_SOURCE_URL", f"mysql://u:{CANARY}@h:99999/db", "SOFTCART_SOURCE_URL: the port"),
+    ("SOFTCART_SOURCE_URL", f"mysql://u:{CANARY}@h:3306/", "SOFTCART_SOURCE_URL: the URL must name one database"),
+    ("SOFTCART_STAGING_URL", "postgresql:///db", "SOFTCART_STAGING_URL: the URL has no host"),
+    ("SOFTCART_SERVRE_ID", "5", "unknown setting(s): SOFTCART_SERVRE_ID"),
+    ("SOFTCART_SOURCE_TABLES", " , ", "SOFTCART_SOURCE_TABLES"),
+])
+def test_bad_setting_is_named_and_secret_kept(env: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
+    env.setenv(name, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert message in str(err.value)
+    assert CANARY not in str(err.value)
+
+
+def test_missing_required_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOFTCART_STAGING_URL", BASE["SOFTCART_STAGING_URL"])
+    with pytest.raises(ConfigError, match="SOFTCART_SOURCE_URL .* is required"):
+        load_settings()
+
+
+def test_unknown_key_in_config_file_is_named(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = tmp_path / "softcart.toml"
+    cfg.write_text("batch_rows = 5\n")
+    with pytest.raises(ConfigError, match="unknown setting `batch_rows` in the config file"):
+        load_settings(cfg)
+
+
+def test_unreadable_password_file_is_named(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.setenv("SOFTCART_STAGING_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="SOFTCART_STAGING_PASSWORD_FILE: cannot read"):
+        load_settings()
