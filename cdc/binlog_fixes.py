@@ -50,4 +50,4 @@ def _read_time2(self: Any, column: Any) -> dt.timedelta:
 
 def install() -> None:
     """Replace the library's TIME2 decoder with ours (idempotent)."""
-    RowsEvent._RowsEvent__read_time2 = _read_time2  # noqa: SLF001 - documented above
+    RowsEvent._RowsEvent__read_time2 = _read_time2

@@ -42,7 +42,7 @@ def wait_until(cond: Callable[[], Any], timeout: float = 60.0, what: str = "cond
             value = cond()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+        except Exception as exc:
             last_exc = exc
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})"
@@ -65,7 +65,7 @@ def running_pipeline(settings: Settings) -> Iterator[Pipeline]:
     def target() -> None:
         try:
             pipeline.run(stop)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=target, daemon=True)

@@ -73,7 +73,8 @@ def test_limits_of_every_type_survive_snapshot_and_stream(typed: Settings, sourc
                                                           source_db: str) -> None:
     low = {"ti": 0, "si": -32768, "mi": 0, "i": -2147483648, "bi": -(2**63), "bu": 0,
            "d": Decimal("-99999999999999999999.9999999999"), "f": -3.4e38, "db": -1.7976931348623157e308,
-           "dd": dt.date(1000, 1, 1), "dt": dt.datetime(1000, 1, 1), "tm": -dt.timedelta(hours=838, minutes=59, seconds=59),
+           "dd": dt.date(1000, 1, 1), "dt": dt.datetime(1000, 1, 1),
+           "tm": -dt.timedelta(hours=838, minutes=59, seconds=59),
            "ts": dt.datetime(1970, 1, 1, 0, 0, 1), "y": 1901, "vc": "", "tx": "", "e": "a", "s": "", "j": "[]",
            "bn": b"", "vb": b"", "bl": b"", "bt": 0}
     high = {"ti": 255, "si": 32767, "mi": 2**24 - 1, "i": 2**31 - 1, "bi": 2**63 - 1, "bu": 2**64 - 1,
@@ -124,7 +125,8 @@ def test_value_without_postgresql_form_is_dead_lettered_and_stream_goes_on(
                 "INSERT INTO all_types (id, vc) VALUES (3, 'fine')")
         wait_caught_up(staging, source)
     assert staging.execute("SELECT id, vc FROM staging.all_types").fetchall() == [(3, "fine")]
-    dead = staging.execute("SELECT source_table, row_key, reason, position FROM softcart.dead_letter ORDER BY id").fetchall()
+    dead = staging.execute("SELECT source_table, row_key, reason, position FROM softcart.dead_letter"
+                           " ORDER BY id").fetchall()
     assert [(d[0], d[1]) for d in dead] == [("all_types", "[1]"), ("all_types", "[2]")]
     assert "zero or invalid date" in dead[0][2] and "'dd'" in dead[0][2]
     assert "NUL" in dead[1][2] and "'vc'" in dead[1][2]

@@ -49,7 +49,8 @@ def test_privileges_from_grants() -> None:
 
 
 def test_mysql_also_needs_reload_for_the_snapshot_lock() -> None:
-    grants = ["GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `cdc`@`%`", "GRANT SELECT ON `sales`.* TO `cdc`@`%`"]
+    grants = ["GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `cdc`@`%`",
+              "GRANT SELECT ON `sales`.* TO `cdc`@`%`"]
     lines = failures(missing_privileges(MYSQL84, grants, "sales", ["sales_data"]))
     assert lines == ["FAIL  privilege RELOAD (snapshot lock on MySQL): GRANT RELOAD ON *.* TO the daemon's user"]
 

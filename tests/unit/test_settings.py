@@ -75,7 +75,7 @@ def test_bad_setting_is_named_and_secret_kept(env: pytest.MonkeyPatch, name: str
 
 def test_missing_required_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOFTCART_STAGING_URL", BASE["SOFTCART_STAGING_URL"])
-    with pytest.raises(ConfigError, match="SOFTCART_SOURCE_URL .* is required"):
+    with pytest.raises(ConfigError, match=r"SOFTCART_SOURCE_URL .* is required"):
         load_settings()
 
 
