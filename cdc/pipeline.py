@@ -89,7 +89,7 @@ class Pipeline:
 
     def run_once(self, stop: threading.Event) -> None:
         tables, flavor = self.prepare()
-        pg = pg_connect(self.settings)
+        pg = pg_connect(self.settings, autocommit=True)
         try:
             ensure_schema(pg, tables)
             writer = StagingWriter(pg, tables, self.settings.pipeline_name)

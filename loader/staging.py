@@ -97,6 +97,8 @@ class StagingWriter:
     """Owns one PostgreSQL connection and the open micro-batch transaction on it."""
 
     def __init__(self, conn: Conn, tables: dict[str, Table], pipeline: str) -> None:
+        if not conn.autocommit:
+            raise ValueError("StagingWriter needs a connection in autocommit mode (it says BEGIN itself)")
         self.conn = conn
         self.tables = tables
         self.pipeline = pipeline
@@ -111,14 +113,18 @@ class StagingWriter:
         return self._open
 
     def begin(self) -> None:
-        # The connection is not in autocommit: psycopg opens the transaction at the first statement.
-        self._open = True
+        """Open the micro-batch transaction. The connection is in autocommit mode and we say BEGIN
+        ourselves, so every ``conn.transaction()`` inside it is a savepoint, never a commit."""
+        if not self._open:
+            self.conn.execute("BEGIN")
+            self._open = True
 
     def rollback(self) -> None:
         self._dead.clear()
         if self._open:
             self._open = False
-            self.conn.rollback()
+            if not self.conn.closed:
+                self.conn.execute("ROLLBACK")
 
     def commit(self, position: Position, event_time: float | None) -> None:
         """Save the position and the dead letters with the rows they cover, then commit."""
@@ -133,7 +139,8 @@ class StagingWriter:
                     log.warning("row_dead_lettered", table=d.table, key=d.key, reason=d.reason,
                                 position=str(position))
             save_position(cur, self.pipeline, position, event_time)
-        self.conn.commit()
+        assert self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        self.conn.execute("COMMIT")
         self._open = False
         self._dead.clear()
 
@@ -244,5 +251,4 @@ def load_position(conn: Conn, pipeline: str) -> Position | None:
         cur.execute(sql.SQL("SELECT binlog_file, binlog_pos, gtid FROM {}.position WHERE pipeline = %s")
                     .format(sql.Identifier(META)), (pipeline,))
         row = cur.fetchone()
-    conn.rollback()
     return Position(row[0], int(row[1]), row[2]) if row else None

@@ -158,11 +158,24 @@ class Daemon:
                     "SOFTCART_LOG_FORMAT": "json"}
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     def start(self) -> None:
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "cdc", "run"], env=self.env, cwd=ROOT,
                                          stdout=out, stderr=out)
+
+    def wait_streaming(self, timeout: float = 60.0) -> None:
+        """Until this run of the daemon logs that it streams (its start-up is over)."""
+
+        def streaming() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, f"daemon exited; see {self.log}"
+            with self.log.open("rb") as f:
+                f.seek(self._log_offset)
+                return b'"event": "streaming"' in f.read()
+
+        wait_until(streaming, timeout, "the daemon to stream")
 
     def kill(self) -> None:
         assert self.proc is not None
