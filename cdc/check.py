@@ -10,11 +10,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pymysql
+import structlog
+
 from cdc import mysql
-from cdc.errors import SoftcartError
+from cdc.errors import FatalError, SoftcartError
 from cdc.flavor import Flavor
 from cdc.settings import Settings
 from loader.pg import pg_connect
+
+log = structlog.get_logger(__name__)
 
 MIN_RETENTION_SECONDS = 24 * 3600
 
@@ -27,6 +32,7 @@ class Finding:
     ok: bool
     what: str
     fix: str = ""
+    required: bool = True  # `run` refuses to start without it
 
     def line(self) -> str:
         return f"ok    {self.what}" if self.ok else f"FAIL  {self.what}: {self.fix}"
@@ -57,7 +63,8 @@ def judge_binlog(flavor: Flavor, v: dict[str, str], our_server_id: int) -> list[
     shown = "never purged" if retention == 0 else f"{retention // 3600} h"
     out.append(Finding(retention == 0 or retention >= MIN_RETENTION_SECONDS,
                        f"binlog retention = {shown} (need at least 24 h)",
-                       "set binlog_expire_logs_seconds=604800 (7 days) so the daemon can be down a while"))
+                       "set binlog_expire_logs_seconds=604800 (7 days) so the daemon can be down a while",
+                       required=False))
     return out
 
 
@@ -99,6 +106,18 @@ def missing_privileges(flavor: Flavor, grants: list[str], database: str, tables:
         out.append(Finding(has, f"privilege SELECT on {database}.{t}",
                            f"GRANT SELECT ON {database}.{t} TO the daemon's user"))
     return out
+
+
+def refuse_unready_source(settings: Settings, conn: pymysql.connections.Connection, flavor: Flavor) -> None:
+    """What `run` does at start: a source whose binlog can't feed us is a fatal error naming the
+    server variable to set; a short retention is only a warning."""
+    findings = judge_binlog(flavor, mysql.server_variables(conn, BINLOG_VARIABLES), settings.server_id)
+    bad = [f for f in findings if not f.ok and f.required]
+    for f in findings:
+        if not f.ok and not f.required:
+            log.warning("source_check_failed", check=f.what, fix=f.fix)
+    if bad:
+        raise FatalError("the source can't be streamed: " + "; ".join(f"{f.what}: {f.fix}" for f in bad))
 
 
 def run_checks(settings: Settings, emit: Callable[[str], None]) -> bool:

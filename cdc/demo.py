@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import stat
 import tempfile
@@ -91,6 +92,8 @@ def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
         stop.set()
         pg.stop()
         maria.stop()
+        if pg_base != base / "postgres":
+            shutil.rmtree(pg_base, ignore_errors=True)
 
 
 def _changes(maria: MariaDBServer, rate: float, stop: threading.Event, counts: dict[str, int], next_id: int) -> None:

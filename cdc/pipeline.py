@@ -17,6 +17,7 @@ import psycopg
 import structlog
 
 from cdc import mysql
+from cdc.check import refuse_unready_source
 from cdc.errors import FatalError, SoftcartError, TransientError
 from cdc.flavor import Flavor
 from cdc.model import Heartbeat, Position, RowChange, TxnChunk
@@ -81,6 +82,7 @@ class Pipeline:
         conn = mysql.connect(self.settings)
         try:
             flavor = mysql.flavor(conn)
+            refuse_unready_source(self.settings, conn, flavor)
             tables = {t: mysql.read_table(conn, self.settings.source.database, t)
                       for t in self.settings.source_tables}
         finally:

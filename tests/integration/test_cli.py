@@ -1,0 +1,145 @@
+"""The command line as a user meets it: help, check, setup-source, bad settings, the demo."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from cdc.localservers import MariaDBServer
+from cdc.seed import generate
+from tests.helpers import ROOT, execute
+
+Conn = pymysql.connections.Connection
+CANARY = "Canary-Pa55word-7731"
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SOFTCART_")}
+    return subprocess.run([sys.executable, "-m", "cdc", *args], env={**base, **(env or {})}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_explains_commands_settings_and_exit_codes() -> None:
+    out = cli("--help")
+    assert out.returncode == 0
+    for needle in ("demo", "check", "setup-source", "run", "SOFTCART_SOURCE_URL", "SOFTCART_STAGING_URL",
+                   "exit codes", "--config"):
+        assert needle in out.stdout, needle
+    assert cli("run", "--help").returncode == 0
+
+
+def test_bad_setting_exits_2_naming_it_without_the_password(settings_env: dict[str, str]) -> None:
+    env = {**settings_env, "SOFTCART_SOURCE_URL": f"mysql://u:{CANARY}@127.0.0.1:notaport/sales"}
+    out = cli("run", env=env)
+    assert out.returncode == 2
+    assert "SOFTCART_SOURCE_URL" in out.stderr and CANARY not in out.stderr + out.stdout
+    out = cli("run", env={**settings_env, "SOFTCART_BATCH_MAX_ROWS": "many"})
+    assert out.returncode == 2 and "SOFTCART_BATCH_MAX_ROWS" in out.stderr
+
+
+def test_check_passes_on_a_ready_source(settings_env: dict[str, str], source: Conn) -> None:
+    execute(source, "CREATE TABLE sales_data (rowid INT PRIMARY KEY, price DECIMAL(10,2))")
+    out = cli("check", env=settings_env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines and all(line.startswith("ok") for line in lines), out.stdout
+    assert any("binlog_format = ROW" in line for line in lines)
+
+
+def test_check_names_a_table_without_primary_key(settings_env: dict[str, str], source: Conn) -> None:
+    execute(source, "CREATE TABLE sales_data (rowid INT, price DECIMAL(10,2))")
+    out = cli("check", env=settings_env)
+    assert out.returncode == 1
+    assert re.search(r"FAIL .*sales_data has no primary key", out.stdout), out.stdout
+
+
+@pytest.fixture
+def statement_binlog(mariadb: MariaDBServer) -> Iterator[None]:
+    conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
+    execute(conn, "SET GLOBAL binlog_format = 'STATEMENT'")
+    try:
+        yield
+    finally:
+        execute(conn, "SET GLOBAL binlog_format = 'ROW'")
+        conn.close()
+
+
+def test_source_without_row_binlog_is_refused_with_the_variable_to_set(
+        settings_env: dict[str, str], source: Conn, statement_binlog: None) -> None:
+    execute(source, "CREATE TABLE sales_data (rowid INT PRIMARY KEY)")
+    out = cli("check", env=settings_env)
+    assert out.returncode == 1
+    assert "FAIL  binlog_format = STATEMENT (need ROW): set binlog_format=ROW" in out.stdout
+    out = cli("run", env=settings_env)
+    assert out.returncode == 1
+    assert "binlog_format = STATEMENT (need ROW)" in out.stderr
+
+
+def test_wrong_password_is_named_and_never_shown(mariadb: MariaDBServer, settings_env: dict[str, str],
+                                                 source_db: str) -> None:
+    root = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
+    execute(root, "CREATE USER IF NOT EXISTS 'cdc_pw'@'%' IDENTIFIED BY 'right-one'")
+    env = {**settings_env, "SOFTCART_SOURCE_URL": f"mysql://cdc_pw:{CANARY}@127.0.0.1:{mariadb.port}/{source_db}"}
+    out = cli("check", env=env)
+    assert out.returncode == 1
+    assert "access denied" in out.stdout and "SOFTCART_SOURCE_PASSWORD" in out.stdout
+    assert CANARY not in out.stdout + out.stderr
+
+
+def count(source: Conn) -> int:
+    with source.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM sales_data")
+        return int(cur.fetchone()[0])
+
+
+def test_setup_source_loads_both_files_once(settings_env: dict[str, str], source: Conn, tmp_path: Path) -> None:
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    generate(old, new, 300, 40)
+    out = cli("setup-source", str(old), str(new), env=settings_env)
+    assert out.returncode == 0, out.stderr
+    assert count(source) == 340
+    again = cli("setup-source", str(old), str(new), env=settings_env)
+    assert again.returncode == 0 and count(source) == 340
+    assert "0 new rows" in again.stdout
+    with source.cursor() as cur:
+        cur.execute("SELECT timestamp FROM sales_data WHERE rowid = 1")
+        first = cur.fetchone()[0]
+        cur.execute("SELECT COUNT(*) FROM sales_data WHERE rowid > 300"
+                    " AND timestamp > UTC_TIMESTAMP() - INTERVAL 1 HOUR")
+        stamped = cur.fetchone()[0]
+    assert first.strftime("%Y-%m-%d %H:%M") == old.read_text().splitlines()[0].split(",")[5]
+    assert stamped == 40, "the server stamps the new rows with the load time"
+
+
+def test_malformed_line_is_named_and_nothing_of_the_file_loads(settings_env: dict[str, str], source: Conn,
+                                                                tmp_path: Path) -> None:
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    generate(old, new, 10, 5)
+    lines = new.read_text().splitlines()
+    lines[3] = lines[3] + ",extra"
+    new.write_text("\n".join(lines) + "\n")
+    out = cli("setup-source", str(old), str(new), env=settings_env)
+    assert out.returncode == 1
+    assert f"{new}:4" in out.stderr and "expected 5" in out.stderr
+    with source.cursor() as cur:
+        cur.execute("SHOW TABLES LIKE 'sales_data'")
+        assert cur.fetchone() is None or count(source) == 0
+
+
+def test_demo_runs_and_staging_follows_the_source(tmp_path: Path) -> None:
+    out = cli("demo", "--dir", str(tmp_path / "demo"), "--rows", "2000", "--rate", "30", "--duration", "8",
+              timeout=180)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if re.match(r"\s+\d+\s+\d+\s+\d+\s", line)]
+    assert rows, out.stdout
+    assert any(r[1] == r[2] for r in rows), "staging's row count should meet the source's"
+    assert "Stopped." in out.stdout
+
+
