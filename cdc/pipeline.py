@@ -18,7 +18,7 @@ import structlog
 
 from cdc import mysql
 from cdc.check import refuse_unready_source
-from cdc.errors import FatalError, SoftcartError, TransientError
+from cdc.errors import ConfigError, FatalError, SoftcartError, TransientError
 from cdc.flavor import Flavor
 from cdc.model import Heartbeat, Position, RowChange, TxnChunk
 from cdc.settings import Settings
@@ -27,6 +27,7 @@ from cdc.source import BinlogSource
 from loader.ddl import ensure_schema
 from loader.pg import pg_connect
 from loader.staging import StagingWriter, load_position
+from loader.star import StarSchema
 from transform.schema import Table
 
 log = structlog.get_logger(__name__)
@@ -48,6 +49,19 @@ class PipelineState:
     restarts: int = 0
     streaming: bool = False
     snapshot_rows: dict[str, int] = field(default_factory=dict)
+
+
+def star_schema(settings: Settings, tables: dict[str, Table]) -> StarSchema | None:
+    """The star schema the settings ask for, or None when it is turned off."""
+    if not settings.star_table:
+        return None
+    if settings.star_table not in tables and "star_table" not in settings.model_fields_set:
+        log.info("star_schema_off", reason=f"{settings.star_table} is not among the synced tables")
+        return None
+    if settings.star_table not in tables:
+        raise ConfigError(f"SOFTCART_STAR_TABLE {settings.star_table!r} is not among SOFTCART_SOURCE_TABLES; "
+                          "add it there, or set SOFTCART_STAR_TABLE= (empty) to turn the star schema off")
+    return StarSchema(tables[settings.star_table], settings.zone)
 
 
 class Pipeline:
@@ -94,8 +108,16 @@ class Pipeline:
         pg = pg_connect(self.settings, autocommit=True)
         try:
             ensure_schema(pg, tables)
-            writer = StagingWriter(pg, tables, self.settings.pipeline_name)
+            star = star_schema(self.settings, tables)
             position = load_position(pg, self.settings.pipeline_name)
+            if star is not None:
+                with pg.transaction(), pg.cursor() as cur:
+                    created = star.ensure_schema(cur)
+                    if created and position is not None:
+                        log.info("star_schema_created_rebuilding", position=str(position))
+                        built = star.rebuild(pg)
+                        log.info("star_schema_built", facts=built.facts, invalid=len(built.invalid))
+            writer = StagingWriter(pg, tables, self.settings.pipeline_name, star)
             if position is None:
                 position = take_snapshot(self.settings, tables, flavor, writer, self._snapshot_progress)
             else:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -113,6 +114,8 @@ class Settings(BaseSettings):
     read_timeout_seconds: float = Field(30.0, gt=0, description="silence from the source before reconnecting")
     retry_max_seconds: float = Field(30.0, gt=0, description="cap of the exponential backoff between retries")
     shutdown_timeout_seconds: float = Field(30.0, gt=0, description="longest a clean shutdown may take")
+    star_table: str = Field("sales_data", description="source table the star schema is built from ('' turns it off)")
+    business_timezone: str = Field("UTC", description="IANA time zone that decides a sale's date (DimDate)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: JSON lines unless stdout is a terminal")
@@ -129,6 +132,15 @@ class Settings(BaseSettings):
             raise ValueError("name at least one table")
         if len(set(v)) != len(v):
             raise ValueError("a table is listed twice")
+        return v
+
+    @field_validator("business_timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as UTC or Europe/Berlin") from None
         return v
 
     @field_validator("metrics_listen")
@@ -167,6 +179,10 @@ class Settings(BaseSettings):
         return _with_password(parse_url("staging_url", self.staging_url.get_secret_value(),
                                         ("postgresql", "postgres")),
                               self.staging_password, self.staging_password_file, "staging")
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.business_timezone)
 
     @property
     def metrics_address(self) -> tuple[str, int]:

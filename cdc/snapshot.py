@@ -85,6 +85,12 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
                             (settings.pipeline_name, table.name, rows, str(position)))
             log.info("snapshot_table_done", table=table.name, rows=rows, tables_done=i + 1,
                      tables_total=len(tables), position=str(position))
+        if writer.star is not None:
+            built = writer.star.rebuild(writer.conn)
+            for rowid, reason in built.invalid:
+                writer.dead_letter(writer.star.table.name, (rowid,), f"no valid fact: {reason}", None, kind="fact")
+            log.info("snapshot_star_schema_built", facts=built.facts, invalid=len(built.invalid),
+                     position=str(position))
         writer.commit(position, None)
         log.info("snapshot_finished", position=str(position))
         return position

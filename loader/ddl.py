@@ -35,6 +35,11 @@ META_DDL = [
         row_data text,
         created_at timestamptz NOT NULL DEFAULT now(),
         resolved_at timestamptz)""").format(sql.Identifier(META)),
+    # kind: 'value' (no faithful PostgreSQL form, or refused by PostgreSQL) or 'fact' (no valid fact)
+    sql.SQL("ALTER TABLE {}.dead_letter ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'value'").format(
+        sql.Identifier(META)),
+    sql.SQL("CREATE INDEX IF NOT EXISTS dead_letter_open ON {}.dead_letter (source_table, row_key)"
+            " WHERE resolved_at IS NULL").format(sql.Identifier(META)),
     sql.SQL("""CREATE TABLE IF NOT EXISTS {}.snapshot (
         pipeline text NOT NULL,
         source_table text NOT NULL,

@@ -23,8 +23,10 @@ from psycopg import sql
 
 from cdc.model import Position, RowChange
 from loader.ddl import META, STAGING
+from loader.star import StarSchema
 from transform.changes import Key, NetChanges, Row, net_changes
 from transform.schema import Table
+from transform.star import StarDelta
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +39,7 @@ class DeadLetter:
     key: str
     reason: str
     row: str | None
+    kind: str = "value"
 
 
 def _ident_list(names: Iterable[str]) -> sql.Composable:
@@ -96,12 +99,15 @@ def _jsonable(v: Any) -> Any:
 class StagingWriter:
     """Owns one PostgreSQL connection and the open micro-batch transaction on it."""
 
-    def __init__(self, conn: Conn, tables: dict[str, Table], pipeline: str) -> None:
+    def __init__(self, conn: Conn, tables: dict[str, Table], pipeline: str, star: StarSchema | None = None) -> None:
         if not conn.autocommit:
             raise ValueError("StagingWriter needs a connection in autocommit mode (it says BEGIN itself)")
         self.conn = conn
         self.tables = tables
         self.pipeline = pipeline
+        self.star = star
+        self.dead_letters: dict[str, int] = {}  # committed dead letters by kind, for metrics
+        self.star_rows_changed = 0
         self._temps: dict[str, tuple[str, str]] = {}
         self._dead: list[DeadLetter] = []
         self._open = False
@@ -133,11 +139,12 @@ class StagingWriter:
             if self._dead:
                 cur.executemany(
                     sql.SQL("INSERT INTO {}.dead_letter (pipeline, source_table, row_key, position, reason,"
-                            " row_data) VALUES (%s, %s, %s, %s, %s, %s)").format(sql.Identifier(META)),
-                    [(self.pipeline, d.table, d.key, str(position), d.reason, d.row) for d in self._dead])
+                            " row_data, kind) VALUES (%s, %s, %s, %s, %s, %s, %s)").format(sql.Identifier(META)),
+                    [(self.pipeline, d.table, d.key, str(position), d.reason, d.row, d.kind) for d in self._dead])
                 for d in self._dead:
-                    log.warning("row_dead_lettered", table=d.table, key=d.key, reason=d.reason,
+                    log.warning("row_dead_lettered", table=d.table, key=d.key, reason=d.reason, kind=d.kind,
                                 position=str(position))
+                    self.dead_letters[d.kind] = self.dead_letters.get(d.kind, 0) + 1
             save_position(cur, self.pipeline, position, event_time)
         assert self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         self.conn.execute("COMMIT")
@@ -174,14 +181,30 @@ class StagingWriter:
             self._temps[table.name] = (up, dl)
         return self._temps[table.name]
 
+    def _star_for(self, table: Table) -> StarSchema | None:
+        return self.star if self.star is not None and self.star.table.name == table.name else None
+
     def _apply_net(self, table: Table, net: NetChanges) -> int:
+        star = self._star_for(table)
         try:
             with self.conn.transaction(), self.conn.cursor() as cur:
+                old = star.read_old(cur, [k[0] for k in net.keys]) if star else {}
                 self._apply_set(cur, table, net)
+                delta = star.apply(cur, old, net) if star else None
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             log.warning("batch_rejected_isolating_rows", table=table.name, error=_pg_error(exc))
             self._apply_rows(table, net)
+            return len(net.upserts) + len(net.deletes)
+        if delta is not None:
+            self._invalid_facts(table, net, delta)
         return len(net.upserts) + len(net.deletes)
+
+    def _invalid_facts(self, table: Table, net: NetChanges, delta: StarDelta) -> None:
+        self.star_rows_changed += len(delta.fact_upserts) + len(delta.fact_deletes)
+        for rowid, reason in delta.invalid.items():
+            row = net.upserts[(rowid,)]
+            self._dead.append(DeadLetter(table.name, key_text((rowid,)), f"no valid fact: {reason}",
+                                         repr(dict(zip(table.column_names, row, strict=True)))[:10000], "fact"))
 
     def _apply_set(self, cur: psycopg.Cursor[Any], table: Table, net: NetChanges) -> None:
         up, dl = self._temp_tables(cur, table)
@@ -202,15 +225,21 @@ class StagingWriter:
 
     def _apply_rows(self, table: Table, net: NetChanges) -> None:
         """Slow path: one savepoint per row, so only the rows PostgreSQL refuses are dead-lettered."""
+        star = self._star_for(table)
         ops: list[tuple[Key, Row | None]] = [(k, None) for k in net.deletes]
         ops += list(net.upserts.items())
         for key, row in ops:
+            one = NetChanges({key: row} if row is not None else {}, {key} if row is None else set())
             try:
                 with self.conn.transaction(), self.conn.cursor() as cur:
+                    old = star.read_old(cur, [key[0]]) if star else {}
                     if row is None:
                         cur.execute(delete_one_sql(table), key)
                     else:
                         cur.execute(upsert_one_sql(table), row)
+                    delta = star.apply(cur, old, one) if star else None
+                if delta is not None:
+                    self._invalid_facts(table, one, delta)
             except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
                 self._dead.append(DeadLetter(table.name, key_text(key), f"PostgreSQL refused the row: "
                                              f"{_pg_error(exc)}", repr(row)[:10000] if row else None))
@@ -226,8 +255,9 @@ class StagingWriter:
                 n += 1
         return n
 
-    def dead_letter(self, table: str, key: Sequence[Any] | None, reason: str, row: str | None) -> None:
-        self._dead.append(DeadLetter(table, key_text(key), reason, row))
+    def dead_letter(self, table: str, key: Sequence[Any] | None, reason: str, row: str | None,
+                    kind: str = "value") -> None:
+        self._dead.append(DeadLetter(table, key_text(key), reason, row, kind))
 
 
 def _pg_error(exc: psycopg.Error) -> str:

@@ -127,3 +127,17 @@ def test_staging_schema_creation_is_idempotent_and_adds_new_columns(settings: Se
                          " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'staging.sales_data'::regclass"
                          " AND i.indisprimary").fetchall()
     assert pk == [("rowid",)]
+
+
+def test_star_table_named_but_not_synced_is_refused(settings: Settings, source: Conn) -> None:
+    from cdc.errors import ConfigError
+    from cdc.pipeline import star_schema
+
+    execute(source, "CREATE TABLE other (id INT PRIMARY KEY)")
+    explicit = settings.model_copy(update={"source_tables": ["other"], "star_table": "sales_data"})
+    explicit.model_fields_set.add("star_table")
+    tables, _ = Pipeline(explicit).prepare()
+    with pytest.raises(ConfigError, match="SOFTCART_STAR_TABLE 'sales_data' is not among SOFTCART_SOURCE_TABLES"):
+        star_schema(explicit, tables)
+    implicit = settings.model_copy(update={"source_tables": ["other"]})
+    assert star_schema(implicit, tables) is None

@@ -1,0 +1,212 @@
+"""The star schema in PostgreSQL (schema ``star``): kept current inside each micro-batch, rebuilt
+or checked from scratch on demand. What to write is computed by ``transform.star``; this module
+only runs set-based statements (one per table and batch, with arrays as parameters)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+from psycopg import sql
+
+from cdc.errors import FatalError
+from loader.ddl import META, STAGING
+from transform.changes import NetChanges
+from transform.schema import Table
+from transform.star import MONEY_DIGITS, MONEY_SCALE, SALES_COLUMNS, ScratchBuilder, StarDelta, star_delta
+
+STAR = "star"
+Cursor = psycopg.Cursor[Any]
+
+_MONEY = f"numeric({MONEY_DIGITS},{MONEY_SCALE})"
+STAR_DDL = [
+    f"CREATE SCHEMA IF NOT EXISTS {STAR}",
+    f"""CREATE TABLE IF NOT EXISTS {STAR}.dimdate (
+        dateid integer PRIMARY KEY, date date NOT NULL UNIQUE, year smallint NOT NULL, quarter smallint NOT NULL,
+        quartername text NOT NULL, month smallint NOT NULL, monthname text NOT NULL, day smallint NOT NULL,
+        weekday smallint NOT NULL, weekdayname text NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS {STAR}.factsales (
+        rowid bigint PRIMARY KEY, dateid integer NOT NULL REFERENCES {STAR}.dimdate (dateid),
+        product_id bigint NOT NULL, customer_id bigint, price {_MONEY} NOT NULL, quantity bigint NOT NULL,
+        total_price {_MONEY} NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())""",
+    f"CREATE INDEX IF NOT EXISTS factsales_dateid ON {STAR}.factsales (dateid)",
+    f"""CREATE TABLE IF NOT EXISTS {STAR}.sales_by_day (
+        dateid integer NOT NULL REFERENCES {STAR}.dimdate (dateid), product_id bigint NOT NULL,
+        sales_count bigint NOT NULL, quantity_total bigint NOT NULL, amount_total numeric(38,{MONEY_SCALE}) NOT NULL,
+        PRIMARY KEY (dateid, product_id))""",
+]
+
+DIMDATE_COLS = ("dateid", "date", "year", "quarter", "quartername", "month", "monthname", "day", "weekday",
+                "weekdayname")
+FACT_COLS = ("rowid", "dateid", "product_id", "customer_id", "price", "quantity", "total_price")
+AGG_COLS = ("dateid", "product_id", "sales_count", "quantity_total", "amount_total")
+_TYPES = {"dateid": "integer", "date": "date", "year": "smallint", "quarter": "smallint", "quartername": "text",
+          "month": "smallint", "monthname": "text", "day": "smallint", "weekday": "smallint", "weekdayname": "text",
+          "rowid": "bigint", "product_id": "bigint", "customer_id": "bigint", "price": _MONEY, "quantity": "bigint",
+          "total_price": _MONEY, "sales_count": "bigint", "quantity_total": "bigint",
+          "amount_total": f"numeric(38,{MONEY_SCALE})"}
+
+
+def _unnest(cols: tuple[str, ...]) -> sql.Composed:
+    """``SELECT * FROM unnest(%s::t1[], %s::t2[], ...) AS u(c1, c2, ...)``: many rows, one parameter
+    per column, one round trip."""
+    arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(_TYPES[c])) for c in cols)
+    return sql.SQL("SELECT * FROM unnest({}) AS u({})").format(
+        arrays, sql.SQL(", ").join(sql.Identifier(c) for c in cols))
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [[r[i] for r in rows] for i in range(width)]
+
+
+def _ids(cols: Iterable[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+
+
+UPSERT_DIMDATE = sql.SQL("INSERT INTO {}.dimdate ({}) {} ON CONFLICT (dateid) DO NOTHING").format(
+    sql.Identifier(STAR), _ids(DIMDATE_COLS), _unnest(DIMDATE_COLS))
+UPSERT_FACTS = sql.SQL(
+    "INSERT INTO {}.factsales ({}) {} ON CONFLICT (rowid) DO UPDATE SET {}, updated_at = now()").format(
+    sql.Identifier(STAR), _ids(FACT_COLS), _unnest(FACT_COLS),
+    sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in FACT_COLS[1:]))
+DELETE_FACTS = sql.SQL("DELETE FROM {}.factsales WHERE rowid = ANY(%s::bigint[])").format(sql.Identifier(STAR))
+ADD_AGGREGATES = sql.SQL(
+    "INSERT INTO {0}.sales_by_day AS s ({1}) {2} ON CONFLICT (dateid, product_id) DO UPDATE SET"
+    " sales_count = s.sales_count + EXCLUDED.sales_count,"
+    " quantity_total = s.quantity_total + EXCLUDED.quantity_total,"
+    " amount_total = s.amount_total + EXCLUDED.amount_total").format(
+    sql.Identifier(STAR), _ids(AGG_COLS), _unnest(AGG_COLS))
+DROP_EMPTY_AGGREGATES = sql.SQL(
+    "DELETE FROM {}.sales_by_day WHERE dateid = ANY(%s::integer[]) AND sales_count = 0").format(sql.Identifier(STAR))
+DROP_UNUSED_DATES = sql.SQL(
+    "DELETE FROM {0}.dimdate d WHERE d.dateid = ANY(%s::integer[])"
+    " AND NOT EXISTS (SELECT 1 FROM {0}.sales_by_day s WHERE s.dateid = d.dateid)").format(sql.Identifier(STAR))
+RESOLVE_DEAD_LETTERS = sql.SQL(
+    "UPDATE {}.dead_letter SET resolved_at = now() WHERE kind = 'fact' AND source_table = %s"
+    " AND row_key = ANY(%s::text[]) AND resolved_at IS NULL").format(sql.Identifier(META))
+
+
+class StarSchema:
+    """Maintains ``star`` from the changes of one staging table (``sales_data``)."""
+
+    def __init__(self, table: Table, zone: ZoneInfo) -> None:
+        missing = [c for c in SALES_COLUMNS if c not in table.column_names]
+        if missing:
+            raise FatalError(f"the star schema needs columns {', '.join(missing)} in {table.name} "
+                             "(set SOFTCART_STAR_TABLE to the sales table, or to an empty value to turn it off)")
+        if table.primary_key != ("rowid",):
+            raise FatalError(f"the star schema needs {table.name} to have the primary key (rowid)")
+        self.table = table
+        self.zone = zone
+        self._positions = [table.column_names.index(c) for c in SALES_COLUMNS]
+
+    def ensure_schema(self, cur: Cursor) -> bool:
+        """Create the star schema if missing; True when it was missing."""
+        cur.execute("SELECT to_regclass('star.factsales') IS NULL")
+        row = cur.fetchone()
+        for stmt in STAR_DDL:
+            cur.execute(stmt)
+        return bool(row and row[0])
+
+    def mapping(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        return {c: row[i] for c, i in zip(SALES_COLUMNS, self._positions, strict=True)}
+
+    def read_old(self, cur: Cursor, rowids: list[Any]) -> dict[int, dict[str, Any]]:
+        """The staging rows of ``rowids`` as they are before the batch."""
+        if not rowids:
+            return {}
+        cur.execute(sql.SQL("SELECT {} FROM {}.{} WHERE rowid = ANY(%s)").format(
+            _ids(SALES_COLUMNS), sql.Identifier(STAGING), sql.Identifier(self.table.name)), (rowids,))
+        return {r[0]: dict(zip(SALES_COLUMNS, r, strict=True)) for r in cur.fetchall()}
+
+    def apply(self, cur: Cursor, old: Mapping[int, Mapping[str, Any]], net: NetChanges) -> StarDelta:
+        """Apply what ``net`` (already applied to staging) does to the star schema."""
+        changes: list[tuple[int, Mapping[str, Any] | None, Mapping[str, Any] | None]] = []
+        for key, row in net.upserts.items():
+            changes.append((key[0], old.get(key[0]), self.mapping(row)))
+        for key in net.deletes:
+            changes.append((key[0], old.get(key[0]), None))
+        delta = star_delta(changes, self.zone)
+        self.write(cur, delta)
+        return delta
+
+    def write(self, cur: Cursor, delta: StarDelta) -> None:
+        if delta.dates:
+            cur.execute(UPSERT_DIMDATE, _columns([d.row() for d in delta.dates.values()], len(DIMDATE_COLS)))
+        if delta.fact_deletes:
+            cur.execute(DELETE_FACTS, (list(delta.fact_deletes),))
+        if delta.fact_upserts:
+            cur.execute(UPSERT_FACTS, _columns([f.row() for f in delta.fact_upserts.values()], len(FACT_COLS)))
+        if delta.aggregates:
+            rows = [(k[0], k[1], a.sales, a.quantity, a.amount) for k, a in delta.aggregates.items()]
+            cur.execute(ADD_AGGREGATES, _columns(rows, len(AGG_COLS)))
+            touched = list(delta.touched_dateids)
+            cur.execute(DROP_EMPTY_AGGREGATES, (touched,))
+            cur.execute(DROP_UNUSED_DATES, (touched,))
+        if delta.settled:
+            cur.execute(RESOLVE_DEAD_LETTERS, (self.table.name, [f"[{r}]" for r in delta.settled]))
+
+    # From scratch ----------------------------------------------------------------------------
+
+    def build_into(self, conn: psycopg.Connection[Any], schema: str, temp: bool = False) -> ScratchBuilder:
+        """Compute the star schema from staging and COPY it into ``schema``'s (empty) tables, or
+        into temporary tables named ``scratch_*`` when ``temp``; returns the builder (facts, rows
+        that make no fact)."""
+        builder = ScratchBuilder(self.zone)
+        facts = 0
+
+        def target(name: str) -> sql.Composable:
+            return sql.Identifier(f"scratch_{name}") if temp else sql.Identifier(schema, name)
+
+        with conn.cursor(name="softcart_star_scan") as scan, conn.cursor() as cur:
+            scan.itersize = 20000
+            scan.execute(sql.SQL("SELECT {} FROM {}.{}").format(
+                _ids(SALES_COLUMNS), sql.Identifier(STAGING), sql.Identifier(self.table.name)))
+            pending: list[tuple[Any, ...]] = []
+            for row in scan:
+                fact = builder.add(dict(zip(SALES_COLUMNS, row, strict=True)))
+                if fact is not None:
+                    pending.append(fact.row())
+                    facts += 1
+            # dimdate first: factsales references it
+            _copy(cur, target("dimdate"), DIMDATE_COLS, builder.dimdate())
+            _copy(cur, target("factsales"), FACT_COLS, pending)
+            _copy(cur, target("sales_by_day"), AGG_COLS, builder.sales_by_day())
+        builder.facts = facts
+        return builder
+
+    def rebuild(self, conn: psycopg.Connection[Any]) -> ScratchBuilder:
+        """Replace the star schema with a from-scratch computation (inside the caller's transaction)."""
+        with conn.cursor() as cur:
+            self.ensure_schema(cur)
+            cur.execute(sql.SQL("TRUNCATE {0}.sales_by_day, {0}.factsales, {0}.dimdate").format(sql.Identifier(STAR)))
+        return self.build_into(conn, STAR)
+
+    def differences(self, conn: psycopg.Connection[Any], limit: int = 20) -> list[str]:
+        """Rows where the incremental star schema differs from a from-scratch computation."""
+        with conn.cursor() as cur:
+            for name in ("dimdate", "factsales", "sales_by_day"):
+                cur.execute(sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}.{} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+                    sql.Identifier(f"scratch_{name}"), sql.Identifier(STAR), sql.Identifier(name)))
+                cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(f"scratch_{name}")))
+        self.build_into(conn, STAR, temp=True)
+        out: list[str] = []
+        with conn.cursor() as cur:
+            for name, cols in (("dimdate", DIMDATE_COLS), ("factsales", FACT_COLS), ("sales_by_day", AGG_COLS)):
+                for label, a, b in (("only in the incremental", sql.Identifier(STAR, name),
+                                     sql.Identifier(f"scratch_{name}")),
+                                    ("only in the rebuild", sql.Identifier(f"scratch_{name}"),
+                                     sql.Identifier(STAR, name))):
+                    cur.execute(sql.SQL("SELECT {c} FROM {a} EXCEPT SELECT {c} FROM {b} ORDER BY 1 LIMIT %s").format(
+                        c=_ids(cols), a=a, b=b), (limit,))
+                    out += [f"{name} {label}: {dict(zip(cols, r, strict=True))}" for r in cur.fetchall()]
+        return out
+
+
+def _copy(cur: Cursor, target: sql.Composable, cols: tuple[str, ...], rows: Iterable[tuple[Any, ...]]) -> None:
+    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, _ids(cols))) as copy:
+        for r in rows:
+            copy.write_row(r)

@@ -1,0 +1,103 @@
+"""Star-schema facts and deltas, without a database."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from transform.star import InvalidFact, ScratchBuilder, dim_date, fact_from_row, star_delta
+
+UTC = ZoneInfo("UTC")
+
+
+def sale(rowid: int = 1, product: int | None = 5, price: Any = Decimal("2.50"), qty: Any = 3,
+         ts: Any = dt.datetime(2021, 6, 30, 23, 30, tzinfo=dt.UTC)) -> dict[str, Any]:
+    return {"rowid": rowid, "product_id": product, "customer_id": 9, "price": price, "quantity": qty,
+            "timestamp": ts}
+
+
+def test_dimdate_attributes_with_sunday_as_day_one() -> None:
+    d = dim_date(dt.date(2021, 8, 1))  # a Sunday
+    assert d.row() == (20210801, dt.date(2021, 8, 1), 2021, 3, "Q3", 8, "August", 1, 1, "Sunday")
+    assert dim_date(dt.date(2021, 8, 7)).weekday == 7 and dim_date(dt.date(2021, 8, 7)).weekdayname == "Saturday"
+    assert dim_date(dt.date(2020, 12, 31)).quartername == "Q4"
+
+
+def test_fact_has_exact_total_and_business_date() -> None:
+    f = fact_from_row(sale(), UTC)
+    assert f.total_price == Decimal("7.50") and f.dateid == 20210630
+    tokyo = fact_from_row(sale(), ZoneInfo("Asia/Tokyo"))
+    assert tokyo.dateid == 20210701, "23:30 UTC is the next morning in Tokyo"
+
+
+@pytest.mark.parametrize(("row", "reason"), [
+    (sale(ts=None), "timestamp is NULL"),
+    (sale(price=None), "price is NULL"),
+    (sale(qty=None), "quantity is NULL"),
+    (sale(qty=-1), "quantity is negative"),
+    (sale(product=None), "product_id is NULL"),
+    (sale(price=Decimal("99999999999999999999999"), qty=100000), "overflows"),
+    (sale(price=Decimal("0.00001")), "price 0.00001 does not fit"),
+])
+def test_rows_that_make_no_fact_say_why(row: dict[str, Any], reason: str) -> None:
+    with pytest.raises(InvalidFact, match=reason):
+        fact_from_row(row, UTC)
+
+
+DAYS = [dt.datetime(2021, 1, d, 12, tzinfo=dt.UTC) for d in (1, 2, 3)]
+ROWS = st.fixed_dictionaries({
+    "product_id": st.sampled_from([1, 2, None]), "customer_id": st.just(1),
+    "price": st.sampled_from([Decimal("1.00"), Decimal("2.25"), None]),
+    "quantity": st.sampled_from([0, 1, 3, -2]), "timestamp": st.sampled_from([*DAYS, None]),
+})
+OPS = st.lists(st.tuples(st.integers(1, 4), st.none() | ROWS), max_size=25)
+
+
+def scratch(state: dict[int, dict[str, Any]]) -> tuple[set[Any], set[Any], set[Any]]:
+    b = ScratchBuilder(UTC)
+    facts = {f.row() for r in state.values() if (f := b.add(r)) is not None}
+    return facts, set(b.dimdate()), set(b.sales_by_day())
+
+
+@given(st.lists(OPS, max_size=6))
+def test_applying_deltas_batch_by_batch_equals_a_rebuild(batches: list[list[tuple[int, Any]]]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    facts: dict[int, tuple[Any, ...]] = {}
+    dates: dict[int, tuple[Any, ...]] = {}
+    aggs: dict[tuple[int, int], list[Any]] = {}
+    for batch in batches:
+        before = {k: dict(v) for k, v in state.items()}
+        for rowid, row in batch:  # a batch's net effect: last state per row
+            if row is None:
+                state.pop(rowid, None)
+            else:
+                state[rowid] = {"rowid": rowid, **row}
+        touched = {rowid for rowid, _ in batch}
+        delta = star_delta([(r, before.get(r), state.get(r)) for r in touched], UTC)
+        for d in delta.dates.values():
+            dates.setdefault(d.dateid, d.row())
+        for r in delta.fact_deletes:
+            facts.pop(r, None)
+        for r, f in delta.fact_upserts.items():
+            facts[r] = f.row()
+        for k, a in delta.aggregates.items():
+            cur = aggs.setdefault(k, [0, 0, Decimal(0)])
+            cur[0] += a.sales
+            cur[1] += a.quantity
+            cur[2] += a.amount
+            if cur[0] == 0:
+                del aggs[k]
+        for dateid in delta.touched_dateids:
+            if not any(k[0] == dateid for k in aggs):
+                dates.pop(dateid, None)
+        assert not (set(delta.invalid) & set(delta.fact_upserts))
+    want_facts, want_dates, want_aggs = scratch(state)
+    assert set(facts.values()) == want_facts
+    assert set(dates.values()) == want_dates
+    assert {(k[0], k[1], a[0], a[1], a[2]) for k, a in aggs.items()} == want_aggs

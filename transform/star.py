@@ -1,0 +1,208 @@
+"""The star schema's rows and the deltas a batch of staging changes causes (pure).
+
+From one ``sales_data`` row comes one fact: its date in the business time zone, its total price
+(price x quantity, exact), and its place in the ``sales_by_day`` aggregate (per day and product:
+sales, quantity, amount). A batch changes some rows from an old state to a new one; the delta is
+"retract the old fact, add the new one", summed per aggregate key, so applying deltas keeps the
+tables equal to a rebuild from scratch.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+#: The columns of sales_data the star schema reads.
+SALES_COLUMNS = ("rowid", "product_id", "customer_id", "price", "quantity", "timestamp")
+
+#: total_price and price are DECIMAL(31,4): DB2's widest decimal, with the scale of money.
+MONEY_DIGITS, MONEY_SCALE = 31, 4
+_MONEY_LIMIT = Decimal(10) ** (MONEY_DIGITS - MONEY_SCALE)
+_BIGINT = 2**63
+
+_MONTHS = tuple(calendar.month_name)
+_WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+
+
+@dataclass(frozen=True)
+class DimDate:
+    dateid: int
+    date: dt.date
+    year: int
+    quarter: int
+    quartername: str
+    month: int
+    monthname: str
+    day: int
+    weekday: int  # 1 = Sunday ... 7 = Saturday, as DB2's and MySQL's DAYOFWEEK
+    weekdayname: str
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.dateid, self.date, self.year, self.quarter, self.quartername, self.month, self.monthname,
+                self.day, self.weekday, self.weekdayname)
+
+
+def dim_date(d: dt.date) -> DimDate:
+    quarter = (d.month - 1) // 3 + 1
+    weekday = d.isoweekday() % 7 + 1
+    return DimDate(dateid=d.year * 10000 + d.month * 100 + d.day, date=d, year=d.year, quarter=quarter,
+                   quartername=f"Q{quarter}", month=d.month, monthname=_MONTHS[d.month], day=d.day,
+                   weekday=weekday, weekdayname=_WEEKDAYS[weekday - 1])
+
+
+@dataclass(frozen=True)
+class Fact:
+    rowid: int
+    dateid: int
+    date: dt.date
+    product_id: int
+    customer_id: int | None
+    price: Decimal
+    quantity: int
+    total_price: Decimal
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.rowid, self.dateid, self.product_id, self.customer_id, self.price, self.quantity,
+                self.total_price)
+
+    @property
+    def agg_key(self) -> tuple[int, int]:
+        return (self.dateid, self.product_id)
+
+
+class InvalidFact(ValueError):
+    """A sales row that can't make a valid fact; the message is the dead-letter reason."""
+
+
+def _fits_money(value: Decimal) -> bool:
+    return abs(value) < _MONEY_LIMIT and value == value.quantize(Decimal(1).scaleb(-MONEY_SCALE))
+
+
+def fact_from_row(row: Mapping[str, Any], zone: ZoneInfo) -> Fact:
+    """The fact for one sales row (a mapping of SALES_COLUMNS), or :class:`InvalidFact`."""
+    ts, price, qty = row["timestamp"], row["price"], row["quantity"]
+    if ts is None:
+        raise InvalidFact("timestamp is NULL: a sale needs a date")
+    if price is None:
+        raise InvalidFact("price is NULL")
+    if qty is None:
+        raise InvalidFact("quantity is NULL")
+    if qty < 0:
+        raise InvalidFact(f"quantity is negative ({qty})")
+    if row["product_id"] is None:
+        raise InvalidFact("product_id is NULL")
+    for name in ("rowid", "product_id", "customer_id"):
+        v = row[name]
+        if v is not None and not -_BIGINT <= v < _BIGINT:
+            raise InvalidFact(f"{name} {v} does not fit a BIGINT")
+    price = Decimal(price)
+    if not _fits_money(price):
+        raise InvalidFact(f"price {price} does not fit DECIMAL({MONEY_DIGITS},{MONEY_SCALE})")
+    total = price * qty
+    if not _fits_money(total):
+        raise InvalidFact(f"total_price {price} x {qty} = {total} overflows DECIMAL({MONEY_DIGITS},{MONEY_SCALE})")
+    if isinstance(ts, dt.datetime):
+        local = ts.astimezone(zone) if ts.tzinfo else ts.replace(tzinfo=dt.UTC).astimezone(zone)
+        day = local.date()
+    else:
+        day = ts
+    d = dim_date(day)
+    return Fact(rowid=int(row["rowid"]), dateid=d.dateid, date=day, product_id=row["product_id"],
+                customer_id=row["customer_id"], price=price, quantity=int(qty), total_price=total)
+
+
+@dataclass
+class AggDelta:
+    sales: int = 0
+    quantity: int = 0
+    amount: Decimal = Decimal(0)
+
+    def add(self, fact: Fact, sign: int) -> None:
+        self.sales += sign
+        self.quantity += sign * fact.quantity
+        self.amount += sign * fact.total_price
+
+    @property
+    def is_zero(self) -> bool:
+        return self.sales == 0 and self.quantity == 0 and self.amount == 0
+
+
+@dataclass
+class StarDelta:
+    """What a batch does to the star schema."""
+
+    fact_upserts: dict[int, Fact] = field(default_factory=dict)
+    fact_deletes: set[int] = field(default_factory=set)
+    aggregates: dict[tuple[int, int], AggDelta] = field(default_factory=dict)
+    dates: dict[int, DimDate] = field(default_factory=dict)
+    invalid: dict[int, str] = field(default_factory=dict)  # rowid -> reason
+    settled: set[int] = field(default_factory=set)  # rowids whose fact dead letters are resolved
+
+    @property
+    def touched_dateids(self) -> set[int]:
+        return {k[0] for k in self.aggregates}
+
+
+def _try_fact(row: Mapping[str, Any] | None, zone: ZoneInfo) -> tuple[Fact | None, str | None]:
+    if row is None:
+        return None, None
+    try:
+        return fact_from_row(row, zone), None
+    except InvalidFact as exc:
+        return None, str(exc)
+
+
+def star_delta(changes: Iterable[tuple[int, Mapping[str, Any] | None, Mapping[str, Any] | None]],
+               zone: ZoneInfo) -> StarDelta:
+    """The delta for ``(rowid, old row or None, new row or None)`` per changed sales row."""
+    delta = StarDelta()
+    for rowid, old, new in changes:
+        old_fact, _ = _try_fact(old, zone)
+        new_fact, reason = _try_fact(new, zone)
+        if old_fact is not None:
+            delta.aggregates.setdefault(old_fact.agg_key, AggDelta()).add(old_fact, -1)
+        if new_fact is not None:
+            delta.aggregates.setdefault(new_fact.agg_key, AggDelta()).add(new_fact, +1)
+            delta.fact_upserts[rowid] = new_fact
+            delta.dates.setdefault(new_fact.dateid, dim_date(new_fact.date))
+            delta.settled.add(rowid)
+        else:
+            delta.fact_deletes.add(rowid)
+            if reason is not None:
+                delta.invalid[rowid] = reason
+            else:
+                delta.settled.add(rowid)  # deleted: nothing left to fix
+    delta.aggregates = {k: v for k, v in delta.aggregates.items() if not v.is_zero}
+    return delta
+
+
+class ScratchBuilder:
+    """The star schema from scratch: feed every sales row, stream the facts, then read the
+    dimension and the aggregate (small: one row per day and product)."""
+
+    def __init__(self, zone: ZoneInfo) -> None:
+        self.zone = zone
+        self._aggs: dict[tuple[int, int], AggDelta] = {}
+        self._dates: dict[int, DimDate] = {}
+        self.invalid: list[tuple[Any, str]] = []  # (rowid, reason) of rows that make no fact
+        self.facts = 0
+
+    def add(self, row: Mapping[str, Any]) -> Fact | None:
+        fact, reason = _try_fact(row, self.zone)
+        if reason is not None:
+            self.invalid.append((row["rowid"], reason))
+        if fact is not None:
+            self._aggs.setdefault(fact.agg_key, AggDelta()).add(fact, +1)
+            self._dates.setdefault(fact.dateid, dim_date(fact.date))
+        return fact
+
+    def dimdate(self) -> list[tuple[Any, ...]]:
+        return [d.row() for d in self._dates.values()]
+
+    def sales_by_day(self) -> list[tuple[Any, ...]]:
+        return [(k[0], k[1], a.sales, a.quantity, a.amount) for k, a in self._aggs.items()]
