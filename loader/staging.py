@@ -21,6 +21,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from cdc.errors import FatalError
 from cdc.model import Position, RowChange
 from loader.ddl import META, STAGING
 from loader.star import StarSchema
@@ -109,6 +110,13 @@ class StagingWriter:
         self.dead_letters: dict[str, int] = {}  # committed dead letters by kind, for metrics
         self.star_rows_changed = 0
         self._temps: dict[str, tuple[str, str]] = {}
+        # The session's temporary tables, created now, outside any transaction: a rollback to a
+        # savepoint can't take them away. ON COMMIT DELETE ROWS empties them after each batch.
+        with conn.cursor() as cur:
+            for table in tables.values():
+                self._temp_tables(cur, table)
+            if star is not None:
+                star.prepare_session(cur)
         self._dead: list[DeadLetter] = []
         self._open = False
 
@@ -173,9 +181,10 @@ class StagingWriter:
         if table.name not in self._temps:
             n = len(self._temps)
             up, dl = f"_softcart_up_{n}", f"_softcart_del_{n}"
-            cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}.{}) ON COMMIT DELETE ROWS").format(
+            cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}.{}) ON COMMIT DELETE ROWS").format(
                 sql.Identifier(up), sql.Identifier(STAGING), sql.Identifier(table.name)))
-            cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {}.{} WITH NO DATA")
+            cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {} FROM {}.{}"
+                                " WITH NO DATA")
                         .format(sql.Identifier(dl), _ident_list(table.primary_key), sql.Identifier(STAGING),
                                 sql.Identifier(table.name)))
             self._temps[table.name] = (up, dl)
@@ -224,10 +233,15 @@ class StagingWriter:
             cur.execute(upsert_sql(table, up))
 
     def _apply_rows(self, table: Table, net: NetChanges) -> None:
-        """Slow path: one savepoint per row, so only the rows PostgreSQL refuses are dead-lettered."""
+        """Slow path: one savepoint per row, so only the rows PostgreSQL refuses are dead-lettered.
+
+        When every row of a batch of several fails the same way, the fault is not in the rows but
+        in the schema (or in us): that is fatal, never a batch of dead letters."""
         star = self._star_for(table)
         ops: list[tuple[Key, Row | None]] = [(k, None) for k in net.deletes]
         ops += list(net.upserts.items())
+        refused: list[DeadLetter] = []
+        causes: set[str] = set()
         for key, row in ops:
             one = NetChanges({key: row} if row is not None else {}, {key} if row is None else set())
             try:
@@ -241,8 +255,13 @@ class StagingWriter:
                 if delta is not None:
                     self._invalid_facts(table, one, delta)
             except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-                self._dead.append(DeadLetter(table.name, key_text(key), f"PostgreSQL refused the row: "
-                                             f"{_pg_error(exc)}", repr(row)[:10000] if row else None))
+                causes.add(f"{exc.diag.sqlstate}: {exc.diag.message_primary}")
+                refused.append(DeadLetter(table.name, key_text(key), f"PostgreSQL refused the row: "
+                                          f"{_pg_error(exc)}", repr(row)[:10000] if row else None))
+        if len(ops) > 1 and len(refused) == len(ops) and len(causes) == 1:
+            raise FatalError(f"every one of {len(ops)} changes to {table.name} failed the same way "
+                             f"({causes.pop()}): a schema problem, not bad rows; fix it and restart")
+        self._dead.extend(refused)
 
     def copy_rows(self, table: Table, rows: Iterable[Row]) -> int:
         """Snapshot path: COPY rows straight into the (just emptied) staging table."""

@@ -4,6 +4,7 @@ only runs set-based statements (one per table and batch, with arrays as paramete
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,7 +16,16 @@ from cdc.errors import FatalError
 from loader.ddl import META, STAGING
 from transform.changes import NetChanges
 from transform.schema import Table
-from transform.star import MONEY_DIGITS, MONEY_SCALE, SALES_COLUMNS, ScratchBuilder, StarDelta, star_delta
+from transform.star import (
+    MONEY_DIGITS,
+    MONEY_SCALE,
+    SALES_COLUMNS,
+    Fact,
+    ScratchBuilder,
+    StarDelta,
+    date_of,
+    star_delta,
+)
 
 STAR = "star"
 Cursor = psycopg.Cursor[Any]
@@ -33,7 +43,7 @@ STAR_DDL = [
         total_price {_MONEY} NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())""",
     f"CREATE INDEX IF NOT EXISTS factsales_dateid ON {STAR}.factsales (dateid)",
     f"""CREATE TABLE IF NOT EXISTS {STAR}.sales_by_day (
-        dateid integer NOT NULL REFERENCES {STAR}.dimdate (dateid), product_id bigint NOT NULL,
+        dateid integer NOT NULL, product_id bigint NOT NULL,
         sales_count bigint NOT NULL, quantity_total bigint NOT NULL, amount_total numeric(38,{MONEY_SCALE}) NOT NULL,
         PRIMARY KEY (dateid, product_id))""",
 ]
@@ -68,16 +78,17 @@ def _ids(cols: Iterable[str]) -> sql.Composable:
 UPSERT_DIMDATE = sql.SQL("INSERT INTO {}.dimdate ({}) {} ON CONFLICT (dateid) DO NOTHING").format(
     sql.Identifier(STAR), _ids(DIMDATE_COLS), _unnest(DIMDATE_COLS))
 UPSERT_FACTS = sql.SQL(
-    "INSERT INTO {}.factsales ({}) {} ON CONFLICT (rowid) DO UPDATE SET {}, updated_at = now()").format(
-    sql.Identifier(STAR), _ids(FACT_COLS), _unnest(FACT_COLS),
+    "INSERT INTO {0}.factsales ({1}) SELECT {1} FROM _star_factsales ON CONFLICT (rowid) DO UPDATE SET {2},"
+    " updated_at = now()").format(
+    sql.Identifier(STAR), _ids(FACT_COLS),
     sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in FACT_COLS[1:]))
 DELETE_FACTS = sql.SQL("DELETE FROM {}.factsales WHERE rowid = ANY(%s::bigint[])").format(sql.Identifier(STAR))
 ADD_AGGREGATES = sql.SQL(
-    "INSERT INTO {0}.sales_by_day AS s ({1}) {2} ON CONFLICT (dateid, product_id) DO UPDATE SET"
+    "INSERT INTO {0}.sales_by_day AS s ({1}) SELECT {1} FROM _star_sales_by_day"
+    " ON CONFLICT (dateid, product_id) DO UPDATE SET"
     " sales_count = s.sales_count + EXCLUDED.sales_count,"
     " quantity_total = s.quantity_total + EXCLUDED.quantity_total,"
-    " amount_total = s.amount_total + EXCLUDED.amount_total").format(
-    sql.Identifier(STAR), _ids(AGG_COLS), _unnest(AGG_COLS))
+    " amount_total = s.amount_total + EXCLUDED.amount_total").format(sql.Identifier(STAR), _ids(AGG_COLS))
 DROP_EMPTY_AGGREGATES = sql.SQL(
     "DELETE FROM {}.sales_by_day WHERE dateid = ANY(%s::integer[]) AND sales_count = 0").format(sql.Identifier(STAR))
 DROP_UNUSED_DATES = sql.SQL(
@@ -100,7 +111,7 @@ class StarSchema:
             raise FatalError(f"the star schema needs {table.name} to have the primary key (rowid)")
         self.table = table
         self.zone = zone
-        self._positions = [table.column_names.index(c) for c in SALES_COLUMNS]
+        self._values = operator.itemgetter(*(table.column_names.index(c) for c in SALES_COLUMNS))
 
     def ensure_schema(self, cur: Cursor) -> bool:
         """Create the star schema if missing; True when it was missing."""
@@ -110,27 +121,46 @@ class StarSchema:
             cur.execute(stmt)
         return bool(row and row[0])
 
-    def mapping(self, row: tuple[Any, ...]) -> dict[str, Any]:
-        return {c: row[i] for c, i in zip(SALES_COLUMNS, self._positions, strict=True)}
+    def values(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A staging row's values in SALES_COLUMNS order."""
+        values: tuple[Any, ...] = self._values(row)
+        return values
 
-    def read_old(self, cur: Cursor, rowids: list[Any]) -> dict[int, dict[str, Any]]:
-        """The staging rows of ``rowids`` as they are before the batch."""
+    def read_old(self, cur: Cursor, rowids: list[Any]) -> dict[int, Fact]:
+        """The facts of ``rowids`` as factsales holds them before the batch (only valid rows have one)."""
         if not rowids:
             return {}
-        cur.execute(sql.SQL("SELECT {} FROM {}.{} WHERE rowid = ANY(%s)").format(
-            _ids(SALES_COLUMNS), sql.Identifier(STAGING), sql.Identifier(self.table.name)), (rowids,))
-        return {r[0]: dict(zip(SALES_COLUMNS, r, strict=True)) for r in cur.fetchall()}
+        cur.execute(sql.SQL("SELECT rowid, dateid, product_id, customer_id, price, quantity, total_price"
+                            " FROM {}.factsales WHERE rowid = ANY(%s::bigint[])").format(sql.Identifier(STAR)),
+                    (rowids,))
+        return {r[0]: Fact(rowid=r[0], dateid=r[1], date=date_of(r[1]), product_id=r[2], customer_id=r[3],
+                           price=r[4], quantity=r[5], total_price=r[6]) for r in cur.fetchall()}
 
-    def apply(self, cur: Cursor, old: Mapping[int, Mapping[str, Any]], net: NetChanges) -> StarDelta:
+    def apply(self, cur: Cursor, old: Mapping[int, Fact], net: NetChanges) -> StarDelta:
         """Apply what ``net`` (already applied to staging) does to the star schema."""
-        changes: list[tuple[int, Mapping[str, Any] | None, Mapping[str, Any] | None]] = []
+        changes: list[tuple[int, Fact | None, tuple[Any, ...] | None]] = []
         for key, row in net.upserts.items():
-            changes.append((key[0], old.get(key[0]), self.mapping(row)))
+            changes.append((key[0], old.get(key[0]), self.values(row)))
         for key in net.deletes:
             changes.append((key[0], old.get(key[0]), None))
         delta = star_delta(changes, self.zone)
         self.write(cur, delta)
         return delta
+
+    def prepare_session(self, cur: Cursor) -> None:
+        """Create this session's temporary tables, outside any transaction (so no rollback to a
+        savepoint can take them away)."""
+        for name, cols in (("factsales", FACT_COLS), ("sales_by_day", AGG_COLS)):
+            cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {} FROM {}.{}"
+                                " WITH NO DATA").format(sql.Identifier(f"_star_{name}"), _ids(cols),
+                                                        sql.Identifier(STAR), sql.Identifier(name)))
+
+    def _staged(self, cur: Cursor, name: str, cols: tuple[str, ...], rows: Iterable[tuple[Any, ...]]) -> None:
+        """COPY ``rows`` into the session's temporary ``_star_<name>`` (psycopg's C dumpers make COPY
+        several times cheaper than array parameters for wide rows)."""
+        temp = sql.Identifier(f"_star_{name}")
+        cur.execute(sql.SQL("TRUNCATE {}").format(temp))
+        _copy(cur, temp, cols, rows)
 
     def write(self, cur: Cursor, delta: StarDelta) -> None:
         if delta.dates:
@@ -138,10 +168,12 @@ class StarSchema:
         if delta.fact_deletes:
             cur.execute(DELETE_FACTS, (list(delta.fact_deletes),))
         if delta.fact_upserts:
-            cur.execute(UPSERT_FACTS, _columns([f.row() for f in delta.fact_upserts.values()], len(FACT_COLS)))
+            self._staged(cur, "factsales", FACT_COLS, (f.row() for f in delta.fact_upserts.values()))
+            cur.execute(UPSERT_FACTS)
         if delta.aggregates:
-            rows = [(k[0], k[1], a.sales, a.quantity, a.amount) for k, a in delta.aggregates.items()]
-            cur.execute(ADD_AGGREGATES, _columns(rows, len(AGG_COLS)))
+            self._staged(cur, "sales_by_day", AGG_COLS,
+                         ((k[0], k[1], a.sales, a.quantity, a.amount) for k, a in delta.aggregates.items()))
+            cur.execute(ADD_AGGREGATES)
             touched = list(delta.touched_dateids)
             cur.execute(DROP_EMPTY_AGGREGATES, (touched,))
             cur.execute(DROP_UNUSED_DATES, (touched,))
@@ -166,7 +198,7 @@ class StarSchema:
                 _ids(SALES_COLUMNS), sql.Identifier(STAGING), sql.Identifier(self.table.name)))
             pending: list[tuple[Any, ...]] = []
             for row in scan:
-                fact = builder.add(dict(zip(SALES_COLUMNS, row, strict=True)))
+                fact = builder.add(tuple(row))
                 if fact is not None:
                     pending.append(fact.row())
                     facts += 1

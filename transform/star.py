@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -47,6 +48,7 @@ class DimDate:
                 self.day, self.weekday, self.weekdayname)
 
 
+@functools.lru_cache(maxsize=4096)
 def dim_date(d: dt.date) -> DimDate:
     quarter = (d.month - 1) // 3 + 1
     weekday = d.isoweekday() % 7 + 1
@@ -80,12 +82,21 @@ class InvalidFact(ValueError):
 
 
 def _fits_money(value: Decimal) -> bool:
-    return abs(value) < _MONEY_LIMIT and value == value.quantize(Decimal(1).scaleb(-MONEY_SCALE))
+    return value.is_finite() and abs(value) < _MONEY_LIMIT and value == round(value, MONEY_SCALE)
 
 
 def fact_from_row(row: Mapping[str, Any], zone: ZoneInfo) -> Fact:
     """The fact for one sales row (a mapping of SALES_COLUMNS), or :class:`InvalidFact`."""
-    ts, price, qty = row["timestamp"], row["price"], row["quantity"]
+    return fact_from_values(tuple(row[c] for c in SALES_COLUMNS), zone)
+
+
+def date_of(dateid: int) -> dt.date:
+    return dt.date(dateid // 10000, dateid // 100 % 100, dateid % 100)
+
+
+def fact_from_values(values: tuple[Any, ...], zone: ZoneInfo) -> Fact:
+    """The fact for one sales row given as values in SALES_COLUMNS order, or :class:`InvalidFact`."""
+    rowid, product_id, customer_id, price, qty, ts = values
     if ts is None:
         raise InvalidFact("timestamp is NULL: a sale needs a date")
     if price is None:
@@ -94,10 +105,9 @@ def fact_from_row(row: Mapping[str, Any], zone: ZoneInfo) -> Fact:
         raise InvalidFact("quantity is NULL")
     if qty < 0:
         raise InvalidFact(f"quantity is negative ({qty})")
-    if row["product_id"] is None:
+    if product_id is None:
         raise InvalidFact("product_id is NULL")
-    for name in ("rowid", "product_id", "customer_id"):
-        v = row[name]
+    for name, v in (("rowid", rowid), ("product_id", product_id), ("customer_id", customer_id)):
         if v is not None and not -_BIGINT <= v < _BIGINT:
             raise InvalidFact(f"{name} {v} does not fit a BIGINT")
     price = Decimal(price)
@@ -111,9 +121,9 @@ def fact_from_row(row: Mapping[str, Any], zone: ZoneInfo) -> Fact:
         day = local.date()
     else:
         day = ts
-    d = dim_date(day)
-    return Fact(rowid=int(row["rowid"]), dateid=d.dateid, date=day, product_id=row["product_id"],
-                customer_id=row["customer_id"], price=price, quantity=int(qty), total_price=total)
+    dateid = day.year * 10000 + day.month * 100 + day.day
+    return Fact(rowid=int(rowid), dateid=dateid, date=day, product_id=product_id, customer_id=customer_id,
+                price=price, quantity=int(qty), total_price=total)
 
 
 @dataclass
@@ -148,21 +158,21 @@ class StarDelta:
         return {k[0] for k in self.aggregates}
 
 
-def _try_fact(row: Mapping[str, Any] | None, zone: ZoneInfo) -> tuple[Fact | None, str | None]:
-    if row is None:
+def _try_fact(values: tuple[Any, ...] | None, zone: ZoneInfo) -> tuple[Fact | None, str | None]:
+    if values is None:
         return None, None
     try:
-        return fact_from_row(row, zone), None
+        return fact_from_values(values, zone), None
     except InvalidFact as exc:
         return None, str(exc)
 
 
-def star_delta(changes: Iterable[tuple[int, Mapping[str, Any] | None, Mapping[str, Any] | None]],
-               zone: ZoneInfo) -> StarDelta:
-    """The delta for ``(rowid, old row or None, new row or None)`` per changed sales row."""
+def star_delta(changes: Iterable[tuple[int, Fact | None, tuple[Any, ...] | None]], zone: ZoneInfo) -> StarDelta:
+    """The delta for ``(rowid, its current fact or None, its new values or None)`` per changed
+    sales row. The current fact is what factsales holds (a valid fact of the old row); the new
+    values are the row after the batch in SALES_COLUMNS order, None when it was deleted."""
     delta = StarDelta()
-    for rowid, old, new in changes:
-        old_fact, _ = _try_fact(old, zone)
+    for rowid, old_fact, new in changes:
         new_fact, reason = _try_fact(new, zone)
         if old_fact is not None:
             delta.aggregates.setdefault(old_fact.agg_key, AggDelta()).add(old_fact, -1)
@@ -192,10 +202,11 @@ class ScratchBuilder:
         self.invalid: list[tuple[Any, str]] = []  # (rowid, reason) of rows that make no fact
         self.facts = 0
 
-    def add(self, row: Mapping[str, Any]) -> Fact | None:
-        fact, reason = _try_fact(row, self.zone)
+    def add(self, values: tuple[Any, ...]) -> Fact | None:
+        """Feed one sales row, values in SALES_COLUMNS order."""
+        fact, reason = _try_fact(values, self.zone)
         if reason is not None:
-            self.invalid.append((row["rowid"], reason))
+            self.invalid.append((values[0], reason))
         if fact is not None:
             self._aggs.setdefault(fact.agg_key, AggDelta()).add(fact, +1)
             self._dates.setdefault(fact.dateid, dim_date(fact.date))

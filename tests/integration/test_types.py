@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 
 from cdc.mysql import read_table
 from cdc.settings import Settings
-from tests.helpers import assert_same, execute, running_pipeline, source_rows, staging_rows, wait_caught_up
+from tests.helpers import (
+    assert_same,
+    execute,
+    running_pipeline,
+    source_rows,
+    staging_rows,
+    wait_caught_up,
+    wait_until,
+)
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -146,3 +154,20 @@ def test_row_postgresql_refuses_is_isolated_and_the_rest_of_the_batch_lands(
     assert staging.execute("SELECT id FROM staging.all_types ORDER BY id").fetchall() == [(1,), (3,)]
     (reason,) = staging.execute("SELECT reason FROM softcart.dead_letter WHERE row_key = '[2]'").fetchone() or ("",)
     assert "small_i" in reason
+
+
+def test_batch_where_every_row_fails_the_same_way_is_fatal_not_dead_letters(
+        typed: Settings, source: Conn, staging: PG) -> None:
+    from cdc.errors import FatalError
+
+    fatal = pytest.raises(FatalError, match=r"every one of 3 changes to all_types failed the same way .*vc")
+    with fatal, running_pipeline(typed):
+        wait_caught_up(staging, source)
+        staging.execute("ALTER TABLE staging.all_types ALTER COLUMN vc SET NOT NULL")
+        source.begin()
+        execute(source, "INSERT INTO all_types (id) VALUES (1), (2), (3)")
+        source.commit()
+        wait_until(lambda: staging.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'softcart-sync'").fetchone() is None,
+            60, "the daemon to stop on the fatal error")
+    assert staging.execute("SELECT count(*) FROM softcart.dead_letter").fetchone() == (0,)

@@ -1,0 +1,113 @@
+"""How much the star schema adds to the staging apply: the same micro-batches of sales changes
+applied through StagingWriter with and without it, on a private PostgreSQL. Prints figures.
+
+    .venv/bin/python -m tests.bench.bench_star [--changes 200000] [--batch 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import random
+import statistics
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+from cdc.localservers import PostgresServer
+from cdc.model import Op, Position, RowChange
+from loader.ddl import ensure_schema
+from loader.staging import StagingWriter
+from loader.star import StarSchema
+from transform.schema import Column, Table
+
+SALES = Table("sales_data", (
+    Column("rowid", "int", "int(11)", False), Column("product_id", "int", "int(11)"),
+    Column("customer_id", "int", "int(11)"), Column("price", "decimal", "decimal(12,2)", False, 12, 2),
+    Column("quantity", "int", "int(11)", False), Column("timestamp", "timestamp", "timestamp", False, fsp=0),
+), ("rowid",))
+
+
+def batches(n: int, size: int, seed: int) -> list[list[RowChange]]:
+    rnd = random.Random(seed)
+    rows: dict[int, tuple[Any, ...]] = {}
+    next_id = 1
+    out: list[list[RowChange]] = []
+    batch: list[RowChange] = []
+    for _ in range(n):
+        kind = rnd.random()
+        ts = dt.datetime(2021, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=rnd.randrange(500_000))
+        if kind < 0.7 or len(rows) < 10:
+            row = (next_id, rnd.randint(1, 500), rnd.randint(1, 10000), Decimal(rnd.randint(100, 50000)) / 100,
+                   rnd.randint(1, 5), ts)
+            rows[next_id] = row
+            next_id += 1
+            batch.append(RowChange("sales_data", Op.INSERT, None, row))
+        else:
+            key = rnd.choice(list(rows)) if len(rows) < 2000 else next_id - rnd.randint(1, 2000)
+            if key not in rows:
+                continue
+            old = rows[key]
+            if kind < 0.9:
+                new = (*old[:4], old[4] + 1, ts)
+                rows[key] = new
+                batch.append(RowChange("sales_data", Op.UPDATE, old, new))
+            else:
+                del rows[key]
+                batch.append(RowChange("sales_data", Op.DELETE, old, None))
+        if len(batch) >= size:
+            out.append(batch)
+            batch = []
+    if batch:
+        out.append(batch)
+    return out
+
+
+def run(url: str, work: list[list[RowChange]], with_star: bool) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS staging, star, softcart CASCADE")
+        ensure_schema(conn, {"sales_data": SALES})
+        star = StarSchema(SALES, ZoneInfo("UTC")) if with_star else None
+        if star:
+            with conn.transaction(), conn.cursor() as cur:
+                star.ensure_schema(cur)
+        writer = StagingWriter(conn, {"sales_data": SALES}, "bench", star)
+        started = time.perf_counter()
+        for i, batch in enumerate(work):
+            writer.apply(batch)
+            writer.commit(Position("bin.000001", i + 4), None)
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--changes", type=int, default=200_000)
+    p.add_argument("--batch", type=int, default=5000)
+    p.add_argument("--runs", type=int, default=3)
+    args = p.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="softcart-bench-"))
+    base.chmod(0o755)
+    pg = PostgresServer(base / "pg")
+    pg.start()
+    try:
+        work = batches(args.changes, args.batch, 1)
+        plain = [run(pg.url(), work, False) for _ in range(args.runs)]
+        star = [run(pg.url(), work, True) for _ in range(args.runs)]
+    finally:
+        pg.stop()
+    p_med, s_med = statistics.median(plain), statistics.median(star)
+    print(f"| apply of {args.changes} sales changes in batches of {args.batch} | median s | changes/s |")
+    print("|---|---|---|")
+    print(f"| staging only | {p_med:.2f} | {args.changes / p_med:,.0f} |")
+    print(f"| staging + star schema | {s_med:.2f} | {args.changes / s_med:,.0f} |")
+    print(f"star schema adds {100 * (s_med - p_med) / p_med:.0f}% to the staging apply "
+          f"(runs: plain {[round(x, 2) for x in plain]}, star {[round(x, 2) for x in star]})")
+
+
+if __name__ == "__main__":
+    main()
