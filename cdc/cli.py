@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
-
-import structlog
 
 from cdc.errors import ConfigError, SoftcartError
 from cdc.logs import configure
@@ -76,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "compare the incremental tables with a from-scratch computation without changing "
                         "anything; print the differences and exit 1 if there are any.")
     rb.add_argument("--check", action="store_true", help="compare only, change nothing")
+    st = sub.add_parser("status", help="position, lag, last commit, dead letters, snapshot (from PostgreSQL)",
+                        description="What the pipeline has done, read from staging, whether or not the daemon runs.")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("settings", help="list every setting with its default")
     return p
 
@@ -113,27 +110,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.pipeline import Pipeline
+    from cdc.service import run_service
 
-    log = structlog.get_logger("softcart")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            os._exit(128 + signum)
-        log.info("stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    pipeline = Pipeline(settings)
-    try:
-        pipeline.run(stop)
-    except SoftcartError as exc:
-        log.error("fatal", error=str(exc), position=str(pipeline.state.position))
-        raise
-    log.info("stopped", position=str(pipeline.state.position))
-    return EXIT_OK
+    return EXIT_OK if run_service(settings) == 0 else EXIT_FAILED
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
@@ -169,7 +148,15 @@ def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"run": _run, "check": _check, "setup-source": _setup_source, "rebuild": _rebuild}
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.status import read_status, render, to_json
+
+    status = read_status(settings)
+    print(to_json(status) if args.json else render(status))
+    return EXIT_OK
+
+
+_COMMANDS = {"status": _status, "run": _run, "check": _check, "setup-source": _setup_source, "rebuild": _rebuild}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,7 @@ error. Either worker's exception reaches the supervisor.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -20,6 +21,7 @@ from cdc import mysql
 from cdc.check import refuse_unready_source
 from cdc.errors import ConfigError, FatalError, SoftcartError, TransientError
 from cdc.flavor import Flavor
+from cdc.metrics import Metrics
 from cdc.model import Heartbeat, Position, RowChange, TxnChunk
 from cdc.settings import Settings
 from cdc.snapshot import take_snapshot
@@ -41,14 +43,31 @@ class PipelineState:
 
     position: Position | None = None
     last_commit_at: float = 0.0
-    last_event_time: float = 0.0
-    last_heartbeat_at: float = 0.0
+    last_event_time: float = 0.0  # source commit time of the last applied change
+    caught_up_at: float = 0.0  # last heartbeat that found the writer idle with nothing queued
+    progress_at: float = field(default_factory=time.time)  # anything moved: commit, heartbeat, snapshot, retry
     rows_applied: int = 0
     transactions_applied: int = 0
     batches_committed: int = 0
     restarts: int = 0
+    started: bool = False  # connected, checked, schema in place (READY for systemd)
     streaming: bool = False
+    snapshotting: bool = False
+    lag_bytes: int | None = None
     snapshot_rows: dict[str, int] = field(default_factory=dict)
+
+    def lag_seconds(self, now: float, heartbeat: float) -> float:
+        """Source commit time of the last applied change vs now. Idle and caught up (a heartbeat
+        found nothing to do within two periods) is 0, so idle never looks like lag; a stall gets
+        no heartbeats, so its lag keeps growing."""
+        if self.caught_up_at and now - self.caught_up_at < 2 * heartbeat and self.caught_up_at >= self.last_commit_at:
+            return 0.0
+        newest = max(self.last_event_time, self.caught_up_at)
+        return max(0.0, now - newest) if newest else 0.0
+
+    def healthy(self, now: float, stall_seconds: float) -> bool:
+        """Making progress, or idle and healthy: what the watchdog and /readyz ask."""
+        return now - self.progress_at < stall_seconds
 
 
 def star_schema(settings: Settings, tables: dict[str, Table]) -> StarSchema | None:
@@ -65,9 +84,11 @@ def star_schema(settings: Settings, tables: dict[str, Table]) -> StarSchema | No
 
 
 class Pipeline:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.state = PipelineState()
+        self.metrics = metrics or Metrics()
+        self.metrics.queue_capacity.set(settings.queue_chunks)
 
     # Supervisor --------------------------------------------------------------------------------
 
@@ -81,6 +102,9 @@ class Pipeline:
             except TransientError as exc:
                 self.state.streaming = False
                 self.state.restarts += 1
+                self.state.progress_at = time.time()  # retrying on schedule is not being stuck
+                self.metrics.errors.labels("transient").inc()
+                self.metrics.restarts.inc()
                 if time.monotonic() - started > 60:
                     delay = 0.5
                 log.warning("pipeline_retrying", error=str(exc), retry_in_seconds=round(delay, 2),
@@ -89,6 +113,7 @@ class Pipeline:
                 delay = min(delay * 2, self.settings.retry_max_seconds)
             except SoftcartError:
                 self.state.streaming = False
+                self.metrics.errors.labels("fatal").inc()
                 raise
 
     def prepare(self) -> tuple[dict[str, Table], Flavor]:
@@ -106,6 +131,7 @@ class Pipeline:
     def run_once(self, stop: threading.Event) -> None:
         tables, flavor = self.prepare()
         pg = pg_connect(self.settings, autocommit=True)
+        self.metrics.connected.labels("staging").set(1)
         try:
             ensure_schema(pg, tables)
             star = star_schema(self.settings, tables)
@@ -118,19 +144,37 @@ class Pipeline:
                         built = star.rebuild(pg)
                         log.info("star_schema_built", facts=built.facts, invalid=len(built.invalid))
             writer = StagingWriter(pg, tables, self.settings.pipeline_name, star)
+            self.state.started = True
+            self.state.progress_at = time.time()
             if position is None:
+                self.state.snapshotting = True
+                self.metrics.snapshot_tables.labels("total").set(len(tables))
+                self.metrics.snapshot_tables.labels("done").set(0)
                 position = take_snapshot(self.settings, tables, flavor, writer, self._snapshot_progress)
+                self.metrics.snapshot_tables.labels("done").set(len(tables))
+                self.state.snapshotting = False
             else:
                 log.info("resuming", position=str(position))
-            self.state.position = position
+            self._observe_position(position)
             self._stream(stop, tables, flavor, writer, position)
         except psycopg.OperationalError as exc:
             raise TransientError(f"staging connection lost: {str(exc).strip()}") from None
         finally:
+            self.state.snapshotting = False
+            self.metrics.connected.labels("staging").set(0)
             pg.close()
 
     def _snapshot_progress(self, table: str, rows: int) -> None:
         self.state.snapshot_rows[table] = rows
+        self.state.progress_at = time.time()
+        self.metrics.snapshot_rows.labels(table).set(rows)
+
+    def _observe_position(self, position: Position) -> None:
+        self.state.position = position
+        self.metrics.position_offset.set(position.pos)
+        suffix = position.file.rpartition(".")[2]
+        if suffix.isdigit():
+            self.metrics.position_file.set(int(suffix))
 
     def _stream(self, stop: threading.Event, tables: dict[str, Table], flavor: Flavor,
                 writer: StagingWriter, position: Position) -> None:
@@ -167,17 +211,28 @@ class Pipeline:
         for t in threads:
             t.start()
         self.state.streaming = True
+        self.state.progress_at = time.time()
+        self.metrics.connected.labels("source").set(1)
         log.info("streaming", position=str(position), source=flavor.name)
+        lag_probe = LagProbe(self.settings)
         try:
             while not inner.is_set():
                 if stop.wait(0.2):
                     break
+                self.metrics.queue_depth.set(q.qsize())
+                self.metrics.lag_seconds.set(self.state.lag_seconds(time.time(), self.settings.heartbeat_seconds))
+                if self.state.position is not None:
+                    self.state.lag_bytes = lag_probe.lag_bytes(self.state.position)
+                    if self.state.lag_bytes is not None:
+                        self.metrics.lag_bytes.set(self.state.lag_bytes)
         finally:
             inner.set()
             source.close()
+            lag_probe.close()
             for t in threads:
                 t.join(self.settings.shutdown_timeout_seconds)
             self.state.streaming = False
+            self.metrics.connected.labels("source").set(0)
         if errors:
             raise _as_ours(errors[0])
 
@@ -197,6 +252,10 @@ class Pipeline:
             if buffer:
                 writer.apply(buffer)
                 buffer = []
+                self.state.progress_at = time.time()  # a huge transaction is progress too
+
+        m = self.metrics
+        counted = {"star": writer.star_rows_changed, **writer.dead_letters}  # as of the last commit
 
         def do_commit() -> None:
             nonlocal batch_rows, commit, txns
@@ -204,13 +263,24 @@ class Pipeline:
             flush()
             writer.commit(commit.commit, commit.event_time or None)
             st = self.state
-            st.position = commit.commit
-            st.last_commit_at = time.time()
+            now = time.time()
+            self._observe_position(commit.commit)
+            st.last_commit_at = st.progress_at = now
             if commit.event_time:
                 st.last_event_time = commit.event_time
             st.rows_applied += batch_rows
             st.transactions_applied += txns
             st.batches_committed += 1
+            m.rows_applied.inc(batch_rows)
+            m.transactions_applied.inc(txns)
+            m.batch_rows.observe(batch_rows)
+            m.batch_seconds.observe(time.monotonic() - batch_started)
+            m.last_commit.labels("staging").set(now)
+            m.star_rows.inc(writer.star_rows_changed - counted["star"])
+            counted["star"] = writer.star_rows_changed
+            for kind, n in writer.dead_letters.items():
+                m.dead_letters.labels(kind).inc(n - counted.get(kind, 0))
+                counted[kind] = n
             log.debug("batch_committed", rows=batch_rows, transactions=txns, position=str(commit.commit))
             batch_rows, txns, commit = 0, 0, None
 
@@ -222,12 +292,13 @@ class Pipeline:
                     do_commit()
                 continue
             if isinstance(item, Heartbeat):
-                self.state.last_heartbeat_at = time.time()
-                if item.event_time:
-                    self.state.last_event_time = max(self.state.last_event_time, item.event_time)
+                if commit is None and not partial and not buffer and q.empty():
+                    self.state.caught_up_at = self.state.progress_at = time.time()
                 continue
             if batch_rows == 0 and commit is None and not partial:
                 batch_started = time.monotonic()
+            for ch in item.changes:
+                m.events_read.labels(ch.table, ch.op.value).inc()
             buffer.extend(item.changes)
             batch_rows += item.rows
             if len(buffer) >= s.chunk_rows:
@@ -246,6 +317,53 @@ class Pipeline:
             do_commit()
         else:
             writer.rollback()
+
+
+class LagProbe:
+    """How many binlog bytes the source has written past our position (asked every few seconds on
+    a connection of its own; ``None`` while the source can't be asked)."""
+
+    def __init__(self, settings: Settings, every_seconds: float = 5.0) -> None:
+        self._settings = settings
+        self._every = every_seconds
+        self._next = 0.0
+        self._last: int | None = None
+        self._conn: Any = None
+
+    def lag_bytes(self, position: Position) -> int | None:
+        now = time.monotonic()
+        if now < self._next:
+            return self._last
+        self._next = now + self._every
+        try:
+            if self._conn is None:
+                self._conn = mysql.connect(self._settings)
+            with self._conn.cursor() as cur:
+                cur.execute("SHOW BINARY LOGS")
+                logs = [(str(r[0]), int(r[1])) for r in cur.fetchall()]
+            self._last = binlog_bytes_behind(logs, position)
+        except Exception:  # noqa: BLE001 - a metric, not a reason to stop; the stream reports real faults
+            self.close()
+            self._last = None
+        return self._last
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+
+def binlog_bytes_behind(logs: list[tuple[str, int]], position: Position) -> int | None:
+    """Bytes from ``position`` to the end of the last binlog, given SHOW BINARY LOGS (name, size)."""
+    total, seen = 0, False
+    for name, size in logs:
+        if name == position.file:
+            seen = True
+            total += max(0, size - position.pos)
+        elif seen:
+            total += size
+    return total if seen else None
 
 
 def _as_ours(exc: BaseException) -> BaseException:

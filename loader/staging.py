@@ -108,7 +108,8 @@ class StagingWriter:
         self.pipeline = pipeline
         self.star = star
         self.dead_letters: dict[str, int] = {}  # committed dead letters by kind, for metrics
-        self.star_rows_changed = 0
+        self.star_rows_changed = 0  # committed fact upserts and deletes, for metrics
+        self._star_pending = 0
         self._temps: dict[str, tuple[str, str]] = {}
         # The session's temporary tables, created now, outside any transaction: a rollback to a
         # savepoint can't take them away. ON COMMIT DELETE ROWS empties them after each batch.
@@ -135,6 +136,7 @@ class StagingWriter:
 
     def rollback(self) -> None:
         self._dead.clear()
+        self._star_pending = 0
         if self._open:
             self._open = False
             if not self.conn.closed:
@@ -156,6 +158,8 @@ class StagingWriter:
             save_position(cur, self.pipeline, position, event_time)
         assert self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         self.conn.execute("COMMIT")
+        self.star_rows_changed += self._star_pending
+        self._star_pending = 0
         self._open = False
         self._dead.clear()
 
@@ -209,7 +213,7 @@ class StagingWriter:
         return len(net.upserts) + len(net.deletes)
 
     def _invalid_facts(self, table: Table, net: NetChanges, delta: StarDelta) -> None:
-        self.star_rows_changed += len(delta.fact_upserts) + len(delta.fact_deletes)
+        self._star_pending += len(delta.fact_upserts) + len(delta.fact_deletes)
         for rowid, reason in delta.invalid.items():
             row = net.upserts[(rowid,)]
             self._dead.append(DeadLetter(table.name, key_text((rowid,)), f"no valid fact: {reason}",

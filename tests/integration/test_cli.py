@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
@@ -143,3 +145,24 @@ def test_demo_runs_and_staging_follows_the_source(tmp_path: Path) -> None:
     assert "Stopped." in out.stdout
 
 
+
+
+def test_status_reads_postgresql_with_or_without_the_daemon(settings_env: dict[str, str], settings: Any,
+                                                            source: Conn) -> None:
+    from tests.helpers import running_pipeline, wait_until
+
+    before = cli("status", env=settings_env)
+    assert before.returncode == 0 and "not started" in before.stdout
+    execute(source, "CREATE TABLE sales_data (rowid INT PRIMARY KEY, product_id INT, customer_id INT,"
+                    " price DECIMAL(10,2), quantity INT, timestamp TIMESTAMP NULL)",
+            "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, NULL)")
+    with running_pipeline(settings) as p:
+        wait_until(lambda: p.state.streaming, 60, "streaming")
+    out = cli("status", "--json", env=settings_env)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["position"]["file"].startswith("mysql-bin.")
+    assert status["dead_letters"] == {"fact": {"open": 1, "total": 1}}
+    assert status["snapshot"][0]["table"] == "sales_data" and status["snapshot"][0]["rows"] == 1
+    human = cli("status", env=settings_env).stdout
+    assert "position       mysql-bin." in human and "fact: 1 open of 1" in human

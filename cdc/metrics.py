@@ -1,0 +1,59 @@
+"""Every metric softcart-sync exports, defined in one place, on a registry the entry point owns.
+
+Names follow Prometheus conventions: one prefix, base units, ``_total`` for counters, labels of
+low cardinality only (table, operation, endpoint, stage, kind).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "softcart_"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        p = PREFIX
+        self.events_read = Counter(p + "binlog_row_events_total", "Row changes read from the binlog",
+                                   ["table", "operation"], registry=r)
+        self.transactions_applied = Counter(p + "transactions_applied_total",
+                                            "Source transactions committed to staging", registry=r)
+        self.rows_applied = Counter(p + "rows_applied_total", "Row changes committed to staging", registry=r)
+        self.batch_rows = Histogram(p + "batch_rows", "Row changes per micro-batch", registry=r,
+                                    buckets=(1, 10, 100, 1000, 5000, 20000, 100000, 1000000))
+        self.batch_seconds = Histogram(p + "batch_duration_seconds", "Time to apply and commit a micro-batch",
+                                       registry=r, buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.lag_seconds = Gauge(p + "replication_lag_seconds",
+                                 "Source commit time of the last applied change vs now; 0 when idle and "
+                                 "caught up (heartbeats), growing when stalled", registry=r)
+        self.lag_bytes = Gauge(p + "replication_lag_bytes", "Binlog bytes between the applied position and "
+                               "the source's current position", registry=r)
+        self.queue_depth = Gauge(p + "queue_depth_chunks", "Slices waiting between reader and writer", registry=r)
+        self.queue_capacity = Gauge(p + "queue_capacity_chunks", "Capacity of the reader->writer queue",
+                                    registry=r)
+        self.connected = Gauge(p + "connected", "1 when connected to the endpoint", ["endpoint"], registry=r)
+        self.last_commit = Gauge(p + "last_commit_timestamp_seconds", "Unix time of the last successful commit",
+                                 ["stage"], registry=r)
+        self.star_rows = Counter(p + "star_rows_changed_total", "Fact rows upserted or deleted", registry=r)
+        self.dead_letters = Counter(p + "dead_letters_total", "Rows sent to the dead-letter table",
+                                    ["kind"], registry=r)
+        self.errors = Counter(p + "errors_total", "Errors by kind (transient: retried; fatal: stopped)",
+                              ["kind"], registry=r)
+        self.restarts = Counter(p + "pipeline_restarts_total", "Restarts of the stages after a transient error",
+                                registry=r)
+        self.snapshot_rows = Gauge(p + "snapshot_rows_copied", "Rows copied by the initial snapshot", ["table"],
+                                   registry=r)
+        self.snapshot_tables = Gauge(p + "snapshot_tables", "Tables of the initial snapshot", ["state"],
+                                     registry=r)
+        self.position_file = Gauge(p + "source_position_file_number",
+                                   "Sequence number of the binlog file of the applied position", registry=r)
+        self.position_offset = Gauge(p + "source_position_offset_bytes",
+                                     "Offset in that binlog file of the applied position", registry=r)
+        self.ready = Gauge(p + "ready", "1 when streaming and not stalled (what /readyz says)", registry=r)
+        for endpoint in ("source", "staging"):
+            self.connected.labels(endpoint).set(0)
+        for kind in ("value", "fact"):
+            self.dead_letters.labels(kind)
+        for kind in ("transient", "fatal"):
+            self.errors.labels(kind)

@@ -1,0 +1,119 @@
+"""`softcart-sync run`: the pipeline as a well-behaved daemon.
+
+The pipeline runs in a thread; the main thread is the service loop: it answers signals, serves
+/metrics, /healthz and /readyz, tells systemd READY once started, keeps STATUS current, and pings
+the watchdog only while the pipeline makes progress (or is idle and healthy), so a stuck stage
+gets the daemon restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from types import FrameType
+
+import structlog
+
+from cdc.errors import SoftcartError
+from cdc.http import HealthServer
+from cdc.metrics import Metrics
+from cdc.pipeline import Pipeline, PipelineState
+from cdc.settings import Settings
+from cdc.systemd import Notifier
+
+log = structlog.get_logger("softcart")
+
+
+def status_line(state: PipelineState, now: float, settings: Settings) -> str:
+    """One line for systemd's STATUS= and for humans."""
+    if state.snapshotting:
+        rows = sum(state.snapshot_rows.values())
+        return f"snapshotting: {rows} rows copied"
+    if not state.streaming:
+        return "connecting" if not state.restarts else f"reconnecting (restart {state.restarts})"
+    lag = state.lag_seconds(now, settings.heartbeat_seconds)
+    behind = f", {state.lag_bytes} bytes behind" if state.lag_bytes else ""
+    return f"streaming at {state.position}; lag {lag:.1f} s{behind}; {state.rows_applied} rows applied"
+
+
+def readiness(state: PipelineState, now: float, settings: Settings) -> tuple[bool, str]:
+    if not state.streaming:
+        return False, "not streaming: " + status_line(state, now, settings)
+    if not state.healthy(now, settings.stall_seconds):
+        return False, f"stalled: no progress for {now - state.progress_at:.0f} s"
+    return True, status_line(state, now, settings)
+
+
+def run_service(settings: Settings, notifier: Notifier | None = None) -> int:
+    notifier = notifier or Notifier()
+    metrics = Metrics()
+    pipeline = Pipeline(settings, metrics)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)  # a second signal: at once
+        log.info("stopping", signal=signal.Signals(signum).name, position=str(pipeline.state.position))
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    host, port = settings.metrics_address
+    http = HealthServer(host, port, metrics.registry,
+                        lambda: readiness(pipeline.state, time.time(), settings))
+    http.start()
+    log.info("metrics_listening", address=f"{host}:{http.port}")
+    errors: list[SoftcartError] = []
+
+    def target() -> None:
+        try:
+            pipeline.run(stop)
+        except SoftcartError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=target, name="pipeline", daemon=True)
+    worker.start()
+    try:
+        _loop(settings, pipeline, metrics, notifier, stop, worker)
+    finally:
+        http.stop()
+    if errors:
+        log.error("fatal", error=str(errors[0]), position=str(pipeline.state.position))
+        return 1
+    log.info("stopped", position=str(pipeline.state.position))
+    return 0
+
+
+def _loop(settings: Settings, pipeline: Pipeline, metrics: Metrics, notifier: Notifier, stop: threading.Event,
+          worker: threading.Thread) -> None:
+    ready_sent = stopping_sent = False
+    last_ping = last_status = 0.0
+    deadline = float("inf")
+    while worker.is_alive():
+        worker.join(0.25)
+        now = time.time()
+        state = pipeline.state
+        ok, _ = readiness(state, now, settings)
+        metrics.ready.set(1 if ok else 0)
+        if stop.is_set():
+            if not stopping_sent:
+                notifier.stopping()
+                stopping_sent = True
+                deadline = time.monotonic() + settings.shutdown_timeout_seconds
+            elif time.monotonic() > deadline:
+                log.error("shutdown_timed_out", seconds=settings.shutdown_timeout_seconds,
+                          position=str(state.position))
+                os._exit(1)
+            continue
+        if not ready_sent and state.started:
+            notifier.ready(status_line(state, now, settings))
+            ready_sent = True
+        elif ready_sent and now - last_status >= 2:
+            notifier.status(status_line(state, now, settings))
+            last_status = now
+        interval = notifier.watchdog_interval
+        if interval is not None and state.healthy(now, settings.stall_seconds) and now - last_ping >= interval:
+            notifier.watchdog()
+            last_ping = now

@@ -1,0 +1,77 @@
+"""`softcart-sync status`: what the pipeline has done, read from PostgreSQL, so it works whether
+or not the daemon runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from psycopg import sql
+
+from cdc.settings import Settings
+from loader.ddl import META
+from loader.pg import pg_connect
+
+
+def read_status(settings: Settings) -> dict[str, Any]:
+    with pg_connect(settings, autocommit=True) as conn:
+        have_meta = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META}.position",)).fetchone()
+        if not have_meta or not have_meta[0]:
+            return {"pipeline": settings.pipeline_name, "state": "not started (no position stored yet)",
+                    "dead_letters": {}, "snapshot": []}
+        pos = conn.execute(sql.SQL("SELECT binlog_file, binlog_pos, gtid, event_time, committed_at, now()"
+                                   " FROM {}.position WHERE pipeline = %s").format(sql.Identifier(META)),
+                           (settings.pipeline_name,)).fetchone()
+        dead = conn.execute(sql.SQL("SELECT kind, count(*) FILTER (WHERE resolved_at IS NULL), count(*)"
+                                    " FROM {}.dead_letter WHERE pipeline = %s GROUP BY kind ORDER BY kind")
+                            .format(sql.Identifier(META)), (settings.pipeline_name,)).fetchall()
+        snap = conn.execute(sql.SQL("SELECT source_table, rows_copied, position, finished_at FROM {}.snapshot"
+                                    " WHERE pipeline = %s ORDER BY source_table").format(sql.Identifier(META)),
+                            (settings.pipeline_name,)).fetchall()
+    out: dict[str, Any] = {"pipeline": settings.pipeline_name}
+    if pos is None:
+        out["state"] = "not started (no position stored yet)"
+    else:
+        file, offset, gtid, event_time, committed_at, now = pos
+        out.update(
+            state="streaming position stored",
+            position={"file": file, "pos": offset, "gtid": gtid},
+            last_commit=committed_at.isoformat(),
+            seconds_since_last_commit=round((now - committed_at).total_seconds(), 1),
+            last_source_event=event_time.isoformat() if event_time else None,
+            lag_at_last_commit_seconds=(round((committed_at - event_time).total_seconds(), 1)
+                                        if event_time else None),
+        )
+    out["dead_letters"] = {k: {"open": o, "total": t} for k, o, t in dead}
+    out["snapshot"] = [{"table": t, "rows": r, "position": p, "finished_at": f.isoformat()} for t, r, p, f in snap]
+    return out
+
+
+def render(status: dict[str, Any]) -> str:
+    lines = [f"pipeline       {status['pipeline']}: {status['state']}"]
+    if "position" in status:
+        p = status["position"]
+        lines.append(f"position       {p['file']}:{p['pos']}" + (f"  gtid {p['gtid']}" if p["gtid"] else ""))
+        lines.append(f"last commit    {status['last_commit']} ({_ago(status['seconds_since_last_commit'])})")
+        if status["lag_at_last_commit_seconds"] is not None:
+            lines.append(f"lag            {status['lag_at_last_commit_seconds']} s at the last commit")
+    dead = status["dead_letters"]
+    if dead:
+        parts = [f"{k}: {v['open']} open of {v['total']}" for k, v in dead.items()]
+        lines.append("dead letters   " + "; ".join(parts) + "  (softcart.dead_letter)")
+    else:
+        lines.append("dead letters   none")
+    for s in status["snapshot"]:
+        lines.append(f"snapshot       {s['table']}: {s['rows']} rows at {s['position']}, {s['finished_at']}")
+    if not status["snapshot"]:
+        lines.append("snapshot       not taken yet")
+    return "\n".join(lines)
+
+
+def _ago(seconds: float) -> str:
+    return f"{dt.timedelta(seconds=int(seconds))} ago"
+
+
+def to_json(status: dict[str, Any]) -> str:
+    return json.dumps(status, indent=2, sort_keys=True)

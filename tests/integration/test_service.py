@@ -1,0 +1,210 @@
+"""`softcart-sync run` as systemd sees it: sd_notify, watchdog, metrics, health, signals."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cdc.localservers import MariaDBServer, PostgresServer
+from tests.helpers import SALES_DDL, Daemon, assert_same, execute, wait_caught_up, wait_until
+
+Conn = pymysql.connections.Connection
+PG = psycopg.Connection[Any]
+
+
+class NotifySocket:
+    """The datagram socket systemd would own; collects what the daemon says."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                break
+            self.messages.append((time.monotonic(), data.decode()))
+        return [m for _, m in self.messages]
+
+    def fields(self) -> list[str]:
+        return [f for m in self.drain() for f in m.split("\n")]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    s = NotifySocket(tmp_path / "notify.sock")
+    yield s
+    s.close()
+
+
+def metrics_port(daemon: Daemon) -> int:
+    def port() -> int | None:
+        for line in daemon.log.read_text().splitlines():
+            if '"metrics_listening"' in line:
+                return int(json.loads(line)["address"].rsplit(":", 1)[1])
+        return None
+
+    found: int = wait_until(port, 30, "the metrics listener")
+    return found
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def sample(port: int, name: str, **labels: str) -> float:
+    _, text = get(port, "/metrics")
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+def test_ready_status_watchdog_and_metrics_under_load(settings_env: dict[str, str], source: Conn, staging: PG,
+                                                      notify: NotifySocket, tmp_path: Path) -> None:
+    execute(source, SALES_DDL)
+    env = {**settings_env, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"}
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        wait_until(lambda: "READY=1" in notify.fields(), 60, "READY=1")
+        port = metrics_port(daemon)
+        daemon.wait_streaming()
+        assert get(port, "/healthz")[0] == 200
+        wait_until(lambda: get(port, "/readyz")[0] == 200, 30, "/readyz to say ready")
+        before = sample(port, "softcart_rows_applied_total")
+        with source.cursor() as cur:
+            for i in range(200):
+                cur.execute("INSERT INTO sales_data VALUES (%s, 1, 1, 1.00, 1, '2021-01-01 00:00:00')", (i,))
+        wait_caught_up(staging, source)
+        wait_until(lambda: sample(port, "softcart_rows_applied_total") >= before + 200, 30, "the counter to move")
+        assert sample(port, "softcart_binlog_row_events_total", table="sales_data", operation="insert") >= 200
+        assert sample(port, "softcart_connected", endpoint="source") == 1
+        assert sample(port, "softcart_queue_capacity_chunks") > 0
+        assert sample(port, "softcart_star_rows_changed_total") >= 200
+        assert sample(port, "softcart_last_commit_timestamp_seconds", stage="staging") > time.time() - 60
+        # Idle and caught up: heartbeats keep the lag at zero.
+        wait_until(lambda: sample(port, "softcart_replication_lag_seconds") == 0, 30, "lag 0 when idle")
+        fields = notify.fields()
+        assert any(f.startswith("STATUS=streaming at mysql-bin.") for f in fields), fields
+        assert fields.count("WATCHDOG=1") >= 2
+        assert daemon.stop(30) == 0
+        assert "STOPPING=1" in notify.fields()
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.kill()
+
+
+def test_sigterm_under_load_exits_0_in_time_and_loses_nothing(mariadb: MariaDBServer, source_db: str,
+                                                              settings_env: dict[str, str], source: Conn,
+                                                              staging: PG, tmp_path: Path) -> None:
+    execute(source, SALES_DDL)
+    daemon = Daemon(settings_env, tmp_path / "daemon.log")
+    daemon.start()
+    daemon.wait_streaming()
+    stop = threading.Event()
+    writer = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db,
+                             autocommit=True)
+
+    def load() -> None:
+        i = 0
+        with writer.cursor() as cur:
+            while not stop.is_set():
+                cur.executemany("INSERT INTO sales_data VALUES (%s, 1, 1, 2.00, 1, '2021-01-01 00:00:00')",
+                                [(i + k,) for k in range(50)])
+                cur.execute("UPDATE sales_data SET quantity = quantity + 1 WHERE rowid < %s", (i // 2,))
+                i += 50
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    try:
+        wait_until(lambda: (staging.execute("SELECT count(*) FROM staging.sales_data").fetchone() or (0,))[0] > 500,
+                   60, "the stream to be under load")
+        started = time.monotonic()
+        assert daemon.stop(30) == 0
+        assert time.monotonic() - started < 30
+    finally:
+        stop.set()
+        t.join(30)
+        writer.close()
+    daemon.start()
+    daemon.wait_streaming()
+    wait_caught_up(staging, source)
+    assert daemon.stop(30) == 0
+    assert_same(source, staging, source_db, "sales_data")
+
+
+def cluster_pids(server: PostgresServer) -> list[int]:
+    assert server.proc is not None
+    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True)
+    return [server.proc.pid, *(int(p) for p in out.stdout.split())]
+
+
+@contextlib.contextmanager
+def paused(server: PostgresServer) -> Iterator[None]:
+    pids = cluster_pids(server)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_stalled_postgres_stops_the_watchdog_and_turns_readyz_unhealthy(
+        postgres: PostgresServer, settings_env: dict[str, str], source: Conn, staging: PG,
+        notify: NotifySocket, tmp_path: Path) -> None:
+    execute(source, SALES_DDL)
+    env = {**settings_env, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000",
+           "SOFTCART_STALL_SECONDS": "3"}
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        daemon.wait_streaming()
+        port = metrics_port(daemon)
+        wait_until(lambda: get(port, "/readyz")[0] == 200, 30, "ready")
+        with paused(postgres):
+            execute(source, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-01-01 00:00:00')")
+            wait_until(lambda: get(port, "/readyz")[0] == 503, 30, "/readyz to report the stall")
+            assert "stalled" in get(port, "/readyz")[1]
+            notify.drain()
+            mark = time.monotonic()
+            wait_until(lambda: time.monotonic() - mark > 3, 10, "three seconds of watching")
+            pings = [m for t, m in notify.messages if t > mark and "WATCHDOG=1" in m]
+            assert pings == [], "a stalled pipeline must not ping the watchdog"
+        wait_until(lambda: get(port, "/readyz")[0] == 200, 60, "ready again after PostgreSQL resumes")
+        wait_caught_up(staging, source)
+        assert daemon.stop(30) == 0
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.kill()
