@@ -2,8 +2,9 @@
 # Set up softcart-sync on a fresh Debian host, from the repository's root:
 #   - system packages, only those missing: MariaDB and PostgreSQL servers (for the demo and the
 #     tests, which start private instances of them), Python's venv module;
+#   - for the tests, promtool (Debian's prometheus package) to check the alert rules;
 #   - a virtual environment in .venv with softcart-sync and its development tools.
-# Safe to run again. Usage: deploy/bootstrap.sh
+# Safe to run again. Usage: deploy/bootstrap.sh [--no-test-tools]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ need=()
 [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null 2>&1 || need+=(mariadb-server)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
+if [ "${1:-}" != "--no-test-tools" ]; then
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   sudo=""

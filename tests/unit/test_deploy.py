@@ -11,7 +11,7 @@ import pytest
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 ANALYZE = shutil.which("systemd-analyze")
-pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 
 
 def verify(folder: Path, unit: str) -> str:
@@ -29,12 +29,14 @@ def install(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@needs_analyze
 def test_units_verify_clean(tmp_path: Path) -> None:
     folder = install(tmp_path)
     assert verify(folder, "softcart-sync.service") == ""
     assert verify(folder, "softcart-sync@sales.service") == ""
 
 
+@needs_analyze
 def test_verify_does_catch_a_broken_unit(tmp_path: Path) -> None:
     folder = install(tmp_path)
     good = (folder / "softcart-sync.service").read_text()
@@ -47,3 +49,36 @@ def test_service_unit_is_hardened_and_notifies() -> None:
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "DynamicUser=yes", "StateDirectory=",
                  "ProtectSystem=strict", "NoNewPrivileges=yes", "LoadCredential=", "EnvironmentFile="):
         assert line in text, line
+
+
+PROMETHEUS = DEPLOY.parent / "prometheus"
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian package prometheus) is not installed")
+def test_alert_rules_check_and_their_tests_pass() -> None:
+    check = subprocess.run([str(PROMTOOL), "check", "rules", "alerts.yml"], cwd=PROMETHEUS, capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    tests = subprocess.run([str(PROMTOOL), "test", "rules", "alerts_test.yml"], cwd=PROMETHEUS,
+                           capture_output=True, text=True, timeout=60)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+
+
+def _metric_names(text: str) -> set[str]:
+    import re
+
+    return {m for m in re.findall(r"\b(softcart_[a-z_]+)", text)}
+
+
+def test_alerts_and_dashboard_only_use_metrics_we_export() -> None:
+    import json
+
+    from cdc.metrics import Metrics
+
+    families = {fam.name for fam in Metrics().registry.collect()}
+    exported = {f"{n}{suffix}" for n in families for suffix in ("", "_total", "_bucket", "_sum", "_count")}
+    dashboard = (DEPLOY.parent / "grafana" / "softcart-sync-dashboard.json").read_text()
+    json.loads(dashboard)
+    used = _metric_names((PROMETHEUS / "alerts.yml").read_text()) | _metric_names(dashboard)
+    assert used and used <= exported, used - exported
