@@ -184,6 +184,7 @@ class Pipeline:
         source = BinlogSource(self.settings, tables, flavor, position)
 
         def reader() -> None:
+            structlog.contextvars.bind_contextvars(position=str(position))
             try:
                 for item in source.chunks(inner):
                     while not inner.is_set():
@@ -200,6 +201,7 @@ class Pipeline:
                 inner.set()
 
         def writer_loop() -> None:
+            structlog.contextvars.bind_contextvars(position=str(position))
             try:
                 self._write(inner, q, writer)
             except BaseException as exc:  # noqa: BLE001 - handed to the supervisor
@@ -262,6 +264,7 @@ class Pipeline:
             assert commit is not None and commit.commit is not None
             flush()
             writer.commit(commit.commit, commit.event_time or None)
+            structlog.contextvars.bind_contextvars(position=str(commit.commit))  # on every later line
             st = self.state
             now = time.time()
             self._observe_position(commit.commit)

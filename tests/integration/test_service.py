@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -22,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.localservers import MariaDBServer, PostgresServer
-from tests.helpers import SALES_DDL, Daemon, assert_same, execute, wait_caught_up, wait_until
+from tests.helpers import ROOT, SALES_DDL, Daemon, assert_same, execute, wait_caught_up, wait_until
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -208,3 +209,43 @@ def test_stalled_postgres_stops_the_watchdog_and_turns_readyz_unhealthy(
     finally:
         if daemon.proc and daemon.proc.poll() is None:
             daemon.kill()
+
+
+CANARY = "Canary-Pa55word-7731"
+
+
+def test_canary_password_never_appears_in_logs_metrics_or_status(
+        mariadb: MariaDBServer, postgres: PostgresServer, source_db: str, staging_db: str,
+        settings_env: dict[str, str], source: Conn, staging: PG, tmp_path: Path) -> None:
+    execute(source, SALES_DDL, f"CREATE USER IF NOT EXISTS 'canary'@'%' IDENTIFIED BY '{CANARY}'",
+            "GRANT ALL PRIVILEGES ON *.* TO 'canary'@'%'")
+    pw_file = tmp_path / "staging-password"
+    pw_file.write_text(CANARY + "\n")
+    env = {**settings_env,
+           "SOFTCART_SOURCE_URL": f"mysql://canary:{CANARY}@127.0.0.1:{mariadb.port}/{source_db}",
+           "SOFTCART_STAGING_PASSWORD_FILE": str(pw_file), "SOFTCART_LOG_LEVEL": "debug"}
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        daemon.wait_streaming()
+        port = metrics_port(daemon)
+        execute(source, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, NULL)")
+        wait_caught_up(staging, source)
+        _, metrics_text = get(port, "/metrics")
+        _, ready_text = get(port, "/readyz")
+        assert daemon.stop(30) == 0
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.kill()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SOFTCART_")}
+    outputs = [subprocess.run([sys.executable, "-m", "cdc", *args], env={**base, **env}, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+               for args in (["status"], ["status", "--json"], ["check"], ["settings"])]
+    bad_pw = subprocess.run([sys.executable, "-m", "cdc", "check"], cwd=ROOT, capture_output=True, text=True,
+                            env={**base, **env, "SOFTCART_SOURCE_URL":
+                                 f"mysql://canary:{CANARY}x@127.0.0.1:{mariadb.port}/{source_db}"}, timeout=60)
+    texts = [daemon.log.read_text(), metrics_text, ready_text, bad_pw.stdout + bad_pw.stderr]
+    texts += [o.stdout + o.stderr for o in outputs]
+    assert "access denied" in bad_pw.stdout
+    assert all(CANARY not in t for t in texts)
+    assert "dead letters" in outputs[0].stdout, "the status output was produced"
