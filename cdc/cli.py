@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -73,6 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="position, lag, last commit, dead letters, snapshot (from PostgreSQL)",
                         description="What the pipeline has done, read from staging, whether or not the daemon runs.")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("flush", help="run one flush to the warehouse and exit",
+                   description="Batch the star schema's pending changes into the spool and load every pending "
+                   "batch into the warehouse (SOFTCART_WAREHOUSE_URL), in order. Exit 0 when all loaded, 1 when "
+                   "a batch failed or the warehouse could not be reached (the batches stay pending).")
+    wh = sub.add_parser("warehouse", help="warehouse administration")
+    whsub = wh.add_subparsers(dest="warehouse_command", metavar="ACTION", required=True)
+    whsub.add_parser("init", help="create the warehouse tables, keys, ledger and reporting views")
+    bt = sub.add_parser("batches", help="list, show, retry or replay CSV batches",
+                        description="Batches move pending -> loaded, or -> failed with the warehouse's error. "
+                        "Fix the cause of a failure, then `batches retry ID`. `batches replay ID` loads a batch "
+                        "again (the warehouse ledger skips it if it is there already).")
+    btsub = bt.add_subparsers(dest="batches_command", metavar="ACTION", required=True)
+    ls = btsub.add_parser("list", help="recent batches with their state")
+    ls.add_argument("--state", choices=["pending", "loaded", "failed"])
+    ls.add_argument("--limit", type=int, default=50)
+    for action, text in (("show", "a batch's manifest and state"), ("retry", "put a failed batch back in line"),
+                         ("replay", "load a batch again (idempotent)")):
+        a = btsub.add_parser(action, help=text)
+        a.add_argument("batch_id", type=int, metavar="ID")
     sub.add_parser("settings", help="list every setting with its default")
     return p
 
@@ -112,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from cdc.service import run_service
 
-    return EXIT_OK if run_service(settings) == 0 else EXIT_FAILED
+    crash_point = os.environ.get("SOFTCART_TEST_CRASH_POINT", "")  # fault-injection tests only
+    return EXIT_OK if run_service(settings, crash_point=crash_point) == 0 else EXIT_FAILED
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
@@ -156,7 +177,49 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"status": _status, "run": _run, "check": _check, "setup-source": _setup_source, "rebuild": _rebuild}
+def _flush(settings: Settings, args: argparse.Namespace) -> int:
+    from loader.backends import open_warehouse
+    from loader.flush import Flusher
+    from loader.pg import pg_connect
+    from loader.spool import Spool
+
+    spool = Spool(settings.spool_dir)
+    spool.prepare()
+    warehouse = open_warehouse(settings)
+    crash_point = os.environ.get("SOFTCART_TEST_CRASH_POINT", "")  # fault-injection tests only
+    with pg_connect(settings, autocommit=True) as conn:
+        try:
+            result = Flusher(conn, spool, warehouse, settings.pipeline_name, crash_point).flush()
+        finally:
+            warehouse.close()
+    made = f"created batch {result.created}" if result.created else "nothing new to batch"
+    print(f"{made}; loaded {result.loaded}, already in the warehouse {result.skipped}, failed {result.failed}, "
+          f"waiting behind a failed batch {result.waiting}")
+    return EXIT_OK if not result.failed and not result.waiting else EXIT_FAILED
+
+
+def _warehouse(settings: Settings, args: argparse.Namespace) -> int:
+    from loader.backends import open_warehouse
+
+    warehouse = open_warehouse(settings)
+    try:
+        warehouse.init()
+    finally:
+        warehouse.close()
+    print(f"warehouse {settings.warehouse.display if settings.warehouse else ''}: tables, ledger and views ready")
+    return EXIT_OK
+
+
+def _batches(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.batches import run_batches
+
+    return run_batches(settings, args)
+
+
+_COMMANDS = {
+    "run": _run, "check": _check, "setup-source": _setup_source, "rebuild": _rebuild, "status": _status,
+    "flush": _flush, "warehouse": _warehouse, "batches": _batches,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,12 +13,16 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import psycopg
 import pymysql
 
+from cdc.flushing import flush_loop
 from cdc.localservers import MariaDBServer, PostgresServer
+from cdc.metrics import Metrics
 from cdc.pipeline import Pipeline
 from cdc.seed import generate, setup_source
-from cdc.settings import load_settings
+from cdc.settings import Settings, load_settings
+from loader.backends import open_warehouse
 from loader.pg import pg_connect
 
 
@@ -55,17 +59,25 @@ def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
         pg.start()
         _say(f"   listening on 127.0.0.1:{pg.port}")
         admin = pg_connect(load_settings(source_url=maria.url(), staging_url=pg.url()), autocommit=True)
-        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = 'softcart'").fetchone():
-            admin.execute("CREATE DATABASE softcart")
+        for db in ("softcart", "warehouse"):
+            if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
+                admin.execute(f"CREATE DATABASE {db}")
         admin.close()
         settings = load_settings(source_url=maria.url(), staging_url=pg.url("softcart"),
-                                 log_level="warning", metrics_listen="127.0.0.1:0")
+                                 warehouse_url=pg.url("warehouse"), spool_dir=base / "spool",
+                                 flush_interval_seconds=5, log_level="warning", metrics_listen="127.0.0.1:0")
+        warehouse = open_warehouse(settings)
+        warehouse.init()
+        warehouse.close()
         old, new = base / "sales_old.csv", base / "sales_new.csv"
         generate(old, new, rows, max(1, rows // 10))
         _say(f"3. Loading the SoftCart source: {rows} historical sales ({old.name}) and {max(1, rows // 10)} "
              f"new ones ({new.name}) into sales.sales_data, as the old ETL's first step did")
         setup_source(settings, old, new)
-        _say("4. Starting the daemon: it snapshots sales_data into staging.sales_data, then tails the binlog")
+        _say("4. Starting the daemon: it snapshots sales_data into staging.sales_data and builds the star schema"
+             " (star.factsales, star.dimdate, star.sales_by_day), then tails the binlog; every 5 s it flushes"
+             " the star schema's changes as CSV batches (" + str(base / "spool") + ") into the warehouse"
+             " (a PostgreSQL database standing in for DB2)")
         pipeline = Pipeline(settings)
         errors: list[BaseException] = []
 
@@ -77,12 +89,15 @@ def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
                 stop.set()
 
         threading.Thread(target=daemon, name="daemon", daemon=True).start()
+        started = threading.Event()
+        threading.Thread(target=flush_loop, args=(settings, stop, started, Metrics()), name="flusher",
+                         daemon=True).start()
         _say(f"5. Making live changes in MariaDB (~{rate:g} transactions/s: inserts, updates, deletes)."
              " Watch staging follow. Ctrl-C stops everything.\n")
         counts = {"insert": 0, "update": 0, "delete": 0}
         threading.Thread(target=_changes, args=(maria, rate, stop, counts, rows + rows // 10),
                          name="changes", daemon=True).start()
-        _watch(maria, settings, pipeline, counts, stop, duration)
+        _watch(maria, settings, pipeline, counts, stop, duration, started)
         if errors:
             _say(f"the daemon failed: {errors[0]}")
             return 1
@@ -119,33 +134,38 @@ def _changes(maria: MariaDBServer, rate: float, stop: threading.Event, counts: d
 
 
 def _watch(maria: MariaDBServer, settings: object, pipeline: Pipeline, counts: dict[str, int],
-           stop: threading.Event, duration: float) -> None:
-    from cdc.settings import Settings
-
+           stop: threading.Event, duration: float, started: threading.Event) -> None:
     assert isinstance(settings, Settings)
     src = pymysql.connect(host="127.0.0.1", port=maria.port, user="root", database="sales", autocommit=True)
-    started = time.monotonic()
-    header = f"{'time':>6} {'source rows':>12} {'staging rows':>13} {'ins/upd/del made':>17}  {'lag':>6}  position"
+    began = time.monotonic()
+    header = (f"{'time':>6} {'source rows':>12} {'staging rows':>13} {'ins/upd/del made':>17}  {'lag':>6}"
+              f"  {'star facts':>10}  {'warehouse facts':>15}  position")
     _say(header)
-    pg = None
     while not stop.wait(2.0):
-        if duration and time.monotonic() - started >= duration:
+        if duration and time.monotonic() - began >= duration:
             break
         with src.cursor() as cur:
             cur.execute("SELECT COUNT(*) FROM sales_data")
             row = cur.fetchone()
         source_rows = row[0] if row else 0
-        try:
-            pg = pg or pg_connect(settings, autocommit=True)
-            staged = pg.execute("SELECT COUNT(*) FROM staging.sales_data").fetchone()
-            staging_rows = str(staged[0]) if staged else "-"
-        except Exception:  # noqa: BLE001 - not created yet during the snapshot
-            pg, staging_rows = None, "-"
         st = pipeline.state
+        if st.started:
+            started.set()
+        staging_rows, facts, loaded = _count(settings, "softcart", "staging.sales_data"), \
+            _count(settings, "softcart", "star.factsales"), _count(settings, "warehouse", "factsales")
         lag = f"{max(0.0, time.time() - st.last_event_time):.1f}s" if st.last_event_time else "-"
         made = f"{counts['insert']}/{counts['update']}/{counts['delete']}"
-        _say(f"{time.monotonic() - started:6.0f} {source_rows:>12} {staging_rows:>13} {made:>17}  {lag:>6}  "
-             f"{st.position or 'snapshotting...'}")
+        _say(f"{time.monotonic() - began:6.0f} {source_rows:>12} {staging_rows:>13} {made:>17}  {lag:>6}  "
+             f"{facts:>10}  {loaded:>15}  {st.position or 'snapshotting...'}")
     src.close()
-    if pg is not None:
-        pg.close()
+
+
+def _count(settings: Settings, database: str, table: str) -> str:
+    """Rows in ``table`` of the demo's PostgreSQL ``database``, or '-' before it exists."""
+    url = settings.staging.display.rsplit("/", 1)[0] + "/" + database
+    try:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            row = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+    except psycopg.Error:
+        return "-"
+    return str(row[0]) if row else "-"

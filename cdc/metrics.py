@@ -50,8 +50,21 @@ class Metrics:
                                    "Sequence number of the binlog file of the applied position", registry=r)
         self.position_offset = Gauge(p + "source_position_offset_bytes",
                                      "Offset in that binlog file of the applied position", registry=r)
+        self.outbox_pending = Gauge(p + "outbox_pending_rows", "Star-schema changes not yet in a batch", registry=r)
+        self.spool_pending = Gauge(p + "spool_pending_batches", "Batches waiting to be loaded into the warehouse",
+                                   registry=r)
+        self.spool_failed = Gauge(p + "spool_failed_batches", "Batches the warehouse refused (need an operator)",
+                                  registry=r)
+        self.spool_oldest_age = Gauge(p + "spool_oldest_pending_age_seconds", "Age of the oldest pending batch",
+                                      registry=r)
+        self.flush_seconds = Histogram(p + "warehouse_flush_duration_seconds", "Time to load one batch", registry=r,
+                                       buckets=(0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.warehouse_rows = Counter(p + "warehouse_rows_loaded_total", "Rows loaded into the warehouse",
+                                      registry=r)
+        self.batches_loaded = Counter(p + "warehouse_batches_loaded_total", "Batches loaded into the warehouse",
+                                      registry=r)
         self.ready = Gauge(p + "ready", "1 when streaming and not stalled (what /readyz says)", registry=r)
-        for endpoint in ("source", "staging"):
+        for endpoint in ("source", "staging", "warehouse"):
             self.connected.labels(endpoint).set(0)
         for kind in ("value", "fact"):
             self.dead_letters.labels(kind)

@@ -17,6 +17,7 @@ from types import FrameType
 import structlog
 
 from cdc.errors import SoftcartError
+from cdc.flushing import flush_loop
 from cdc.http import HealthServer
 from cdc.metrics import Metrics
 from cdc.pipeline import Pipeline, PipelineState
@@ -46,7 +47,7 @@ def readiness(state: PipelineState, now: float, settings: Settings) -> tuple[boo
     return True, status_line(state, now, settings)
 
 
-def run_service(settings: Settings, notifier: Notifier | None = None) -> int:
+def run_service(settings: Settings, notifier: Notifier | None = None, crash_point: str = "") -> int:
     notifier = notifier or Notifier()
     metrics = Metrics()
     pipeline = Pipeline(settings, metrics)
@@ -75,9 +76,18 @@ def run_service(settings: Settings, notifier: Notifier | None = None) -> int:
 
     worker = threading.Thread(target=target, name="pipeline", daemon=True)
     worker.start()
+    started = threading.Event()
+    flusher = None
+    if settings.warehouse_url is not None:
+        flusher = threading.Thread(target=flush_loop, args=(settings, stop, started, metrics, crash_point),
+                                   name="flusher", daemon=True)
+        flusher.start()
     try:
-        _loop(settings, pipeline, metrics, notifier, stop, worker)
+        _loop(settings, pipeline, metrics, notifier, stop, worker, started)
     finally:
+        stop.set()
+        if flusher is not None:
+            flusher.join(settings.shutdown_timeout_seconds)
         http.stop()
     if errors:
         log.error("fatal", error=str(errors[0]), position=str(pipeline.state.position))
@@ -87,7 +97,7 @@ def run_service(settings: Settings, notifier: Notifier | None = None) -> int:
 
 
 def _loop(settings: Settings, pipeline: Pipeline, metrics: Metrics, notifier: Notifier, stop: threading.Event,
-          worker: threading.Thread) -> None:
+          worker: threading.Thread, started: threading.Event) -> None:
     ready_sent = stopping_sent = False
     last_ping = last_status = 0.0
     deadline = float("inf")
@@ -110,6 +120,7 @@ def _loop(settings: Settings, pipeline: Pipeline, metrics: Metrics, notifier: No
         if not ready_sent and state.started:
             notifier.ready(status_line(state, now, settings))
             ready_sent = True
+            started.set()
         elif ready_sent and now - last_status >= 2:
             notifier.status(status_line(state, now, settings))
             last_status = now

@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     staging_url: SecretStr = Field(description="postgresql://user:password@host:port/database of staging")
     staging_password: SecretStr | None = Field(None, description="staging password (overrides the URL's)")
     staging_password_file: Path | None = Field(None, description="file holding the staging password")
+    warehouse_url: SecretStr | None = Field(
+        None, description="db2://user:password@host:port/DATABASE or postgresql://... of the warehouse "
+        "(unset: no flush)")
+    warehouse_password: SecretStr | None = Field(None, description="warehouse password (overrides the URL's)")
+    warehouse_password_file: Path | None = Field(None, description="file holding the warehouse password")
+    spool_dir: Path = Field(Path("spool"), description="folder of the CSV batches (pending/, loaded/, failed/)")
+    flush_interval_seconds: float = Field(60.0, gt=0,
+                                          description="how often the star schema is flushed to the warehouse")
+    flush_rows: int = Field(50000, ge=1, description="flush sooner once this many outbox rows are pending")
     server_id: int = Field(5401, ge=1, le=4294967295,
                            description="replica server id the daemon uses; unique among the source's replicas")
     pipeline_name: str = Field("default", min_length=1, max_length=63,
@@ -182,6 +191,14 @@ class Settings(BaseSettings):
                               self.staging_password, self.staging_password_file, "staging")
 
     @property
+    def warehouse(self) -> Endpoint | None:
+        if self.warehouse_url is None:
+            return None
+        return _with_password(parse_url("warehouse_url", self.warehouse_url.get_secret_value(),
+                                        ("db2", "postgresql", "postgres")),
+                              self.warehouse_password, self.warehouse_password_file, "warehouse")
+
+    @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.business_timezone)
 
@@ -233,6 +250,7 @@ def load_settings(config: Path | None = None, environ: Mapping[str, str] | None 
         raise ConfigError(f"--config {config}: {exc}") from None
     settings.source  # noqa: B018 - parse the URLs now, so a bad one fails at start
     settings.staging  # noqa: B018
+    settings.warehouse  # noqa: B018
     return settings
 
 

@@ -40,6 +40,30 @@ META_DDL = [
         sql.Identifier(META)),
     sql.SQL("CREATE INDEX IF NOT EXISTS dead_letter_open ON {}.dead_letter (source_table, row_key)"
             " WHERE resolved_at IS NULL").format(sql.Identifier(META)),
+    # Star-schema keys changed since the last flush (tbl '*' asks for a full reload), written in the
+    # same transaction as the change; the flusher turns them into CSV batches for the warehouse.
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {}.outbox (
+        id bigserial PRIMARY KEY,
+        tbl text NOT NULL,
+        k1 bigint,
+        k2 bigint)""").format(sql.Identifier(META)),
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {}.batch (
+        id bigserial PRIMARY KEY,
+        pipeline text NOT NULL,
+        outbox_from bigint NOT NULL,
+        outbox_to bigint NOT NULL,
+        position text,
+        state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'loaded', 'failed')),
+        full_reload boolean NOT NULL DEFAULT false,
+        rows jsonb NOT NULL,
+        keys jsonb NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        loaded_at timestamptz,
+        attempts integer NOT NULL DEFAULT 0,
+        error text)""").format(sql.Identifier(META)),
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {}.flush_state (
+        pipeline text PRIMARY KEY,
+        last_outbox_id bigint NOT NULL DEFAULT 0)""").format(sql.Identifier(META)),
     sql.SQL("""CREATE TABLE IF NOT EXISTS {}.snapshot (
         pipeline text NOT NULL,
         source_table text NOT NULL,

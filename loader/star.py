@@ -94,6 +94,20 @@ DROP_EMPTY_AGGREGATES = sql.SQL(
 DROP_UNUSED_DATES = sql.SQL(
     "DELETE FROM {0}.dimdate d WHERE d.dateid = ANY(%s::integer[])"
     " AND NOT EXISTS (SELECT 1 FROM {0}.sales_by_day s WHERE s.dateid = d.dateid)").format(sql.Identifier(STAR))
+OUTBOX_INSERT = sql.SQL("INSERT INTO {}.outbox (tbl, k1, k2) SELECT * FROM unnest(%s::text[], %s::bigint[],"
+                        " %s::bigint[])").format(sql.Identifier(META))
+OUTBOX_FULL = sql.SQL("INSERT INTO {}.outbox (tbl) VALUES ('*')").format(sql.Identifier(META))
+
+
+def outbox_keys(delta: StarDelta) -> list[tuple[str, int, int | None]]:
+    """The warehouse keys a delta changes: facts, aggregates and the dates that may have come or gone."""
+    keys: list[tuple[str, int, int | None]] = [("factsales", r, None) for r in delta.fact_upserts]
+    keys += [("factsales", r, None) for r in delta.fact_deletes]
+    keys += [("sales_by_day", d, p) for d, p in delta.aggregates]
+    keys += [("dimdate", d, None) for d in set(delta.dates) | delta.touched_dateids]
+    return keys
+
+
 RESOLVE_DEAD_LETTERS = sql.SQL(
     "UPDATE {}.dead_letter SET resolved_at = now() WHERE kind = 'fact' AND source_table = %s"
     " AND row_key = ANY(%s::text[]) AND resolved_at IS NULL").format(sql.Identifier(META))
@@ -179,6 +193,9 @@ class StarSchema:
             cur.execute(DROP_UNUSED_DATES, (touched,))
         if delta.settled:
             cur.execute(RESOLVE_DEAD_LETTERS, (self.table.name, [f"[{r}]" for r in delta.settled]))
+        keys = outbox_keys(delta)
+        if keys:
+            cur.execute(OUTBOX_INSERT, _columns(keys, 3))
 
     # From scratch ----------------------------------------------------------------------------
 
@@ -214,6 +231,7 @@ class StarSchema:
         with conn.cursor() as cur:
             self.ensure_schema(cur)
             cur.execute(sql.SQL("TRUNCATE {0}.sales_by_day, {0}.factsales, {0}.dimdate").format(sql.Identifier(STAR)))
+            cur.execute(OUTBOX_FULL)  # the warehouse follows with a full reload
         return self.build_into(conn, STAR)
 
     def differences(self, conn: psycopg.Connection[Any], limit: int = 20) -> list[str]:

@@ -1,0 +1,97 @@
+"""The daemon's flush thread: every SOFTCART_FLUSH_INTERVAL_SECONDS (sooner past
+SOFTCART_FLUSH_ROWS pending changes) it batches the star schema's changes into the spool and loads
+pending batches into the warehouse, in its own thread, so a slow or absent warehouse never stalls
+the binlog stream. Warehouse errors are retried with capped exponential backoff; batches wait in
+the spool meanwhile."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import structlog
+from psycopg import sql
+
+from cdc.errors import SoftcartError, TransientError
+from cdc.metrics import Metrics
+from cdc.settings import Settings
+from loader.backends import open_warehouse
+from loader.ddl import META
+from loader.flush import Flusher
+from loader.pg import pg_connect
+from loader.spool import Spool, SpooledBatch
+
+log = structlog.get_logger(__name__)
+
+
+def flush_loop(settings: Settings, stop: threading.Event, started: threading.Event, metrics: Metrics,
+               crash_point: str = "") -> None:
+    """Run until ``stop``; waits for ``started`` (schemas in place) first."""
+    while not started.wait(0.5):
+        if stop.is_set():
+            return
+    delay = 1.0
+    flusher: Flusher | None = None
+    next_flush = time.monotonic()
+    while not stop.is_set():
+        try:
+            if flusher is None:
+                spool = Spool(settings.spool_dir)
+                spool.prepare()
+                flusher = Flusher(pg_connect(settings, autocommit=True), spool, open_warehouse(settings),
+                                  settings.pipeline_name, crash_point)
+            pending = flusher.pending_outbox_rows()
+            metrics.outbox_pending.set(pending)
+            if time.monotonic() >= next_flush or pending >= settings.flush_rows:
+                next_flush = time.monotonic() + settings.flush_interval_seconds
+                flusher.create_batch()
+                flusher.load_pending(lambda b, s: _loaded(metrics, b, s))
+                metrics.connected.labels("warehouse").set(1)
+            _spool_metrics(flusher, metrics)
+            delay = 1.0
+            stop.wait(1.0)
+        except TransientError as exc:
+            metrics.connected.labels("warehouse").set(0)
+            metrics.errors.labels("transient").inc()
+            if flusher is not None:
+                _spool_metrics(flusher, metrics)
+            log.warning("flush_retrying", error=str(exc), retry_in_seconds=delay)
+            next_flush = 0.0  # retry the load as soon as the backoff ends
+            stop.wait(delay)
+            delay = min(delay * 2, settings.retry_max_seconds)
+        except SoftcartError as exc:
+            metrics.errors.labels("fatal").inc()
+            log.error("flush_failed", error=str(exc))
+            stop.wait(settings.retry_max_seconds)
+        except Exception as exc:  # noqa: BLE001 - e.g. the staging connection dropped: start afresh
+            log.warning("flush_restarting", error=f"{type(exc).__name__}: {exc}")
+            if flusher is not None:
+                _close(flusher)
+            flusher = None
+            stop.wait(delay)
+            delay = min(delay * 2, settings.retry_max_seconds)
+    if flusher is not None:
+        _close(flusher)
+
+
+def _loaded(metrics: Metrics, batch: SpooledBatch, seconds: float) -> None:
+    metrics.flush_seconds.observe(seconds)
+    metrics.batches_loaded.inc()
+    metrics.warehouse_rows.inc(sum(batch.manifest.get("rows", {}).values()))
+    metrics.last_commit.labels("warehouse").set(time.time())
+
+
+def _spool_metrics(flusher: Flusher, metrics: Metrics) -> None:
+    row: Any = flusher.conn.execute(sql.SQL(
+        "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'failed'),"
+        " COALESCE(EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE state = 'pending')), 0)"
+        " FROM {}.batch WHERE pipeline = %s").format(sql.Identifier(META)), (flusher.pipeline,)).fetchone()
+    metrics.spool_pending.set(row[0])
+    metrics.spool_failed.set(row[1])
+    metrics.spool_oldest_age.set(float(row[2]))
+
+
+def _close(flusher: Flusher) -> None:
+    flusher.warehouse.close()
+    flusher.conn.close()

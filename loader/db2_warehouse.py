@@ -1,0 +1,190 @@
+"""IBM DB2 as the production warehouse, through ``ibm_db`` (which bundles the CLI driver).
+
+A batch loads in one unit of work: its rows are staged in a declared global temporary table
+(bulk, ``execute_many``), deletes and a MERGE applied per table, and a ledger row inserted; a batch
+whose id the ledger holds is skipped. The SQL is built by pure functions (unit-tested), following
+IBM's documented syntax for DECLARE GLOBAL TEMPORARY TABLE and MERGE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from cdc.errors import TransientError
+from cdc.settings import Endpoint
+from loader.spool import SpooledBatch
+from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable
+
+DB2_TYPES = {"dateid": "INTEGER", "date": "DATE", "year": "SMALLINT", "quarter": "SMALLINT",
+             "quartername": "VARCHAR(2)", "month": "SMALLINT", "monthname": "VARCHAR(9)", "day": "SMALLINT",
+             "weekday": "SMALLINT", "weekdayname": "VARCHAR(9)", "rowid": "BIGINT", "product_id": "BIGINT",
+             "customer_id": "BIGINT", "price": "DECIMAL(31,4)", "quantity": "BIGINT", "total_price": "DECIMAL(31,4)",
+             "sales_count": "BIGINT", "quantity_total": "BIGINT", "amount_total": "DECIMAL(31,4)"}
+_NULLABLE = {"customer_id"}
+#: SQLSTATE classes that mean "the data": constraint (23), data exception (22). Connection: 08.
+_REJECT_CLASSES = ("22", "23")
+
+
+def q(name: str) -> str:
+    """A DB2 delimited identifier (upper-case, as DB2 folds ordinary ones)."""
+    return '"' + name.upper().replace('"', '""') + '"'
+
+
+def connection_string(ep: Endpoint, timeout: int, extra: str = "") -> str:
+    """The CLI connection string; ConnectTimeout and ReceiveTimeout make a silent server an error,
+    not a hang. ``extra`` passes options through (from the URL's query: Security=SSL; ...)."""
+    parts = {"DATABASE": ep.database, "HOSTNAME": ep.host, "PORT": str(ep.port), "PROTOCOL": "TCPIP",
+             "UID": ep.user, "PWD": ep.password.get_secret_value(), "ConnectTimeout": str(timeout),
+             "ReceiveTimeout": str(max(timeout, 30))}
+    for opt in filter(None, extra.replace("&", ";").split(";")):
+        key, _, value = opt.partition("=")
+        parts[key.strip()] = value.strip()
+    for k, v in parts.items():
+        if ";" in v or ("=" in v and k != "PWD"):
+            raise ValueError(f"DB2 connection option {k} contains ';' or '='")
+    return "".join(f"{k}={v};" for k, v in parts.items())
+
+
+def create_table_sql(t: WTable) -> str:
+    cols = ", ".join(f"{q(c)} {DB2_TYPES[c]}{'' if c in _NULLABLE else ' NOT NULL'}" for c in t.columns)
+    fk = f", FOREIGN KEY ({q('dateid')}) REFERENCES {q('dimdate')} ({q('dateid')})" if t.name == "factsales" else ""
+    return f"CREATE TABLE {q(t.name)} ({cols}, PRIMARY KEY ({', '.join(q(k) for k in t.key)}){fk})"
+
+
+def ledger_sql() -> str:
+    return (f"CREATE TABLE {q(LEDGER)} ({q('batch_id')} BIGINT NOT NULL PRIMARY KEY, {q('pipeline')} VARCHAR(63)"
+            f" NOT NULL, {q('rows_loaded')} BIGINT NOT NULL, {q('loaded_at')} TIMESTAMP NOT NULL"
+            " DEFAULT CURRENT TIMESTAMP)")
+
+
+def views_sql() -> list[str]:
+    s, d = q("sales_by_day"), q("dimdate")
+    join = f"FROM {s} s JOIN {d} d ON d.{q('dateid')} = s.{q('dateid')}"
+    sums = f"SUM(s.{q('amount_total')}) AS TOTAL_SALES, SUM(s.{q('quantity_total')}) AS TOTAL_QUANTITY"
+    return [
+        f"CREATE OR REPLACE VIEW {q('monthly_sales')} AS SELECT d.{q('year')}, d.{q('month')}, d.{q('monthname')},"
+        f" {sums} {join} GROUP BY d.{q('year')}, d.{q('month')}, d.{q('monthname')}",
+        f"CREATE OR REPLACE VIEW {q('quarterly_sales')} AS SELECT d.{q('year')}, d.{q('quarter')},"
+        f" d.{q('quartername')}, {sums} {join} GROUP BY d.{q('year')}, d.{q('quarter')}, d.{q('quartername')}",
+        f"CREATE OR REPLACE VIEW {q('sales_by_product')} AS SELECT s.{q('product_id')}, d.{q('year')}, {sums}"
+        f" {join} GROUP BY s.{q('product_id')}, d.{q('year')}",
+    ]
+
+
+def stage_table(t: WTable) -> str:
+    return f"SESSION.{q('load_' + t.name)}"
+
+
+def declare_sql(t: WTable) -> str:
+    """DECLARE GLOBAL TEMPORARY TABLE: per connection, not logged, emptied at each commit."""
+    cols = ", ".join([f"{q('op')} CHAR(1) NOT NULL", *(f"{q(c)} {DB2_TYPES[c]}" for c in t.columns)])
+    return (f"DECLARE GLOBAL TEMPORARY TABLE {stage_table(t)} ({cols})"
+            " ON COMMIT DELETE ROWS NOT LOGGED ON ROLLBACK DELETE ROWS WITH REPLACE")
+
+
+def insert_stage_sql(t: WTable) -> str:
+    cols = ", ".join([q("op"), *(q(c) for c in t.columns)])
+    marks = ", ".join(["?"] * (len(t.columns) + 1))
+    return f"INSERT INTO {stage_table(t)} ({cols}) VALUES ({marks})"
+
+
+def delete_sql(t: WTable) -> str:
+    keys = ", ".join(q(k) for k in t.key)
+    return (f"DELETE FROM {q(t.name)} WHERE ({keys}) IN (SELECT {keys} FROM {stage_table(t)}"
+            f" WHERE {q('op')} = 'D')")
+
+
+def merge_sql(t: WTable) -> str:
+    on = " AND ".join(f"T.{q(k)} = S.{q(k)}" for k in t.key)
+    sets = ", ".join(f"T.{q(c)} = S.{q(c)}" for c in t.non_key)
+    cols = ", ".join(q(c) for c in t.columns)
+    values = ", ".join(f"S.{q(c)}" for c in t.columns)
+    return (f"MERGE INTO {q(t.name)} AS T USING (SELECT {cols} FROM {stage_table(t)} WHERE {q('op')} = 'U') AS S"
+            f" ON {on} WHEN MATCHED THEN UPDATE SET {sets} WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
+
+
+class DB2Warehouse:
+    def __init__(self, endpoint: Endpoint, pipeline: str, connect_timeout: float) -> None:
+        self._ep = endpoint
+        self._pipeline = pipeline
+        self._timeout = max(1, int(connect_timeout))
+        self._conn: Any = None
+
+    def _connect(self) -> Any:
+        import ibm_db
+
+        if self._conn is None:
+            try:
+                self._conn = ibm_db.connect(connection_string(self._ep, self._timeout, self._ep.query), "", "")
+            except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception
+                raise TransientError(f"warehouse {self._ep.display}: {_clean(str(exc), self._ep)}") from None
+            ibm_db.autocommit(self._conn, ibm_db.SQL_AUTOCOMMIT_OFF)
+        return self._conn
+
+    def init(self) -> None:
+        import ibm_db
+
+        conn = self._connect()
+        for stmt in [*(create_table_sql(t) for t in TABLES), ledger_sql()]:
+            try:
+                ibm_db.exec_immediate(conn, stmt)
+            except Exception as exc:
+                if "SQL0601N" not in str(exc):  # already exists
+                    raise
+        for stmt in views_sql():
+            ibm_db.exec_immediate(conn, stmt)
+        ibm_db.commit(conn)
+
+    def load(self, batch: SpooledBatch) -> bool:
+        import ibm_db
+
+        conn = self._connect()
+        try:
+            stmt = ibm_db.prepare(conn, f"SELECT 1 FROM {q(LEDGER)} WHERE {q('batch_id')} = ?")
+            ibm_db.execute(stmt, (batch.batch_id,))
+            if ibm_db.fetch_tuple(stmt):
+                ibm_db.rollback(conn)
+                return False
+            total = 0
+            for t in TABLES:
+                ibm_db.exec_immediate(conn, declare_sql(t))
+                rows = batch.rows(t.name) if t.name in batch.manifest["tables"] else []
+                if rows:
+                    ins = ibm_db.prepare(conn, insert_stage_sql(t))
+                    ibm_db.execute_many(ins, tuple(tuple(r) for r in rows))  # text; DB2 casts
+                    total += len(rows)
+            if batch.manifest.get("full_reload"):
+                for t in reversed(TABLES):
+                    ibm_db.exec_immediate(conn, f"DELETE FROM {q(t.name)}")
+            for t in reversed(TABLES):
+                ibm_db.exec_immediate(conn, delete_sql(t))
+            for t in TABLES:
+                ibm_db.exec_immediate(conn, merge_sql(t))
+            led = ibm_db.prepare(conn, f"INSERT INTO {q(LEDGER)} ({q('batch_id')}, {q('pipeline')},"
+                                       f" {q('rows_loaded')}) VALUES (?, ?, ?)")
+            ibm_db.execute(led, (batch.batch_id, self._pipeline, total))
+            ibm_db.commit(conn)
+            return True
+        except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception; classify by SQLSTATE
+            state = ibm_db.stmt_error() or ibm_db.conn_error() or ""
+            with contextlib.suppress(Exception):
+                ibm_db.rollback(conn)
+            text = _clean(str(exc), self._ep)
+            if state[:2] in _REJECT_CLASSES:
+                raise BatchRejected(f"{state}: {text}") from None
+            self.close()
+            raise TransientError(f"warehouse {self._ep.display}: {text}") from None
+
+    def close(self) -> None:
+        import ibm_db
+
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                ibm_db.close(self._conn)
+            self._conn = None
+
+
+def _clean(text: str, ep: Endpoint) -> str:
+    secret = ep.password.get_secret_value()
+    return text.replace(secret, "***") if secret else text

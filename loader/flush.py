@@ -1,0 +1,189 @@
+"""The flush: pending outbox keys -> a CSV batch in the spool -> the warehouse, exactly once.
+
+1. ``create_batch``: in one PostgreSQL transaction, take the outbox rows since the last flush,
+   read the current star-schema rows of their keys (a key whose row is gone becomes a delete),
+   write the batch into the spool (fsync, atomic rename into pending/), record it in
+   ``softcart.batch`` and advance ``softcart.flush_state``. A crash before the commit leaves only a
+   folder PostgreSQL doesn't know, which the next flush overwrites.
+2. ``load_pending``: load pending batches in order. The warehouse commits the data with a ledger
+   row in one unit of work; then the batch is marked loaded. A crash between the two is healed by
+   the ledger: the replay is skipped. A batch the warehouse refuses moves to failed/; later
+   batches touching the same keys wait behind it, so the order per key is never broken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from cdc.errors import TransientError
+from loader.ddl import META
+from loader.spool import Spool, SpooledBatch, csv_text
+from loader.star import STAR
+from loader.warehouse import TABLES, BatchRejected, Warehouse, WTable
+
+log = structlog.get_logger(__name__)
+Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    created: int | None  # id of the batch created, if any
+    loaded: int
+    skipped: int  # already in the warehouse's ledger
+    failed: int
+    waiting: int  # pending batches that could not be loaded now
+
+
+def _keys_sql(t: WTable) -> sql.Composed:
+    """Current rows of the outbox's keys for ``t``, with op U, or D where the row is gone."""
+    ks = [sql.Identifier(k) for k in t.key]
+    key_exprs = sql.SQL(", ").join(sql.SQL("o.k{} AS {}").format(sql.Literal(i + 1), k) for i, k in enumerate(ks))
+    join = sql.SQL(" AND ").join(sql.SQL("r.{0} = k.{0}").format(k) for k in ks)
+    cols = sql.SQL(", ").join(
+        sql.SQL("k.{}").format(sql.Identifier(c)) if c in t.key else sql.SQL("r.{}").format(sql.Identifier(c))
+        for c in t.columns)
+    return sql.SQL(
+        "SELECT CASE WHEN r.{first} IS NULL THEN 'D' ELSE 'U' END, {cols} FROM"
+        " (SELECT DISTINCT {key_exprs} FROM {meta}.outbox o WHERE o.id > %s AND o.id <= %s AND o.tbl = %s) k"
+        " LEFT JOIN {star}.{table} r ON {join} ORDER BY {order}").format(
+        first=ks[0], cols=cols, key_exprs=key_exprs, meta=sql.Identifier(META), star=sql.Identifier(STAR),
+        table=sql.Identifier(t.name), join=join, order=sql.SQL(", ").join(sql.SQL("k.{}").format(k) for k in ks))
+
+
+def _all_sql(t: WTable) -> sql.Composed:
+    return sql.SQL("SELECT 'U', {} FROM {}.{} ORDER BY {}").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in t.columns), sql.Identifier(STAR), sql.Identifier(t.name),
+        sql.SQL(", ").join(sql.Identifier(k) for k in t.key))
+
+
+class Flusher:
+    def __init__(self, conn: Conn, spool: Spool, warehouse: Warehouse, pipeline: str,
+                 crash_point: str = "") -> None:
+        if not conn.autocommit:
+            raise ValueError("Flusher needs an autocommit connection")
+        self.conn = conn
+        self.spool = spool
+        self.warehouse = warehouse
+        self.pipeline = pipeline
+        self._crash_point = crash_point  # test hook: die at that point, as SIGKILL would
+
+    def pending_outbox_rows(self) -> int:
+        row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}.outbox WHERE id > COALESCE((SELECT last_outbox_id"
+                                        " FROM {}.flush_state WHERE pipeline = %s), 0)").format(
+            sql.Identifier(META), sql.Identifier(META)), (self.pipeline,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def create_batch(self) -> int | None:
+        conn = self.conn
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute(sql.SQL("INSERT INTO {}.flush_state (pipeline) VALUES (%s) ON CONFLICT DO NOTHING")
+                         .format(sql.Identifier(META)), (self.pipeline,))
+            (last,) = conn.execute(sql.SQL("SELECT last_outbox_id FROM {}.flush_state WHERE pipeline = %s"
+                                           " FOR UPDATE").format(sql.Identifier(META)), (self.pipeline,)).fetchone() \
+                or (0,)
+            hi_row = conn.execute(sql.SQL("SELECT max(id), bool_or(tbl = '*') FROM {}.outbox WHERE id > %s")
+                                  .format(sql.Identifier(META)), (last,)).fetchone()
+            if hi_row is None or hi_row[0] is None:
+                return None
+            hi, full = int(hi_row[0]), bool(hi_row[1])
+            texts: dict[str, str] = {}
+            rows: dict[str, int] = {}
+            keys: dict[str, list[Any]] = {}
+            for t in TABLES:
+                cur = conn.execute(_all_sql(t) if full else _keys_sql(t), () if full else (last, hi, t.name))
+                data = cur.fetchall()
+                texts[t.name] = csv_text(data)
+                rows[t.name] = len(data)
+                keys[t.name] = [[r[1 + t.columns.index(k)] for k in t.key] for r in data]
+            pos_row = conn.execute(sql.SQL("SELECT binlog_file || ':' || binlog_pos FROM {}.position"
+                                           " WHERE pipeline = %s").format(sql.Identifier(META)),
+                                   (self.pipeline,)).fetchone()
+            position = pos_row[0] if pos_row else None
+            (batch_id,) = conn.execute(
+                sql.SQL("INSERT INTO {}.batch (pipeline, outbox_from, outbox_to, position, full_reload, rows, keys)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id").format(sql.Identifier(META)),
+                (self.pipeline, last + 1, hi, position, full, json.dumps(rows), json.dumps(keys))).fetchone() \
+                or (0,)
+            self.spool.write(batch_id, texts, {"pipeline": self.pipeline, "outbox_range": [last + 1, hi],
+                                               "source_position": position, "full_reload": full, "rows": rows})
+            conn.execute(sql.SQL("UPDATE {}.flush_state SET last_outbox_id = %s WHERE pipeline = %s")
+                         .format(sql.Identifier(META)), (hi, self.pipeline))
+            conn.execute(sql.SQL("DELETE FROM {}.outbox WHERE id <= %s").format(sql.Identifier(META)), (hi,))
+        log.info("batch_created", batch=batch_id, rows=rows, full_reload=full, position=position)
+        return int(batch_id)
+
+    def pending(self) -> list[tuple[int, str, Any]]:
+        return [(int(r[0]), str(r[1]), r[2]) for r in self.conn.execute(
+            sql.SQL("SELECT id, state, keys FROM {}.batch WHERE pipeline = %s AND state <> 'loaded' ORDER BY id")
+            .format(sql.Identifier(META)), (self.pipeline,)).fetchall()]
+
+    def load_pending(self, on_loaded: Callable[[SpooledBatch, float], None] | None = None) -> tuple[int, int, int, int]:
+        """Load pending batches in order; returns (loaded, skipped, failed, waiting)."""
+        loaded = skipped = failed = waiting = 0
+        blocked: set[tuple[str, str]] = set()
+        for batch_id, state, keys in self.pending():
+            mine = {(table, json.dumps(k)) for table, ks in keys.items() for k in ks}
+            if state == "failed" or mine & blocked:
+                blocked |= mine
+                waiting += state != "failed"
+                continue
+            batch = self.spool.find(batch_id)
+            if batch is None:
+                raise TransientError(f"batch {batch_id} is recorded but its spool folder is missing")
+            started = time.monotonic()
+            try:
+                self._mark_attempt(batch_id)
+                fresh = self.warehouse.load(batch)
+            except BatchRejected as exc:
+                self._fail(batch, str(exc))
+                blocked |= mine
+                failed += 1
+                continue
+            if self._crash_point == "after-warehouse-commit":
+                os._exit(137)
+            self._mark_loaded(batch)
+            loaded += fresh
+            skipped += not fresh
+            if on_loaded is not None:
+                on_loaded(batch, time.monotonic() - started)
+        return loaded, skipped, failed, waiting
+
+    def _mark_attempt(self, batch_id: int) -> None:
+        self.conn.execute(sql.SQL("UPDATE {}.batch SET attempts = attempts + 1 WHERE id = %s")
+                          .format(sql.Identifier(META)), (batch_id,))
+
+    def _mark_loaded(self, batch: SpooledBatch) -> None:
+        self.conn.execute(sql.SQL("UPDATE {}.batch SET state = 'loaded', loaded_at = now(), error = NULL"
+                                  " WHERE id = %s").format(sql.Identifier(META)), (batch.batch_id,))
+        self.spool.move(batch, "loaded")
+        log.info("batch_loaded", batch=batch.batch_id, rows=batch.manifest.get("rows"))
+
+    def _fail(self, batch: SpooledBatch, error: str) -> None:
+        self.conn.execute(sql.SQL("UPDATE {}.batch SET state = 'failed', error = %s WHERE id = %s")
+                          .format(sql.Identifier(META)), (error, batch.batch_id))
+        self.spool.move(batch, "failed", error)
+        log.error("batch_failed", batch=batch.batch_id, error=error)
+
+    def retry(self, batch_id: int) -> None:
+        """Operator: put a failed batch back in line (after fixing the cause)."""
+        batch = self.spool.find(batch_id)
+        if batch is None:
+            raise TransientError(f"batch {batch_id}: no spool folder")
+        self.conn.execute(sql.SQL("UPDATE {}.batch SET state = 'pending', error = NULL WHERE id = %s")
+                          .format(sql.Identifier(META)), (batch_id,))
+        self.spool.move(batch, "pending")
+
+    def flush(self) -> FlushResult:
+        created = self.create_batch()
+        loaded, skipped, failed, waiting = self.load_pending()
+        return FlushResult(created, loaded, skipped, failed, waiting)

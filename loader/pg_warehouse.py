@@ -1,0 +1,125 @@
+"""A PostgreSQL database playing the production warehouse: COPY the CSV into temporary tables,
+MERGE, ledger row, one transaction. The demo's default and what the end-to-end tests load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc.errors import TransientError
+from cdc.settings import Endpoint
+from loader.spool import SpooledBatch, csv_text
+from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable
+
+_TYPES = {"dateid": "integer", "date": "date", "year": "smallint", "quarter": "smallint", "quartername": "varchar(2)",
+          "month": "smallint", "monthname": "varchar(9)", "day": "smallint", "weekday": "smallint",
+          "weekdayname": "varchar(9)", "rowid": "bigint", "product_id": "bigint", "customer_id": "bigint",
+          "price": "numeric(31,4)", "quantity": "bigint", "total_price": "numeric(31,4)", "sales_count": "bigint",
+          "quantity_total": "bigint", "amount_total": "numeric(31,4)"}
+_NOT_NULL = {"customer_id"}
+
+
+def ddl() -> list[str]:
+    """The warehouse DDL for PostgreSQL (also deploy/sql/postgresql-warehouse.sql)."""
+    out = []
+    for t in TABLES:
+        cols = ", ".join(f"{c} {_TYPES[c]}" + ("" if c in _NOT_NULL else " NOT NULL") for c in t.columns)
+        fk = ", FOREIGN KEY (dateid) REFERENCES dimdate (dateid)" if t.name == "factsales" else ""
+        out.append(f"CREATE TABLE IF NOT EXISTS {t.name} ({cols}, PRIMARY KEY ({', '.join(t.key)}){fk})")
+    out.append(f"CREATE TABLE IF NOT EXISTS {LEDGER} (batch_id bigint PRIMARY KEY, pipeline text NOT NULL,"
+               " rows_loaded bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())")
+    out += [
+        "CREATE OR REPLACE VIEW monthly_sales AS SELECT d.year, d.month, d.monthname, sum(s.amount_total)"
+        " AS total_sales, sum(s.quantity_total) AS total_quantity, sum(s.sales_count) AS sales"
+        " FROM sales_by_day s JOIN dimdate d ON d.dateid = s.dateid GROUP BY d.year, d.month, d.monthname",
+        "CREATE OR REPLACE VIEW quarterly_sales AS SELECT d.year, d.quarter, d.quartername, sum(s.amount_total)"
+        " AS total_sales, sum(s.quantity_total) AS total_quantity, sum(s.sales_count) AS sales"
+        " FROM sales_by_day s JOIN dimdate d ON d.dateid = s.dateid GROUP BY d.year, d.quarter, d.quartername",
+        "CREATE OR REPLACE VIEW sales_by_product AS SELECT s.product_id, d.year, sum(s.amount_total) AS total_sales,"
+        " sum(s.quantity_total) AS total_quantity FROM sales_by_day s JOIN dimdate d ON d.dateid = s.dateid"
+        " GROUP BY s.product_id, d.year",
+    ]
+    return out
+
+
+class PostgresWarehouse:
+    def __init__(self, endpoint: Endpoint, pipeline: str, connect_timeout: float) -> None:
+        self._ep = endpoint
+        self._pipeline = pipeline
+        self._timeout = connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            ep = self._ep
+            try:
+                self._conn = psycopg.connect(host=ep.host, port=ep.port, user=ep.user,
+                                             password=ep.password.get_secret_value() or None, dbname=ep.database,
+                                             connect_timeout=max(1, int(self._timeout)), autocommit=True,
+                                             application_name="softcart-sync-flush")
+            except psycopg.OperationalError as exc:
+                raise TransientError(f"warehouse {ep.display}: {str(exc).strip().splitlines()[-1]}") from None
+        return self._conn
+
+    def init(self) -> None:
+        conn = self._connect()
+        with conn.transaction():
+            for stmt in ddl():
+                conn.execute(stmt)
+
+    def load(self, batch: SpooledBatch) -> bool:
+        conn = self._connect()
+        try:
+            with conn.transaction():
+                if conn.execute(f"SELECT 1 FROM {LEDGER} WHERE batch_id = %s", (batch.batch_id,)).fetchone():
+                    return False
+                total = 0
+                staged = {t.name: self._stage(conn, t, batch) for t in TABLES}
+                if batch.manifest.get("full_reload"):
+                    conn.execute("DELETE FROM sales_by_day; DELETE FROM factsales; DELETE FROM dimdate")
+                for t in reversed(TABLES):  # deletes: facts before the dates they reference
+                    conn.execute(sql.SQL("DELETE FROM {} t USING {} s WHERE s.op = 'D' AND {}").format(
+                        sql.Identifier(t.name), sql.Identifier(staged[t.name]), _match(t)))
+                for t in TABLES:
+                    cur = conn.execute(_merge(t, staged[t.name]))
+                    total += max(cur.rowcount, 0)
+                conn.execute(f"INSERT INTO {LEDGER} (batch_id, pipeline, rows_loaded) VALUES (%s, %s, %s)",
+                             (batch.batch_id, self._pipeline, total))
+            return True
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            raise BatchRejected(f"{exc.diag.sqlstate}: {exc.diag.message_primary}") from None
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise TransientError(f"warehouse {self._ep.display}: {str(exc).strip()}") from None
+
+    def _stage(self, conn: psycopg.Connection[Any], t: WTable, batch: SpooledBatch) -> str:
+        temp = f"_load_{t.name}"
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} (op char(1) NOT NULL, {}) ON COMMIT DROP").format(
+            sql.Identifier(temp), sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_TYPES[c])) for c in t.columns)))
+        rows = batch.rows(t.name) if t.name in batch.manifest["tables"] else []
+        with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(
+                sql.Identifier(temp))) as copy:
+            copy.write(csv_text(tuple(r) for r in rows))
+        return temp
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _match(t: WTable, left: str = "t", right: str = "s") -> sql.Composable:
+    return sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(
+        sql.Identifier(left), sql.Identifier(k), sql.Identifier(right), sql.Identifier(k)) for k in t.key)
+
+
+def _merge(t: WTable, staged: str) -> sql.Composed:
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in t.columns)
+    values = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in t.columns)
+    sets = sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(c)) for c in t.non_key)
+    return sql.SQL("MERGE INTO {} t USING (SELECT * FROM {} WHERE op = 'U') s ON {}"
+                   " WHEN MATCHED THEN UPDATE SET {} WHEN NOT MATCHED THEN INSERT ({}) VALUES ({})").format(
+        sql.Identifier(t.name), sql.Identifier(staged), _match(t), sets, cols, values)

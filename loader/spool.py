@@ -1,0 +1,138 @@
+"""The spool: CSV batches on disk, moved between state folders by atomic renames.
+
+    <spool>/tmp/<batch>/       being written (left-overs are removed at start)
+    <spool>/pending/<batch>/   written and recorded in PostgreSQL: to be loaded, in order
+    <spool>/loaded/<batch>/    in the warehouse
+    <spool>/failed/<batch>/    refused by the warehouse; manifest.json says why
+
+A batch folder holds one CSV file per table (``op`` first: U upsert, D delete; then the table's
+columns; no header; NULL is an empty field) and ``manifest.json``: batch id, tables, row counts,
+sha256 of each file, the outbox and source-position range covered.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cdc.errors import FatalError
+
+STATES = ("pending", "loaded", "failed")
+
+
+def batch_name(batch_id: int) -> str:
+    return f"b{batch_id:012d}"
+
+
+def csv_text(rows: Iterable[tuple[Any, ...]]) -> str:
+    """Rows as CSV: None is an empty field, everything else its text form (pure)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row])
+    return buf.getvalue()
+
+
+def parse_csv(text: str) -> Iterator[list[str | None]]:
+    for row in csv.reader(io.StringIO(text)):
+        yield [None if v == "" else v for v in row]
+
+
+@dataclass(frozen=True)
+class SpooledBatch:
+    batch_id: int
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return batch_name(self.batch_id)
+
+    def rows(self, table: str) -> list[list[str | None]]:
+        """The table's rows, after checking the file against the manifest's sha256."""
+        entry = self.manifest["tables"][table]
+        data = (self.path / entry["file"]).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise FatalError(f"batch {self.name}: {entry['file']} does not match its sha256 in manifest.json")
+        return list(parse_csv(data.decode("utf-8")))
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def prepare(self) -> None:
+        """Create the folders (or say clearly why not) and clear half-written batches."""
+        try:
+            for sub in ("tmp", *STATES):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            probe = self.root / "tmp" / ".probe"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise FatalError(f"SOFTCART_SPOOL_DIR {self.root}: not writable ({exc.strerror}); "
+                             "fix its permissions or point it elsewhere") from None
+        for leftover in (self.root / "tmp").iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def write(self, batch_id: int, tables: dict[str, str], meta: dict[str, Any]) -> SpooledBatch:
+        """Write the CSV texts and the manifest, fsync, and rename the folder into pending/."""
+        name = batch_name(batch_id)
+        tmp = self.root / "tmp" / name
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        manifest: dict[str, Any] = {"batch_id": batch_id, "name": name, **meta, "tables": {}}
+        for table, text in tables.items():
+            data = text.encode("utf-8")
+            _write_synced(tmp / f"{table}.csv", data)
+            manifest["tables"][table] = {"file": f"{table}.csv", "rows": text.count("\n"),
+                                         "sha256": hashlib.sha256(data).hexdigest()}
+        _write_synced(tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+        target = self.root / "pending" / name
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(tmp, target)
+        _fsync_dir(target.parent)
+        return SpooledBatch(batch_id, target, manifest)
+
+    def find(self, batch_id: int) -> SpooledBatch | None:
+        name = batch_name(batch_id)
+        for state in STATES:
+            path = self.root / state / name
+            if (path / "manifest.json").exists():
+                return SpooledBatch(batch_id, path, json.loads((path / "manifest.json").read_text()))
+        return None
+
+    def move(self, batch: SpooledBatch, state: str, error: str | None = None) -> SpooledBatch:
+        target = self.root / state / batch.name
+        manifest = dict(batch.manifest)
+        if error is not None:
+            manifest["error"] = error
+            _write_synced(batch.path / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+        if batch.path != target:
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(batch.path, target)
+            _fsync_dir(target.parent)
+        return SpooledBatch(batch.batch_id, target, manifest)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,48 @@
+"""The warehouse side: what its tables look like, and the backends that load a batch into it.
+
+Both backends load a batch in one unit of work: the batch's rows are staged in bulk, deletes and
+MERGEs applied, and a ledger row with the batch id inserted; a batch whose id the ledger already
+holds is skipped, so a replay after a crash changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from loader.spool import SpooledBatch
+from loader.star import AGG_COLS, DIMDATE_COLS, FACT_COLS
+
+
+@dataclass(frozen=True)
+class WTable:
+    name: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+
+    @property
+    def non_key(self) -> tuple[str, ...]:
+        return tuple(c for c in self.columns if c not in self.key)
+
+
+DIMDATE = WTable("dimdate", DIMDATE_COLS, ("dateid",))
+FACTSALES = WTable("factsales", FACT_COLS, ("rowid",))
+SALES_BY_DAY = WTable("sales_by_day", AGG_COLS, ("dateid", "product_id"))
+#: In load order: dimensions before facts (facts reference dates); deletes run in reverse.
+TABLES = (DIMDATE, FACTSALES, SALES_BY_DAY)
+LEDGER = "softcart_ledger"
+
+
+class BatchRejected(Exception):
+    """The warehouse refused the batch's data (a constraint, a type): retrying won't help."""
+
+
+class Warehouse(Protocol):
+    def init(self) -> None:
+        """Create tables, keys, ledger and reporting views if missing."""
+
+    def load(self, batch: SpooledBatch) -> bool:
+        """Load the batch in one unit of work; False when the ledger says it is loaded already.
+        Raises BatchRejected for bad data, TransientError when the warehouse can't be reached."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,280 @@
+"""Star schema -> CSV batches -> warehouse, exactly once (PostgreSQL warehouse backend end to end;
+the DB2 backend against the real ibm_db driver)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+import pytest
+
+from cdc.errors import TransientError
+from cdc.localservers import PostgresServer, free_port
+from cdc.settings import Settings, load_settings
+from loader.db2_warehouse import DB2Warehouse
+from loader.spool import Spool
+from loader.warehouse import TABLES
+from tests.helpers import ROOT, SALES_DDL, execute, running_pipeline, wait_caught_up
+
+Conn = pymysql.connections.Connection
+PG = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def warehouse_db(postgres: PostgresServer, staging_db: str) -> Iterator[str]:
+    name = staging_db + "_wh"
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def wh_env(settings_env: dict[str, str], postgres: PostgresServer, warehouse_db: str,
+           tmp_path: Path) -> dict[str, str]:
+    return {**settings_env, "SOFTCART_WAREHOUSE_URL": postgres.url(warehouse_db),
+            "SOFTCART_SPOOL_DIR": str(tmp_path / "spool")}
+
+
+@pytest.fixture
+def wh_settings(wh_env: dict[str, str]) -> Settings:
+    return load_settings(environ={}, **{k.removeprefix("SOFTCART_").lower(): v for k, v in wh_env.items()})
+
+
+@pytest.fixture
+def warehouse(postgres: PostgresServer, warehouse_db: str) -> Iterator[PG]:
+    conn = psycopg.connect(postgres.url(warehouse_db), autocommit=True)
+    yield conn
+    conn.close()
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SOFTCART_")}
+    return subprocess.run([sys.executable, "-m", "cdc", *args], env={**base, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def rows(conn: PG, table: str, schema: str = "public") -> list[tuple[Any, ...]]:
+    spec = next(t for t in TABLES if t.name == table)
+    cols = ", ".join(spec.columns)
+    return sorted(conn.execute(f"SELECT {cols} FROM {schema}.{table}").fetchall())
+
+
+def assert_warehouse_equals_star(staging: PG, warehouse: PG) -> int:
+    n = 0
+    for t in TABLES:
+        want, got = rows(staging, t.name, "star"), rows(warehouse, t.name)
+        assert got == want, f"{t.name}: star {len(want)} rows, warehouse {len(got)}"
+        n += len(want)
+    return n
+
+
+def mixed_changes(source: Conn, n: int = 300) -> None:
+    with source.cursor() as cur:
+        cur.executemany("INSERT INTO sales_data VALUES (%s, %s, 1, %s, %s, %s)",
+                        [(i, i % 13, f"{i % 50}.25", i % 4, f"2021-0{1 + i % 9}-1{i % 10} 10:00:00")
+                         for i in range(1, n + 1)])
+        cur.execute("UPDATE sales_data SET quantity = quantity + 2, timestamp = '2022-02-02 02:02:02'"
+                    " WHERE rowid % 7 = 0")
+        cur.execute("DELETE FROM sales_data WHERE rowid % 11 = 0")
+        cur.execute("UPDATE sales_data SET rowid = rowid + 100000 WHERE rowid % 17 = 0")
+
+
+def test_stream_then_flush_makes_the_warehouse_equal_to_the_star_schema(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
+    execute(source, SALES_DDL)
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        wait_caught_up(staging, source)
+        mixed_changes(source)
+        wait_caught_up(staging, source)
+    out = cli("flush", env=wh_env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert assert_warehouse_equals_star(staging, warehouse) > 300
+    again = cli("flush", env=wh_env)
+    assert again.returncode == 0 and "nothing new to batch" in again.stdout
+    with running_pipeline(wh_settings):
+        execute(source, "DELETE FROM sales_data WHERE rowid < 50",
+                "UPDATE sales_data SET price = price + 1, timestamp = timestamp WHERE rowid BETWEEN 50 AND 80")
+        wait_caught_up(staging, source)
+    assert cli("flush", env=wh_env).returncode == 0
+    assert_warehouse_equals_star(staging, warehouse)
+    (monthly,) = warehouse.execute("SELECT count(*) FROM monthly_sales").fetchone() or (0,)
+    assert monthly > 0
+    spool = Path(wh_env["SOFTCART_SPOOL_DIR"])
+    loaded = sorted(p.name for p in (spool / "loaded").iterdir())
+    assert len(loaded) >= 2 and not any((spool / "pending").iterdir())
+    manifest = (spool / "loaded" / loaded[0] / "manifest.json").read_text()
+    assert '"sha256"' in manifest and '"source_position": "mysql-bin.' in manifest
+
+
+def test_crash_between_warehouse_commit_and_marking_loaded_applies_nothing_twice(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
+    execute(source, SALES_DDL)
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        mixed_changes(source, 100)
+        wait_caught_up(staging, source)
+    crashed = cli("flush", env={**wh_env, "SOFTCART_TEST_CRASH_POINT": "after-warehouse-commit"})
+    assert crashed.returncode == 137, crashed.stdout + crashed.stderr
+    assert staging.execute("SELECT state FROM softcart.batch").fetchall() == [("pending",)]
+    assert warehouse.execute("SELECT count(*) FROM softcart_ledger").fetchone() == (1,)
+    healed = cli("flush", env=wh_env)
+    assert healed.returncode == 0 and "already in the warehouse 1" in healed.stdout, healed.stdout
+    assert staging.execute("SELECT state FROM softcart.batch").fetchall() == [("loaded",)]
+    assert warehouse.execute("SELECT count(*) FROM softcart_ledger").fetchone() == (1,)
+    assert_warehouse_equals_star(staging, warehouse)
+
+
+def test_rejected_batch_fails_blocks_its_keys_and_loads_after_retry(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
+    execute(source, SALES_DDL, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-01-01 00:00:00'),"
+                               " (2, 2, 1, 1.00, 1, '2021-01-02 00:00:00')")
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        wait_caught_up(staging, source)
+    assert cli("flush", env=wh_env).returncode == 0
+    warehouse.execute("ALTER TABLE factsales ADD CONSTRAINT small_qty CHECK (quantity < 100)")
+    with running_pipeline(wh_settings):
+        execute(source, "UPDATE sales_data SET quantity = 500, timestamp = timestamp WHERE rowid = 1")
+        wait_caught_up(staging, source)
+    failed = cli("flush", env=wh_env)
+    assert failed.returncode == 1 and "failed 1" in failed.stdout
+    (err,) = staging.execute("SELECT error FROM softcart.batch WHERE state = 'failed'").fetchone() or ("",)
+    assert "small_qty" in err
+    with running_pipeline(wh_settings):
+        execute(source, "UPDATE sales_data SET quantity = 7, timestamp = timestamp WHERE rowid = 1",
+                "UPDATE sales_data SET quantity = 3, timestamp = timestamp WHERE rowid = 2")
+        wait_caught_up(staging, source)
+    waiting = cli("flush", env=wh_env)
+    assert waiting.returncode == 1 and "waiting behind a failed batch 1" in waiting.stdout, waiting.stdout
+    assert warehouse.execute("SELECT quantity FROM factsales WHERE rowid = 1").fetchone() == (1,), \
+        "a newer batch for the same key must not overtake the failed one"
+    warehouse.execute("ALTER TABLE factsales DROP CONSTRAINT small_qty")
+    (failed_id,) = staging.execute("SELECT id FROM softcart.batch WHERE state = 'failed'").fetchone() or (0,)
+    retried = cli("batches", "retry", str(failed_id), env=wh_env)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert_warehouse_equals_star(staging, warehouse)
+    assert warehouse.execute("SELECT quantity FROM factsales WHERE rowid = 1").fetchone() == (7,)
+    listing = cli("batches", "list", env=wh_env).stdout
+    assert "loaded" in listing and "failed" not in listing.split("\n", 1)[1]
+
+
+def test_unreachable_warehouse_keeps_batches_pending_then_loads_them_in_order(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
+    execute(source, SALES_DDL)
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    down = {**wh_env, "SOFTCART_WAREHOUSE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
+            "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2"}
+    for round_ in range(3):
+        with running_pipeline(wh_settings):
+            execute(source, f"INSERT INTO sales_data VALUES ({round_ + 1}, 1, 1, 1.00, {round_ + 1},"
+                            " '2021-01-01 00:00:00')", "UPDATE sales_data SET quantity = quantity + 1,"
+                            " timestamp = timestamp")
+            wait_caught_up(staging, source)
+        out = cli("flush", env=down)
+        assert out.returncode == 1 and "warehouse" in out.stderr
+    assert staging.execute("SELECT count(*) FROM softcart.batch WHERE state = 'pending'").fetchone() == (3,)
+    assert len(list((Path(wh_env["SOFTCART_SPOOL_DIR"]) / "pending").iterdir())) == 3
+    assert cli("flush", env=wh_env).returncode == 0
+    ledger = [r[0] for r in warehouse.execute("SELECT batch_id FROM softcart_ledger ORDER BY loaded_at, batch_id")]
+    assert ledger == sorted(ledger) and len(ledger) == 3
+    assert_warehouse_equals_star(staging, warehouse)
+
+
+def test_daemon_flushes_on_its_interval_in_its_own_thread(wh_settings: Settings, wh_env: dict[str, str],
+                                                           source: Conn, staging: PG, warehouse: PG,
+                                                           tmp_path: Path) -> None:
+    from tests.helpers import Daemon, wait_until
+
+    execute(source, SALES_DDL)
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    daemon = Daemon({**wh_env, "SOFTCART_FLUSH_INTERVAL_SECONDS": "1"}, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        daemon.wait_streaming()
+        mixed_changes(source, 200)
+        wait_caught_up(staging, source)
+
+        def equal() -> bool:
+            try:
+                assert_warehouse_equals_star(staging, warehouse)
+                return True
+            except AssertionError:
+                return False
+
+        wait_until(equal, 60, "the warehouse to follow the star schema")
+        assert daemon.stop(30) == 0
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.kill()
+
+
+# DB2: the real driver against endpoints that fail ------------------------------------------------
+
+
+def db2_settings(port: int) -> Settings:
+    return load_settings(environ={}, source_url="mysql://u@127.0.0.1/sales", staging_url="postgresql://u@h/db",
+                         warehouse_url=f"db2://db2inst1:Secret-Db2-pw@127.0.0.1:{port}/SALESDW",
+                         connect_timeout_seconds=2)
+
+
+def test_db2_closed_port_is_a_transient_error_without_the_password(tmp_path: Path) -> None:
+    s = db2_settings(free_port())
+    assert s.warehouse is not None
+    wh = DB2Warehouse(s.warehouse, "default", 2)
+    spool = Spool(tmp_path)
+    spool.prepare()
+    batch = spool.write(1, {}, {})
+    with pytest.raises(TransientError) as err:
+        wh.load(batch)
+    assert "SQL30081N" in str(err.value) and "Secret-Db2-pw" not in str(err.value)
+
+
+def test_db2_listener_that_never_answers_times_out_instead_of_hanging(tmp_path: Path) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[Any] = []
+    threading.Thread(target=lambda: [held.append(server.accept()) for _ in range(8)], daemon=True).start()
+    s = db2_settings(server.getsockname()[1])
+    assert s.warehouse is not None
+    wh = DB2Warehouse(s.warehouse, "default", 2)
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    batch = spool.write(1, {}, {})
+    started = time.monotonic()
+    with pytest.raises(TransientError):
+        wh.load(batch)
+    assert time.monotonic() - started < 30
+    server.close()
+
+
+DB2_DSN = os.environ.get("SOFTCART_TEST_DB2_DSN")
+
+
+@pytest.mark.skipif(not DB2_DSN, reason="no DB2 here: set SOFTCART_TEST_DB2_DSN=db2://user:pw@host:port/DB "
+                                        "to run the warehouse tests against a real DB2")
+def test_real_db2_loads_a_batch_once(tmp_path: Path) -> None:
+    from cdc.settings import parse_url
+
+    ep = parse_url("warehouse_url", DB2_DSN or "", ("db2",))
+    wh = DB2Warehouse(ep, "test", 10)
+    wh.init()
+    spool = Spool(tmp_path)
+    spool.prepare()
+    text = "U,20210101,2021-01-01,2021,1,Q1,1,January,1,6,Friday\n"
+    batch = spool.write(int(time.time()), {"dimdate": text}, {})
+    assert wh.load(batch) is True
+    assert wh.load(batch) is False
+    wh.close()

@@ -1,0 +1,85 @@
+"""The SQL the DB2 backend sends, built by pure functions (IBM's DECLARE GLOBAL TEMPORARY TABLE and
+MERGE syntax), and the CSV form of batches."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from pydantic import SecretStr
+
+from cdc.settings import Endpoint
+from loader.db2_warehouse import connection_string, create_table_sql, declare_sql, delete_sql, merge_sql, q
+from loader.spool import csv_text, parse_csv
+from loader.warehouse import DIMDATE, FACTSALES, SALES_BY_DAY
+
+EP = Endpoint("db2", "dw.example", 50000, "loader", SecretStr("p4ss"), "SALESDW")
+
+
+def test_connection_string_has_timeouts_and_passes_options_through() -> None:
+    text = connection_string(EP, 10, "Security=SSL;SSLServerCertificate=/etc/ca.pem")
+    assert text.startswith("DATABASE=SALESDW;HOSTNAME=dw.example;PORT=50000;PROTOCOL=TCPIP;UID=loader;PWD=p4ss;")
+    assert "ConnectTimeout=10;" in text and "ReceiveTimeout=30;" in text
+    assert text.endswith("Security=SSL;SSLServerCertificate=/etc/ca.pem;")
+
+
+def test_connection_option_that_would_break_the_string_is_refused() -> None:
+    with pytest.raises(ValueError, match="UID"):
+        connection_string(Endpoint("db2", "h", 1, "a;b", SecretStr(""), "D"), 5)
+
+
+def test_identifiers_are_delimited_and_escaped() -> None:
+    assert q("factsales") == '"FACTSALES"'
+    assert q('we"ird') == '"WE""IRD"'
+
+
+def test_declare_global_temporary_table() -> None:
+    assert declare_sql(DIMDATE) == (
+        'DECLARE GLOBAL TEMPORARY TABLE SESSION."LOAD_DIMDATE" ("OP" CHAR(1) NOT NULL, "DATEID" INTEGER,'
+        ' "DATE" DATE, "YEAR" SMALLINT, "QUARTER" SMALLINT, "QUARTERNAME" VARCHAR(2), "MONTH" SMALLINT,'
+        ' "MONTHNAME" VARCHAR(9), "DAY" SMALLINT, "WEEKDAY" SMALLINT, "WEEKDAYNAME" VARCHAR(9))'
+        " ON COMMIT DELETE ROWS NOT LOGGED ON ROLLBACK DELETE ROWS WITH REPLACE")
+
+
+def test_merge_updates_non_keys_and_inserts_all_columns() -> None:
+    sql = merge_sql(SALES_BY_DAY)
+    assert sql.startswith('MERGE INTO "SALES_BY_DAY" AS T USING (SELECT "DATEID", "PRODUCT_ID", "SALES_COUNT",')
+    assert 'FROM SESSION."LOAD_SALES_BY_DAY" WHERE "OP" = \'U\') AS S' in sql
+    assert 'ON T."DATEID" = S."DATEID" AND T."PRODUCT_ID" = S."PRODUCT_ID"' in sql
+    assert 'WHEN MATCHED THEN UPDATE SET T."SALES_COUNT" = S."SALES_COUNT",' in sql
+    assert 'T."DATEID" = S."DATEID",' not in sql.split("UPDATE SET")[1], "keys are not updated"
+    assert sql.endswith('VALUES (S."DATEID", S."PRODUCT_ID", S."SALES_COUNT", S."QUANTITY_TOTAL", S."AMOUNT_TOTAL")')
+
+
+def test_delete_uses_the_staged_keys() -> None:
+    assert delete_sql(FACTSALES) == ('DELETE FROM "FACTSALES" WHERE ("ROWID") IN (SELECT "ROWID" FROM'
+                                     ' SESSION."LOAD_FACTSALES" WHERE "OP" = \'D\')')
+
+
+def test_fact_table_references_dimdate() -> None:
+    assert 'FOREIGN KEY ("DATEID") REFERENCES "DIMDATE" ("DATEID")' in create_table_sql(FACTSALES)
+    assert '"CUSTOMER_ID" BIGINT,' in create_table_sql(FACTSALES), "customer may be unknown"
+
+
+def test_csv_round_trip_keeps_nulls_and_text() -> None:
+    rows = [("U", 1, dt.date(2021, 1, 2), Decimal("2.5000"), None, 'say "hi", ok')]
+    text = csv_text(rows)
+    assert text == 'U,1,2021-01-02,2.5000,,"say ""hi"", ok"\n'
+    assert list(parse_csv(text)) == [["U", "1", "2021-01-02", "2.5000", None, 'say "hi", ok']]
+
+
+def test_deploy_sql_files_hold_what_warehouse_init_creates() -> None:
+    from pathlib import Path
+
+    from loader.db2_warehouse import ledger_sql, views_sql
+    from loader.pg_warehouse import ddl
+    from loader.warehouse import TABLES
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy" / "sql"
+    db2 = (deploy / "db2-warehouse.sql").read_text()
+    for stmt in [*(create_table_sql(t) for t in TABLES), ledger_sql(), *views_sql()]:
+        assert stmt + ";" in db2
+    pg = (deploy / "postgresql-warehouse.sql").read_text()
+    for stmt in ddl():
+        assert stmt + ";" in pg
