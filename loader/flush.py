@@ -86,6 +86,9 @@ class Flusher:
         conn = self.conn
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            # Outbox ids are taken at insert, not at commit: wait for writers in flight so no id
+            # below the maximum we take can still appear later.
+            conn.execute(sql.SQL("LOCK TABLE {}.outbox IN EXCLUSIVE MODE").format(sql.Identifier(META)))
             conn.execute(sql.SQL("INSERT INTO {}.flush_state (pipeline) VALUES (%s) ON CONFLICT DO NOTHING")
                          .format(sql.Identifier(META)), (self.pipeline,))
             (last,) = conn.execute(sql.SQL("SELECT last_outbox_id FROM {}.flush_state WHERE pipeline = %s"

@@ -213,7 +213,11 @@ def test_daemon_flushes_on_its_interval_in_its_own_thread(wh_settings: Settings,
             except AssertionError:
                 return False
 
-        wait_until(equal, 60, "the warehouse to follow the star schema")
+        try:
+            wait_until(equal, 60, "the warehouse to follow the star schema")
+        except AssertionError as exc:
+            tail = "\n".join(daemon.log.read_text().splitlines()[-15:])
+            raise AssertionError(f"{exc}\ndaemon log:\n{tail}") from None
         assert daemon.stop(30) == 0
     finally:
         if daemon.proc and daemon.proc.poll() is None:
