@@ -97,7 +97,7 @@ def delete_sql(t: WTable) -> str:
 
 def merge_sql(t: WTable) -> str:
     on = " AND ".join(f"T.{q(k)} = S.{q(k)}" for k in t.key)
-    sets = ", ".join(f"T.{q(c)} = S.{q(c)}" for c in t.non_key)
+    sets = ", ".join(f"{q(c)} = S.{q(c)}" for c in t.non_key)  # assignment-clause: unqualified column
     cols = ", ".join(q(c) for c in t.columns)
     values = ", ".join(f"S.{q(c)}" for c in t.columns)
     return (f"MERGE INTO {q(t.name)} AS T USING (SELECT {cols} FROM {stage_table(t)} WHERE {q('op')} = 'U') AS S"

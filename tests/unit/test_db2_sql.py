@@ -47,8 +47,8 @@ def test_merge_updates_non_keys_and_inserts_all_columns() -> None:
     assert sql.startswith('MERGE INTO "SALES_BY_DAY" AS T USING (SELECT "DATEID", "PRODUCT_ID", "SALES_COUNT",')
     assert 'FROM SESSION."LOAD_SALES_BY_DAY" WHERE "OP" = \'U\') AS S' in sql
     assert 'ON T."DATEID" = S."DATEID" AND T."PRODUCT_ID" = S."PRODUCT_ID"' in sql
-    assert 'WHEN MATCHED THEN UPDATE SET T."SALES_COUNT" = S."SALES_COUNT",' in sql
-    assert 'T."DATEID" = S."DATEID",' not in sql.split("UPDATE SET")[1], "keys are not updated"
+    assert 'WHEN MATCHED THEN UPDATE SET "SALES_COUNT" = S."SALES_COUNT",' in sql
+    assert '"DATEID" = S."DATEID",' not in sql.split("UPDATE SET")[1], "keys are not updated"
     assert sql.endswith('VALUES (S."DATEID", S."PRODUCT_ID", S."SALES_COUNT", S."QUANTITY_TOTAL", S."AMOUNT_TOTAL")')
 
 
