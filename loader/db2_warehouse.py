@@ -14,7 +14,7 @@ from typing import Any
 from cdc.errors import TransientError
 from cdc.settings import Endpoint
 from loader.spool import SpooledBatch
-from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable
+from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, load_steps
 
 DB2_TYPES = {"dateid": "INTEGER", "date": "DATE", "year": "SMALLINT", "quarter": "SMALLINT",
              "quartername": "VARCHAR(2)", "month": "SMALLINT", "monthname": "VARCHAR(9)", "day": "SMALLINT",
@@ -157,10 +157,8 @@ class DB2Warehouse:
             if batch.manifest.get("full_reload"):
                 for t in reversed(TABLES):
                     ibm_db.exec_immediate(conn, f"DELETE FROM {q(t.name)}")
-            for t in reversed(TABLES):
-                ibm_db.exec_immediate(conn, delete_sql(t))
-            for t in TABLES:
-                ibm_db.exec_immediate(conn, merge_sql(t))
+            for t, op in load_steps():
+                ibm_db.exec_immediate(conn, delete_sql(t) if op == "D" else merge_sql(t))
             led = ibm_db.prepare(conn, f"INSERT INTO {q(LEDGER)} ({q('batch_id')}, {q('pipeline')},"
                                        f" {q('rows_loaded')}) VALUES (?, ?, ?)")
             ibm_db.execute(led, (batch.batch_id, self._pipeline, total))

@@ -11,7 +11,7 @@ from psycopg import sql
 from cdc.errors import TransientError
 from cdc.settings import Endpoint
 from loader.spool import SpooledBatch, csv_text
-from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable
+from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, load_steps
 
 _TYPES = {"dateid": "integer", "date": "date", "year": "smallint", "quarter": "smallint", "quartername": "varchar(2)",
           "month": "smallint", "monthname": "varchar(9)", "day": "smallint", "weekday": "smallint",
@@ -79,12 +79,12 @@ class PostgresWarehouse:
                 staged = {t.name: self._stage(conn, t, batch) for t in TABLES}
                 if batch.manifest.get("full_reload"):
                     conn.execute("DELETE FROM sales_by_day; DELETE FROM factsales; DELETE FROM dimdate")
-                for t in reversed(TABLES):  # deletes: facts before the dates they reference
-                    conn.execute(sql.SQL("DELETE FROM {} t USING {} s WHERE s.op = 'D' AND {}").format(
-                        sql.Identifier(t.name), sql.Identifier(staged[t.name]), _match(t)))
-                for t in TABLES:
-                    cur = conn.execute(_merge(t, staged[t.name]))
-                    total += max(cur.rowcount, 0)
+                for t, op in load_steps():
+                    if op == "D":
+                        conn.execute(sql.SQL("DELETE FROM {} t USING {} s WHERE s.op = 'D' AND {}").format(
+                            sql.Identifier(t.name), sql.Identifier(staged[t.name]), _match(t)))
+                    else:
+                        total += max(conn.execute(_merge(t, staged[t.name])).rowcount, 0)
                 conn.execute(f"INSERT INTO {LEDGER} (batch_id, pipeline, rows_loaded) VALUES (%s, %s, %s)",
                              (batch.batch_id, self._pipeline, total))
             return True

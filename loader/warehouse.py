@@ -33,6 +33,13 @@ TABLES = (DIMDATE, FACTSALES, SALES_BY_DAY)
 LEDGER = "softcart_ledger"
 
 
+def load_steps() -> list[tuple[WTable, str]]:
+    """The order a batch is applied in, so the fact table's foreign key to dimdate holds at every
+    step: new dates first, then facts and aggregates (deletes, then upserts), old dates last."""
+    return [(DIMDATE, "U"), (FACTSALES, "D"), (FACTSALES, "U"), (SALES_BY_DAY, "D"), (SALES_BY_DAY, "U"),
+            (DIMDATE, "D")]
+
+
 class BatchRejected(Exception):
     """The warehouse refused the batch's data (a constraint, a type): retrying won't help."""
 

@@ -118,6 +118,22 @@ def test_stream_then_flush_makes_the_warehouse_equal_to_the_star_schema(
     assert '"sha256"' in manifest and '"source_position": "mysql-bin.' in manifest
 
 
+def test_sale_moving_to_a_new_date_in_one_batch_keeps_the_foreign_key(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
+    execute(source, SALES_DDL, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-05-05 10:00:00')")
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        wait_caught_up(staging, source)
+    assert cli("flush", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        execute(source, "UPDATE sales_data SET timestamp = '2021-06-06 10:00:00' WHERE rowid = 1")
+        wait_caught_up(staging, source)
+    out = cli("flush", env=wh_env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert warehouse.execute("SELECT dateid FROM dimdate").fetchall() == [(20210606,)]
+    assert_warehouse_equals_star(staging, warehouse)
+
+
 def test_crash_between_warehouse_commit_and_marking_loaded_applies_nothing_twice(
         wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
     execute(source, SALES_DDL)
