@@ -40,6 +40,18 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, deadline_s: 
     raise FatalError(f"server did not listen on port {port} within {deadline_s}s; see {log}")
 
 
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout_s: float) -> None:
+    """Send ``sig`` and wait; SIGKILL after ``timeout_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -129,15 +141,7 @@ class MariaDBServer:
         _wait_port(self.port, self.proc, self.log, timeout_s)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc, sig, timeout_s)
         self.proc = None
 
     def kill(self) -> None:
@@ -203,15 +207,7 @@ class PostgresServer:
 
     def stop(self, sig: int = signal.SIGINT, timeout_s: float = 60.0) -> None:
         """SIGINT is PostgreSQL's fast shutdown."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc, sig, timeout_s)
         self.proc = None
 
     def kill(self) -> None:
