@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"softcart-sync: bad settings: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure(settings.log_level, settings.log_format)
+    configure(settings.log_level, settings.log_format, sys.stdout if args.command == "run" else None)
     try:
         return _COMMANDS[args.command](settings, args)
     except ConfigError as exc:

@@ -19,13 +19,16 @@ def read_status(settings: Settings) -> dict[str, Any]:
         have_meta = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META}.position",)).fetchone()
         if not have_meta or not have_meta[0]:
             return {"pipeline": settings.pipeline_name, "state": "not started (no position stored yet)",
-                    "dead_letters": {}, "snapshot": []}
+                    "dead_letters": {}, "batches": {}, "snapshot": []}
         pos = conn.execute(sql.SQL("SELECT binlog_file, binlog_pos, gtid, event_time, committed_at, now()"
                                    " FROM {}.position WHERE pipeline = %s").format(sql.Identifier(META)),
                            (settings.pipeline_name,)).fetchone()
         dead = conn.execute(sql.SQL("SELECT kind, count(*) FILTER (WHERE resolved_at IS NULL), count(*)"
                                     " FROM {}.dead_letter WHERE pipeline = %s GROUP BY kind ORDER BY kind")
                             .format(sql.Identifier(META)), (settings.pipeline_name,)).fetchall()
+        batches = conn.execute(sql.SQL("SELECT state, count(*), min(created_at) FROM {}.batch WHERE pipeline = %s"
+                                       " GROUP BY state").format(sql.Identifier(META)),
+                               (settings.pipeline_name,)).fetchall()
         snap = conn.execute(sql.SQL("SELECT source_table, rows_copied, position, finished_at FROM {}.snapshot"
                                     " WHERE pipeline = %s ORDER BY source_table").format(sql.Identifier(META)),
                             (settings.pipeline_name,)).fetchall()
@@ -44,6 +47,7 @@ def read_status(settings: Settings) -> dict[str, Any]:
                                         if event_time else None),
         )
     out["dead_letters"] = {k: {"open": o, "total": t} for k, o, t in dead}
+    out["batches"] = {s: {"count": n, "oldest": oldest.isoformat()} for s, n, oldest in batches}
     out["snapshot"] = [{"table": t, "rows": r, "position": p, "finished_at": f.isoformat()} for t, r, p, f in snap]
     return out
 
@@ -62,6 +66,13 @@ def render(status: dict[str, Any]) -> str:
         lines.append("dead letters   " + "; ".join(parts) + "  (softcart.dead_letter)")
     else:
         lines.append("dead letters   none")
+    batches = status["batches"]
+    if batches:
+        parts = [f"{state}: {b['count']}" + (f" (oldest {b['oldest']})" if state != "loaded" else "")
+                 for state, b in sorted(batches.items())]
+        lines.append("warehouse      batches " + "; ".join(parts))
+    else:
+        lines.append("warehouse      no batches yet")
     for s in status["snapshot"]:
         lines.append(f"snapshot       {s['table']}: {s['rows']} rows at {s['position']}, {s['finished_at']}")
     if not status["snapshot"]:

@@ -81,7 +81,7 @@ def test_source_without_row_binlog_is_refused_with_the_variable_to_set(
     assert "FAIL  binlog_format = STATEMENT (need ROW): set binlog_format=ROW" in out.stdout
     out = cli("run", env=settings_env)
     assert out.returncode == 1
-    assert "binlog_format = STATEMENT (need ROW)" in out.stderr
+    assert "binlog_format = STATEMENT (need ROW)" in out.stdout + out.stderr
 
 
 def test_wrong_password_is_named_and_never_shown(mariadb: MariaDBServer, settings_env: dict[str, str],

@@ -3,6 +3,7 @@ the DB2 backend against the real ibm_db driver)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -202,6 +203,8 @@ def test_unreachable_warehouse_keeps_batches_pending_then_loads_them_in_order(
         assert out.returncode == 1 and "warehouse" in out.stderr
     assert staging.execute("SELECT count(*) FROM softcart.batch WHERE state = 'pending'").fetchone() == (3,)
     assert len(list((Path(wh_env["SOFTCART_SPOOL_DIR"]) / "pending").iterdir())) == 3
+    status = json.loads(cli("status", "--json", env=wh_env).stdout)
+    assert status["batches"]["pending"]["count"] == 3
     assert cli("flush", env=wh_env).returncode == 0
     ledger = [r[0] for r in warehouse.execute("SELECT batch_id FROM softcart_ledger ORDER BY loaded_at, batch_id")]
     assert ledger == sorted(ledger) and len(ledger) == 3
@@ -298,3 +301,44 @@ def test_real_db2_loads_a_batch_once(tmp_path: Path) -> None:
     assert wh.load(batch) is True
     assert wh.load(batch) is False
     wh.close()
+
+
+def test_daemon_with_the_warehouse_away_shows_the_backlog_then_drains_it(
+        wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG, tmp_path: Path) -> None:
+    from tests.helpers import Daemon, wait_until
+    from tests.integration.test_service import metrics_port, sample
+
+    execute(source, SALES_DDL)
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    away = {**wh_env, "SOFTCART_WAREHOUSE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
+            "SOFTCART_FLUSH_INTERVAL_SECONDS": "1", "SOFTCART_RETRY_MAX_SECONDS": "2"}
+    daemon = Daemon(away, tmp_path / "away.log")
+    daemon.start()
+    try:
+        daemon.wait_streaming()
+        port = metrics_port(daemon)
+        for i in range(3):
+            execute(source, f"INSERT INTO sales_data VALUES ({i + 1}, 1, 1, 1.00, 1, '2021-01-0{i + 1} 00:00:00')")
+            wait_caught_up(staging, source)
+            wait_until(lambda n=i + 1: sample(port, "softcart_spool_pending_batches") >= n, 60,
+                       "a pending batch per round")
+        assert sample(port, "softcart_connected", endpoint="warehouse") == 0
+        wait_until(lambda: sample(port, "softcart_spool_oldest_pending_age_seconds") > 0, 30, "the backlog's age")
+        assert daemon.stop(30) == 0
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.kill()
+    back = Daemon({**wh_env, "SOFTCART_FLUSH_INTERVAL_SECONDS": "1"}, tmp_path / "back.log")
+    back.start()
+    try:
+        back.wait_streaming()
+        port = metrics_port(back)
+        wait_until(lambda: sample(port, "softcart_spool_pending_batches") == 0
+                   and sample(port, "softcart_warehouse_batches_loaded_total") >= 3, 60, "the backlog to drain")
+        assert back.stop(30) == 0
+    finally:
+        if back.proc and back.proc.poll() is None:
+            back.kill()
+    assert_warehouse_equals_star(staging, warehouse)
+    ledger = [r[0] for r in warehouse.execute("SELECT batch_id FROM softcart_ledger ORDER BY loaded_at, batch_id")]
+    assert ledger == sorted(ledger)

@@ -22,8 +22,9 @@ def verify(folder: Path, unit: str) -> str:
 
 def install(tmp_path: Path) -> Path:
     exe = Path(sys.executable).with_name("softcart-sync")
-    for unit in DEPLOY.glob("*.service"):
+    for unit in [*DEPLOY.glob("*.service"), *DEPLOY.glob("*.timer")]:
         text = unit.read_text().replace("/opt/softcart-sync/.venv/bin/softcart-sync", str(exe))
+        text = text.replace("/usr/bin/flock", shutil.which("flock") or "/usr/bin/flock")
         (tmp_path / unit.name).write_text(text)
     (tmp_path / "softcart-sync@sales.service").symlink_to(tmp_path / "softcart-sync@.service")
     return tmp_path
@@ -34,6 +35,8 @@ def test_units_verify_clean(tmp_path: Path) -> None:
     folder = install(tmp_path)
     assert verify(folder, "softcart-sync.service") == ""
     assert verify(folder, "softcart-sync@sales.service") == ""
+    assert verify(folder, "softcart-sync-reconcile.timer") == ""
+    assert verify(folder, "softcart-sync-reconcile.service") == ""
 
 
 @needs_analyze
@@ -82,3 +85,11 @@ def test_alerts_and_dashboard_only_use_metrics_we_export() -> None:
     json.loads(dashboard)
     used = _metric_names((PROMETHEUS / "alerts.yml").read_text()) | _metric_names(dashboard)
     assert used and used <= exported, used - exported
+
+
+def test_cron_file_runs_the_reconcile_under_flock() -> None:
+    line = next(ln for ln in (DEPLOY.parent / "cron" / "softcart-sync").read_text().splitlines()
+                if ln and not ln.startswith("#") and "=" not in ln.split()[0])
+    fields = line.split()
+    assert len(fields[:5]) == 5 and all(f.replace("*", "0").isdigit() for f in fields[:5]), "five time fields"
+    assert fields[5] == "softcart" and fields[6] == "flock" and "reconcile" in fields
