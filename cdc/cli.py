@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "compare the incremental tables with a from-scratch computation without changing "
                         "anything; print the differences and exit 1 if there are any.")
     rb.add_argument("--check", action="store_true", help="compare only, change nothing")
+    sub.add_parser("resnapshot", help="take a new consistent snapshot (e.g. after the binlog was purged)",
+                   description="Replace staging, the star schema and the stored position with a new consistent "
+                   "snapshot, in one PostgreSQL transaction (readers see the old data until it commits); the "
+                   "warehouse gets a full reload at the next flush. Stop the daemon first.")
     st = sub.add_parser("status", help="position, lag, last commit, dead letters, snapshot (from PostgreSQL)",
                         description="What the pipeline has done, read from staging, whether or not the daemon runs.")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -177,6 +181,14 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _resnapshot(settings: Settings, args: argparse.Namespace) -> int:
+    from cdc.pipeline import Pipeline
+
+    position = Pipeline(settings).resnapshot()
+    print(f"new snapshot taken; streaming will resume at {position}")
+    return EXIT_OK
+
+
 def _flush(settings: Settings, args: argparse.Namespace) -> int:
     from loader.backends import open_warehouse
     from loader.flush import Flusher
@@ -218,7 +230,7 @@ def _batches(settings: Settings, args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "run": _run, "check": _check, "setup-source": _setup_source, "rebuild": _rebuild, "status": _status,
-    "flush": _flush, "warehouse": _warehouse, "batches": _batches,
+    "flush": _flush, "warehouse": _warehouse, "batches": _batches, "resnapshot": _resnapshot,
 }
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ class Metrics:
                                       registry=r)
         self.batches_loaded = Counter(p + "warehouse_batches_loaded_total", "Batches loaded into the warehouse",
                                       registry=r)
+        self.binlog_purged = Gauge(p + "binlog_position_purged", "1 when the saved position is no longer in the "
+                                   "source's binlog (needs `softcart-sync resnapshot`)", registry=r)
         self.ready = Gauge(p + "ready", "1 when streaming and not stalled (what /readyz says)", registry=r)
         for endpoint in ("source", "staging", "warehouse"):
             self.connected.labels(endpoint).set(0)

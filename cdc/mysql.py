@@ -102,6 +102,13 @@ def _int(v: Any) -> int | None:
     return None if v is None else int(v)
 
 
+def binary_logs(conn: pymysql.connections.Connection) -> list[tuple[str, int]]:
+    """SHOW BINARY LOGS: (file name, size) oldest first."""
+    with conn.cursor() as cur:
+        cur.execute("SHOW BINARY LOGS")
+        return [(str(r[0]), int(r[1])) for r in cur.fetchall()]
+
+
 def server_variables(conn: pymysql.connections.Connection, names: list[str]) -> dict[str, str]:
     with conn.cursor() as cur:
         cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN (" + ",".join(["%s"] * len(names)) + ")",

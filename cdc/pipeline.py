@@ -23,6 +23,7 @@ from cdc.errors import ConfigError, FatalError, SoftcartError, TransientError
 from cdc.flavor import Flavor
 from cdc.metrics import Metrics
 from cdc.model import Heartbeat, Position, RowChange, TxnChunk
+from cdc.positions import unavailable
 from cdc.settings import Settings
 from cdc.snapshot import take_snapshot
 from cdc.source import BinlogSource
@@ -83,12 +84,20 @@ def star_schema(settings: Settings, tables: dict[str, Table]) -> StarSchema | No
     return StarSchema(tables[settings.star_table], settings.zone)
 
 
+def hold_pipeline_lock(pg: psycopg.Connection[Any], pipeline: str) -> None:
+    """One writer per pipeline: a session advisory lock held as long as ``pg`` lives."""
+    row = pg.execute("SELECT pg_try_advisory_lock(hashtext('softcart-sync pipeline ' || %s))", (pipeline,)).fetchone()
+    if not row or not row[0]:
+        raise TransientError(f"another softcart-sync is running pipeline {pipeline!r} on this staging database")
+
+
 class Pipeline:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.state = PipelineState()
         self.metrics = metrics or Metrics()
         self.metrics.queue_capacity.set(settings.queue_chunks)
+        self._binlogs: list[tuple[str, int]] = []
 
     # Supervisor --------------------------------------------------------------------------------
 
@@ -124,6 +133,7 @@ class Pipeline:
             refuse_unready_source(self.settings, conn, flavor)
             tables = {t: mysql.read_table(conn, self.settings.source.database, t)
                       for t in self.settings.source_tables}
+            self._binlogs = mysql.binary_logs(conn)
         finally:
             conn.close()
         return tables, flavor
@@ -133,17 +143,8 @@ class Pipeline:
         pg = pg_connect(self.settings, autocommit=True)
         self.metrics.connected.labels("staging").set(1)
         try:
-            ensure_schema(pg, tables)
-            star = star_schema(self.settings, tables)
-            position = load_position(pg, self.settings.pipeline_name)
-            if star is not None:
-                with pg.transaction(), pg.cursor() as cur:
-                    created = star.ensure_schema(cur)
-                    if created and position is not None:
-                        log.info("star_schema_created_rebuilding", position=str(position))
-                        built = star.rebuild(pg)
-                        log.info("star_schema_built", facts=built.facts, invalid=len(built.invalid))
-            writer = StagingWriter(pg, tables, self.settings.pipeline_name, star)
+            hold_pipeline_lock(pg, self.settings.pipeline_name)
+            writer, position = self.open_writer(pg, tables)
             self.state.started = True
             self.state.progress_at = time.time()
             if position is None:
@@ -153,6 +154,13 @@ class Pipeline:
                 position = take_snapshot(self.settings, tables, flavor, writer, self._snapshot_progress)
                 self.metrics.snapshot_tables.labels("done").set(len(tables))
                 self.state.snapshotting = False
+            elif (why := unavailable(position, self._binlogs)) is not None:
+                self.metrics.binlog_purged.set(1)
+                if not self.settings.auto_resnapshot:
+                    raise FatalError(why)
+                log.warning("resnapshotting", reason=why, position=str(position))
+                position = take_snapshot(self.settings, tables, flavor, writer, self._snapshot_progress)
+                self.metrics.binlog_purged.set(0)
             else:
                 log.info("resuming", position=str(position))
             self._observe_position(position)
@@ -163,6 +171,34 @@ class Pipeline:
             self.state.snapshotting = False
             self.metrics.connected.labels("staging").set(0)
             pg.close()
+
+    def open_writer(self, pg: psycopg.Connection[Any], tables: dict[str, Table]) -> tuple[StagingWriter,
+                                                                                          Position | None]:
+        """Schemas in place (staging, softcart, star), the writer, and the stored position."""
+        ensure_schema(pg, tables)
+        star = star_schema(self.settings, tables)
+        position = load_position(pg, self.settings.pipeline_name)
+        if star is not None:
+            with pg.transaction(), pg.cursor() as cur:
+                created = star.ensure_schema(cur)
+                if created and position is not None:
+                    log.info("star_schema_created_rebuilding", position=str(position))
+                    built = star.rebuild(pg)
+                    log.info("star_schema_built", facts=built.facts, invalid=len(built.invalid))
+        return StagingWriter(pg, tables, self.settings.pipeline_name, star), position
+
+    def resnapshot(self) -> Position:
+        """Take a new snapshot now (the daemon must be stopped): staging, star schema and position
+        are replaced in one PostgreSQL transaction, and the warehouse gets a full reload."""
+        tables, flavor = self.prepare()
+        with pg_connect(self.settings, autocommit=True) as pg:
+            try:
+                hold_pipeline_lock(pg, self.settings.pipeline_name)
+            except TransientError:
+                raise ConfigError(f"the daemon for pipeline {self.settings.pipeline_name!r} is running: "
+                                  "stop it first (systemctl stop softcart-sync)") from None
+            writer, _ = self.open_writer(pg, tables)
+            return take_snapshot(self.settings, tables, flavor, writer, self._snapshot_progress)
 
     def _snapshot_progress(self, table: str, rows: int) -> None:
         self.state.snapshot_rows[table] = rows

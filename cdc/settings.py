@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     read_timeout_seconds: float = Field(30.0, gt=0, description="silence from the source before reconnecting")
     retry_max_seconds: float = Field(30.0, gt=0, description="cap of the exponential backoff between retries")
     stall_seconds: float = Field(60.0, gt=0, description="no progress for this long is a stall (/readyz, watchdog)")
+    auto_resnapshot: bool = Field(False, description="when the saved position was purged from the source's "
+                                  "binlog, take a new snapshot instead of stopping")
     shutdown_timeout_seconds: float = Field(30.0, gt=0, description="longest a clean shutdown may take")
     star_table: str = Field("sales_data", description="source table the star schema is built from ('' turns it off)")
     business_timezone: str = Field("UTC", description="IANA time zone that decides a sale's date (DimDate)")

@@ -1,0 +1,97 @@
+"""The binlog purged beyond the saved position: a clear fatal error, then a way out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pymysql
+import pytest
+
+from cdc.localservers import MariaDBServer
+from cdc.settings import Settings
+from tests.helpers import ROOT, SALES_DDL, assert_same, execute, running_pipeline, wait_caught_up, wait_until
+
+Conn = pymysql.connections.Connection
+PG = psycopg.Connection[Any]
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SOFTCART_")}
+    return subprocess.run([sys.executable, "-m", "cdc", *args], env={**base, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=40)
+
+
+def purge_past(mariadb: MariaDBServer, source: Conn, saved_file: str) -> str:
+    """Rotate the binlog twice, with changes in between, and purge everything before the last file."""
+    root = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
+
+    def no_replica_reading() -> bool:
+        # A stopped daemon's dump thread lingers on the server until its next heartbeat finds the
+        # socket closed; the server won't purge a file a dump thread still reads.
+        with root.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'")
+            return bool(cur.fetchone()[0] == 0)
+
+    wait_until(no_replica_reading, 30, "stopped daemons' dump threads to end")
+    with root.cursor() as cur:
+        cur.execute("FLUSH BINARY LOGS")
+        execute(source, "INSERT INTO sales_data VALUES (100, 1, 1, 1.00, 1, '2021-01-01 00:00:00')",
+                "UPDATE sales_data SET quantity = 9, timestamp = timestamp WHERE rowid = 1")
+        cur.execute("FLUSH BINARY LOGS")
+        cur.execute("SHOW MASTER STATUS")
+        current = str(cur.fetchone()[0])
+        cur.execute("PURGE BINARY LOGS TO %s", (current,))
+        cur.execute("SHOW BINARY LOGS")
+        kept = [str(r[0]) for r in cur.fetchall()]  # MariaDB may keep one more for its binlog checkpoint
+    root.close()
+    assert saved_file not in kept, "the purge must have removed the saved position's file"
+    return kept[0]
+
+
+@pytest.fixture
+def streamed_then_stopped(settings: Settings, source: Conn, staging: PG) -> None:
+    execute(source, SALES_DDL, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-01-01 00:00:00')")
+    with running_pipeline(settings):
+        wait_caught_up(staging, source)
+
+
+def test_purged_position_is_fatal_naming_both_positions_then_resnapshot_recovers(
+        streamed_then_stopped: None, mariadb: MariaDBServer, settings_env: dict[str, str], settings: Settings,
+        source: Conn, staging: PG, source_db: str) -> None:
+    (saved,) = staging.execute("SELECT binlog_file || ':' || binlog_pos FROM softcart.position").fetchone() or ("",)
+    oldest = purge_past(mariadb, source, saved.split(":")[0])
+    out = cli("run", env=settings_env)
+    assert out.returncode == 1
+    text = out.stdout + out.stderr
+    assert f"saved position {saved}" in text and f"oldest available is {oldest}:4" in text
+    assert "softcart-sync resnapshot" in text
+    fixed = cli("resnapshot", env=settings_env)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    with running_pipeline(settings):
+        wait_caught_up(staging, source)
+    assert_same(source, staging, source_db, "sales_data")
+    assert staging.execute("SELECT quantity FROM star.factsales WHERE rowid = 1").fetchone() == (9,)
+
+
+def test_auto_resnapshot_takes_a_new_snapshot_by_itself(
+        streamed_then_stopped: None, mariadb: MariaDBServer, settings: Settings, source: Conn, staging: PG,
+        source_db: str) -> None:
+    (saved,) = staging.execute("SELECT binlog_file FROM softcart.position").fetchone() or ("",)
+    purge_past(mariadb, source, saved)
+    with running_pipeline(settings.model_copy(update={"auto_resnapshot": True})) as p:
+        wait_caught_up(staging, source)
+        assert p.metrics.binlog_purged._value.get() == 0
+    assert_same(source, staging, source_db, "sales_data")
+
+
+def test_resnapshot_refuses_while_the_daemon_runs(settings: Settings, settings_env: dict[str, str],
+                                                  source: Conn, staging: PG) -> None:
+    execute(source, SALES_DDL)
+    with running_pipeline(settings):
+        wait_caught_up(staging, source)
+        out = cli("resnapshot", env=settings_env)
+    assert out.returncode == 2 and "stop it first" in out.stderr
