@@ -21,7 +21,7 @@ import pymysql
 from cdc.mysql import read_table
 from cdc.pipeline import Pipeline
 from cdc.settings import Settings
-from cdc.snapshot import select_list
+from cdc.snapshot import quote_mysql, select_list
 from transform.schema import Table
 from transform.values import RowConverter
 
@@ -117,14 +117,16 @@ def source_rows(conn: pymysql.connections.Connection, database: str, name: str) 
     conv = RowConverter(table)
     cols = select_list(table)
     with conn.cursor() as cur:
-        cur.execute(f"SELECT {cols} FROM `{name}`")
+        cur.execute(f"SELECT {cols} FROM {quote_mysql(name)}")
         rows = [conv.from_snapshot(r) for r in cur.fetchall()]
     return _normalise(table, rows)
 
 
 def staging_rows(conn: psycopg.Connection[Any], table: Table) -> list[tuple[Any, ...]]:
-    cols = ", ".join(f'"{c}"' for c in table.column_names)
-    rows = conn.execute(f'SELECT {cols} FROM staging."{table.name}"').fetchall()
+    from psycopg import sql
+
+    rows = conn.execute(sql.SQL("SELECT {} FROM staging.{}").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in table.column_names), sql.Identifier(table.name))).fetchall()
     return _normalise(table, [tuple(r) for r in rows])
 
 

@@ -141,3 +141,24 @@ def test_star_table_named_but_not_synced_is_refused(settings: Settings, source: 
         star_schema(explicit, tables)
     implicit = settings.model_copy(update={"source_tables": ["other"]})
     assert star_schema(implicit, tables) is None
+
+
+def test_identifiers_with_quotes_semicolons_and_backticks_cannot_inject(settings: Settings, source: Conn,
+                                                                       staging: PG, source_db: str) -> None:
+    name = 'we`ird;"t\'x'
+    col = 'co`l;"q\'x); DROP TABLE x; --'
+    qt, qc = "`" + name.replace("`", "``") + "`", "`" + col.replace("`", "``") + "`"
+    execute(source, f"CREATE TABLE {qt} (id INT PRIMARY KEY, {qc} VARCHAR(20))",
+            f"INSERT INTO {qt} VALUES (1, 'a'), (2, 'b')")
+    settings = settings.model_copy(update={"source_tables": [name]})
+    with running_pipeline(settings):
+        wait_caught_up(staging, source)
+        execute(source, f"UPDATE {qt} SET {qc} = 'c' WHERE id = 1", f"DELETE FROM {qt} WHERE id = 2",
+                f"INSERT INTO {qt} VALUES (3, 'd')")
+        wait_caught_up(staging, source)
+    assert assert_same(source, staging, source_db, name) == 2
+    from psycopg import sql
+
+    got = staging.execute(sql.SQL("SELECT id, {} FROM staging.{} ORDER BY id").format(
+        sql.Identifier(col), sql.Identifier(name))).fetchall()
+    assert got == [(1, "c"), (3, "d")]
