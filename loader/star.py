@@ -94,18 +94,16 @@ DROP_EMPTY_AGGREGATES = sql.SQL(
 DROP_UNUSED_DATES = sql.SQL(
     "DELETE FROM {0}.dimdate d WHERE d.dateid = ANY(%s::integer[])"
     " AND NOT EXISTS (SELECT 1 FROM {0}.sales_by_day s WHERE s.dateid = d.dateid)").format(sql.Identifier(STAR))
-OUTBOX_INSERT = sql.SQL("INSERT INTO {}.outbox (tbl, k1, k2) SELECT * FROM unnest(%s::text[], %s::bigint[],"
-                        " %s::bigint[])").format(sql.Identifier(META))
+#: The warehouse keys a batch changed: upserted and deleted facts, changed aggregates, and the dates
+#: of changed aggregates (every date that came or may have gone has an aggregate delta).
+OUTBOX_INSERT = sql.SQL(
+    "INSERT INTO {}.outbox (tbl, k1, k2)"
+    " SELECT 'factsales', rowid, NULL::bigint FROM _star_factsales"
+    " UNION ALL SELECT 'factsales', r, NULL FROM unnest(%s::bigint[]) AS r"
+    " UNION ALL SELECT 'sales_by_day', dateid, product_id FROM _star_sales_by_day"
+    " UNION ALL SELECT DISTINCT 'dimdate', dateid, NULL::bigint FROM _star_sales_by_day").format(
+    sql.Identifier(META))
 OUTBOX_FULL = sql.SQL("INSERT INTO {}.outbox (tbl) VALUES ('*')").format(sql.Identifier(META))
-
-
-def outbox_keys(delta: StarDelta) -> list[tuple[str, int, int | None]]:
-    """The warehouse keys a delta changes: facts, aggregates and the dates that may have come or gone."""
-    keys: list[tuple[str, int, int | None]] = [("factsales", r, None) for r in delta.fact_upserts]
-    keys += [("factsales", r, None) for r in delta.fact_deletes]
-    keys += [("sales_by_day", d, p) for d, p in delta.aggregates]
-    keys += [("dimdate", d, None) for d in set(delta.dates) | delta.touched_dateids]
-    return keys
 
 
 RESOLVE_DEAD_LETTERS = sql.SQL(
@@ -177,25 +175,33 @@ class StarSchema:
         _copy(cur, temp, cols, rows)
 
     def write(self, cur: Cursor, delta: StarDelta) -> None:
+        """Set-based: facts and aggregate deltas COPYed into session temp tables, merged with one
+        statement each; the outbox keys are taken from those temp tables in SQL."""
+        self._staged(cur, "factsales", FACT_COLS, (f.row() for f in delta.fact_upserts.values()))
+        self._staged(cur, "sales_by_day", AGG_COLS,
+                     ((k[0], k[1], a.sales, a.quantity, a.amount) for k, a in delta.aggregates.items()))
         if delta.dates:
             cur.execute(UPSERT_DIMDATE, _columns([d.row() for d in delta.dates.values()], len(DIMDATE_COLS)))
-        if delta.fact_deletes:
-            cur.execute(DELETE_FACTS, (list(delta.fact_deletes),))
+        deleted = list(delta.fact_deletes)
+        if deleted:
+            cur.execute(DELETE_FACTS, (deleted,))
         if delta.fact_upserts:
-            self._staged(cur, "factsales", FACT_COLS, (f.row() for f in delta.fact_upserts.values()))
             cur.execute(UPSERT_FACTS)
         if delta.aggregates:
-            self._staged(cur, "sales_by_day", AGG_COLS,
-                         ((k[0], k[1], a.sales, a.quantity, a.amount) for k, a in delta.aggregates.items()))
             cur.execute(ADD_AGGREGATES)
             touched = list(delta.touched_dateids)
             cur.execute(DROP_EMPTY_AGGREGATES, (touched,))
             cur.execute(DROP_UNUSED_DATES, (touched,))
-        if delta.settled:
+        if delta.settled and self._open_fact_dead_letters(cur):
             cur.execute(RESOLVE_DEAD_LETTERS, (self.table.name, [f"[{r}]" for r in delta.settled]))
-        keys = outbox_keys(delta)
-        if keys:
-            cur.execute(OUTBOX_INSERT, _columns(keys, 3))
+        if delta.fact_upserts or deleted or delta.aggregates:
+            cur.execute(OUTBOX_INSERT, (deleted,))
+
+    def _open_fact_dead_letters(self, cur: Cursor) -> bool:
+        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.dead_letter WHERE kind = 'fact' AND source_table = %s"
+                            " AND resolved_at IS NULL)").format(sql.Identifier(META)), (self.table.name,))
+        row = cur.fetchone()
+        return bool(row and row[0])
 
     # From scratch ----------------------------------------------------------------------------
 
