@@ -16,6 +16,7 @@ import pytest
 
 from cdc.localservers import MariaDBServer, PostgresServer
 from cdc.settings import Settings, load_settings
+from tests.helpers import pg_database
 
 _counter = itertools.count(1)
 
@@ -61,12 +62,8 @@ def source_db(mariadb: MariaDBServer) -> Iterator[str]:
 @pytest.fixture
 def staging_db(postgres: PostgresServer) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for staging."""
-    name = f"staging_t{next(_counter)}_{os.getpid()}"
-    with psycopg.connect(postgres.url(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield name
-    with psycopg.connect(postgres.url(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg_database(postgres, f"staging_t{next(_counter)}_{os.getpid()}") as name:
+        yield name
 
 
 @pytest.fixture

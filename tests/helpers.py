@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pymysql
 
+from cdc.localservers import PostgresServer
 from cdc.mysql import read_table
 from cdc.pipeline import Pipeline
 from cdc.settings import Settings
@@ -31,6 +32,16 @@ SALES_DDL = """CREATE TABLE sales_data (
   rowid INT NOT NULL PRIMARY KEY, product_id INT NOT NULL, customer_id INT NOT NULL,
   price DECIMAL(12,2) NOT NULL DEFAULT 0, quantity INT NOT NULL,
   timestamp TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP)"""
+
+
+@contextlib.contextmanager
+def pg_database(postgres: PostgresServer, name: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def wait_until(cond: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:

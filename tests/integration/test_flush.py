@@ -24,7 +24,7 @@ from cdc.settings import Settings, load_settings
 from loader.db2_warehouse import DB2Warehouse
 from loader.spool import Spool
 from loader.warehouse import TABLES
-from tests.helpers import ROOT, SALES_DDL, execute, running_pipeline, wait_caught_up
+from tests.helpers import ROOT, SALES_DDL, execute, pg_database, running_pipeline, wait_caught_up
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -32,12 +32,8 @@ PG = psycopg.Connection[Any]
 
 @pytest.fixture
 def warehouse_db(postgres: PostgresServer, staging_db: str) -> Iterator[str]:
-    name = staging_db + "_wh"
-    with psycopg.connect(postgres.url(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield name
-    with psycopg.connect(postgres.url(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg_database(postgres, staging_db + "_wh") as name:
+        yield name
 
 
 @pytest.fixture
