@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import pymysql
 import structlog
 
 from cdc import mysql
@@ -107,7 +108,10 @@ class Pipeline:
         while not stop.is_set():
             started = time.monotonic()
             try:
-                self.run_once(stop)
+                try:
+                    self.run_once(stop)
+                except Exception as raw:  # every failure becomes transient or fatal, none escapes unsorted
+                    raise _as_ours(raw) from raw
             except TransientError as exc:
                 self.state.streaming = False
                 self.state.restarts += 1
@@ -410,4 +414,6 @@ def _as_ours(exc: BaseException) -> BaseException:
         return exc
     if isinstance(exc, psycopg.OperationalError):
         return TransientError(f"staging connection lost: {str(exc).strip()}")
+    if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
+        return TransientError(f"source connection lost: {exc}")
     return FatalError(f"{type(exc).__name__}: {exc}")

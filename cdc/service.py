@@ -16,7 +16,7 @@ from types import FrameType
 
 import structlog
 
-from cdc.errors import SoftcartError
+from cdc.errors import FatalError, SoftcartError
 from cdc.flushing import flush_loop
 from cdc.http import HealthServer
 from cdc.metrics import Metrics
@@ -73,6 +73,8 @@ def run_service(settings: Settings, notifier: Notifier | None = None, crash_poin
             pipeline.run(stop)
         except SoftcartError as exc:
             errors.append(exc)
+        except BaseException as exc:  # noqa: BLE001 - never exit 0 on a failure systemd should see
+            errors.append(FatalError(f"{type(exc).__name__}: {exc}"))
 
     worker = threading.Thread(target=target, name="pipeline", daemon=True)
     worker.start()
