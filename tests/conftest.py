@@ -3,6 +3,7 @@ per test."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -50,13 +51,17 @@ def postgres(server_root: Path) -> Iterator[PostgresServer]:
 def source_db(mariadb: MariaDBServer) -> Iterator[str]:
     """A fresh, empty source database."""
     name = f"sales_t{next(_counter)}_{os.getpid()}"
-    conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+
+    def run(statement: str) -> None:
+        # A connection each time: a fault test may have restarted the server in between.
+        conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute(statement)
+        conn.close()
+
+    run(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     yield name
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    conn.close()
+    run(f"DROP DATABASE IF EXISTS `{name}`")
 
 
 @pytest.fixture
@@ -98,7 +103,8 @@ def source(mariadb: MariaDBServer, source_db: str) -> Iterator[pymysql.connectio
     with conn.cursor() as cur:
         cur.execute("SET SESSION time_zone = '+00:00'")
     yield conn
-    conn.close()
+    with contextlib.suppress(pymysql.err.MySQLError):
+        conn.close()
 
 
 @pytest.fixture
