@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class PipelineState:
     streaming: bool = False
     snapshotting: bool = False
     lag_bytes: int | None = None
+    writer_busy_since: float = 0.0  # monotonic start of the writer's current statement to staging
     snapshot_rows: dict[str, int] = field(default_factory=dict)
 
     def lag_seconds(self, now: float, heartbeat: float) -> float:
@@ -209,6 +211,21 @@ class Pipeline:
         self.state.progress_at = time.time()
         self.metrics.snapshot_rows.labels(table).set(rows)
 
+    def _guard_writer(self, writer: StagingWriter) -> None:
+        """A statement to staging that takes longer than SOFTCART_READ_TIMEOUT_SECONDS means a
+        network gone silent (a middlebox that acknowledges but never delivers defeats TCP's own
+        timeouts): shut the socket, so the writer fails, and the supervisor reconnects."""
+        busy = self.state.writer_busy_since
+        if not busy or time.monotonic() - busy < self.settings.read_timeout_seconds:
+            return
+        self.state.writer_busy_since = 0.0
+        log.warning("staging_unresponsive", seconds=round(time.monotonic() - busy, 1),
+                    position=str(self.state.position))
+        with contextlib.suppress(OSError, psycopg.Error):
+            sock = socket.fromfd(writer.conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)
+            sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
     def _observe_position(self, position: Position) -> None:
         self.state.position = position
         self.metrics.position_offset.set(position.pos)
@@ -262,6 +279,7 @@ class Pipeline:
                 if stop.wait(0.2):
                     break
                 self.metrics.queue_depth.set(q.qsize())
+                self._guard_writer(writer)
                 self.metrics.lag_seconds.set(self.state.lag_seconds(time.time(), self.settings.heartbeat_seconds))
                 if self.state.position is not None:
                     self.state.lag_bytes = lag_probe.lag_bytes(self.state.position)
@@ -292,7 +310,9 @@ class Pipeline:
         def flush() -> None:
             nonlocal buffer
             if buffer:
+                self.state.writer_busy_since = time.monotonic()
                 writer.apply(buffer)
+                self.state.writer_busy_since = 0.0
                 buffer = []
                 self.state.progress_at = time.time()  # a huge transaction is progress too
 
@@ -303,7 +323,9 @@ class Pipeline:
             nonlocal batch_rows, commit, txns
             assert commit is not None and commit.commit is not None
             flush()
+            self.state.writer_busy_since = time.monotonic()
             writer.commit(commit.commit, commit.event_time or None)
+            self.state.writer_busy_since = 0.0
             structlog.contextvars.bind_contextvars(position=str(commit.commit))  # on every later line
             st = self.state
             now = time.time()

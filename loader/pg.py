@@ -16,7 +16,10 @@ def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Conne
         return psycopg.connect(
             host=ep.host, port=ep.port, user=ep.user, password=ep.password.get_secret_value() or None,
             dbname=ep.database, connect_timeout=max(1, int(settings.connect_timeout_seconds)),
-            autocommit=autocommit, application_name="softcart-sync")
+            autocommit=autocommit, application_name="softcart-sync",
+            # A network that goes silent is an error after about SOFTCART_READ_TIMEOUT_SECONDS, not a hang.
+            keepalives=1, keepalives_idle=max(1, int(settings.read_timeout_seconds / 2)), keepalives_interval=2,
+            keepalives_count=3, tcp_user_timeout=int(settings.read_timeout_seconds * 1000))
     except psycopg.OperationalError as exc:
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else "connection failed"
         if "password authentication failed" in message or "no password supplied" in message:

@@ -126,3 +126,73 @@ def test_postgres_killed_mid_batch_and_restarted_loses_nothing(
         if daemon.proc and daemon.proc.poll() is None:
             daemon.kill()
     assert "pipeline_retrying" in daemon.log.read_text()
+
+
+def test_silent_network_cut_to_the_source_is_noticed_and_recovered(
+        mariadb: MariaDBServer, source_db: str, source: Conn, staging: PG, settings_env: dict[str, str],
+        tmp_path: Path) -> None:
+    from tests.helpers import PausableProxy
+    from tests.integration.test_service import get, metrics_port
+
+    execute(source, "CREATE TABLE counters (id INT PRIMARY KEY, n BIGINT NOT NULL)",
+            "INSERT INTO counters VALUES (1, 0)")
+    proxy = PausableProxy(mariadb.port)
+    env = {**settings_env, "SOFTCART_SOURCE_TABLES": "counters",
+           "SOFTCART_SOURCE_URL": f"mysql://root@127.0.0.1:{proxy.port}/{source_db}",
+           "SOFTCART_READ_TIMEOUT_SECONDS": "4", "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2",
+           "SOFTCART_RETRY_MAX_SECONDS": "2", "SOFTCART_STALL_SECONDS": "6"}
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        daemon.wait_streaming()
+        port = metrics_port(daemon)
+        wait_until(lambda: get(port, "/readyz")[0] == 200, 30, "ready")
+        proxy.pause()
+        cut_at = time.monotonic()
+        for _ in range(20):
+            execute(source, "UPDATE counters SET n = n + 1")
+        wait_until(lambda: "pipeline_retrying" in daemon.log.read_text(), 60, "the daemon to notice the cut")
+        noticed = time.monotonic() - cut_at
+        assert noticed < 30, f"took {noticed:.0f} s to notice"
+        wait_until(lambda: get(port, "/readyz")[0] == 503, 30, "/readyz to report it")
+        proxy.resume()
+        wait_caught_up(staging, source, timeout=120)
+        assert daemon.stop(30) == 0
+    finally:
+        proxy.close()
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.kill()
+    assert staging.execute("SELECT n FROM staging.counters").fetchone() == (20,)
+
+
+def test_silent_network_cut_to_staging_is_noticed_and_recovered(
+        mariadb: MariaDBServer, postgres: PostgresServer, source_db: str, staging_db: str, source: Conn,
+        staging: PG, settings_env: dict[str, str], tmp_path: Path) -> None:
+    from tests.helpers import PausableProxy
+
+    execute(source, "CREATE TABLE counters (id INT PRIMARY KEY, n BIGINT NOT NULL)",
+            "INSERT INTO counters VALUES (1, 0)")
+    proxy = PausableProxy(postgres.port)
+    env = {**settings_env, "SOFTCART_SOURCE_TABLES": "counters",
+           "SOFTCART_STAGING_URL": f"postgresql://postgres@127.0.0.1:{proxy.port}/{staging_db}",
+           "SOFTCART_READ_TIMEOUT_SECONDS": "4", "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2",
+           "SOFTCART_RETRY_MAX_SECONDS": "2"}
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        daemon.wait_streaming()
+        wait_caught_up(staging, source)
+        proxy.pause()
+        cut_at = time.monotonic()
+        for _ in range(20):
+            execute(source, "UPDATE counters SET n = n + 1")
+        wait_until(lambda: "pipeline_retrying" in daemon.log.read_text(), 60, "the daemon to notice the cut")
+        assert time.monotonic() - cut_at < 40
+        proxy.resume()
+        wait_caught_up(staging, source, timeout=120)
+        assert daemon.stop(30) == 0
+    finally:
+        proxy.close()
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.kill()
+    assert staging.execute("SELECT n FROM staging.counters").fetchone() == (20,)
