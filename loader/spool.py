@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdc.errors import FatalError
+from cdc.errors import FatalError, TransientError
 
 STATES = ("pending", "loaded", "failed")
 
@@ -84,7 +84,16 @@ class Spool:
             shutil.rmtree(leftover, ignore_errors=True)
 
     def write(self, batch_id: int, tables: dict[str, str], meta: dict[str, Any]) -> SpooledBatch:
-        """Write the CSV texts and the manifest, fsync, and rename the folder into pending/."""
+        """Write the CSV texts and the manifest, fsync, and rename the folder into pending/.
+        A full or unwritable disk is a TransientError naming the folder (the caller's transaction
+        rolls back, so the outbox keeps its rows)."""
+        try:
+            return self._write(batch_id, tables, meta)
+        except OSError as exc:
+            raise TransientError(f"SOFTCART_SPOOL_DIR {self.root}: cannot write batch {batch_name(batch_id)}: "
+                                 f"{exc.strerror or exc}") from None
+
+    def _write(self, batch_id: int, tables: dict[str, str], meta: dict[str, Any]) -> SpooledBatch:
         name = batch_name(batch_id)
         tmp = self.root / "tmp" / name
         shutil.rmtree(tmp, ignore_errors=True)

@@ -338,3 +338,34 @@ def test_daemon_with_the_warehouse_away_shows_the_backlog_then_drains_it(
     assert_warehouse_equals_star(staging, warehouse)
     ledger = [r[0] for r in warehouse.execute("SELECT batch_id FROM softcart_ledger ORDER BY loaded_at, batch_id")]
     assert ledger == sorted(ledger)
+
+
+def test_unwritable_spool_is_a_clear_error_and_the_outbox_keeps_its_rows(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, tmp_path: Path) -> None:
+    import shutil
+
+    from loader.backends import open_warehouse
+    from loader.flush import Flusher
+    from loader.pg import pg_connect
+
+    execute(source, SALES_DDL, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-01-01 00:00:00')")
+    with running_pipeline(wh_settings):
+        wait_caught_up(staging, source)
+    outbox_before = staging.execute("SELECT count(*) FROM softcart.outbox").fetchone()
+    # A spool folder that can't be made at all: named by the error, nothing flushed.
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the spool should be")
+    out = cli("flush", env={**wh_env, "SOFTCART_SPOOL_DIR": str(blocked)})
+    assert out.returncode != 0 and f"SOFTCART_SPOOL_DIR {blocked}" in out.stdout + out.stderr
+    # A spool that breaks while a batch is written (disk full): the transaction rolls back.
+    spool = Spool(Path(wh_env["SOFTCART_SPOOL_DIR"]))
+    spool.prepare()
+    shutil.rmtree(spool.root / "tmp")
+    (spool.root / "tmp").write_text("no room")
+    with pg_connect(wh_settings, autocommit=True) as conn:
+        flusher = Flusher(conn, spool, open_warehouse(wh_settings), "default")
+        with pytest.raises(TransientError, match="cannot write batch"):
+            flusher.create_batch()
+    assert staging.execute("SELECT count(*) FROM softcart.outbox").fetchone() == outbox_before
+    assert staging.execute("SELECT count(*) FROM softcart.batch").fetchone() == (0,)
+    assert staging.execute("SELECT COALESCE(max(last_outbox_id), 0) FROM softcart.flush_state").fetchone() == (0,)
