@@ -1,0 +1,157 @@
+"""Chaos: random faults from the fault list during a mixed load; at the end source = staging =
+star rebuild = warehouse. A short run is part of the default suite; the long one is marked slow
+(`.venv/bin/pytest -m slow`). Both print their figures."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pymysql
+import pytest
+
+from cdc.localservers import MariaDBServer, PostgresServer
+from cdc.settings import load_settings
+from loader.star_ops import check_star
+from tests.helpers import SALES_DDL, Daemon, execute, pg_database, source_rows, staging_rows, wait_until
+
+Conn = pymysql.connections.Connection
+
+
+class SalesLoad:
+    """Inserts, counter-like quantity bumps, price changes and deletes on sales_data, carrying on
+    through outages (afterwards the source is the truth)."""
+
+    def __init__(self, mariadb: MariaDBServer, database: str, seed: int) -> None:
+        self.mariadb, self.database = mariadb, database
+        self.rnd = random.Random(seed)
+        self.transactions = 0
+        self.next_id = 100_000
+
+    def run(self, stop: threading.Event) -> None:
+        conn: Conn | None = None
+        while not stop.is_set():
+            try:
+                conn = conn or pymysql.connect(host="127.0.0.1", port=self.mariadb.port, user="root",
+                                               database=self.database, autocommit=False, connect_timeout=2)
+                r = self.rnd
+                with conn.cursor() as cur:
+                    for _ in range(r.randint(1, 5)):
+                        kind = r.choices(["insert", "bump", "reprice", "delete"], [50, 30, 10, 10])[0]
+                        lo = r.randint(1, self.next_id)
+                        if kind == "insert":
+                            cur.executemany("INSERT INTO sales_data VALUES (%s, %s, %s, %s, %s, %s)", [
+                                (self.next_id + i, r.randint(1, 40), r.randint(1, 500), r.randint(100, 9999) / 100,
+                                 r.randint(1, 5), f"2021-{r.randint(1, 12):02d}-{r.randint(1, 28):02d} 12:00:00")
+                                for i in range(r.randint(1, 10))])
+                            self.next_id += 10
+                        elif kind == "bump":
+                            cur.execute("UPDATE sales_data SET quantity = quantity + 1, timestamp = timestamp"
+                                        " WHERE rowid BETWEEN %s AND %s", (lo, lo + 50))
+                        elif kind == "reprice":
+                            cur.execute("UPDATE sales_data SET price = price + 1 WHERE rowid BETWEEN %s AND %s",
+                                        (lo, lo + 20))
+                        else:
+                            cur.execute("DELETE FROM sales_data WHERE rowid BETWEEN %s AND %s", (lo, lo + 3))
+                conn.commit()
+                self.transactions += 1
+                stop.wait(0.01)
+            except pymysql.err.MySQLError:
+                conn = None
+                stop.wait(0.2)
+
+
+@pytest.mark.parametrize("seconds", [pytest.param(20, id="short"),
+                                     pytest.param(180, id="long", marks=pytest.mark.slow)])
+def test_random_faults_under_load_end_with_every_copy_equal(
+        seconds: int, mariadb: MariaDBServer, postgres: PostgresServer, source_db: str, staging_db: str,
+        settings_env: dict[str, str], tmp_path: Path) -> None:
+    seeder = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db, autocommit=True)
+    execute(seeder, SALES_DDL)
+    with seeder.cursor() as cur:
+        cur.executemany("INSERT INTO sales_data VALUES (%s, %s, 1, 9.99, 1, '2021-06-01 08:00:00')",
+                        [(i, i % 40) for i in range(1, 5001)])
+    seeder.close()
+    rnd = random.Random(20261129 + seconds)
+    with pg_database(postgres, staging_db + "_chaos_wh") as wh_db:
+        env = {**settings_env, "SOFTCART_WAREHOUSE_URL": postgres.url(wh_db),
+               "SOFTCART_SPOOL_DIR": str(tmp_path / "spool"), "SOFTCART_FLUSH_INTERVAL_SECONDS": "1",
+               "SOFTCART_RETRY_MAX_SECONDS": "2", "SOFTCART_CHUNK_ROWS": "300"}
+        settings = load_settings(environ={}, **{k.removeprefix("SOFTCART_").lower(): v for k, v in env.items()})
+        from loader.backends import open_warehouse
+
+        wh = open_warehouse(settings)
+        wh.init()
+        wh.close()
+        daemon = Daemon(env, tmp_path / "daemon.log")
+        daemon.start()
+        load = SalesLoad(mariadb, source_db, seed=seconds)
+        stop = threading.Event()
+        writer = threading.Thread(target=load.run, args=(stop,), daemon=True)
+        writer.start()
+        faults: Counter[str] = Counter()
+        ends = time.monotonic() + seconds
+        try:
+            while time.monotonic() < ends:
+                stop.wait(rnd.uniform(0.5, 3.0))  # a random moment, not a synchronisation
+                fault = rnd.choice(["daemon", "daemon", "mariadb", "postgres"])
+                if fault == "daemon":
+                    daemon.kill()
+                    daemon.start()
+                elif fault == "mariadb":
+                    mariadb.kill()
+                    mariadb.start()
+                else:
+                    postgres.kill()
+                    postgres.start()
+                faults[fault] += 1
+            stop.set()
+            writer.join(30)
+            source = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db,
+                                     autocommit=True)
+            staging = psycopg.connect(postgres.url(staging_db), autocommit=True)
+            warehouse = psycopg.connect(postgres.url(wh_db), autocommit=True)
+            daemon.wait_streaming(120)
+
+            def all_equal() -> bool:
+                from tests.integration.test_flush import assert_warehouse_equals_star
+
+                with source.cursor() as cur:
+                    cur.execute("SHOW MASTER STATUS")
+                    file, pos = cur.fetchone()[:2]
+                row = staging.execute("SELECT binlog_file, binlog_pos FROM softcart.position").fetchone()
+                if row is None or (row[0], row[1]) < (file, pos):
+                    return False
+                try:
+                    assert_warehouse_equals_star(staging, warehouse)
+                except AssertionError:
+                    return False
+                return True
+
+            wait_until(all_equal, 180, "staging and the warehouse to settle")
+            assert daemon.stop(30) == 0
+            from cdc.mysql import read_table
+
+            want = source_rows(source, source_db, "sales_data")
+            got = staging_rows(staging, read_table(source, source_db, "sales_data"))
+            lost = len(set(want) - set(got))
+            extra = len(set(got) - set(want))
+            differences = check_star(settings)
+            print(f"\nchaos ({seconds} s): faults injected {dict(faults)}, {load.transactions} source transactions,"
+                  f" {len(want)} rows compared, rows lost {lost}, rows duplicated or wrong {extra},"
+                  f" star differences {len(differences)}")
+            assert lost == 0 and extra == 0 and differences == []
+            source.close()
+            staging.close()
+            warehouse.close()
+        finally:
+            stop.set()
+            for server in (mariadb, postgres):
+                if server.proc is None:
+                    server.start()
+            if daemon.proc and daemon.proc.poll() is None:
+                daemon.kill()
