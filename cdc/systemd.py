@@ -24,10 +24,6 @@ class Notifier:
         #: How often to ping the watchdog (half its timeout), or None when there is none.
         self.watchdog_interval = int(usec) / 2e6 if watched else None
 
-    @property
-    def enabled(self) -> bool:
-        return self._sock is not None
-
     def send(self, *fields: str) -> None:
         if self._sock is None:
             return

@@ -123,10 +123,6 @@ class StagingWriter:
 
     # Transaction control ---------------------------------------------------------------------
 
-    @property
-    def in_transaction(self) -> bool:
-        return self._open
-
     def begin(self) -> None:
         """Open the micro-batch transaction. The connection is in autocommit mode and we say BEGIN
         ourselves, so every ``conn.transaction()`` inside it is a savepoint, never a commit."""

@@ -163,6 +163,13 @@ def assert_same(source: pymysql.connections.Connection, staging: psycopg.Connect
     return len(want)
 
 
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`softcart-sync ARGS` as a user runs it: our environment without any SOFTCART_* of its own, plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SOFTCART_")}
+    return subprocess.run([sys.executable, "-m", "cdc", *args], env={**base, **(env or {})}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 class Daemon:
     """`softcart-sync run` as a real subprocess, to kill and restart."""
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,16 +13,10 @@ import pytest
 
 from cdc.localservers import MariaDBServer
 from cdc.seed import generate
-from tests.helpers import ROOT, execute
+from tests.helpers import cli, execute
 
 Conn = pymysql.connections.Connection
 CANARY = "Canary-Pa55word-7731"
-
-
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SOFTCART_")}
-    return subprocess.run([sys.executable, "-m", "cdc", *args], env={**base, **(env or {})}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_help_explains_commands_settings_and_exit_codes() -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from cdc.settings import Settings, load_settings
 from loader.db2_warehouse import DB2Warehouse
 from loader.spool import Spool
 from loader.warehouse import TABLES
-from tests.helpers import ROOT, SALES_DDL, execute, pg_database, running_pipeline, wait_caught_up
+from tests.helpers import SALES_DDL, cli, execute, pg_database, running_pipeline, wait_caught_up
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -53,12 +51,6 @@ def warehouse(postgres: PostgresServer, warehouse_db: str) -> Iterator[PG]:
     conn = psycopg.connect(postgres.url(warehouse_db), autocommit=True)
     yield conn
     conn.close()
-
-
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SOFTCART_")}
-    return subprocess.run([sys.executable, "-m", "cdc", *args], env={**base, **env}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
 
 
 def rows(conn: PG, table: str, schema: str = "public") -> list[tuple[Any, ...]]:

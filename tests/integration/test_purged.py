@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -14,16 +11,10 @@ import pytest
 
 from cdc.localservers import MariaDBServer
 from cdc.settings import Settings
-from tests.helpers import ROOT, SALES_DDL, assert_same, execute, running_pipeline, wait_caught_up, wait_until
+from tests.helpers import SALES_DDL, assert_same, cli, execute, running_pipeline, wait_caught_up, wait_until
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
-
-
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SOFTCART_")}
-    return subprocess.run([sys.executable, "-m", "cdc", *args], env={**base, **env}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=40)
 
 
 def purge_past(mariadb: MariaDBServer, source: Conn, saved_file: str) -> str:
@@ -75,12 +66,12 @@ def test_purged_position_is_fatal_naming_both_positions_then_resnapshot_recovers
         source: Conn, staging: PG, source_db: str) -> None:
     (saved,) = staging.execute("SELECT binlog_file || ':' || binlog_pos FROM softcart.position").fetchone() or ("",)
     oldest = purge_past(mariadb, source, saved.split(":")[0])
-    out = cli("run", env=settings_env)
+    out = cli("run", env=settings_env, timeout=40)
     assert out.returncode == 1
     text = out.stdout + out.stderr
     assert f"saved position {saved}" in text and f"oldest available is {oldest}:4" in text
     assert "softcart-sync resnapshot" in text
-    fixed = cli("resnapshot", env=settings_env)
+    fixed = cli("resnapshot", env=settings_env, timeout=40)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     with running_pipeline(settings):
         wait_caught_up(staging, source)
@@ -104,5 +95,5 @@ def test_resnapshot_refuses_while_the_daemon_runs(settings: Settings, settings_e
     execute(source, SALES_DDL)
     with running_pipeline(settings):
         wait_caught_up(staging, source)
-        out = cli("resnapshot", env=settings_env)
+        out = cli("resnapshot", env=settings_env, timeout=40)
     assert out.returncode == 2 and "stop it first" in out.stderr

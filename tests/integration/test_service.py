@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -23,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.localservers import MariaDBServer, PostgresServer
-from tests.helpers import ROOT, SALES_DDL, Daemon, assert_same, execute, wait_caught_up, wait_until
+from tests.helpers import SALES_DDL, Daemon, assert_same, cli, execute, wait_caught_up, wait_until
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -237,13 +236,9 @@ def test_canary_password_never_appears_in_logs_metrics_or_status(
     finally:
         if daemon.proc and daemon.proc.poll() is None:
             daemon.kill()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SOFTCART_")}
-    outputs = [subprocess.run([sys.executable, "-m", "cdc", *args], env={**base, **env}, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
-               for args in (["status"], ["status", "--json"], ["check"], ["settings"])]
-    bad_pw = subprocess.run([sys.executable, "-m", "cdc", "check"], cwd=ROOT, capture_output=True, text=True,
-                            env={**base, **env, "SOFTCART_SOURCE_URL":
-                                 f"mysql://canary:{CANARY}x@127.0.0.1:{mariadb.port}/{source_db}"}, timeout=60)
+    outputs = [cli(*args, env=env, timeout=60) for args in (["status"], ["status", "--json"], ["check"], ["settings"])]
+    bad_pw = cli("check", timeout=60, env={**env, "SOFTCART_SOURCE_URL":
+                                           f"mysql://canary:{CANARY}x@127.0.0.1:{mariadb.port}/{source_db}"})
     texts = [daemon.log.read_text(), metrics_text, ready_text, bad_pw.stdout + bad_pw.stderr]
     texts += [o.stdout + o.stderr for o in outputs]
     assert "access denied" in bad_pw.stdout

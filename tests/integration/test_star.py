@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +13,7 @@ from hypothesis import strategies as st
 
 from cdc.settings import Settings
 from loader.star_ops import check_star
-from tests.helpers import ROOT, SALES_DDL, execute, running_pipeline, wait_caught_up
+from tests.helpers import SALES_DDL, cli, execute, running_pipeline, wait_caught_up
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -92,11 +90,6 @@ def test_sale_near_midnight_lands_on_the_business_day(settings: Settings, source
     row = staging.execute("SELECT year, quarter, quartername, monthname, weekday, weekdayname FROM star.dimdate"
                           " WHERE dateid = 20220101").fetchone()
     assert row == (2022, 1, "Q1", "January", 7, "Saturday")
-
-
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cdc", *args], env={"PATH": "/usr/bin:/bin", **env}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_rebuild_check_finds_tampering_and_rebuild_repairs_it(settings: Settings, settings_env: dict[str, str],
