@@ -128,6 +128,15 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(30.0, gt=0, description="longest a clean shutdown may take")
     star_table: str = Field("sales_data", description="source table the star schema is built from ('' turns it off)")
     business_timezone: str = Field("UTC", description="IANA time zone that decides a sale's date (DimDate)")
+    reconcile_segment_rows: int = Field(10000, ge=2, description="reconcile: rows per top-level segment checksum")
+    reconcile_fanout: int = Field(16, ge=2, le=1000, description="reconcile: parts a differing segment is cut into")
+    reconcile_fetch_rows: int = Field(256, ge=1, description="reconcile: at most this many rows in a differing "
+                                      "segment, fetch their fingerprints instead of cutting it again")
+    reconcile_wait_seconds: float = Field(300.0, gt=0, description="reconcile: longest wait for the daemon to "
+                                          "apply up to the source position a comparison was read at")
+    reconcile_textfile: Path | None = Field(None, description="reconcile: write its metrics to this .prom file "
+                                            "(node_exporter's textfile collector)")
+    reconcile_pushgateway: str = Field("", description="reconcile: push its metrics to this Pushgateway URL")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: JSON lines unless stdout is a terminal")

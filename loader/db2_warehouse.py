@@ -9,12 +9,14 @@ IBM's documented syntax for DECLARE GLOBAL TEMPORARY TABLE and MERGE.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 from cdc.errors import TransientError
 from cdc.settings import Endpoint
 from loader.spool import SpooledBatch
 from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, load_steps
+from transform.fingerprint import Dialect
 
 DB2_TYPES = {"dateid": "INTEGER", "date": "DATE", "year": "SMALLINT", "quarter": "SMALLINT",
              "quartername": "VARCHAR(2)", "month": "SMALLINT", "monthname": "VARCHAR(9)", "day": "SMALLINT",
@@ -105,6 +107,8 @@ def merge_sql(t: WTable) -> str:
 
 
 class DB2Warehouse:
+    dialect = Dialect.DB2
+
     def __init__(self, endpoint: Endpoint, pipeline: str, connect_timeout: float) -> None:
         self._ep = endpoint
         self._pipeline = pipeline
@@ -173,6 +177,25 @@ class DB2Warehouse:
                 raise BatchRejected(f"{state}: {text}") from None
             self.close()
             raise TransientError(f"warehouse {self._ep.display}: {text}") from None
+
+    def fetch(self, text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run a read-only query (the reconcile's checksums); ends its unit of work."""
+        import ibm_db
+
+        conn = self._connect()
+        try:
+            stmt = ibm_db.prepare(conn, text)
+            ibm_db.execute(stmt, tuple(params))
+            rows = []
+            row = ibm_db.fetch_tuple(stmt)
+            while row:
+                rows.append(tuple(row))
+                row = ibm_db.fetch_tuple(stmt)
+            ibm_db.rollback(conn)
+            return rows
+        except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception
+            self.close()
+            raise TransientError(f"warehouse {self._ep.display}: {_clean(str(exc), self._ep)}") from None
 
     def close(self) -> None:
         import ibm_db

@@ -131,7 +131,18 @@ class Flusher:
             .format(sql.Identifier(META)), (self.pipeline,)).fetchall()]
 
     def load_pending(self, on_loaded: Callable[[SpooledBatch, float], None] | None = None) -> tuple[int, int, int, int]:
-        """Load pending batches in order; returns (loaded, skipped, failed, waiting)."""
+        """Load pending batches in order; returns (loaded, skipped, failed, waiting). One loader at
+        a time per pipeline (the daemon's flush thread, ``flush``, a reconcile): two would race on
+        the same batch, and the loser's ledger conflict would look like a refused batch."""
+        lock = sql.SQL("SELECT {}(hashtext('softcart-sync flush ' || %s))")
+        self.conn.execute(lock.format(sql.Identifier("pg_advisory_lock")), (self.pipeline,))
+        try:
+            return self._load_pending(on_loaded)
+        finally:
+            if not self.conn.closed and not self.conn.broken:
+                self.conn.execute(lock.format(sql.Identifier("pg_advisory_unlock")), (self.pipeline,))
+
+    def _load_pending(self, on_loaded: Callable[[SpooledBatch, float], None] | None) -> tuple[int, int, int, int]:
         loaded = skipped = failed = waiting = 0
         blocked: set[tuple[str, str]] = set()
         for batch_id, state, keys in self.pending():

@@ -3,6 +3,7 @@ MERGE, ledger row, one transaction. The demo's default and what the end-to-end t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -12,6 +13,7 @@ from cdc.errors import TransientError
 from cdc.settings import Endpoint
 from loader.spool import SpooledBatch, csv_text
 from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, load_steps
+from transform.fingerprint import Dialect
 
 _TYPES = {"dateid": "integer", "date": "date", "year": "smallint", "quarter": "smallint", "quartername": "varchar(2)",
           "month": "smallint", "monthname": "varchar(9)", "day": "smallint", "weekday": "smallint",
@@ -45,6 +47,8 @@ def ddl() -> list[str]:
 
 
 class PostgresWarehouse:
+    dialect = Dialect.POSTGRES
+
     def __init__(self, endpoint: Endpoint, pipeline: str, connect_timeout: float) -> None:
         self._ep = endpoint
         self._pipeline = pipeline
@@ -104,6 +108,14 @@ class PostgresWarehouse:
                 sql.Identifier(temp))) as copy:
             copy.write(csv_text(tuple(r) for r in rows))
         return temp
+
+    def fetch(self, text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run a read-only query (the reconcile's checksums)."""
+        try:
+            return self._connect().execute(text.encode(), list(params)).fetchall()
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise TransientError(f"warehouse {self._ep.display}: {str(exc).strip()}") from None
 
     def close(self) -> None:
         if self._conn is not None:

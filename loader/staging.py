@@ -125,10 +125,15 @@ class StagingWriter:
 
     def begin(self) -> None:
         """Open the micro-batch transaction. The connection is in autocommit mode and we say BEGIN
-        ourselves, so every ``conn.transaction()`` inside it is a savepoint, never a commit."""
+        ourselves, so every ``conn.transaction()`` inside it is a savepoint, never a commit.
+
+        Every transaction that writes staging takes the pipeline's apply lock first, so the daemon's
+        batches and a reconcile's repairs run one after the other, never interleaved: a repair sees
+        a position no batch is about to move."""
         if not self._open:
             self.conn.execute("BEGIN")
             self._open = True
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('softcart-sync apply ' || %s))", (self.pipeline,))
 
     def rollback(self) -> None:
         self._dead.clear()
@@ -142,17 +147,32 @@ class StagingWriter:
         """Save the position and the dead letters with the rows they cover, then commit."""
         self.begin()
         with self.conn.cursor() as cur:
-            if self._dead:
-                cur.executemany(
-                    sql.SQL("INSERT INTO {}.dead_letter (pipeline, source_table, row_key, position, reason,"
-                            " row_data, kind) VALUES (%s, %s, %s, %s, %s, %s, %s)").format(sql.Identifier(META)),
-                    [(self.pipeline, d.table, d.key, str(position), d.reason, d.row, d.kind) for d in self._dead])
-                for d in self._dead:
-                    log.warning("row_dead_lettered", table=d.table, key=d.key, reason=d.reason, kind=d.kind,
-                                position=str(position))
-                    self.dead_letters[d.kind] = self.dead_letters.get(d.kind, 0) + 1
+            self._save_dead_letters(cur, str(position))
             save_position(cur, self.pipeline, position, event_time)
         assert self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        self.conn.execute("COMMIT")
+        self.star_rows_changed += self._star_pending
+        self._star_pending = 0
+        self._open = False
+        self._dead.clear()
+
+    def _save_dead_letters(self, cur: psycopg.Cursor[Any], position: str) -> None:
+        if not self._dead:
+            return
+        cur.executemany(
+            sql.SQL("INSERT INTO {}.dead_letter (pipeline, source_table, row_key, position, reason,"
+                    " row_data, kind) VALUES (%s, %s, %s, %s, %s, %s, %s)").format(sql.Identifier(META)),
+            [(self.pipeline, d.table, d.key, position, d.reason, d.row, d.kind) for d in self._dead])
+        for d in self._dead:
+            log.warning("row_dead_lettered", table=d.table, key=d.key, reason=d.reason, kind=d.kind,
+                        position=position)
+            self.dead_letters[d.kind] = self.dead_letters.get(d.kind, 0) + 1
+
+    def commit_repair(self) -> None:
+        """Commit a reconcile repair: rows, star deltas, outbox and dead letters, position untouched
+        (the repair read the source at or past it)."""
+        with self.conn.cursor() as cur:
+            self._save_dead_letters(cur, "reconcile")
         self.conn.execute("COMMIT")
         self.star_rows_changed += self._star_pending
         self._star_pending = 0

@@ -24,7 +24,9 @@ from transform.star import (
     ScratchBuilder,
     StarDelta,
     date_of,
+    dim_date,
     star_delta,
+    try_fact,
 )
 
 STAR = "star"
@@ -52,6 +54,9 @@ DIMDATE_COLS = ("dateid", "date", "year", "quarter", "quartername", "month", "mo
                 "weekdayname")
 FACT_COLS = ("rowid", "dateid", "product_id", "customer_id", "price", "quantity", "total_price")
 AGG_COLS = ("dateid", "product_id", "sales_count", "quantity_total", "amount_total")
+#: (table, columns compared, key) of the star schema's tables, in load order.
+STAR_TABLES = (("dimdate", DIMDATE_COLS, ("dateid",)), ("factsales", FACT_COLS, ("rowid",)),
+               ("sales_by_day", AGG_COLS, ("dateid", "product_id")))
 _TYPES = {"dateid": "integer", "date": "date", "year": "smallint", "quarter": "smallint", "quartername": "text",
           "month": "smallint", "monthname": "text", "day": "smallint", "weekday": "smallint", "weekdayname": "text",
           "rowid": "bigint", "product_id": "bigint", "customer_id": "bigint", "price": _MONEY, "quantity": "bigint",
@@ -240,8 +245,8 @@ class StarSchema:
             cur.execute(OUTBOX_FULL)  # the warehouse follows with a full reload
         return self.build_into(conn, STAR)
 
-    def differences(self, conn: psycopg.Connection[Any], limit: int = 20) -> list[str]:
-        """Rows where the incremental star schema differs from a from-scratch computation."""
+    def _build_scratch(self, conn: psycopg.Connection[Any]) -> None:
+        """The from-scratch star schema in temporary ``scratch_*`` tables (dropped at commit)."""
         with conn.cursor() as cur:
             for name in ("dimdate", "factsales", "sales_by_day"):
                 cur.execute(sql.SQL(
@@ -249,6 +254,70 @@ class StarSchema:
                     sql.Identifier(f"scratch_{name}"), sql.Identifier(STAR), sql.Identifier(name)))
                 cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(f"scratch_{name}")))
         self.build_into(conn, STAR, temp=True)
+
+    def differing_keys(self, conn: psycopg.Connection[Any]) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:
+        """Per star table, the keys where the incremental tables differ from a from-scratch
+        computation, as (kind, key): ``missing`` (only in the rebuild), ``extra`` (only in the
+        incremental) or ``changed``. One FULL JOIN per table, inside PostgreSQL."""
+        self._build_scratch(conn)
+        out: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
+        for name, cols, keys in STAR_TABLES:
+            on = sql.SQL(" AND ").join(sql.SQL("a.{0} = b.{0}").format(sql.Identifier(k)) for k in keys)
+            rest = [c for c in cols if c not in keys]
+            query = sql.SQL(
+                "SELECT {coalesced}, a.{k} IS NULL, b.{k} IS NULL FROM {star} a FULL JOIN {scratch} b ON {on}"
+                " WHERE a.{k} IS NULL OR b.{k} IS NULL OR ({ra}) IS DISTINCT FROM ({rb}) ORDER BY 1").format(
+                coalesced=sql.SQL(", ").join(sql.SQL("COALESCE(a.{0}, b.{0})").format(sql.Identifier(k))
+                                             for k in keys),
+                k=sql.Identifier(keys[0]), star=sql.Identifier(STAR, name),
+                scratch=sql.Identifier(f"scratch_{name}"), on=on,
+                ra=sql.SQL(", ").join(sql.SQL("a.{}").format(sql.Identifier(c)) for c in rest),
+                rb=sql.SQL(", ").join(sql.SQL("b.{}").format(sql.Identifier(c)) for c in rest))
+            n = len(keys)
+            out[name] = [("missing" if r[n] else "extra" if r[n + 1] else "changed", tuple(r[:n]))
+                         for r in conn.execute(query).fetchall()]
+        return out
+
+    def repair(self, cur: Cursor, rowids: list[int], agg_keys: list[tuple[int, int]], dateids: list[int]) -> None:
+        """Put these keys right, computed afresh from staging, inside the caller's transaction (which
+        holds the apply lock): facts from their staging rows, aggregates recounted from the facts,
+        dates from the aggregates; every key touched goes to the outbox for the warehouse."""
+        rows = cur.execute(sql.SQL("SELECT {} FROM {}.{} WHERE rowid = ANY(%s::bigint[])").format(
+            _ids(SALES_COLUMNS), sql.Identifier(STAGING), sql.Identifier(self.table.name)), (rowids,)).fetchall()
+        facts = [f for f in (try_fact(tuple(r), self.zone)[0] for r in rows) if f is not None]
+        old = self.read_old(cur, rowids)
+        days = {f.dateid: dim_date(f.date) for f in facts}
+        if days:
+            cur.execute(UPSERT_DIMDATE, _columns([d.row() for d in days.values()], len(DIMDATE_COLS)))
+        cur.execute(DELETE_FACTS, (rowids,))
+        self._staged(cur, "factsales", FACT_COLS, (f.row() for f in facts))
+        cur.execute(UPSERT_FACTS)
+        aggs = set(agg_keys) | {f.agg_key for f in old.values()} | {f.agg_key for f in facts}
+        pairs = ([k[0] for k in aggs], [k[1] for k in aggs])
+        cur.execute(sql.SQL("DELETE FROM {0}.sales_by_day WHERE (dateid, product_id) IN"
+                            " (SELECT * FROM unnest(%s::integer[], %s::bigint[]))").format(sql.Identifier(STAR)), pairs)
+        cur.execute(sql.SQL(
+            "INSERT INTO {0}.sales_by_day ({1}) SELECT dateid, product_id, count(*), sum(quantity), sum(total_price)"
+            " FROM {0}.factsales WHERE (dateid, product_id) IN (SELECT * FROM unnest(%s::integer[], %s::bigint[]))"
+            " GROUP BY dateid, product_id").format(sql.Identifier(STAR), _ids(AGG_COLS)), pairs)
+        all_days = sorted(set(dateids) | {k[0] for k in aggs})
+        used = {r[0] for r in cur.execute(sql.SQL(
+            "SELECT DISTINCT dateid FROM {}.factsales WHERE dateid = ANY(%s::integer[])").format(
+            sql.Identifier(STAR)), (all_days,)).fetchall()}
+        cur.execute(sql.SQL("DELETE FROM {}.dimdate WHERE dateid = ANY(%s::integer[])").format(sql.Identifier(STAR)),
+                    ([d for d in all_days if d not in used],))
+        right = [dim_date(date_of(d)).row() for d in sorted(used)]
+        if right:
+            cur.execute(sql.SQL("INSERT INTO {}.dimdate ({}) {} ON CONFLICT (dateid) DO UPDATE SET {}").format(
+                sql.Identifier(STAR), _ids(DIMDATE_COLS), _unnest(DIMDATE_COLS),
+                sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
+                                   for c in DIMDATE_COLS[1:])), _columns(right, len(DIMDATE_COLS)))
+        enqueue(cur, [("factsales", (r,)) for r in rowids] + [("sales_by_day", k) for k in aggs]
+                + [("dimdate", (d,)) for d in all_days])
+
+    def differences(self, conn: psycopg.Connection[Any], limit: int = 20) -> list[str]:
+        """Rows where the incremental star schema differs from a from-scratch computation."""
+        self._build_scratch(conn)
         out: list[str] = []
         with conn.cursor() as cur:
             for name, cols in (("dimdate", DIMDATE_COLS), ("factsales", FACT_COLS), ("sales_by_day", AGG_COLS)):
@@ -260,6 +329,15 @@ class StarSchema:
                         c=_ids(cols), a=a, b=b), (limit,))
                     out += [f"{name} {label}: {dict(zip(cols, r, strict=True))}" for r in cur.fetchall()]
         return out
+
+
+def enqueue(cur: Cursor, keys: Iterable[tuple[str, tuple[Any, ...]]]) -> int:
+    """Put star keys in the outbox, so the next flush sends their current rows to the warehouse."""
+    rows = [(t, k[0], k[1] if len(k) > 1 else None) for t, k in keys]
+    if rows:
+        cur.executemany(sql.SQL("INSERT INTO {}.outbox (tbl, k1, k2) VALUES (%s, %s, %s)").format(
+            sql.Identifier(META)), rows)
+    return len(rows)
 
 
 def _copy(cur: Cursor, target: sql.Composable, cols: tuple[str, ...], rows: Iterable[tuple[Any, ...]]) -> None:

@@ -7,11 +7,13 @@ holds is skipped, so a replay after a crash changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from loader.spool import SpooledBatch
 from loader.star import AGG_COLS, DIMDATE_COLS, FACT_COLS
+from transform.fingerprint import Dialect
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class BatchRejected(Exception):
 
 
 class Warehouse(Protocol):
+    dialect: Dialect
+
+    def fetch(self, text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run a read-only query (the reconcile's checksums)."""
     def init(self) -> None:
         """Create tables, keys, ledger and reporting views if missing."""
 

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pymysql
@@ -110,5 +111,30 @@ def source(mariadb: MariaDBServer, source_db: str) -> Iterator[pymysql.connectio
 @pytest.fixture
 def staging(postgres: PostgresServer, staging_db: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     conn = psycopg.connect(postgres.url(staging_db), autocommit=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def warehouse_db(postgres: PostgresServer, staging_db: str) -> Iterator[str]:
+    with pg_database(postgres, staging_db + "_wh") as name:
+        yield name
+
+
+@pytest.fixture
+def wh_env(settings_env: dict[str, str], postgres: PostgresServer, warehouse_db: str,
+           tmp_path: Path) -> dict[str, str]:
+    return {**settings_env, "SOFTCART_WAREHOUSE_URL": postgres.url(warehouse_db),
+            "SOFTCART_SPOOL_DIR": str(tmp_path / "spool")}
+
+
+@pytest.fixture
+def wh_settings(wh_env: dict[str, str]) -> Settings:
+    return load_settings(environ={}, **{k.removeprefix("SOFTCART_").lower(): v for k, v in wh_env.items()})
+
+
+@pytest.fixture
+def warehouse(postgres: PostgresServer, warehouse_db: str) -> Iterator[psycopg.Connection[Any]]:
+    conn = psycopg.connect(postgres.url(warehouse_db), autocommit=True)
     yield conn
     conn.close()

@@ -158,7 +158,7 @@ class StarDelta:
         return {k[0] for k in self.aggregates}
 
 
-def _try_fact(values: tuple[Any, ...] | None, zone: ZoneInfo) -> tuple[Fact | None, str | None]:
+def try_fact(values: tuple[Any, ...] | None, zone: ZoneInfo) -> tuple[Fact | None, str | None]:
     if values is None:
         return None, None
     try:
@@ -173,7 +173,7 @@ def star_delta(changes: Iterable[tuple[int, Fact | None, tuple[Any, ...] | None]
     values are the row after the batch in SALES_COLUMNS order, None when it was deleted."""
     delta = StarDelta()
     for rowid, old_fact, new in changes:
-        new_fact, reason = _try_fact(new, zone)
+        new_fact, reason = try_fact(new, zone)
         if old_fact is not None:
             delta.aggregates.setdefault(old_fact.agg_key, AggDelta()).add(old_fact, -1)
         if new_fact is not None:
@@ -204,7 +204,7 @@ class ScratchBuilder:
 
     def add(self, values: tuple[Any, ...]) -> Fact | None:
         """Feed one sales row, values in SALES_COLUMNS order."""
-        fact, reason = _try_fact(values, self.zone)
+        fact, reason = try_fact(values, self.zone)
         if reason is not None:
             self.invalid.append((values[0], reason))
         if fact is not None:

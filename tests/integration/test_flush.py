@@ -8,7 +8,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,40 +16,15 @@ import pymysql
 import pytest
 
 from cdc.errors import TransientError
-from cdc.localservers import PostgresServer, free_port
+from cdc.localservers import free_port
 from cdc.settings import Settings, load_settings
 from loader.db2_warehouse import DB2Warehouse
 from loader.spool import Spool
 from loader.warehouse import TABLES
-from tests.helpers import SALES_DDL, cli, execute, pg_database, running_pipeline, wait_caught_up
+from tests.helpers import SALES_DDL, cli, execute, running_pipeline, wait_caught_up
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
-
-
-@pytest.fixture
-def warehouse_db(postgres: PostgresServer, staging_db: str) -> Iterator[str]:
-    with pg_database(postgres, staging_db + "_wh") as name:
-        yield name
-
-
-@pytest.fixture
-def wh_env(settings_env: dict[str, str], postgres: PostgresServer, warehouse_db: str,
-           tmp_path: Path) -> dict[str, str]:
-    return {**settings_env, "SOFTCART_WAREHOUSE_URL": postgres.url(warehouse_db),
-            "SOFTCART_SPOOL_DIR": str(tmp_path / "spool")}
-
-
-@pytest.fixture
-def wh_settings(wh_env: dict[str, str]) -> Settings:
-    return load_settings(environ={}, **{k.removeprefix("SOFTCART_").lower(): v for k, v in wh_env.items()})
-
-
-@pytest.fixture
-def warehouse(postgres: PostgresServer, warehouse_db: str) -> Iterator[PG]:
-    conn = psycopg.connect(postgres.url(warehouse_db), autocommit=True)
-    yield conn
-    conn.close()
 
 
 def rows(conn: PG, table: str, schema: str = "public") -> list[tuple[Any, ...]]:
