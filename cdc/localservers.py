@@ -211,4 +211,26 @@ class PostgresServer:
         self.proc = None
 
     def kill(self) -> None:
-        self.stop(signal.SIGKILL)
+        """SIGKILL the postmaster and its backends together (they share its process group), and
+        wait until none is left: a backend still attached to the old shared memory makes the next
+        start refuse ("pre-existing shared memory block is still in use")."""
+        if self.proc is not None:
+            pgid = self.proc.pid
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            self.stop(signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _group_alive(pgid):
+                time.sleep(0.02)  # waiting for the kernel to reap the backends, with a deadline
+
+
+def _group_alive(pgid: int) -> bool:
+    """Any process of group ``pgid`` still running (zombies don't count: they hold no memory)?"""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False

@@ -38,6 +38,7 @@ from typing import Any
 import psycopg
 import pymysql
 import structlog
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 from psycopg import sql
 
 from cdc import mysql
@@ -508,13 +509,8 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def export_metrics(settings: Settings, report: Report) -> list[str]:
-    """Write the run's metrics for node_exporter's textfile collector and/or push them to a
-    Pushgateway, as configured; returns what went wrong (the run's exit code stays)."""
-    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
-
-    if settings.reconcile_textfile is None and not settings.reconcile_pushgateway:
-        return []
+def metrics_registry(report: Report) -> CollectorRegistry:
+    """The run's metrics (gauges: a cron job's last run, not counters of a process)."""
     reg = CollectorRegistry()
     labels = ("level", "table")
     Gauge("softcart_reconcile_last_run_timestamp_seconds", "When the last reconcile finished",
@@ -534,6 +530,15 @@ def export_metrics(settings: Settings, report: Report) -> list[str]:
         found.labels(t.level, t.table).set(len(t.differences))
         fixed.labels(t.level, t.table).set(t.repaired)
         moving.labels(t.level, t.table).set(t.unsettled)
+    return reg
+
+
+def export_metrics(settings: Settings, report: Report) -> list[str]:
+    """Write the run's metrics for node_exporter's textfile collector and/or push them to a
+    Pushgateway, as configured; returns what went wrong (the run's exit code stays)."""
+    if settings.reconcile_textfile is None and not settings.reconcile_pushgateway:
+        return []
+    reg = metrics_registry(report)
     problems = []
     if settings.reconcile_textfile is not None:
         try:

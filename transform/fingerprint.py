@@ -8,7 +8,8 @@ and differs for different ones:
 - DECIMAL(p,s): rounded to the source scale and printed with exactly ``s`` decimals, so ``1.5`` and
   ``1.50`` agree;
 - FLOAT/DOUBLE: ``<17 significant digits>e<exponent>``, computed with the same IEEE operations on
-  both sides (floor, log10, pow), so the text doesn't depend on either side's float printing;
+  both sides (floor, log10, pow; the scaling in two steps so neither 1e-324 nor 1e308 leaves the
+  double range), so the text doesn't depend on either side's float printing;
 - DATE / DATETIME: ``YYYY-MM-DD[ HH:MM:SS.ffffff]`` (always six fractional digits); TIMESTAMP in UTC;
 - TIME: seconds with six decimals (TIME spans -838..838 hours, an interval in PostgreSQL);
 - text (any character set): the MD5 of its UTF-8 bytes; binary and blobs: the MD5 of the bytes
@@ -113,7 +114,9 @@ def canonical(col: Col, dialect: Dialect) -> str:
         if k in (Kind.FLOAT, Kind.DOUBLE):
             v = f"({c} + 0E0)" if k is Kind.FLOAT else c
             e = f"FLOOR(LOG10(ABS({v})))"
-            return f"IF({v} = 0, '0', CONCAT(CAST(FLOOR({v} / POW(10, {e} - 16)) AS SIGNED), 'e', {e}))"
+            a = f"FLOOR((16 - {e}) / 2)"
+            scaled = f"FLOOR({v} * POW(10, {a}) * POW(10, 16 - {e} - {a}))"
+            return f"IF({v} = 0, '0', CONCAT(CAST({scaled} AS SIGNED), 'e', {e}))"
         if k is Kind.DATE:
             return f"DATE_FORMAT({c}, '%%Y-%%m-%%d')"
         if k in (Kind.DATETIME, Kind.TIMESTAMP):  # the session's time zone is UTC
@@ -135,8 +138,9 @@ def canonical(col: Col, dialect: Dialect) -> str:
         if k in (Kind.FLOAT, Kind.DOUBLE):
             v = f"{c}::float8"
             e = f"floor(log(abs({v})))"
-            return (f"CASE WHEN {v} = 0 THEN '0' ELSE floor({v} / 10::float8 ^ ({e} - 16))::bigint::text"
-                    f" || 'e' || {e}::bigint::text END")
+            a = f"floor((16 - {e}) / 2)"
+            scaled = f"floor({v} * 10::float8 ^ {a} * 10::float8 ^ (16 - {e} - {a}))"
+            return f"CASE WHEN {v} = 0 THEN '0' ELSE {scaled}::bigint::text || 'e' || {e}::bigint::text END"
         if k is Kind.DATE:
             return f"to_char({c}, 'YYYY-MM-DD')"
         if k is Kind.DATETIME:

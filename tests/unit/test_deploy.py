@@ -78,8 +78,11 @@ def test_alerts_and_dashboard_only_use_metrics_we_export() -> None:
     import json
 
     from cdc.metrics import Metrics
+    from cdc.reconcile import Report, TableReport, metrics_registry
 
     families = {fam.name for fam in Metrics().registry.collect()}
+    report = Report(False, ("source",), [TableReport("source", "sales_data")])
+    families |= {fam.name for fam in metrics_registry(report).collect()}
     exported = {f"{n}{suffix}" for n in families for suffix in ("", "_total", "_bucket", "_sum", "_count")}
     dashboard = (DEPLOY.parent / "grafana" / "softcart-sync-dashboard.json").read_text()
     json.loads(dashboard)

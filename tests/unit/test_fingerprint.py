@@ -1,0 +1,114 @@
+"""The reconcile's pure parts: fingerprint SQL, key ranges, row diffs, settling candidates."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdc.compare import Difference, diff_rows
+from cdc.reconcile import settle
+from transform.fingerprint import Col, Dialect, Kind, TableSpec, canonical, col_of, range_where, row_hash
+from transform.schema import _INT_TYPES, _SIMPLE_TYPES, Column
+
+KEYS = (Col("a", Kind.INT), Col("b", Kind.INT))
+small = st.integers(-3, 3)
+pairs = st.tuples(small, small)
+
+
+@given(st.lists(pairs, unique=True, max_size=30), st.one_of(st.none(), pairs), st.one_of(st.none(), pairs))
+def test_db2_range_expansion_selects_lo_to_hi_in_key_order(rows: list[tuple[int, int]], lo: Any, hi: Any) -> None:
+    """DB2 has no row-value comparison: the expanded form must pick exactly lo <= (a, b) < hi.
+    Checked by running it in SQLite (same ? markers) against Python's tuple order."""
+    where, params = range_where(KEYS, lo, hi, Dialect.DB2)
+    db = sqlite3.connect(":memory:")
+    db.execute('CREATE TABLE t ("A" INTEGER, "B" INTEGER)')
+    db.executemany("INSERT INTO t VALUES (?, ?)", rows)
+    got = sorted(db.execute(f"SELECT * FROM t WHERE {where}", params).fetchall())
+    want = sorted(r for r in rows if (lo is None or r >= lo) and (hi is None or r < hi))
+    assert got == want
+
+
+def test_postgres_and_mysql_ranges_use_row_values_with_binary_text_order() -> None:
+    keys = (Col("region", Kind.TEXT), Col("n", Kind.INT))
+    where, params = range_where(keys, ("a", 1), ("b", 2), Dialect.POSTGRES)
+    assert where == '(("region" COLLATE "C"), "n") >= (%s, %s) AND (("region" COLLATE "C"), "n") < (%s, %s)'
+    assert params == ["a", 1, "b", 2]
+    where, _ = range_where(keys, ("a", 1), None, Dialect.MYSQL)
+    assert where.startswith("((CONVERT(`region` USING utf8mb4) COLLATE utf8mb4_bin), `n`) >= ")
+    assert range_where(keys, None, None, Dialect.MYSQL) == ("1 = 1", [])
+
+
+def test_every_source_type_has_a_fingerprint_on_mysql_and_postgres() -> None:
+    for t in [*_INT_TYPES, *_SIMPLE_TYPES, "decimal", "datetime", "timestamp", "time", "bit"]:
+        col = col_of(Column("c", t, t))
+        for d in (Dialect.MYSQL, Dialect.POSTGRES):
+            assert canonical(col, d)
+    with pytest.raises(ValueError, match="'c': type 'vector"):
+        col_of(Column("c", "vector", "vector(3)"))
+
+
+def test_db2_takes_the_warehouse_kinds_only() -> None:
+    for kind in (Kind.INT, Kind.DECIMAL, Kind.DATE, Kind.TEXT):
+        assert canonical(Col("x", kind, scale=4), Dialect.DB2)
+    with pytest.raises(ValueError, match="not supported on DB2"):
+        canonical(Col("x", Kind.FLOAT), Dialect.DB2)
+
+
+def test_null_and_value_can_not_run_together() -> None:
+    """Every part is NULL-marked or length-prefixed, so ('ab', NULL) and ('a', 'b') differ."""
+    h = row_hash((Col("x", Kind.INT), Col("y", Kind.INT)), Dialect.POSTGRES)
+    assert h.count("COALESCE(length(") == 2 and h.count(", 'N')") == 2
+    spec = TableSpec('"t"', (Col("x", Kind.INT),), (Col("x", Kind.INT),), Dialect.DB2)
+    text, params = spec.summary_sql((1,), None)
+    assert params == [1] and "HASH(" in text and text.count("?") == 1
+
+
+def test_diff_rows_kinds() -> None:
+    left = {("1",): ((1,), "h1"), ("2",): ((2,), "h2"), ("3",): ((3,), "h3")}
+    right = {("2",): ((2,), "h2"), ("3",): ((3,), "other"), ("4",): ((4,), "h4")}
+    assert [(d.kind, d.key) for d in diff_rows(left, right)] == [("missing", (1,)), ("changed", (3,)),
+                                                                 ("extra", (4,))]
+
+
+def _d(k: int) -> Difference:
+    return Difference((k,), (str(k),), "x", "y")
+
+
+def test_settle_confirms_drift_drops_lag_and_leaves_moving_keys() -> None:
+    """Key 1: drift (origin still, copy differs). Key 2: the copy caught up (lag). Key 3: changes at
+    every read (unsettled). Key 4: in flight in the first round, drift in the second."""
+    rounds = iter(range(100))
+    origin_reads: list[int] = []
+
+    def read_origin(keys: dict[str, list[tuple[Any, ...]]]) -> tuple[dict[str, dict[Any, str]],
+                                                                     dict[str, set[Any]]]:
+        n = next(rounds)
+        origin_reads.append(n)
+        hashes = {("1",): "a", ("2",): "b", ("3",): f"moving{n}", ("4",): "d"}
+        busy = {("4",)} if n < 2 else set()
+        return {"t": {c: h for c, h in hashes.items() if (int(c[0]),) in keys["t"]}}, {"t": busy}
+
+    def read_copy(keys: dict[str, list[tuple[Any, ...]]]) -> dict[str, dict[Any, str]]:
+        return {"t": {("1",): "stale", ("2",): "b", ("3",): "whatever", ("4",): "old"}}
+
+    pending = {"t": {d.canon: d for d in map(_d, (1, 2, 3, 4))}}
+    confirmed = settle(pending, read_origin, read_copy, rounds=3)
+    assert [(d.key, d.left, d.right) for d in confirmed["t"]] == [((1,), "a", "stale"), ((4,), "d", "old")]
+    assert list(pending["t"]) == [("3",)]  # unsettled: never repaired, reported as such
+    assert len(origin_reads) == 6  # two origin reads per round, three rounds (key 3 kept it going)
+
+
+def test_settle_stops_when_nothing_is_pending() -> None:
+    calls = []
+
+    def read_origin(keys: Any) -> Any:
+        calls.append(keys)
+        return {"t": {("1",): "a"}}, {}
+
+    pending = {"t": {("1",): _d(1)}}
+    assert settle(pending, read_origin, lambda keys: {"t": {("1",): "a"}}) == {"t": []}
+    assert len(calls) == 2 and pending == {"t": {}}
