@@ -70,6 +70,9 @@ class TxnChunk:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """The source is alive and idle at ``event_time`` (no position change to save)."""
+    """The source is alive and idle at ``event_time``. ``position`` is where its binlog ends, when
+    that is a transaction boundary in the file we are reading: events we don't follow (another
+    schema's DDL, a rotation) move it without a transaction of ours to save it with."""
 
     event_time: float
+    position: Position | None = None

@@ -359,6 +359,7 @@ class Pipeline:
             if isinstance(item, Heartbeat):
                 if commit is None and not partial and not buffer and q.empty():
                     self.state.caught_up_at = self.state.progress_at = time.time()
+                    self._save_idle_position(writer, item.position)
                 continue
             if batch_rows == 0 and commit is None and not partial:
                 batch_started = time.monotonic()
@@ -382,6 +383,18 @@ class Pipeline:
             do_commit()
         else:
             writer.rollback()
+
+
+    def _save_idle_position(self, writer: StagingWriter, at: Position | None) -> None:
+        """Idle, with the source's binlog ended past our position by events we don't follow (a
+        rotation, another schema's statements): save that end, so the position shows the truth
+        and a reconcile waiting for staging to reach the source's position gets there."""
+        now = self.state.position
+        if at is None or now is None or (at.file, at.pos) <= (now.file, now.pos):
+            return
+        writer.commit(at, None)
+        self._observe_position(at)
+        log.debug("idle_position_saved", position=str(at))
 
 
 class LagProbe:

@@ -102,7 +102,8 @@ class BinlogSource:
                 continue
             if isinstance(event, HeartbeatLogEvent):
                 if not in_txn:
-                    yield Heartbeat(float(event.timestamp) if event.timestamp else 0.0)
+                    at = Position(file, int(reader.log_pos), gtid) if event.ident == file and reader.log_pos else None
+                    yield Heartbeat(float(event.timestamp) if event.timestamp else 0.0, at)
                 continue
             if isinstance(event, MariadbGtidEvent | GtidEvent):
                 in_txn = True

@@ -350,3 +350,23 @@ def test_every_type_compares_equal_when_equal_and_different_when_changed(
         dry = reconcile(settings, dry_run=True)
     expected = {("changed", (10 + i,)) for i, col in enumerate(CHANGED)}
     assert found(dry, "source") == {"all_types": expected}
+
+
+def test_idle_rotation_moves_the_saved_position_and_the_reconcile_completes(
+        source: Conn, staging: PG, rc_settings: Settings) -> None:
+    """A binlog rotation (or another schema's statements) with no transaction of ours after it: the
+    daemon saves the source's new end on an idle heartbeat, so a reconcile's fence is reached; the
+    saved position is a valid place to resume."""
+    _fill(source)
+    with running_pipeline(rc_settings):
+        wait_caught_up(staging, source)
+        execute(source, "CREATE DATABASE IF NOT EXISTS other_schema_for_rotation",
+                "DROP DATABASE other_schema_for_rotation", "FLUSH BINARY LOGS")
+        wait_caught_up(staging, source, timeout=30)
+        report = reconcile(rc_settings, levels=("source",))
+        assert report.exit_code == 0, report.text()
+    execute(source, "INSERT INTO lonely VALUES (42, 'after')")
+    with running_pipeline(rc_settings):  # resumes from the position saved while idle
+        wait_until(lambda: staging.execute("SELECT v FROM staging.lonely WHERE id = 42").fetchone() == ("after",),
+                   30, "the row written after the restart")
+        assert_same(source, staging, rc_settings.source.database, "lonely")
