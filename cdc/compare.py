@@ -63,7 +63,7 @@ class Side:
 class Limits:
     segment_rows: int = 10_000
     fanout: int = 16
-    fetch_rows: int = 256
+    fetch_rows: int = 1000
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,9 @@ def compare_table(table: str, left: Side, right: Side, limits: Limits, pool: Thr
         fr = pool.submit(f, right)
         return fl.result(), fr.result()
 
-    cuts_l, cuts_r = both(lambda s: s.split(None, None, limits.segment_rows))
-    cuts = cuts_l if len(cuts_l) >= len(cuts_r) else cuts_r
+    # Segment boundaries from the origin's key index (the copy's when the origin is nearly empty):
+    # one side's scan is enough, and both sides share the machine's cores.
+    cuts = left.split(None, None, limits.segment_rows) or right.split(None, None, limits.segment_rows)
     bounds: list[Bound] = [None, *cuts, None]
 
     def visit(lo: Bound, hi: Bound, top: bool) -> None:

@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     business_timezone: str = Field("UTC", description="IANA time zone that decides a sale's date (DimDate)")
     reconcile_segment_rows: int = Field(10000, ge=2, description="reconcile: rows per top-level segment checksum")
     reconcile_fanout: int = Field(16, ge=2, le=1000, description="reconcile: parts a differing segment is cut into")
-    reconcile_fetch_rows: int = Field(256, ge=1, description="reconcile: at most this many rows in a differing "
+    reconcile_fetch_rows: int = Field(1000, ge=1, description="reconcile: at most this many rows in a differing "
                                       "segment, fetch their fingerprints instead of cutting it again")
     reconcile_wait_seconds: float = Field(300.0, gt=0, description="reconcile: longest wait for the daemon to "
                                           "apply up to the source position a comparison was read at")

@@ -370,3 +370,69 @@ def test_idle_rotation_moves_the_saved_position_and_the_reconcile_completes(
         wait_until(lambda: staging.execute("SELECT v FROM staging.lonely WHERE id = 42").fetchone() == ("after",),
                    30, "the row written after the restart")
         assert_same(source, staging, rc_settings.source.database, "lonely")
+
+
+def test_metrics_are_pushed_to_a_pushgateway(settings_env: dict[str, str]) -> None:
+    """A real HTTP endpoint standing in for the Pushgateway: the run's metrics arrive under the job
+    and pipeline, in the text format."""
+    import http.server
+
+    from cdc.reconcile import TableReport, export_metrics
+
+    got: list[tuple[str, str, bytes]] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            got.append((self.command, self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = _settings({**settings_env, "SOFTCART_RECONCILE_PUSHGATEWAY": f"http://127.0.0.1:{server.server_port}",
+                              "SOFTCART_PIPELINE_NAME": "sales"})
+        report = Report(False, ("source",), [TableReport("source", "sales_data", 10, 10, 1,
+                                                         [{"kind": "missing", "key": [1]}], repaired=1)])
+        assert export_metrics(settings, report) == []
+    finally:
+        server.shutdown()
+    [(method, path, body)] = got
+    assert method == "PUT" and path == "/metrics/job/softcart_reconcile/pipeline/sales"
+    assert b'softcart_reconcile_differences{level="source",table="sales_data"} 1.0' in body
+    assert b"softcart_reconcile_exit_code 1.0" in body
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("SOFTCART_TEST_DB2_DSN"),
+                    reason="no DB2 here: set SOFTCART_TEST_DB2_DSN=db2://user:pw@host:port/DB")
+def test_real_db2_fingerprints_equal_postgresql_ones(staging: PG, tmp_path: Path) -> None:
+    """The DB2 canonical forms (digits, decimals, ISO dates, MD5 of text) give the same row
+    fingerprint and segment checksum as PostgreSQL's for the same warehouse row."""
+    import os
+
+    from cdc.compare import Side
+    from cdc.reconcile import _WAREHOUSE_KINDS, _pg_fetch
+    from cdc.settings import parse_url
+    from loader.db2_warehouse import DB2Warehouse
+    from loader.spool import Spool
+    from transform.fingerprint import Col, Dialect, TableSpec, quote
+
+    wh = DB2Warehouse(parse_url("warehouse_url", os.environ["SOFTCART_TEST_DB2_DSN"], ("db2",)), "test", 10)
+    wh.init()
+    spool = Spool(tmp_path)
+    spool.prepare()
+    wh.load(spool.write(int(__import__("time").time()), {
+        "dimdate": "U,20210101,2021-01-01,2021,1,Q1,1,January,1,6,Friday\n"}, {}))
+    t = next(t for t in TABLES if t.name == "dimdate")
+    cols = tuple(Col(c, *_WAREHOUSE_KINDS[c]) for c in t.columns)
+    staging.execute("CREATE TABLE dimdate (dateid integer, date date, year smallint, quarter smallint,"
+                    " quartername text, month smallint, monthname text, day smallint, weekday smallint,"
+                    " weekdayname text)")
+    staging.execute("INSERT INTO dimdate VALUES (20210101, '2021-01-01', 2021, 1, 'Q1', 1, 'January', 1, 6, 'Friday')")
+    db2 = Side("warehouse", TableSpec(quote("dimdate", Dialect.DB2), cols[:1], cols, Dialect.DB2), wh.fetch)
+    pg = Side("star", TableSpec('"dimdate"', cols[:1], cols, Dialect.POSTGRES), _pg_fetch(staging))
+    assert db2.rows_by_key([(20210101,)]) == pg.rows_by_key([(20210101,)])
+    wh.close()
