@@ -155,6 +155,7 @@ class PostgresServer:
     base: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    settings: tuple[str, ...] = ()  # extra "name=value" server settings (ssl=on, ...)
 
     @property
     def datadir(self) -> Path:
@@ -197,7 +198,8 @@ class PostgresServer:
                 [self._bin("postgres"), "-D", str(self.datadir), "-p", str(self.port),
                  "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.base}",
                  "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                 "-c", "max_connections=200", "-c", "shared_buffers=256MB"],
+                 "-c", "max_connections=200", "-c", "shared_buffers=256MB",
+                 *(arg for setting in self.settings for arg in ("-c", setting))],
                 stdout=log, stderr=log, cwd="/", start_new_session=True,
                 user=ids[0] if ids else None, group=ids[1] if ids else None,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import pymysql
@@ -15,14 +16,46 @@ from transform.schema import Column, Table, UnsupportedType, pg_type
 _TRANSIENT_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213}
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context SOFTCART_SOURCE_TLS asks for; None for disabled and preferred (pymysql's
+    own default tries TLS and goes on without it)."""
+    mode = settings.source_tls
+    if mode in ("disabled", "preferred"):
+        return None
+    ctx = ssl.create_default_context(cafile=str(settings.source_tls_ca) if settings.source_tls_ca else None)
+    ctx.check_hostname = mode == "verify-identity"
+    if not mode.startswith("verify"):
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def connection_settings(settings: Settings, *, read_timeout: float | None = None) -> dict[str, Any]:
     ep: Endpoint = settings.source
-    return {
+    params: dict[str, Any] = {
         "host": ep.host, "port": ep.port, "user": ep.user, "passwd": ep.password.get_secret_value(),
         "connect_timeout": int(max(1, settings.connect_timeout_seconds)),
         "read_timeout": int(max(1, read_timeout or settings.read_timeout_seconds)),
         "charset": "utf8mb4",
     }
+    ctx = tls_context(settings)
+    if ctx is not None:
+        params["ssl"] = ctx  # pymysql then refuses a server without TLS (error 2026)
+    elif settings.source_tls == "disabled":
+        params["ssl_disabled"] = True
+    return params
+
+
+def require_tls(conn: pymysql.connections.Connection, settings: Settings) -> None:
+    """pymysql goes on in clear text when the server offers no TLS: refuse that unless allowed."""
+    if settings.source_tls in ("disabled", "preferred"):
+        return
+    with conn.cursor() as cur:
+        cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        row = cur.fetchone()
+    if not row or not row[1]:
+        conn.close()
+        raise ConfigError(f"source {settings.source.display} does not offer TLS, but SOFTCART_SOURCE_TLS="
+                          f"{settings.source_tls}: enable TLS on the server, or lower the setting")
 
 
 def connect(settings: Settings, *, database: bool = True, **extra: Any) -> pymysql.connections.Connection:
@@ -36,6 +69,7 @@ def connect(settings: Settings, *, database: bool = True, **extra: Any) -> pymys
         conn = pymysql.connect(autocommit=True, **params)
     except pymysql.err.OperationalError as exc:
         raise classify(exc, settings) from None
+    require_tls(conn, settings)
     with conn.cursor() as cur:
         cur.execute("SET SESSION time_zone = '+00:00'")
     return conn
@@ -48,6 +82,12 @@ def classify(exc: pymysql.err.MySQLError, settings: Settings) -> Exception:
     if code == 1045:
         return ConfigError(f"source {where}: access denied; check the user and SOFTCART_SOURCE_PASSWORD "
                            "(or SOFTCART_SOURCE_PASSWORD_FILE)")
+    if code == 2026:
+        return ConfigError(f"source {where} does not offer TLS, but SOFTCART_SOURCE_TLS={settings.source_tls}: "
+                           "enable TLS on the server, or lower the setting")
+    if "CERTIFICATE_VERIFY_FAILED" in message or "certificate verify failed" in message:
+        return ConfigError(f"source {where}: its TLS certificate is not trusted ({_ssl_reason(message)}); check "
+                           "SOFTCART_SOURCE_TLS_CA, or SOFTCART_SOURCE_TLS if the host name differs")
     if code == 1049:
         return ConfigError(f"source {where}: unknown database; fix the database in SOFTCART_SOURCE_URL")
     if code in _TRANSIENT_CODES:
@@ -114,3 +154,9 @@ def server_variables(conn: pymysql.connections.Connection, names: list[str]) -> 
         cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN (" + ",".join(["%s"] * len(names)) + ")",
                     names)
         return {str(k).lower(): str(v) for k, v in cur.fetchall()}
+
+
+def _ssl_reason(message: str) -> str:
+    start = message.find("certificate verify failed")
+    start = start if start >= 0 else message.find("CERTIFICATE_VERIFY_FAILED")
+    return message[start:].split(")")[0].strip()

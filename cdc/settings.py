@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -96,7 +96,15 @@ class Settings(BaseSettings):
     source_password_file: Path | None = Field(None, description="file holding the source password")
     source_tables: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["sales_data"], description="comma-separated source tables to sync")
+    source_tls: Literal["disabled", "preferred", "required", "verify-ca", "verify-identity"] = Field(
+        "preferred", description="TLS to the source: preferred uses it when offered; required refuses a server "
+        "without it; verify-ca also checks the certificate against source_tls_ca; verify-identity also the host name")
+    source_tls_ca: Path | None = Field(None, description="CA certificate (PEM) that signed the source's certificate")
     staging_url: SecretStr = Field(description="postgresql://user:password@host:port/database of staging")
+    staging_tls: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        "prefer", description="TLS to staging (libpq's sslmode): verify-ca checks the certificate against "
+        "staging_tls_ca, verify-full also the host name")
+    staging_tls_ca: Path | None = Field(None, description="CA certificate (PEM) that signed staging's certificate")
     staging_password: SecretStr | None = Field(None, description="staging password (overrides the URL's)")
     staging_password_file: Path | None = Field(None, description="file holding the staging password")
     warehouse_url: SecretStr | None = Field(
@@ -163,6 +171,17 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r}; use an IANA name such as UTC or Europe/Berlin") from None
         return v
+
+    @model_validator(mode="after")
+    def _tls_ca(self) -> Settings:
+        for side, mode, ca in (("source", self.source_tls, self.source_tls_ca),
+                               ("staging", self.staging_tls, self.staging_tls_ca)):
+            if mode.startswith("verify") and ca is None:
+                raise ValueError(f"SOFTCART_{side.upper()}_TLS={mode} needs SOFTCART_{side.upper()}_TLS_CA, the CA "
+                                 "certificate to verify the server with")
+            if ca is not None and not ca.is_file():
+                raise ValueError(f"SOFTCART_{side.upper()}_TLS_CA: no such file: {ca}")
+        return self
 
     @field_validator("metrics_listen")
     @classmethod
@@ -268,9 +287,11 @@ def load_settings(config: Path | None = None, environ: Mapping[str, str] | None 
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        name = ".".join(str(p) for p in err["loc"])
         env = ENV_PREFIX + name.upper()
-        if err["type"] == "missing":
+        if not name:  # a rule across settings names them itself
+            lines.append(str(err["msg"]).removeprefix("Value error, "))
+        elif err["type"] == "missing":
             lines.append(f"{env} (or `{name}` in the config file) is required")
         elif err["type"] == "extra_forbidden":
             lines.append(f"unknown setting `{name}` in the config file")

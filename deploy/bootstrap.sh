@@ -2,7 +2,7 @@
 # Set up softcart-sync on a fresh Debian host, from the repository's root:
 #   - system packages, only those missing: MariaDB and PostgreSQL servers (for the demo and the
 #     tests, which start private instances of them), Python's venv module;
-#   - for the tests, promtool (Debian's prometheus package) to check the alert rules;
+#   - for the tests, promtool (Debian's prometheus package) to check the alert rules, and openssl;
 #   - a virtual environment in .venv with softcart-sync and its development tools.
 # Safe to run again. Usage: deploy/bootstrap.sh [--no-test-tools]
 set -euo pipefail
@@ -14,6 +14,7 @@ compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 if [ "${1:-}" != "--no-test-tools" ]; then
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the TLS tests make a throwaway CA
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing system packages: ${need[*]}"

@@ -19,9 +19,16 @@ def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Conne
             autocommit=autocommit, application_name="softcart-sync",
             # A network that goes silent is an error after about SOFTCART_READ_TIMEOUT_SECONDS, not a hang.
             keepalives=1, keepalives_idle=max(1, int(settings.read_timeout_seconds / 2)), keepalives_interval=2,
-            keepalives_count=3, tcp_user_timeout=int(settings.read_timeout_seconds * 1000))
+            keepalives_count=3, tcp_user_timeout=int(settings.read_timeout_seconds * 1000),
+            sslmode=settings.staging_tls, sslrootcert=str(settings.staging_tls_ca or "") or None)
     except psycopg.OperationalError as exc:
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else "connection failed"
+        if "certificate verify failed" in message or "root certificate file" in message:
+            raise ConfigError(f"staging {ep.display}: its TLS certificate is not trusted ({message}); check "
+                              "SOFTCART_STAGING_TLS_CA, or SOFTCART_STAGING_TLS if the host name differs") from None
+        if "server does not support SSL" in message:
+            raise ConfigError(f"staging {ep.display} does not offer TLS, but SOFTCART_STAGING_TLS="
+                              f"{settings.staging_tls}: enable ssl on the server, or lower the setting") from None
         if "password authentication failed" in message or "no password supplied" in message:
             raise ConfigError(f"staging {ep.display}: authentication failed; check SOFTCART_STAGING_PASSWORD "
                               "(or SOFTCART_STAGING_PASSWORD_FILE)") from None

@@ -3,11 +3,13 @@ MERGE, ledger row, one transaction. The demo's default and what the end-to-end t
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from cdc.errors import TransientError
 from cdc.settings import Endpoint
@@ -59,7 +61,9 @@ class PostgresWarehouse:
         if self._conn is None or self._conn.closed:
             ep = self._ep
             try:
-                self._conn = psycopg.connect(host=ep.host, port=ep.port, user=ep.user,
+                # libpq options from the URL's query: ?sslmode=verify-full&sslrootcert=/etc/ca.pem
+                options = make_conninfo("", **dict(urllib.parse.parse_qsl(ep.query)))
+                self._conn = psycopg.connect(options, host=ep.host, port=ep.port, user=ep.user,
                                              password=ep.password.get_secret_value() or None, dbname=ep.database,
                                              connect_timeout=max(1, int(self._timeout)), autocommit=True,
                                              application_name="softcart-sync-flush")
