@@ -14,7 +14,7 @@ import pymysql
 import structlog
 
 from cdc import mysql
-from cdc.errors import FatalError, SoftcartError
+from cdc.errors import ConfigError, FatalError, SoftcartError
 from cdc.flavor import Flavor
 from cdc.settings import Settings
 from loader.pg import pg_connect
@@ -118,6 +118,9 @@ def refuse_unready_source(settings: Settings, conn: pymysql.connections.Connecti
             log.warning("source_check_failed", check=f.what, fix=f.fix)
     if bad:
         raise FatalError("the source can't be streamed: " + "; ".join(f"{f.what}: {f.fix}" for f in bad))
+    clash = mysql.server_id_clash(settings, conn)
+    if clash:
+        raise ConfigError(clash)
 
 
 def run_checks(settings: Settings, emit: Callable[[str], None]) -> bool:
@@ -137,6 +140,7 @@ def run_checks(settings: Settings, emit: Callable[[str], None]) -> bool:
                 cur.execute("SHOW GRANTS")
                 grants = [str(r[0]) for r in cur.fetchall()]
             findings += missing_privileges(flavor, grants, settings.source.database, settings.source_tables)
+            findings.append(_check_server_id(settings, conn))
             for t in settings.source_tables:
                 try:
                     table = mysql.read_table(conn, settings.source.database, t)
@@ -150,6 +154,14 @@ def run_checks(settings: Settings, emit: Callable[[str], None]) -> bool:
     for f in findings:
         emit(f.line())
     return all(f.ok for f in findings) and conn is not None
+
+
+def _check_server_id(settings: Settings, conn: pymysql.connections.Connection) -> Finding:
+    if mysql.replicas_with_id(conn, settings.server_id) is None:
+        return Finding(True, f"server_id {settings.server_id}: not checked against other replicas (SHOW SLAVE "
+                       "HOSTS needs REPLICATION MASTER ADMIN on MariaDB; optional)")
+    clash = mysql.server_id_clash(settings, conn)
+    return Finding(clash is None, f"server_id {settings.server_id} is not used by another replica", clash or "")
 
 
 def _check_staging(settings: Settings) -> Finding:

@@ -6,6 +6,7 @@ import ssl
 from typing import Any
 
 import pymysql
+import pymysql.cursors
 
 from cdc.errors import ConfigError, FatalError, TransientError
 from cdc.flavor import Flavor
@@ -160,3 +161,32 @@ def _ssl_reason(message: str) -> str:
     start = message.find("certificate verify failed")
     start = start if start >= 0 else message.find("CERTIFICATE_VERIFY_FAILED")
     return message[start:].split(")")[0].strip()
+
+
+def report_name(settings: Settings) -> str:
+    """The host name the daemon registers under in SHOW SLAVE HOSTS."""
+    return f"softcart-sync-{settings.pipeline_name}"[:60]
+
+
+def replicas_with_id(conn: pymysql.connections.Connection, server_id: int) -> list[str] | None:
+    """Registered replicas (SHOW SLAVE HOSTS) using ``server_id``, as host:port; None when the
+    user may not ask (MariaDB wants REPLICATION MASTER ADMIN, MySQL REPLICATION SLAVE)."""
+    try:
+        with conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute("SHOW SLAVE HOSTS")
+            rows = cur.fetchall()
+    except pymysql.err.MySQLError:
+        return None
+    return [f"{r.get('Host') or '?'}:{r.get('Port') or '?'}" for r in rows
+            if int(r.get("Server_id") or 0) == server_id]
+
+
+def server_id_clash(settings: Settings, conn: pymysql.connections.Connection) -> str | None:
+    """A message when another replica already uses SOFTCART_SERVER_ID (the source would keep
+    dropping one of the two connections); our own earlier registration doesn't count."""
+    users = replicas_with_id(conn, settings.server_id)
+    others = [u for u in users or [] if not u.startswith(report_name(settings) + ":")]
+    if not others:
+        return None
+    return (f"server_id {settings.server_id} is already used by the replica at {', '.join(others)} "
+            "(SHOW SLAVE HOSTS): set SOFTCART_SERVER_ID to an id no server or replica uses")

@@ -28,7 +28,7 @@ from cdc import binlog_fixes
 from cdc.errors import FatalError, TransientError
 from cdc.flavor import Flavor, gtid_advance
 from cdc.model import Heartbeat, Op, Position, RowChange, TxnChunk
-from cdc.mysql import classify, connection_settings
+from cdc.mysql import classify, connection_settings, report_name
 from cdc.settings import Settings
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
@@ -70,6 +70,7 @@ class BinlogSource:
                 log_file=self._start.file, log_pos=self._start.pos,
                 only_schemas=[s.source.database], only_tables=list(self._tables),
                 only_events=_EVENTS, slave_heartbeat=s.heartbeat_seconds, enable_logging=False,
+                report_slave=report_name(s),  # in SHOW SLAVE HOSTS, so a server_id clash can be seen
             )
         try:
             yield from self._events(stop)
