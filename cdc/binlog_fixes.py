@@ -3,10 +3,16 @@
 mysql-replication 1.0 decodes a negative TIME with a fractional part wrongly (it negates the
 integer part and the fraction separately: ``-00:00:00.000001`` arrives as ``-00:00:00.999999``).
 :func:`decode_time2` follows the server's own ``my_time_packed_from_binary``.
+
+It also decodes MySQL's ``latin1`` as Python's cp1252, which has no character for the bytes 0x81,
+0x8D, 0x8F, 0x90 and 0x9D: a row holding one stopped the stream. MySQL's latin1 is cp1252 with
+those five kept as the C1 controls U+0081..., which is what the server itself returns in UTF-8;
+:data:`MYSQL_LATIN1` is that codec.
 """
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 from typing import Any
 
@@ -48,6 +54,48 @@ def _read_time2(self: Any, column: Any) -> dt.timedelta:
     return decode_time2(self.packet.read(time2_size(column.fsp)), column.fsp)
 
 
+MYSQL_LATIN1 = "softcart_mysql_latin1"
+
+
+def _latin1_table() -> str:
+    chars = []
+    for b in range(256):
+        try:
+            chars.append(bytes([b]).decode("cp1252"))
+        except UnicodeDecodeError:
+            chars.append(chr(b))  # MySQL's latin1 keeps the cp1252 holes as C1 controls
+    return "".join(chars)
+
+
+_LATIN1_DECODE = _latin1_table()
+_LATIN1_ENCODE = codecs.charmap_build(_LATIN1_DECODE)
+
+
+def _search(name: str) -> codecs.CodecInfo | None:
+    if name != MYSQL_LATIN1:
+        return None
+    return codecs.CodecInfo(
+        name=MYSQL_LATIN1,
+        encode=lambda text, errors="strict": codecs.charmap_encode(text, errors, _LATIN1_ENCODE),
+        decode=lambda data, errors="strict": codecs.charmap_decode(data, errors, _LATIN1_DECODE))
+
+
+def _charset_to_encoding(name: str) -> str:
+    # The library names the column's encoding from the table map: cp1252 for MySQL's latin1.
+    if name in ("latin1", "cp1252"):
+        return MYSQL_LATIN1
+    return str(_library_charset_to_encoding(name))
+
+
+_library_charset_to_encoding = RowsEvent.charset_to_encoding
+_installed = False
+
+
 def install() -> None:
-    """Replace the library's TIME2 decoder with ours (idempotent)."""
+    """Replace the library's TIME2 decoder and latin1 mapping with ours (idempotent)."""
+    global _installed
     RowsEvent._RowsEvent__read_time2 = _read_time2
+    if not _installed:
+        codecs.register(_search)
+        RowsEvent.charset_to_encoding = staticmethod(_charset_to_encoding)
+        _installed = True

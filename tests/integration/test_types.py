@@ -171,3 +171,30 @@ def test_batch_where_every_row_fails_the_same_way_is_fatal_not_dead_letters(
             "SELECT 1 FROM pg_stat_activity WHERE application_name = 'softcart-sync'").fetchone() is None,
             60, "the daemon to stop on the fatal error")
     assert staging.execute("SELECT count(*) FROM softcart.dead_letter").fetchone() == (0,)
+
+
+def test_latin1_bytes_and_a_16_mb_blob_are_applied_faithfully(settings: Settings, source: Conn, staging: PG,
+                                                              source_db: str) -> None:
+    """Every byte value in a latin1 column (MySQL's latin1 is cp1252 with the five holes kept as
+    C1 controls), through the snapshot and through the binlog, reads in staging as MySQL itself
+    shows it in UTF-8; a 16 MB BLOB and an 8 MB text land whole."""
+    execute(source, "CREATE TABLE odd (id INT PRIMARY KEY, l1 VARCHAR(4) CHARACTER SET latin1, big LONGBLOB,"
+                    " txt LONGTEXT)")
+    every_byte = [bytes([b]) for b in range(1, 256)]
+    big = bytes(range(256)) * (16 * 1024 * 1024 // 256)
+    with source.cursor() as cur:
+        cur.executemany("INSERT INTO odd (id, l1) VALUES (%s, _binary %s)", list(enumerate(every_byte, 1)))
+        cur.execute("INSERT INTO odd (id, big, txt) VALUES (1000, %s, %s)", (big, "é" * (4 * 1024 * 1024)))
+    odd = settings.model_copy(update={"source_tables": ["odd"]})
+    with running_pipeline(odd):
+        wait_caught_up(staging, source)
+        with source.cursor() as cur:
+            cur.executemany("INSERT INTO odd (id, l1) VALUES (%s, _binary %s)",
+                            [(2000 + i, b) for i, b in enumerate(every_byte)])
+            cur.execute("INSERT INTO odd (id, big) VALUES (3000, %s)", (big[::-1],))
+            cur.execute("INSERT INTO odd (id, txt) VALUES (3001, %s)", ("ü" * 4_000_000,))
+        wait_caught_up(staging, source, timeout=60)
+    assert assert_same(source, staging, source_db, "odd") == 2 * 255 + 3
+    assert staging.execute("SELECT l1 FROM staging.odd WHERE id = 2000 + 127").fetchone() == ("€",)
+    assert staging.execute("SELECT length(big) FROM staging.odd WHERE id = 3000").fetchone() == (len(big),)
+    assert staging.execute("SELECT count(*) FROM softcart.dead_letter").fetchone() == (0,)

@@ -58,3 +58,15 @@ def test_small_negative_fractions() -> None:
     for fsp, value in [(6, dt.timedelta(microseconds=-1)), (2, dt.timedelta(milliseconds=-10)),
                        (4, dt.timedelta(microseconds=-100)), (1, dt.timedelta(milliseconds=-1500))]:
         assert decode_time2(encode(value, fsp), fsp) == value
+
+
+def test_mysql_latin1_decodes_every_byte_as_the_server_does() -> None:
+    """cp1252, with the five bytes it leaves undefined kept as C1 controls (as MySQL converts them)."""
+    from cdc.binlog_fixes import MYSQL_LATIN1, install
+
+    install()
+    text = bytes(range(256)).decode(MYSQL_LATIN1)
+    assert len(text) == 256
+    assert text[0x80] == "€" and text[0xE9] == "é" and text[0x41] == "A"
+    assert [text[b] for b in (0x81, 0x8D, 0x8F, 0x90, 0x9D)] == ["\x81", "\x8d", "\x8f", "\x90", "\x9d"]
+    assert text.encode(MYSQL_LATIN1) == bytes(range(256))
