@@ -63,6 +63,9 @@ class Metrics:
                                       registry=r)
         self.batches_loaded = Counter(p + "warehouse_batches_loaded_total", "Batches loaded into the warehouse",
                                       registry=r)
+        self.tables_stopped = Gauge(p + "tables_stopped", "Source tables no longer followed after a schema change "
+                                    "staging can't follow (see the log; resnapshot takes them again)",
+                                    registry=r)
         self.binlog_purged = Gauge(p + "binlog_position_purged", "1 when the saved position is no longer in the "
                                    "source's binlog (needs `softcart-sync resnapshot`)", registry=r)
         self.ready = Gauge(p + "ready", "1 when streaming and not stalled (what /readyz says)", registry=r)

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from transform.schema import Table
+
 
 @dataclass(frozen=True, order=True)
 class Position:
@@ -76,3 +78,16 @@ class Heartbeat:
 
     event_time: float
     position: Position | None = None
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """A statement that changed followed tables (ALTER, TRUNCATE, DROP, RENAME, CREATE), at a
+    transaction boundary: for each table, its definition as the source has it right after (None
+    when it is gone), read when the reader met the statement."""
+
+    statement: str
+    kind: str  # alter, truncate, drop, rename, create
+    position: Position
+    event_time: float
+    tables: tuple[tuple[str, Table | None], ...]

@@ -12,11 +12,13 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import pymysql
+import pymysql.cursors
 import structlog
 
 from cdc import mysql
@@ -24,16 +26,17 @@ from cdc.check import refuse_unready_source
 from cdc.errors import ConfigError, FatalError, SoftcartError, TransientError
 from cdc.flavor import Flavor
 from cdc.metrics import Metrics
-from cdc.model import Heartbeat, Position, RowChange, TxnChunk
+from cdc.model import Heartbeat, Position, RowChange, SchemaChange, TxnChunk
 from cdc.positions import unavailable
 from cdc.settings import Settings
-from cdc.snapshot import take_snapshot
+from cdc.snapshot import quote_mysql, select_list, take_snapshot
 from cdc.source import BinlogSource
 from loader.ddl import ensure_schema
 from loader.pg import pg_connect
 from loader.staging import StagingWriter, load_position
 from loader.star import StarSchema
 from transform.schema import Table
+from transform.values import RowConverter, Unrepresentable
 
 log = structlog.get_logger(__name__)
 
@@ -151,6 +154,10 @@ class Pipeline:
         try:
             hold_pipeline_lock(pg, self.settings.pipeline_name)
             writer, position = self.open_writer(pg, tables)
+            self.metrics.tables_stopped.set(len(writer.stopped))
+            for name, reason in writer.stopped.items():
+                log.error("table_stopped", table=name, reason=reason,
+                          fix="its rows are skipped; `softcart-sync resnapshot` takes it again")
             self.state.started = True
             self.state.progress_at = time.time()
             if position is None:
@@ -356,6 +363,11 @@ class Pipeline:
                 if commit is not None and not partial:
                     do_commit()
                 continue
+            if isinstance(item, SchemaChange):
+                if commit is not None:
+                    do_commit()  # everything before the statement, under the old definitions
+                self._follow_schema(writer, item)
+                continue
             if isinstance(item, Heartbeat):
                 if commit is None and not partial and not buffer and q.empty():
                     self.state.caught_up_at = self.state.progress_at = time.time()
@@ -385,6 +397,23 @@ class Pipeline:
             writer.rollback()
 
 
+    def _follow_schema(self, writer: StagingWriter, change: SchemaChange) -> None:
+        """Staging follows a schema change in one transaction with the statement's position: ALTERs,
+        or a stopped table; a column added gets its existing rows' values from the source (read
+        now: later changes to those rows are replayed on top, with full row images)."""
+        backfill = writer.apply_schema_change(change)
+        if backfill:
+            conn = mysql.connect(self.settings)
+            try:
+                for table, columns in backfill:
+                    writer.backfill(table, columns, _source_values(conn, table, columns, writer))
+            finally:
+                conn.close()
+        writer.commit(change.position, change.event_time or None)
+        self._observe_position(change.position)
+        self.state.last_commit_at = self.state.progress_at = time.time()
+        self.metrics.tables_stopped.set(len(writer.stopped))
+
     def _save_idle_position(self, writer: StagingWriter, at: Position | None) -> None:
         """Idle, with the source's binlog ended past our position by events we don't follow (a
         rotation, another schema's statements): save that end, so the position shows the truth
@@ -395,6 +424,24 @@ class Pipeline:
         writer.commit(at, None)
         self._observe_position(at)
         log.debug("idle_position_saved", position=str(at))
+
+
+def _source_values(conn: pymysql.connections.Connection, table: Table, columns: list[str],
+                   writer: StagingWriter) -> Iterator[tuple[Any, ...]]:
+    """(key..., columns...) of every source row, converted; a value with no PostgreSQL form is
+    dead-lettered."""
+    conv = RowConverter(table)
+    names = table.column_names
+    pick = [names.index(k) for k in table.primary_key] + [names.index(c) for c in columns]
+    with conn.cursor(pymysql.cursors.SSCursor) as cur:
+        cur.execute(f"SELECT {select_list(table)} FROM {quote_mysql(table.name)}")
+        for raw in cur:
+            try:
+                row = conv.from_snapshot(raw)
+            except Unrepresentable as exc:
+                writer.dead_letter(table.name, [raw[i] for i in table.key_indexes()], str(exc), repr(raw)[:10000])
+                continue
+            yield tuple(row[i] for i in pick)
 
 
 class LagProbe:

@@ -240,7 +240,14 @@ class Reconciler:
         watch = pg_connect(self.s, autocommit=True)
         try:
             flavor = mysql.flavor(src)
-            tables = {t: mysql.read_table(src, self.s.source.database, t) for t in self.s.source_tables}
+            stopped = {str(r[0]): str(r[1]) for r in pg.execute(
+                sql.SQL("SELECT source_table, reason FROM {}.stopped_table WHERE pipeline = %s").format(
+                    sql.Identifier(META)), (self.s.pipeline_name,)).fetchall()}
+            for t, reason in stopped.items():
+                self.report.notes.append(f"{t} is not followed since a schema change ({reason}): not compared; "
+                                         "`softcart-sync resnapshot` takes it again")
+            tables = {t: mysql.read_table(src, self.s.source.database, t) for t in self.s.source_tables
+                      if t not in stopped}
             sides = {t: self._source_sides(src, pg, table) for t, table in tables.items()}
             _require_staging(pg, tables)
             fence: list[Position] = []

@@ -75,6 +75,10 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
         with writer.conn.cursor() as cur:
             for t in tables:
                 cur.execute(sql.SQL("TRUNCATE {}.{}").format(sql.Identifier(STAGING), sql.Identifier(t)))
+            # A new snapshot follows every table again, stopped ones included.
+            cur.execute(sql.SQL("DELETE FROM {}.stopped_table WHERE pipeline = %s").format(sql.Identifier(META)),
+                        (settings.pipeline_name,))
+        writer.stopped.clear()
         for i, table in enumerate(tables.values()):
             rows = _copy_table(settings, conn, table, writer, position, progress)
             with writer.conn.cursor() as cur:

@@ -27,9 +27,10 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 from cdc import binlog_fixes
 from cdc.errors import FatalError, TransientError
 from cdc.flavor import Flavor, gtid_advance
-from cdc.model import Heartbeat, Op, Position, RowChange, TxnChunk
-from cdc.mysql import classify, connection_settings, report_name
+from cdc.model import Heartbeat, Op, Position, RowChange, SchemaChange, TxnChunk
+from cdc.mysql import classify, connect, connection_settings, read_table, report_name
 from cdc.settings import Settings
+from transform.ddl import statement_kind, tables_named
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
 
@@ -46,7 +47,7 @@ class BinlogSource:
 
     def __init__(self, settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position) -> None:
         self._settings = settings
-        self._tables = tables
+        self._tables = dict(tables)  # ours: a schema change updates it before the writer has caught up
         self._converters = {name: RowConverter(t) for name, t in tables.items()}
         self._flavor = flavor
         self._start = start
@@ -61,7 +62,7 @@ class BinlogSource:
                 with contextlib.suppress(Exception):
                     self._reader.close()
 
-    def chunks(self, stop: threading.Event) -> Iterator[TxnChunk | Heartbeat]:
+    def chunks(self, stop: threading.Event) -> Iterator[TxnChunk | Heartbeat | SchemaChange]:
         s = self._settings
         with self._lock:
             self._reader = BinLogStreamReader(
@@ -85,7 +86,7 @@ class BinlogSource:
         finally:
             self.close()
 
-    def _events(self, stop: threading.Event) -> Iterator[TxnChunk | Heartbeat]:
+    def _events(self, stop: threading.Event) -> Iterator[TxnChunk | Heartbeat | SchemaChange]:
         reader = self._reader
         assert reader is not None
         file, gtid = self._start.file, self._start.gtid
@@ -115,11 +116,11 @@ class BinlogSource:
                 if query.upper() == "BEGIN":
                     in_txn = True
                     continue
-                if query.upper() != "COMMIT":
-                    self._ddl(event, query, file)
                 # COMMIT of a non-transactional table, or a DDL: a transaction boundary.
                 in_txn = False
-                yield TxnChunk(tuple(changes), Position(file, int(reader.log_pos), gtid), float(event.timestamp))
+                at = Position(file, int(reader.log_pos), gtid)
+                change = self._ddl(query, at, float(event.timestamp)) if query.upper() != "COMMIT" else None
+                yield change or TxnChunk(tuple(changes), at, float(event.timestamp))
                 changes = []
                 continue
             if isinstance(event, XidEvent):
@@ -132,12 +133,29 @@ class BinlogSource:
                 yield TxnChunk(tuple(changes), None, float(event.timestamp))
                 changes = []
 
-    def _ddl(self, event: Any, query: str, file: str) -> None:
-        lowered = query.lower()
-        touched = [t for t in self._tables if t.lower() in lowered]
-        if touched:
-            log.warning("source_ddl_not_followed", statement=query[:500], tables=touched,
-                        position=f"{file}:{event.packet.log_pos}")
+    def _ddl(self, query: str, at: Position, event_time: float) -> SchemaChange | None:
+        """A statement on followed tables: their definitions are read again from the source (rows
+        after it decode with them) and the writer gets a SchemaChange to make staging follow."""
+        kind = statement_kind(query)
+        names = tables_named(query, self._settings.source.database, self._settings.source_tables) if kind else []
+        if not names:
+            return None
+        conn = connect(self._settings)
+        try:
+            tables: list[tuple[str, Table | None]] = []
+            for name in names:
+                try:
+                    new: Table | None = read_table(conn, self._settings.source.database, name)
+                except FatalError:
+                    new = None  # gone (dropped, renamed away), or no longer usable: the writer decides
+                tables.append((name, new))
+                if new is not None:
+                    self._tables[name] = new
+                    self._converters[name] = RowConverter(new)
+        finally:
+            conn.close()
+        log.info("source_ddl", statement=query[:500], tables=names, position=str(at))
+        return SchemaChange(query[:10000], kind or "", at, event_time, tuple(tables))
 
     def _rows(self, event: Any, out: list[RowChange]) -> None:
         table = event.table

@@ -64,6 +64,16 @@ META_DDL = [
     sql.SQL("""CREATE TABLE IF NOT EXISTS {}.flush_state (
         pipeline text PRIMARY KEY,
         last_outbox_id bigint NOT NULL DEFAULT 0)""").format(sql.Identifier(META)),
+    # Source tables the daemon stopped following (a schema change staging can't follow safely);
+    # their rows are skipped until a resnapshot takes them again.
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {}.stopped_table (
+        pipeline text NOT NULL,
+        source_table text NOT NULL,
+        reason text NOT NULL,
+        statement text NOT NULL,
+        position text NOT NULL,
+        stopped_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (pipeline, source_table))""").format(sql.Identifier(META)),
     sql.SQL("""CREATE TABLE IF NOT EXISTS {}.snapshot (
         pipeline text NOT NULL,
         source_table text NOT NULL,

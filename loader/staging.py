@@ -22,10 +22,12 @@ import structlog
 from psycopg import sql
 
 from cdc.errors import FatalError
-from cdc.model import Position, RowChange
+from cdc.model import Position, RowChange, SchemaChange
 from loader.ddl import META, STAGING
 from loader.star import StarSchema
 from transform.changes import Key, NetChanges, Row, net_changes
+from transform.ddl import SchemaPlan
+from transform.ddl import plan as ddl_plan
 from transform.schema import Table
 from transform.star import StarDelta
 
@@ -111,6 +113,8 @@ class StagingWriter:
         self.star_rows_changed = 0  # committed fact upserts and deletes, for metrics
         self._star_pending = 0
         self._temps: dict[str, tuple[str, str]] = {}
+        self._temp_seq = 0
+        self.stopped = self._load_stopped()  # source table -> why it is no longer followed
         # The session's temporary tables, created now, outside any transaction: a rollback to a
         # savepoint can't take them away. ON COMMIT DELETE ROWS empties them after each batch.
         with conn.cursor() as cur:
@@ -186,6 +190,8 @@ class StagingWriter:
         self.begin()
         by_table: dict[str, list[RowChange]] = defaultdict(list)
         for ch in changes:
+            if ch.table in self.stopped:
+                continue
             if ch.error is not None:
                 self._dead.append(DeadLetter(ch.table, key_text(ch.key), ch.error, ch.raw))
             else:
@@ -199,7 +205,7 @@ class StagingWriter:
 
     def _temp_tables(self, cur: psycopg.Cursor[Any], table: Table) -> tuple[str, str]:
         if table.name not in self._temps:
-            n = len(self._temps)
+            n = self._temp_seq = self._temp_seq + 1
             up, dl = f"_softcart_up_{n}", f"_softcart_del_{n}"
             cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}.{}) ON COMMIT DELETE ROWS").format(
                 sql.Identifier(up), sql.Identifier(STAGING), sql.Identifier(table.name)))
@@ -282,6 +288,92 @@ class StagingWriter:
             raise FatalError(f"every one of {len(ops)} changes to {table.name} failed the same way "
                              f"({causes.pop()}): a schema problem, not bad rows; fix it and restart")
         self._dead.extend(refused)
+
+    # Schema changes -----------------------------------------------------------------------------
+
+    def _load_stopped(self) -> dict[str, str]:
+        try:
+            rows = self.conn.execute(sql.SQL("SELECT source_table, reason FROM {}.stopped_table WHERE pipeline = %s")
+                                     .format(sql.Identifier(META)), (self.pipeline,)).fetchall()
+        except psycopg.errors.UndefinedTable:
+            return {}
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def apply_schema_change(self, change: SchemaChange) -> list[tuple[Table, list[str]]]:
+        """Make staging follow ``change`` inside the open transaction (the caller commits it with
+        the statement's position); returns the tables and columns added, whose existing rows need
+        their values from the source."""
+        self.begin()
+        backfill: list[tuple[Table, list[str]]] = []
+        with self.conn.cursor() as cur:
+            for name, new in change.tables:
+                old = self.tables.get(name)
+                if old is None or name in self.stopped:
+                    continue
+                rel = sql.Identifier(STAGING, name)
+                if change.kind == "rename" and new is not None:
+                    self._stop(cur, name, f"another table was renamed into {name}: its rows are not in the binlog",
+                               change)
+                    continue
+                if change.kind in ("truncate", "drop", "rename") or new is None:
+                    # The source's rows are gone (a table renamed away or dropped is empty to us).
+                    cur.execute(sql.SQL("TRUNCATE {}").format(rel))
+                    if self.star is not None and self.star.table.name == name:
+                        self.star.rebuild(self.conn)
+                    if new is None:
+                        continue
+                p = ddl_plan(STAGING, old, new, change.statement)
+                if p.stop is None and self.star is not None and self.star.table.name == name:
+                    try:
+                        star = StarSchema(new, self.star.zone)
+                    except FatalError as exc:
+                        p = SchemaPlan(stop=str(exc))
+                if p.stop is not None:
+                    self._stop(cur, name, p.stop, change)
+                    continue
+                for stmt in p.statements:
+                    cur.execute(stmt.encode())
+                self.tables[name] = new
+                if self.star is not None and self.star.table.name == name:
+                    self.star = star
+                if name in self._temps:
+                    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(
+                        *(sql.Identifier(t) for t in self._temps.pop(name))))
+                if p.added:
+                    backfill.append((new, p.added))
+                log.info("staging_followed_ddl", table=name, statements=p.statements, position=str(change.position))
+        return backfill
+
+    def _stop(self, cur: psycopg.Cursor[Any], name: str, reason: str, change: SchemaChange) -> None:
+        cur.execute(sql.SQL("INSERT INTO {}.stopped_table (pipeline, source_table, reason, statement, position)"
+                            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (pipeline, source_table) DO UPDATE SET"
+                            " reason = EXCLUDED.reason, statement = EXCLUDED.statement,"
+                            " position = EXCLUDED.position, stopped_at = now()").format(sql.Identifier(META)),
+                    (self.pipeline, name, reason, change.statement, str(change.position)))
+        self.stopped[name] = reason
+        log.error("table_stopped", table=name, reason=reason, statement=change.statement[:500],
+                  position=str(change.position),
+                  fix="the other tables keep streaming; `softcart-sync resnapshot` takes this one again")
+
+    def backfill(self, table: Table, columns: list[str], rows: Iterable[Row]) -> int:
+        """Set ``columns`` of existing staging rows from (key..., column...) rows, in the open
+        transaction (a column added to the source has values in its existing rows)."""
+        self.begin()
+        keys = list(table.primary_key)
+        temp = sql.Identifier(f"_softcart_fill_{self._temp_seq + 1}")
+        n = 0
+        with self.conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {}.{} WITH NO DATA").format(
+                temp, _ident_list(keys + columns), sql.Identifier(STAGING), sql.Identifier(table.name)))
+            with cur.copy(sql.SQL("COPY {} FROM STDIN").format(temp)) as copy:
+                for r in rows:
+                    copy.write_row(r)
+                    n += 1
+            cur.execute(sql.SQL("UPDATE {}.{} t SET {} FROM {} f WHERE {}").format(
+                sql.Identifier(STAGING), sql.Identifier(table.name),
+                sql.SQL(", ").join(sql.SQL("{0} = f.{0}").format(sql.Identifier(c)) for c in columns), temp,
+                sql.SQL(" AND ").join(sql.SQL("t.{0} = f.{0}").format(sql.Identifier(k)) for k in keys)))
+        return n
 
     def copy_rows(self, table: Table, rows: Iterable[Row]) -> int:
         """Snapshot path: COPY rows straight into the (just emptied) staging table."""

@@ -1,0 +1,92 @@
+"""Schema changes in the source, on real servers: staging follows what it safely can, rows before
+and after each change land right; a change it can't follow stops that table only, with the
+statement and the position, and a resnapshot takes it again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pymysql
+
+from cdc.reconcile import Reconciler
+from cdc.settings import Settings
+from loader.star_ops import check_star
+from tests.helpers import SALES_DDL, assert_same, cli, execute, running_pipeline, wait_caught_up
+
+Conn = pymysql.connections.Connection
+PG = psycopg.Connection[Any]
+
+ITEMS = "CREATE TABLE items (id INT PRIMARY KEY, a INT, b VARCHAR(10), price DECIMAL(8,2))"
+OTHER = "CREATE TABLE other (id INT PRIMARY KEY, v INT)"
+
+
+def staging_columns(staging: PG, table: str) -> list[str]:
+    return [r[0] for r in staging.execute("SELECT column_name FROM information_schema.columns WHERE table_schema ="
+                                          " 'staging' AND table_name = %s ORDER BY ordinal_position",
+                                          (table,)).fetchall()]
+
+
+def test_staging_follows_safe_changes_and_stops_only_the_table_it_cannot_follow(
+        settings: Settings, settings_env: dict[str, str], source: Conn, staging: PG, source_db: str) -> None:
+    execute(source, SALES_DDL, ITEMS, OTHER,
+            "INSERT INTO items VALUES (1, 10, 'x', 1.50), (2, 20, NULL, 2.25)",
+            "INSERT INTO sales_data VALUES (1, 5, 6, 9.99, 2, '2024-03-01 10:00:00')")
+    s = settings.model_copy(update={"source_tables": ["sales_data", "items", "other"]})
+
+    def same(*tables: str) -> None:
+        wait_caught_up(staging, source)
+        for t in tables:
+            assert_same(source, staging, source_db, t)
+
+    with running_pipeline(s):
+        same("items")
+        # Added at the end with a default: existing rows have it in the source, so in staging too.
+        execute(source, "ALTER TABLE items ADD COLUMN c VARCHAR(20) NOT NULL DEFAULT 'dflt'",
+                "INSERT INTO items (id, a, b, price, c) VALUES (3, 30, 'y', 3.00, 'new')")
+        same("items")
+        # Added in the middle: staging matches columns by name.
+        execute(source, "ALTER TABLE items ADD COLUMN m INT DEFAULT 7 AFTER id",
+                "INSERT INTO items (id, m, a, b, price, c) VALUES (4, 8, 40, 'z', 4.00, 'n4')",
+                "UPDATE items SET m = 9 WHERE id = 1")
+        same("items")
+        execute(source, "ALTER TABLE items DROP COLUMN b", "UPDATE items SET a = 11 WHERE id = 1")
+        same("items")
+        assert "b" not in staging_columns(staging, "items")
+        execute(source, "ALTER TABLE items RENAME COLUMN a TO a2", "UPDATE items SET a2 = 12 WHERE id = 1")
+        same("items")
+        assert staging.execute("SELECT a2 FROM staging.items WHERE id = 2").fetchone() == (20,)  # kept, renamed
+        execute(source, "ALTER TABLE items MODIFY price DECIMAL(12,3)", "UPDATE items SET price = 1.125 WHERE id = 1")
+        same("items")
+        execute(source, "TRUNCATE items", "INSERT INTO items (id, a2, price) VALUES (5, 50, 5.5)")
+        same("items")
+        # The star table, a column added before the ones the star schema reads.
+        execute(source, "ALTER TABLE sales_data ADD COLUMN note TEXT AFTER product_id",
+                "INSERT INTO sales_data (rowid, product_id, note, customer_id, price, quantity, timestamp)"
+                " VALUES (2, 7, 'hi', 8, 1.25, 4, '2024-03-02 11:00:00')")
+        same("sales_data")
+        assert check_star(s) == []
+        assert staging.execute("SELECT total_price FROM star.factsales WHERE rowid = 2").fetchone() == (5,)
+        # Narrowing can't be followed: items stops; the other tables stream on.
+        execute(source, "ALTER TABLE items MODIFY a2 TINYINT",
+                "INSERT INTO items (id, a2, price) VALUES (6, 1, 6.0)", "INSERT INTO other VALUES (1, 1)")
+        same("other")
+        stopped = staging.execute("SELECT source_table, reason, statement, position FROM softcart.stopped_table"
+                                  ).fetchall()
+        assert [(r[0], r[2]) for r in stopped] == [("items", "ALTER TABLE items MODIFY a2 TINYINT")]
+        assert "changed from int(11) to tinyint(4)" in stopped[0][1] and "mysql-bin." in stopped[0][3]
+        assert staging.execute("SELECT count(*) FROM staging.items WHERE id = 6").fetchone() == (0,)
+        execute(source, "INSERT INTO other VALUES (2, 2)", "INSERT INTO sales_data VALUES"
+                " (3, 1, 'x', 1, 2.00, 1, '2024-03-03 12:00:00')")
+        same("other", "sales_data")
+        report = Reconciler(s, levels=("source",)).run()
+        assert report.exit_code == 0 and [t.table for t in report.tables] == ["sales_data", "other"], report.text()
+        assert "items is not followed since a schema change" in report.text()
+    # The way out: a new snapshot takes the stopped table again.
+    out = cli("resnapshot", env={**settings_env, "SOFTCART_SOURCE_TABLES": "sales_data,items,other"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    with running_pipeline(s):
+        execute(source, "INSERT INTO items (id, a2, price) VALUES (7, 2, 7.0)")
+        same("items", "other", "sales_data")
+    assert staging.execute("SELECT count(*) FROM softcart.stopped_table").fetchone() == (0,)
+    assert check_star(s) == []
