@@ -90,3 +90,28 @@ def test_staging_follows_safe_changes_and_stops_only_the_table_it_cannot_follow(
         same("items", "other", "sales_data")
     assert staging.execute("SELECT count(*) FROM softcart.stopped_table").fetchone() == (0,)
     assert check_star(s) == []
+
+
+def test_dropped_recreated_and_renamed_tables(settings: Settings, source: Conn, staging: PG, source_db: str) -> None:
+    execute(source, ITEMS, OTHER, "CREATE TABLE spare (id INT PRIMARY KEY, a INT, b VARCHAR(10), price DECIMAL(8,2))",
+            "INSERT INTO items VALUES (1, 10, 'x', 1.50)", "INSERT INTO other VALUES (1, 1), (2, 2)",
+            "INSERT INTO spare VALUES (9, 90, 's', 9.00)")
+    s = settings.model_copy(update={"source_tables": ["items", "other"], "star_table": ""})
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+        execute(source, "DROP TABLE other")
+        wait_caught_up(staging, source)
+        assert staging.execute("SELECT count(*) FROM staging.other").fetchone() == (0,)
+        execute(source, "CREATE TABLE other (id INT PRIMARY KEY, v BIGINT, w TEXT)",
+                "INSERT INTO other VALUES (3, 30, 'new')")
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "other")
+        execute(source, "RENAME TABLE items TO items_old")
+        wait_caught_up(staging, source)
+        assert staging.execute("SELECT count(*) FROM staging.items").fetchone() == (0,)
+        execute(source, "RENAME TABLE spare TO items")  # rows the binlog never carried: can't follow
+        execute(source, "INSERT INTO other VALUES (4, 40, 'still')")
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "other")
+        reason = staging.execute("SELECT reason FROM softcart.stopped_table WHERE source_table = 'items'").fetchone()
+        assert reason == ("another table was renamed into items: its rows are not in the binlog",)
