@@ -31,7 +31,7 @@ from cdc.positions import unavailable
 from cdc.settings import Settings
 from cdc.snapshot import quote_mysql, select_list, take_snapshot
 from cdc.source import BinlogSource
-from loader.ddl import ensure_schema
+from loader.ddl import ensure_schema, load_definitions
 from loader.pg import pg_connect
 from loader.staging import StagingWriter, load_position
 from loader.star import StarSchema
@@ -153,6 +153,12 @@ class Pipeline:
         self.metrics.connected.labels("staging").set(1)
         try:
             hold_pipeline_lock(pg, self.settings.pipeline_name)
+            if (pg.execute("SELECT to_regclass('softcart.position')").fetchone() != (None,)
+                    and load_position(pg, self.settings.pipeline_name) is not None):
+                # Resume with the definitions staging follows: a schema change made while we were
+                # stopped is followed when its statement comes in the stream.
+                followed = load_definitions(pg, self.settings.pipeline_name)
+                tables = {name: followed.get(name, t) for name, t in tables.items()}
             writer, position = self.open_writer(pg, tables)
             self.metrics.tables_stopped.set(len(writer.stopped))
             for name, reason in writer.stopped.items():

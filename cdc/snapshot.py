@@ -20,7 +20,7 @@ from cdc.flavor import Flavor, snapshot_position
 from cdc.model import Position
 from cdc.mysql import connect
 from cdc.settings import Settings
-from loader.ddl import META, STAGING
+from loader.ddl import META, STAGING, save_definitions
 from loader.staging import StagingWriter
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
@@ -78,6 +78,7 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
             # A new snapshot follows every table again, stopped ones included.
             cur.execute(sql.SQL("DELETE FROM {}.stopped_table WHERE pipeline = %s").format(sql.Identifier(META)),
                         (settings.pipeline_name,))
+            save_definitions(cur, settings.pipeline_name, tables.values())
         writer.stopped.clear()
         for i, table in enumerate(tables.values()):
             rows = _copy_table(settings, conn, table, writer, position, progress)

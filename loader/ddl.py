@@ -7,10 +7,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
-from transform.schema import Table, pg_type
+from transform.schema import Column, Table, pg_type
 
 STAGING = "staging"
 META = "softcart"
@@ -74,6 +79,14 @@ META_DDL = [
         position text NOT NULL,
         stopped_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (pipeline, source_table))""").format(sql.Identifier(META)),
+    # The source definition each staging table follows (the snapshot's, then each schema change
+    # followed): at a restart the stream resumes with these, not with the source's current ones,
+    # so a schema change made while the daemon was stopped is followed when its statement comes.
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {}.source_table (
+        pipeline text NOT NULL,
+        source_table text NOT NULL,
+        definition jsonb NOT NULL,
+        PRIMARY KEY (pipeline, source_table))""").format(sql.Identifier(META)),
     sql.SQL("""CREATE TABLE IF NOT EXISTS {}.snapshot (
         pipeline text NOT NULL,
         source_table text NOT NULL,
@@ -117,3 +130,23 @@ def ensure_schema(conn: psycopg.Connection[tuple[object, ...]], tables: dict[str
             for name in table.column_names:
                 if name not in existing:
                     cur.execute(add_column_sql(table, name))
+
+
+def save_definitions(cur: psycopg.Cursor[Any], pipeline: str, tables: Iterable[Table]) -> None:
+    for t in tables:
+        definition = {"name": t.name, "primary_key": list(t.primary_key),
+                      "columns": [dataclasses.asdict(c) for c in t.columns]}
+        cur.execute(sql.SQL("INSERT INTO {}.source_table (pipeline, source_table, definition) VALUES (%s, %s, %s)"
+                            " ON CONFLICT (pipeline, source_table) DO UPDATE SET definition = EXCLUDED.definition")
+                    .format(sql.Identifier(META)), (pipeline, t.name, Jsonb(definition)))
+
+
+def load_definitions(conn: psycopg.Connection[Any], pipeline: str) -> dict[str, Table]:
+    """The definitions staging follows ({} before the first snapshot)."""
+    if conn.execute("SELECT to_regclass('softcart.source_table')").fetchone() == (None,):
+        return {}
+    out = {}
+    for name, d in conn.execute(sql.SQL("SELECT source_table, definition FROM {}.source_table WHERE pipeline = %s")
+                                .format(sql.Identifier(META)), (pipeline,)).fetchall():
+        out[str(name)] = Table(d["name"], tuple(Column(**c) for c in d["columns"]), tuple(d["primary_key"]))
+    return out

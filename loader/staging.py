@@ -23,7 +23,7 @@ from psycopg import sql
 
 from cdc.errors import FatalError
 from cdc.model import Position, RowChange, SchemaChange
-from loader.ddl import META, STAGING
+from loader.ddl import META, STAGING, save_definitions
 from loader.star import StarSchema
 from transform.changes import Key, NetChanges, Row, net_changes
 from transform.ddl import SchemaPlan
@@ -334,6 +334,7 @@ class StagingWriter:
                 for stmt in p.statements:
                     cur.execute(stmt.encode())
                 self.tables[name] = new
+                save_definitions(cur, self.pipeline, [new])
                 if self.star is not None and self.star.table.name == name:
                     self.star = star
                 if name in self._temps:

@@ -115,3 +115,21 @@ def test_dropped_recreated_and_renamed_tables(settings: Settings, source: Conn, 
         assert_same(source, staging, source_db, "other")
         reason = staging.execute("SELECT reason FROM softcart.stopped_table WHERE source_table = 'items'").fetchone()
         assert reason == ("another table was renamed into items: its rows are not in the binlog",)
+
+
+def test_a_change_made_while_the_daemon_is_stopped_is_followed_at_its_statement(
+        settings: Settings, source: Conn, staging: PG, source_db: str) -> None:
+    """The daemon resumes with the definitions staging follows, not the source's current ones, so
+    a rename and a drop made while it was down are followed in order, values kept."""
+    execute(source, ITEMS, "INSERT INTO items VALUES (1, 10, 'x', 1.50), (2, 20, 'y', 2.50)")
+    s = settings.model_copy(update={"source_tables": ["items"], "star_table": ""})
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+    execute(source, "UPDATE items SET a = 11 WHERE id = 1",  # before the change, in the old shape
+            "ALTER TABLE items RENAME COLUMN a TO qty, DROP COLUMN b, ADD COLUMN z INT DEFAULT 5",
+            "UPDATE items SET qty = 21 WHERE id = 2")
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "items")
+    assert staging_columns(staging, "items") == ["id", "qty", "price", "z"]
+    assert staging.execute("SELECT id, qty, z FROM staging.items ORDER BY id").fetchall() == [(1, 11, 5), (2, 21, 5)]
