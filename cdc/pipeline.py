@@ -32,7 +32,7 @@ from cdc.settings import Settings
 from cdc.snapshot import quote_mysql, select_list, take_snapshot
 from cdc.source import BinlogSource
 from loader.ddl import ensure_schema, load_definitions
-from loader.pg import pg_connect
+from loader.pg import INSTANCE, pg_connect
 from loader.staging import StagingWriter, load_position
 from loader.star import StarSchema
 from transform.schema import Table
@@ -90,11 +90,32 @@ def star_schema(settings: Settings, tables: dict[str, Table]) -> StarSchema | No
     return StarSchema(tables[settings.star_table], settings.zone)
 
 
+_PIPELINE_KEY = "hashtext('softcart-sync pipeline ' || %s)::bigint"
+
+
 def hold_pipeline_lock(pg: psycopg.Connection[Any], pipeline: str) -> None:
-    """One writer per pipeline: a session advisory lock held as long as ``pg`` lives."""
-    row = pg.execute("SELECT pg_try_advisory_lock(hashtext('softcart-sync pipeline ' || %s))", (pipeline,)).fetchone()
-    if not row or not row[0]:
-        raise TransientError(f"another softcart-sync is running pipeline {pipeline!r} on this staging database")
+    """One writer per pipeline: a session advisory lock held as long as ``pg`` lives.
+
+    A network that went silent can leave our previous session alive on the server (no FIN ever
+    came; the server's keepalive takes hours), holding the lock: a holder with this process's
+    application name is that session, and is terminated; any other holder is another daemon."""
+    for _ in range(2):
+        row = pg.execute(f"SELECT pg_try_advisory_lock({_PIPELINE_KEY})", (pipeline,)).fetchone()
+        if row and row[0]:
+            return
+        stale = [r[0] for r in pg.execute(
+            f"SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
+            f" AND l.granted AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname ="
+            f" current_database()) AND ((l.classid::bigint << 32) | l.objid::bigint) = ({_PIPELINE_KEY}"
+            f" & x'ffffffffffffffff'::bigint) AND a.application_name = %s AND a.pid <> pg_backend_pid()",
+            (pipeline, INSTANCE)).fetchall()]
+        if not stale:
+            break
+        for pid in stale:
+            log.warning("stale_session_terminated", backend_pid=pid,
+                        reason="our own earlier session still holds the pipeline lock")
+            pg.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+    raise TransientError(f"another softcart-sync is running pipeline {pipeline!r} on this staging database")
 
 
 class Pipeline:
@@ -407,7 +428,9 @@ class Pipeline:
         """Staging follows a schema change in one transaction with the statement's position: ALTERs,
         or a stopped table; a column added gets its existing rows' values from the source (read
         now: later changes to those rows are replayed on top, with full row images)."""
+        self.state.writer_busy_since = time.monotonic()
         backfill = writer.apply_schema_change(change)
+        self.state.writer_busy_since = 0.0  # a backfill streams for as long as the table is big: no guard
         if backfill:
             conn = mysql.connect(self.settings)
             try:
@@ -415,7 +438,9 @@ class Pipeline:
                     writer.backfill(table, columns, _source_values(conn, table, columns, writer))
             finally:
                 conn.close()
+        self.state.writer_busy_since = time.monotonic()
         writer.commit(change.position, change.event_time or None)
+        self.state.writer_busy_since = 0.0
         self._observe_position(change.position)
         self.state.last_commit_at = self.state.progress_at = time.time()
         self.metrics.tables_stopped.set(len(writer.stopped))
@@ -427,7 +452,9 @@ class Pipeline:
         now = self.state.position
         if at is None or now is None or (at.file, at.pos) <= (now.file, now.pos):
             return
+        self.state.writer_busy_since = time.monotonic()  # under the guard, as every statement to staging
         writer.commit(at, None)
+        self.state.writer_busy_since = 0.0
         self._observe_position(at)
         log.debug("idle_position_saved", position=str(at))
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 import psycopg
 
 from cdc.errors import ConfigError, TransientError
 from cdc.settings import Settings
+
+#: This process's connections say who they are: a session of ours left behind by a network that
+#: went silent can be told apart from another daemon's (see cdc.pipeline.hold_pipeline_lock).
+INSTANCE = f"softcart-sync {socket.gethostname()[:30]}:{os.getpid()}"
 
 
 def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection[tuple[Any, ...]]:
@@ -16,7 +22,7 @@ def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Conne
         return psycopg.connect(
             host=ep.host, port=ep.port, user=ep.user, password=ep.password.get_secret_value() or None,
             dbname=ep.database, connect_timeout=max(1, int(settings.connect_timeout_seconds)),
-            autocommit=autocommit, application_name="softcart-sync",
+            autocommit=autocommit, application_name=INSTANCE,
             # A network that goes silent is an error after about SOFTCART_READ_TIMEOUT_SECONDS, not a hang.
             keepalives=1, keepalives_idle=max(1, int(settings.read_timeout_seconds / 2)), keepalives_interval=2,
             keepalives_count=3, tcp_user_timeout=int(settings.read_timeout_seconds * 1000),

@@ -138,3 +138,19 @@ def warehouse(postgres: PostgresServer, warehouse_db: str) -> Iterator[psycopg.C
     conn = psycopg.connect(postgres.url(warehouse_db), autocommit=True)
     yield conn
     conn.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault-injection suite's figures: every fault test, what it injected, rows compared,
+    rows lost and rows duplicated (both must be 0)."""
+    from tests.helpers import FAULT_FIGURES
+
+    if not FAULT_FIGURES:
+        return
+    tr = terminalreporter
+    tr.section("fault injection: figures")
+    tr.write_line(f"{'test':<58} {'faults injected':<34} {'rows':>8} {'lost':>5} {'dup':>5}")
+    for test, faults, rows, lost, extra in FAULT_FIGURES:
+        tr.write_line(f"{test[:58]:<58} {faults[:34]:<34} {rows:>8} {lost:>5} {extra:>5}")
+    total = [sum(f[i] for f in FAULT_FIGURES) for i in (2, 3, 4)]  # type: ignore[misc]
+    tr.write_line(f"{'total':<58} {len(FAULT_FIGURES):<34} {total[0]:>8} {total[1]:>5} {total[2]:>5}")

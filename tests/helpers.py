@@ -163,6 +163,27 @@ def assert_same(source: pymysql.connections.Connection, staging: psycopg.Connect
     return len(want)
 
 
+#: Figures of the fault-injection tests, printed at the end of the run (conftest's terminal summary).
+FAULT_FIGURES: list[tuple[str, str, int, int, int]] = []
+
+
+def assert_fault_free(test: str, faults: str, source: pymysql.connections.Connection,
+                      staging: psycopg.Connection[Any], database: str, *tables: str) -> None:
+    """Compare source and staging row for row after a fault test, record the figures (faults
+    injected, rows compared, rows lost, rows duplicated or wrong), then require none lost or extra."""
+    rows = lost = extra = 0
+    for name in tables:
+        want = source_rows(source, database, name)
+        got = staging_rows(staging, read_table(source, database, name))
+        rows += len(want)
+        lost += len(set(want) - set(got))
+        extra += len(got) - len(set(got)) + len(set(got) - set(want))
+    FAULT_FIGURES.append((test, faults, rows, lost, extra))
+    assert lost == 0 and extra == 0, f"{test}: {lost} rows lost, {extra} duplicated or wrong of {rows}"
+    for name in tables:
+        assert_same(source, staging, database, name)
+
+
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`softcart-sync ARGS` as a user runs it: our environment without any SOFTCART_* of its own, plus ``env``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SOFTCART_")}

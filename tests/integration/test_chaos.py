@@ -141,6 +141,10 @@ def test_random_faults_under_load_end_with_every_copy_equal(
             lost = len(set(want) - set(got))
             extra = len(set(got) - set(want))
             differences = check_star(settings)
+            from tests.helpers import FAULT_FIGURES
+
+            FAULT_FIGURES.append((f"chaos, {seconds} s", ", ".join(f"{k} {v}" for k, v in faults.items()), len(want),
+                                  lost, extra))
             print(f"\nchaos ({seconds} s): faults injected {dict(faults)}, {load.transactions} source transactions,"
                   f" {len(want)} rows compared, rows lost {lost}, rows duplicated or wrong {extra},"
                   f" star differences {len(differences)}")
