@@ -1,0 +1,325 @@
+"""Every stage of softcart-sync on this machine, next to the seed's batch ETL on the same data.
+
+Private MariaDB and PostgreSQL; data from the project's generator (`generate-data` +
+`setup-source`); the daemon as a subprocess (`python -m cdc run`), as in production. Prints a
+markdown table and a JSON line. First version (see the issue's notes): one run per figure unless
+--runs, no lag chart yet.
+
+    .venv/bin/python -m tests.bench.bench_stages [--rows 1000000] [--changes 500000] [--freshness 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+
+from cdc.localservers import MariaDBServer, PostgresServer
+from loader.star import StarSchema
+from transform.schema import Column, Table
+
+ROOT = Path(__file__).resolve().parents[2]
+SALES = Table("sales_data", (
+    Column("rowid", "int", "int(11)", False), Column("product_id", "int", "int(11)", False),
+    Column("customer_id", "int", "int(11)", False), Column("price", "decimal", "decimal(12,2)", False, 12, 2),
+    Column("quantity", "int", "int(11)", False), Column("timestamp", "timestamp", "timestamp", False, fsp=0),
+), ("rowid",))
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cdc", *args], env={**os.environ, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=3600, check=False)
+
+
+class Daemon:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cdc", "run"], env={**os.environ, **self.env},
+                                         cwd=ROOT, stdout=out, stderr=out)
+
+    def peak_rss_mb(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(120)
+
+
+def source_end(src: pymysql.connections.Connection) -> tuple[str, int]:
+    with src.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        row = cur.fetchone()
+    return str(row[0]), int(row[1])
+
+
+def wait_caught_up(src: pymysql.connections.Connection, stg: psycopg.Connection[Any], timeout: float = 3600) -> float:
+    """Seconds until staging's saved position reaches the source's end (polled every 50 ms)."""
+    started = time.monotonic()
+    target = source_end(src)
+    while time.monotonic() - started < timeout:
+        try:
+            row = stg.execute("SELECT binlog_file, binlog_pos FROM softcart.position").fetchone()
+        except psycopg.errors.UndefinedTable:
+            row = None
+        if row is not None and (row[0], row[1]) >= target:
+            return time.monotonic() - started
+        time.sleep(0.05)  # polling the daemon's progress, with the deadline above
+    raise TimeoutError("the daemon did not catch up")
+
+
+def write_changes(src: pymysql.connections.Connection, n: int, first_new: int, max_id: int,
+                  seed: int) -> dict[str, int]:
+    """n row changes, 70% inserts, 20% updates, 10% deletes, in transactions of 1 to 200 changes."""
+    rnd = random.Random(seed)
+    counts = {"insert": 0, "update": 0, "delete": 0}
+    next_id = first_new
+    done = 0
+    with src.cursor() as cur:
+        while done < n:
+            size = min(n - done, rnd.choice((1, 5, 20, 50, 200)))
+            inserts, updates, deletes = [], [], []
+            for _ in range(size):
+                p = rnd.random()
+                if p < 0.7:
+                    inserts.append((next_id, rnd.randint(1, 500), rnd.randint(1, 10000), rnd.randint(100, 50000) / 100,
+                                    rnd.randint(1, 5)))
+                    next_id += 1
+                elif p < 0.9:
+                    updates.append(rnd.randint(1, max_id))
+                else:
+                    deletes.append(rnd.randint(1, max_id))
+            cur.execute("BEGIN")
+            if inserts:
+                cur.executemany("INSERT INTO sales_data (rowid, product_id, customer_id, price, quantity)"
+                                " VALUES (%s, %s, %s, %s, %s)", inserts)
+            if updates:
+                cur.execute("UPDATE sales_data SET quantity = quantity + 1 WHERE rowid IN %s", (updates,))
+            if deletes:
+                cur.execute("DELETE FROM sales_data WHERE rowid IN %s", (deletes,))
+            cur.execute("COMMIT")
+            counts["insert"] += len(inserts)
+            counts["update"] += len(updates)
+            counts["delete"] += len(deletes)
+            done += size
+    return counts
+
+
+def freshness(src_url: dict[str, Any], stg: psycopg.Connection[Any], wh: psycopg.Connection[Any], rate: int,
+              seconds: float, first_id: int) -> dict[str, list[float]]:
+    """Steady inserts at ``rate`` rows/s; for each, seconds from source commit to visible in staging,
+    in the star schema and in the warehouse."""
+    commits: dict[int, float] = {}
+    seen: dict[str, dict[int, float]] = {"staging": {}, "star": {}, "warehouse": {}}
+    stop = threading.Event()
+
+    def writer() -> None:
+        conn = pymysql.connect(**src_url, autocommit=True)
+        next_id, per_txn = first_id, max(1, rate // 100)
+        started = time.monotonic()
+        with conn.cursor() as cur:
+            while not stop.is_set() and time.monotonic() - started < seconds:
+                rows = [(i, 1, 1, 1.0, 1) for i in range(next_id, next_id + per_txn)]
+                cur.executemany("INSERT INTO sales_data (rowid, product_id, customer_id, price, quantity)"
+                                " VALUES (%s, %s, %s, %s, %s)", rows)
+                now = time.time()
+                for r in rows:
+                    commits[r[0]] = now
+                next_id += per_txn
+                lag = next_id - first_id - rate * (time.monotonic() - started)
+                if lag > 0:
+                    time.sleep(lag / rate)  # pacing the load, not a synchronisation
+        conn.close()
+
+    def watcher() -> None:
+        queries = {"staging": (stg, "SELECT max(rowid) FROM staging.sales_data"),
+                   "star": (stg, "SELECT max(rowid) FROM star.factsales"),
+                   "warehouse": (wh, "SELECT max(rowid) FROM factsales")}
+        last = {k: first_id - 1 for k in queries}
+        while not stop.is_set():
+            for name, (conn, q) in queries.items():
+                top = conn.execute(q).fetchone()[0] or 0  # type: ignore[index]
+                now = time.time()
+                for i in range(last[name] + 1, top + 1):
+                    seen[name][i] = now
+                last[name] = max(last[name], top)
+            time.sleep(0.01)  # sampling visibility every 10 ms
+
+    w = threading.Thread(target=writer)
+    v = threading.Thread(target=watcher, daemon=True)
+    w.start()
+    v.start()
+    w.join()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(seen["warehouse"]) < len(commits):
+        time.sleep(0.1)  # waiting for the last flush, with a deadline
+    stop.set()
+    return {k: [seen[k][i] - commits[i] for i in commits if i in seen[k]] for k in seen}
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+def baseline(src: pymysql.connections.Connection, pg_url: str, since: int) -> tuple[float, int]:
+    """The seed's batch: rows with rowid > since, COPY into PostgreSQL, the star rebuilt from scratch."""
+    started = time.monotonic()
+    n = 0
+    with psycopg.connect(pg_url, autocommit=True) as pg:
+        pg.execute("CREATE SCHEMA IF NOT EXISTS staging")
+        pg.execute("CREATE TABLE IF NOT EXISTS staging.sales_data (rowid integer PRIMARY KEY, product_id integer,"
+                   " customer_id integer, price numeric(12,2), quantity integer, timestamp timestamptz)")
+        with src.cursor(pymysql.cursors.SSCursor) as cur, pg.cursor() as pcur, \
+                pcur.copy("COPY staging.sales_data FROM STDIN") as copy:
+            cur.execute("SELECT rowid, product_id, customer_id, price, quantity, timestamp FROM sales_data"
+                        " WHERE rowid > %s", (since,))
+            for row in cur:
+                copy.write_row(row)
+                n += 1
+        star = StarSchema(SALES, __import__("zoneinfo").ZoneInfo("UTC"))
+        pg.execute("CREATE SCHEMA IF NOT EXISTS softcart")
+        pg.execute("CREATE TABLE IF NOT EXISTS softcart.outbox (id bigserial PRIMARY KEY, tbl text NOT NULL,"
+                   " k1 bigint, k2 bigint)")
+        with pg.transaction():
+            star.rebuild(pg)
+    return time.monotonic() - started, n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--changes", type=int, default=500_000)
+    p.add_argument("--freshness", type=float, default=60.0, help="seconds of steady load")
+    p.add_argument("--rate", type=int, default=5000)
+    args = p.parse_args()
+    import pymysql.cursors
+
+    base = Path(tempfile.mkdtemp(prefix="softcart-bench-"))
+    base.chmod(0o755)
+    maria, pg = MariaDBServer(base / "mariadb"), PostgresServer(base / "pg")
+    maria.start()
+    pg.start()
+    figures: dict[str, Any] = {}
+    daemon: Daemon | None = None
+    try:
+        with psycopg.connect(pg.url(), autocommit=True) as c:
+            c.execute("CREATE DATABASE staging")
+            c.execute("CREATE DATABASE warehouse")
+            c.execute("CREATE DATABASE baseline")
+        env = {"SOFTCART_SOURCE_URL": maria.url(database="sales"), "SOFTCART_STAGING_URL": pg.url("staging"),
+               "SOFTCART_WAREHOUSE_URL": pg.url("warehouse"), "SOFTCART_SPOOL_DIR": str(base / "spool"),
+               "SOFTCART_FLUSH_INTERVAL_SECONDS": "5", "SOFTCART_METRICS_LISTEN": "127.0.0.1:0",
+               "SOFTCART_LOG_LEVEL": "warning"}
+        old, new = base / "OLD.csv", base / "NEW.csv"
+        assert cli(env, "generate-data", str(old), str(new), "--old-rows", str(args.rows),
+                   "--new-rows", "0").returncode == 0
+        loaded = cli(env, "setup-source", str(old), str(new))
+        assert loaded.returncode == 0, loaded.stderr
+        assert cli(env, "warehouse", "init").returncode == 0
+        src = pymysql.connect(host="127.0.0.1", port=maria.port, user="root", database="sales", autocommit=True)
+        stg = psycopg.connect(pg.url("staging"), autocommit=True)
+        wh = psycopg.connect(pg.url("warehouse"), autocommit=True)
+
+        # 1. Initial snapshot.
+        daemon = Daemon(env, base / "daemon.log")
+        daemon.start()
+        seconds = wait_caught_up(src, stg)
+        figures["snapshot_rows_per_s"] = args.rows / seconds
+
+        # 2. Catch-up: changes written while the daemon is stopped.
+        daemon.stop()
+        counts = write_changes(src, args.changes, args.rows + 1, args.rows, seed=3)
+        daemon.start()
+        seconds = wait_caught_up(src, stg)
+        figures["catch_up_changes_per_s"] = args.changes / seconds
+        figures["catch_up_peak_rss_mb"] = daemon.peak_rss_mb()
+        figures["changes"] = counts
+
+        # 4. Warehouse flush: what is pending now, loaded by the daemon's flush thread.
+        started = time.monotonic()
+        while stg.execute("SELECT count(*) FROM softcart.outbox").fetchone() != (0,) or \
+                stg.execute("SELECT count(*) FROM softcart.batch WHERE state <> 'loaded'").fetchone() != (0,):
+            time.sleep(0.1)  # waiting for the flush thread, polled
+        loaded_rows = stg.execute("SELECT COALESCE(sum((rows->>'factsales')::bigint), 0) FROM softcart.batch"
+                                  ).fetchone()[0]  # type: ignore[index]
+        figures["warehouse_flush_rows_per_s"] = float(loaded_rows) / max(time.monotonic() - started, 1e-6)
+
+        # 3. Freshness at a steady rate.
+        top = src.cursor()
+        top.execute("SELECT max(rowid) FROM sales_data")
+        first = int(top.fetchone()[0]) + 1  # type: ignore[index]
+        lat = freshness({"host": "127.0.0.1", "port": maria.port, "user": "root", "database": "sales"}, stg, wh,
+                        args.rate, args.freshness, first)
+        for stage, values in lat.items():
+            figures[f"freshness_{stage}"] = {"p50": pct(values, 50), "p95": pct(values, 95), "p99": pct(values, 99),
+                                             "samples": len(values)}
+
+        # 5. Reconcile of the (identical) copies, next to count(*).
+        started = time.monotonic()
+        rc = cli(env, "reconcile", "--level", "source", "--json")
+        figures["reconcile_seconds"] = time.monotonic() - started
+        figures["reconcile_exit"] = rc.returncode
+        started = time.monotonic()
+        top.execute("SELECT count(*) FROM sales_data")
+        stg.execute("SELECT count(*) FROM staging.sales_data").fetchone()
+        figures["count_seconds"] = time.monotonic() - started
+
+        # 6. A single 1,000,000-row transaction.
+        top.execute("SELECT max(rowid) FROM sales_data")
+        base_id = int(top.fetchone()[0])  # type: ignore[index]
+        top.execute("INSERT INTO sales_data (rowid, product_id, customer_id, price, quantity)"
+                    f" SELECT {base_id} + seq, seq % 500, seq % 9973, 1.00, 1 FROM seq_1_to_1000000")
+        wait_caught_up(src, stg)
+        figures["big_transaction_peak_rss_mb"] = daemon.peak_rss_mb()
+        daemon.stop()
+
+        # 7. The seed's batch ETL on the same data (a fresh database): initial load, then what it
+        # sees of the catch-up changes (inserts only; updates and deletes are invisible to it).
+        seconds, n = baseline(src, pg.url("baseline"), 0)
+        figures["baseline_rows_per_s"] = n / seconds
+        figures["baseline_missed_changes"] = counts["update"] + counts["delete"]
+        src.close()
+        stg.close()
+        wh.close()
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        maria.stop()
+        pg.stop()
+    print("| stage | figure |\n|---|---|")
+    for k, v in figures.items():
+        if isinstance(v, dict) and "p99" in v:
+            print(f"| {k} | p50 {v['p50']:.3f} s, p95 {v['p95']:.3f} s, p99 {v['p99']:.3f} s ({v['samples']} rows) |")
+        elif isinstance(v, float):
+            print(f"| {k} | {v:,.2f} |")
+        else:
+            print(f"| {k} | {v} |")
+    print(json.dumps(figures, default=str))
+    _ = statistics  # (several runs: a later version)
+
+
+if __name__ == "__main__":
+    main()
