@@ -159,6 +159,7 @@ def test_row_postgresql_refuses_is_isolated_and_the_rest_of_the_batch_lands(
 def test_batch_where_every_row_fails_the_same_way_is_fatal_not_dead_letters(
         typed: Settings, source: Conn, staging: PG) -> None:
     from cdc.errors import FatalError
+    from loader.pg import INSTANCE
 
     fatal = pytest.raises(FatalError, match=r"every one of 3 changes to all_types failed the same way .*vc")
     with fatal, running_pipeline(typed):
@@ -168,7 +169,7 @@ def test_batch_where_every_row_fails_the_same_way_is_fatal_not_dead_letters(
         execute(source, "INSERT INTO all_types (id) VALUES (1), (2), (3)")
         source.commit()
         wait_until(lambda: staging.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'softcart-sync'").fetchone() is None,
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (INSTANCE,)).fetchone() is None,
             60, "the daemon to stop on the fatal error")
     assert staging.execute("SELECT count(*) FROM softcart.dead_letter").fetchone() == (0,)
 
