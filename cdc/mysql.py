@@ -91,6 +91,9 @@ def classify(exc: pymysql.err.MySQLError, settings: Settings) -> Exception:
                            "SOFTCART_SOURCE_TLS_CA, or SOFTCART_SOURCE_TLS if the host name differs")
     if code == 1049:
         return ConfigError(f"source {where}: unknown database; fix the database in SOFTCART_SOURCE_URL")
+    if code in (2003, 2005):
+        return TransientError(f"source {where}: can't connect ({message}); check the host and port in "
+                              "SOFTCART_SOURCE_URL and that the server is up")
     if code in _TRANSIENT_CODES:
         return TransientError(f"source {where}: {message} (code {code})")
     return FatalError(f"source {where}: {message} (code {code})")

@@ -40,4 +40,9 @@ def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Conne
                               "(or SOFTCART_STAGING_PASSWORD_FILE)") from None
         if "does not exist" in message:
             raise ConfigError(f"staging {ep.display}: {message}; fix SOFTCART_STAGING_URL") from None
+        full = str(exc)
+        for reason in ("Connection refused", "could not translate host name", "timeout expired", "No route to host"):
+            if reason in full:
+                raise TransientError(f"staging {ep.display}: can't connect ({reason}); check the host and port in "
+                                     "SOFTCART_STAGING_URL and that the server is up") from None
         raise TransientError(f"staging {ep.display}: {message}") from None

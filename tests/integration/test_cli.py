@@ -157,3 +157,25 @@ def test_status_reads_postgresql_with_or_without_the_daemon(settings_env: dict[s
     assert status["snapshot"][0]["table"] == "sales_data" and status["snapshot"][0]["rows"] == 1
     human = cli("status", env=settings_env).stdout
     assert "position       mysql-bin." in human and "fact: 1 open of 1" in human
+
+
+def test_unreachable_hosts_and_missing_privileges_are_one_clear_line_each(
+        settings_env: dict[str, str], source: Conn, mariadb: MariaDBServer) -> None:
+    from cdc.localservers import free_port
+
+    execute(source, "CREATE TABLE sales_data (rowid INT PRIMARY KEY)")
+    closed = free_port()
+    out = cli("check", env={**settings_env,
+                            "SOFTCART_SOURCE_URL": f"mysql://root@127.0.0.1:{closed}/x",
+                            "SOFTCART_STAGING_URL": f"postgresql://postgres@127.0.0.1:{closed}/x"})
+    assert out.returncode == 1
+    assert ("FAIL  connect to the source: " in out.stdout
+            and "check the host and port in SOFTCART_SOURCE_URL" in out.stdout), out.stdout
+    assert "check the host and port in SOFTCART_STAGING_URL" in out.stdout, out.stdout
+    execute(source, "CREATE USER IF NOT EXISTS 'weak'@'%' IDENTIFIED BY 'weak-pw'",
+            f"GRANT SELECT ON `{source.db.decode()}`.* TO 'weak'@'%'")
+    url = settings_env["SOFTCART_SOURCE_URL"].replace("mysql://root@", "mysql://weak:weak-pw@")
+    out = cli("check", env={**settings_env, "SOFTCART_SOURCE_URL": url})
+    assert out.returncode == 1
+    assert "FAIL  privilege REPLICATION SLAVE: GRANT REPLICATION SLAVE ON *.* TO the daemon's user" in out.stdout
+    assert "weak-pw" not in out.stdout + out.stderr
