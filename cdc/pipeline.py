@@ -174,12 +174,11 @@ class Pipeline:
         self.metrics.connected.labels("staging").set(1)
         try:
             hold_pipeline_lock(pg, self.settings.pipeline_name)
-            if (pg.execute("SELECT to_regclass('softcart.position')").fetchone() != (None,)
-                    and load_position(pg, self.settings.pipeline_name) is not None):
-                # Resume with the definitions staging follows: a schema change made while we were
-                # stopped is followed when its statement comes in the stream.
-                followed = load_definitions(pg, self.settings.pipeline_name)
-                tables = {name: followed.get(name, t) for name, t in tables.items()}
+            # Resume with the definitions staging follows (saved with the snapshot's position, so
+            # none before the first snapshot): a schema change made while we were stopped is
+            # followed when its statement comes in the stream.
+            followed = load_definitions(pg, self.settings.pipeline_name)
+            tables = {name: followed.get(name, t) for name, t in tables.items()}
             writer, position = self.open_writer(pg, tables)
             self.metrics.tables_stopped.set(len(writer.stopped))
             for name, reason in writer.stopped.items():

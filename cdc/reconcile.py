@@ -326,7 +326,7 @@ class Reconciler:
                     try:
                         changes = _current_rows(src, table, conv, part)
                         writer.apply(changes)
-                        writer.commit_repair()
+                        writer.commit(None)  # the position stays: the source was read at or past it
                     except BaseException:
                         writer.rollback()
                         raise
@@ -364,7 +364,7 @@ class Reconciler:
             with pg.cursor() as cur:
                 star.repair(cur, [k[0] for _, k in diffs["factsales"]],
                             [(k[0], k[1]) for _, k in diffs["sales_by_day"]], [k[0] for _, k in diffs["dimdate"]])
-            writer.commit_repair()
+            writer.commit(None)  # the position stays: the source was read at or past it
         except BaseException:
             writer.rollback()
             raise

@@ -22,6 +22,7 @@ from cdc.mysql import connect
 from cdc.settings import Settings
 from loader.ddl import META, STAGING, save_definitions
 from loader.staging import StagingWriter
+from transform.fingerprint import Dialect, quote
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
 
@@ -29,7 +30,7 @@ log = structlog.get_logger(__name__)
 
 
 def quote_mysql(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
+    return quote(name, Dialect.MYSQL)
 
 
 def select_list(table: Table) -> str:

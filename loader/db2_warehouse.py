@@ -16,7 +16,7 @@ from cdc.errors import TransientError
 from cdc.settings import Endpoint
 from loader.spool import SpooledBatch
 from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, load_steps
-from transform.fingerprint import Dialect
+from transform.fingerprint import Dialect, quote
 
 DB2_TYPES = {"dateid": "INTEGER", "date": "DATE", "year": "SMALLINT", "quarter": "SMALLINT",
              "quartername": "VARCHAR(2)", "month": "SMALLINT", "monthname": "VARCHAR(9)", "day": "SMALLINT",
@@ -30,7 +30,7 @@ _REJECT_CLASSES = ("22", "23")
 
 def q(name: str) -> str:
     """A DB2 delimited identifier (upper-case, as DB2 folds ordinary ones)."""
-    return '"' + name.upper().replace('"', '""') + '"'
+    return quote(name, Dialect.DB2)
 
 
 def connection_string(ep: Endpoint, timeout: int, extra: str = "") -> str:

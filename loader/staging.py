@@ -147,12 +147,15 @@ class StagingWriter:
             if not self.conn.closed:
                 self.conn.execute("ROLLBACK")
 
-    def commit(self, position: Position, event_time: float | None) -> None:
-        """Save the position and the dead letters with the rows they cover, then commit."""
+    def commit(self, position: Position | None, event_time: float | None = None) -> None:
+        """Save the position and the dead letters with the rows they cover, then commit. Without a
+        position (a reconcile repair: it read the source at or past the saved one) the position
+        stays as it is and the dead letters say where they came from."""
         self.begin()
         with self.conn.cursor() as cur:
-            self._save_dead_letters(cur, str(position))
-            save_position(cur, self.pipeline, position, event_time)
+            self._save_dead_letters(cur, str(position) if position is not None else "reconcile")
+            if position is not None:
+                save_position(cur, self.pipeline, position, event_time)
         assert self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         self.conn.execute("COMMIT")
         self.star_rows_changed += self._star_pending
@@ -171,17 +174,6 @@ class StagingWriter:
             log.warning("row_dead_lettered", table=d.table, key=d.key, reason=d.reason, kind=d.kind,
                         position=position)
             self.dead_letters[d.kind] = self.dead_letters.get(d.kind, 0) + 1
-
-    def commit_repair(self) -> None:
-        """Commit a reconcile repair: rows, star deltas, outbox and dead letters, position untouched
-        (the repair read the source at or past it)."""
-        with self.conn.cursor() as cur:
-            self._save_dead_letters(cur, "reconcile")
-        self.conn.execute("COMMIT")
-        self.star_rows_changed += self._star_pending
-        self._star_pending = 0
-        self._open = False
-        self._dead.clear()
 
     # Applying ---------------------------------------------------------------------------------
 
