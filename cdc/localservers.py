@@ -205,7 +205,15 @@ class PostgresServer:
             )
         finally:
             log.close()
+        started = time.monotonic()
         _wait_port(self.port, self.proc, self.log, timeout_s)
+        # Listening is not accepting: until recovery ends, connections get "the database system is
+        # starting up".
+        while subprocess.run([self._bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                             check=False).returncode != 0:
+            if time.monotonic() - started > timeout_s:
+                raise FatalError(f"PostgreSQL did not accept connections within {timeout_s}s; see {self.log}")
+            time.sleep(0.05)  # polling readiness, with the deadline above
 
     def stop(self, sig: int = signal.SIGINT, timeout_s: float = 60.0) -> None:
         """SIGINT is PostgreSQL's fast shutdown."""

@@ -241,6 +241,9 @@ class StagingWriter:
                     sql.Identifier(dl), _ident_list(table.primary_key))) as copy:
                 for key in net.deletes:
                     copy.write_row(key)
+            # A temporary table has no statistics: without them the planner joins it to the whole
+            # staging table by a sequential scan (85 ms a batch at 100,000 rows, growing with it).
+            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(dl)))
             cur.execute(delete_sql(table, dl))
         if net.upserts:
             cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(up)))
