@@ -95,7 +95,8 @@ ADD_AGGREGATES = sql.SQL(
     " quantity_total = s.quantity_total + EXCLUDED.quantity_total,"
     " amount_total = s.amount_total + EXCLUDED.amount_total").format(sql.Identifier(STAR), _ids(AGG_COLS))
 DROP_EMPTY_AGGREGATES = sql.SQL(
-    "DELETE FROM {}.sales_by_day WHERE dateid = ANY(%s::integer[]) AND sales_count = 0").format(sql.Identifier(STAR))
+    "DELETE FROM {}.sales_by_day WHERE (dateid, product_id) IN (SELECT * FROM unnest(%s::integer[], %s::bigint[]))"
+    " AND sales_count = 0").format(sql.Identifier(STAR))
 DROP_UNUSED_DATES = sql.SQL(
     "DELETE FROM {0}.dimdate d WHERE d.dateid = ANY(%s::integer[])"
     " AND NOT EXISTS (SELECT 1 FROM {0}.sales_by_day s WHERE s.dateid = d.dateid)").format(sql.Identifier(STAR))
@@ -194,9 +195,11 @@ class StarSchema:
             cur.execute(UPSERT_FACTS)
         if delta.aggregates:
             cur.execute(ADD_AGGREGATES)
-            touched = list(delta.touched_dateids)
-            cur.execute(DROP_EMPTY_AGGREGATES, (touched,))
-            cur.execute(DROP_UNUSED_DATES, (touched,))
+        if shrunk := delta.shrinking:
+            # Only an aggregate that lost sales can be empty now, and only its date unused: looking
+            # at every touched date instead scanned each one's products (13 ms a batch).
+            cur.execute(DROP_EMPTY_AGGREGATES, ([k[0] for k in shrunk], [k[1] for k in shrunk]))
+            cur.execute(DROP_UNUSED_DATES, (sorted({k[0] for k in shrunk}),))
         if delta.settled and self._open_fact_dead_letters(cur):
             cur.execute(RESOLVE_DEAD_LETTERS, (self.table.name, [f"[{r}]" for r in delta.settled]))
         if delta.fact_upserts or deleted or delta.aggregates:

@@ -154,8 +154,10 @@ class StarDelta:
     settled: set[int] = field(default_factory=set)  # rowids whose fact dead letters are resolved
 
     @property
-    def touched_dateids(self) -> set[int]:
-        return {k[0] for k in self.aggregates}
+    def shrinking(self) -> list[tuple[int, int]]:
+        """The aggregate keys that lose sales: the only ones that can become empty (and leave their
+        date unused), so the only ones worth looking at for removal."""
+        return [k for k, a in self.aggregates.items() if a.sales < 0]
 
 
 def try_fact(values: tuple[Any, ...] | None, zone: ZoneInfo) -> tuple[Fact | None, str | None]:

@@ -94,9 +94,11 @@ def test_applying_deltas_batch_by_batch_equals_a_rebuild(batches: list[list[tupl
             cur[0] += a.sales
             cur[1] += a.quantity
             cur[2] += a.amount
-            if cur[0] == 0:
+        # as loader.star applies it: only shrinking aggregates are looked at for removal
+        for k in delta.shrinking:
+            if aggs[k][0] == 0:
                 del aggs[k]
-        for dateid in delta.touched_dateids:
+        for dateid in {k[0] for k in delta.shrinking}:
             if not any(k[0] == dateid for k in aggs):
                 dates.pop(dateid, None)
         assert not (set(delta.invalid) & set(delta.fact_upserts))
