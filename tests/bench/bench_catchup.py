@@ -1,0 +1,194 @@
+"""Catch-up only, repeated: where the daemon's time goes when it applies a backlog.
+
+Sets up once (private servers, ``--rows`` rows snapshotted, the daemon stopped, ``--changes`` row
+changes written), keeps staging as it was before the changes as a template database, and then, for
+each run, restores staging from the template and times the daemon through the backlog. With
+``--profile`` the last run is sampled by py-spy (``pip install py-spy``) and the hottest functions
+are printed per thread.
+
+    .venv/bin/python -m tests.bench.bench_catchup [--rows 200000] [--changes 200000] [--runs 3] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+
+from cdc.localservers import MariaDBServer, PostgresServer
+from tests.bench.bench_stages import Daemon, cli, wait_caught_up, write_changes
+
+
+def decode_only(env: dict[str, str], pg_url: str) -> tuple[int, float]:
+    """The binlog source alone (no writer) from staging's saved position to the source's end:
+    changes decoded and seconds."""
+    import os
+    import threading
+
+    from cdc import mysql
+    from cdc.model import TxnChunk
+    from cdc.pipeline import Pipeline
+    from cdc.settings import load_settings
+    from cdc.source import BinlogSource
+    from loader.staging import load_position
+
+    os.environ.update(env)
+    settings = load_settings()
+    tables, flavor = Pipeline(settings).prepare()
+    with psycopg.connect(pg_url) as c:
+        start = load_position(c, settings.pipeline_name)
+    assert start is not None
+    conn = mysql.connect(settings)
+    end = mysql.binary_logs(conn)[-1]
+    conn.close()
+    n = 0
+    stop = threading.Event()
+    started = time.monotonic()
+    for item in BinlogSource(settings, tables, flavor, start).chunks(stop):
+        if isinstance(item, TxnChunk):
+            n += len(item.changes)
+            if item.commit is not None and (item.commit.file, item.commit.pos) >= end:
+                break
+    return n, time.monotonic() - started
+
+
+def restore(admin: psycopg.Connection[Any]) -> None:
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'staging'")
+    admin.execute("DROP DATABASE IF EXISTS staging")
+    admin.execute("CREATE DATABASE staging TEMPLATE staging_before")
+
+
+def profile_summary(raw: Path, top: int = 25) -> str:
+    """py-spy's raw (collapsed) stacks -> per thread: samples, and the functions with the most self
+    and inclusive samples."""
+    self_: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    incl: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    totals: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        thread, frames = frames[0], frames[1:]
+        n = int(count)
+        totals[thread] += n
+        if frames:
+            self_[thread][frames[-1]] += n
+        for f in set(frames):
+            incl[thread][f] += n
+    out = []
+    for thread, n in totals.most_common():
+        if n < sum(totals.values()) * 0.02:
+            continue
+        out.append(f"\n## {thread}: {n} samples")
+        out.append("self:")
+        out += [f"  {c / n:6.1%}  {f}" for f, c in self_[thread].most_common(top)]
+        out.append("inclusive:")
+        out += [f"  {c / n:6.1%}  {f}" for f, c in incl[thread].most_common(top)]
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--changes", type=int, default=200_000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--profile", action="store_true", help="sample the last run with py-spy")
+    p.add_argument("--decode-only", action="store_true", help="measure the binlog source alone, then stop")
+    p.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for the daemon")
+    args = p.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="softcart-catchup-"))
+    base.chmod(0o755)
+    maria = MariaDBServer(base / "mariadb")
+    pg = PostgresServer(base / "pg", settings=("shared_preload_libraries=pg_stat_statements",) if args.profile else ())
+    maria.start()
+    pg.start()
+    try:
+        admin = psycopg.connect(pg.url(), autocommit=True)
+        admin.execute("CREATE DATABASE staging")
+        admin.execute("CREATE DATABASE warehouse")
+        env = {"SOFTCART_SOURCE_URL": maria.url(database="sales"), "SOFTCART_STAGING_URL": pg.url("staging"),
+               "SOFTCART_WAREHOUSE_URL": pg.url("warehouse"), "SOFTCART_SPOOL_DIR": str(base / "spool"),
+               "SOFTCART_FLUSH_INTERVAL_SECONDS": "5",
+               "SOFTCART_METRICS_LISTEN": "127.0.0.1:0", "SOFTCART_LOG_LEVEL": "warning",
+               **dict(e.split("=", 1) for e in args.env)}
+        old, new = base / "OLD.csv", base / "NEW.csv"
+        assert cli(env, "generate-data", str(old), str(new), "--old-rows", str(args.rows),
+                   "--new-rows", "0").returncode == 0
+        loaded = cli(env, "setup-source", str(old), str(new))
+        assert loaded.returncode == 0, loaded.stderr
+        assert cli(env, "warehouse", "init").returncode == 0
+        src = pymysql.connect(host="127.0.0.1", port=maria.port, user="root", database="sales", autocommit=True)
+        stg = psycopg.connect(pg.url("staging"), autocommit=True)
+        daemon = Daemon(env, base / "daemon.log")
+        daemon.start()
+        wait_caught_up(src, stg)
+        daemon.stop()
+        stg.close()
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'staging'")
+        admin.execute("CREATE DATABASE staging_before TEMPLATE staging")
+        counts = write_changes(src, args.changes, args.rows + 1, args.rows, seed=3)
+        restore(admin)
+        if args.profile:
+            import cProfile
+            import pstats
+            prof = cProfile.Profile()
+            n, seconds = prof.runcall(decode_only, env, pg.url("staging"))
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        n, seconds = decode_only(env, pg.url("staging"))
+        print(f"binlog source alone: {n} changes in {seconds:.2f} s, {n / seconds:,.0f} changes/s", flush=True)
+        rates = []
+        if args.decode_only:
+            return
+        for run in range(args.runs):
+            restore(admin)
+            stg = psycopg.connect(pg.url("staging"), autocommit=True)
+            daemon = Daemon(env, base / "daemon.log")
+            daemon.start()
+            spy = None
+            if args.profile and run == args.runs - 1:
+                stg.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                stg.execute("SELECT pg_stat_statements_reset()")
+                exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+                assert daemon.proc is not None
+                spy = subprocess.Popen([exe, "record", "--pid", str(daemon.proc.pid),
+                                        "--format", "raw", "--threads", "--rate", "200", "-o", str(base / "raw.txt")],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            seconds = wait_caught_up(src, stg)
+            if spy is not None:
+                spy.send_signal(2)
+                spy.wait(60)
+            rss = daemon.peak_rss_mb()
+            if spy is not None:
+                statements = stg.execute(
+                    "SELECT round(total_exec_time::numeric / 1000, 2), calls, rows, left(regexp_replace(query,"
+                    " '\\s+', ' ', 'g'), 150) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15"
+                ).fetchall()
+            daemon.stop()
+            stg.close()
+            rates.append(args.changes / seconds)
+            print(f"run {run + 1}: {seconds:.2f} s, {args.changes / seconds:,.0f} changes/s, peak RSS {rss:.0f} MB",
+                  flush=True)
+        print(json.dumps({"changes": counts, "runs": rates, "median": statistics.median(rates)}))
+        if args.profile:
+            print(profile_summary(base / "raw.txt"))
+            print("\n## PostgreSQL statements (seconds, calls, rows, statement)")
+            for row in statements:
+                print("  ", *row)
+    finally:
+        maria.stop()
+        pg.stop()
+        time.sleep(0)
+
+
+if __name__ == "__main__":
+    main()
