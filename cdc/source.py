@@ -6,6 +6,7 @@ transaction's size; only a transaction's last chunk carries its restart position
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from pymysqlreplication.event import (
     RotateEvent,
     XidEvent,
 )
-from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+from pymysqlreplication.row_event import DeleteRowsEvent, RowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 from cdc import binlog_fixes
 from cdc.errors import FatalError, TransientError
@@ -31,6 +32,7 @@ from cdc.model import Heartbeat, Op, Position, RowChange, SchemaChange, TxnChunk
 from cdc.mysql import classify, connect, connection_settings, read_table, report_name
 from cdc.settings import Settings
 from transform.ddl import statement_kind, tables_named
+from transform.rowcodec import BinlogColumn, RowsDecoder, compile_decoder
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
 
@@ -45,8 +47,11 @@ _EVENTS = [GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent, RotateEvent, Heart
 class BinlogSource:
     """Reads whole transactions from ``start`` on, for the configured tables only."""
 
-    def __init__(self, settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position) -> None:
+    def __init__(self, settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position,
+                 fast_decode: bool = True) -> None:
         self._settings = settings
+        self._fast_decode = fast_decode  # False: every row through the library (tests compare both)
+        self._decoders: dict[tuple[str, int, tuple[Any, ...]], tuple[Table, RowsDecoder | None]] = {}
         self._tables = dict(tables)  # ours: a schema change updates it before the writer has caught up
         self._converters = {name: RowConverter(t) for name, t in tables.items()}
         self._flavor = flavor
@@ -162,6 +167,11 @@ class BinlogSource:
         conv = self._converters.get(table)
         if conv is None:
             raise FatalError(f"binlog row event for unexpected table {event.schema}.{table}")
+        decoder = self._decoder(event) if self._fast_decode else None
+        if decoder is not None:
+            body = event.packet.read(event.event_size - event.packet.read_bytes)
+            self._decoded(table, event, decoder(body), out)
+            return
         for row in event.rows:
             if isinstance(event, WriteRowsEvent):
                 out.append(_change(conv, table, Op.INSERT, None, (row["values"], row["none_sources"])))
@@ -171,6 +181,77 @@ class BinlogSource:
                 out.append(_change(conv, table, Op.UPDATE,
                                    (row["before_values"], row["before_none_sources"]),
                                    (row["after_values"], row["after_none_sources"])))
+
+
+    def _decoder(self, event: Any) -> RowsDecoder | None:
+        """The compiled decoder for this event's table map (made on first sight), or None when the
+        library must decode it: a type we don't compile, a partial row image, an unknown charset."""
+        if event.event_type not in _ROW_EVENT_TYPES or not event.complete:
+            return None
+        full = (1 << event.number_of_columns) - 1
+        if int.from_bytes(event.columns_present_bitmap, "little") != full or (
+                isinstance(event, UpdateRowsEvent) and int.from_bytes(event.columns_present_bitmap2, "little") != full):
+            return None
+        table = self._tables[event.table]
+        signature = tuple(_signature(c) for c in event.columns)
+        key = (event.table, event.table_id, signature)
+        cached = self._decoders.get(key)
+        if cached is None or cached[0] is not table:
+            decoder = compile_decoder(table, [_binlog_column(c) for c in event.columns])
+            cached = self._decoders[key] = (table, decoder)
+        return cached[1]
+
+    def _decoded(self, name: str, event: Any, rows: list[tuple[tuple[Any, ...], str | None]],
+                 out: list[RowChange]) -> None:
+        table = self._tables[name]
+        if isinstance(event, UpdateRowsEvent):
+            for i in range(0, len(rows), 2):
+                (before, e1), (after, e2) = rows[i], rows[i + 1]
+                if e1 or e2:
+                    out.append(_bad(table, Op.UPDATE, str(e1 or e2), after, before))
+                else:
+                    out.append(RowChange(name, Op.UPDATE, before, after))
+            return
+        op = Op.INSERT if isinstance(event, WriteRowsEvent) else Op.DELETE
+        for row, err in rows:
+            if err:
+                out.append(_bad(table, op, err, row, None))
+            elif op is Op.INSERT:
+                out.append(RowChange(name, op, None, row))
+            else:
+                out.append(RowChange(name, op, row, None))
+
+
+#: WRITE/UPDATE/DELETE_ROWS_EVENT v1 (MariaDB) and v2 (MySQL); not MySQL's partial JSON updates.
+_ROW_EVENT_TYPES = frozenset({23, 24, 25, 30, 31, 32})
+
+
+def _signature(c: Any) -> tuple[Any, ...]:
+    return (c.type, c.unsigned, getattr(c, "max_length", 0), getattr(c, "length_size", 0),
+            getattr(c, "precision", 0), getattr(c, "decimals", 0), getattr(c, "fsp", 0), c.character_set_name)
+
+
+def _binlog_column(c: Any) -> BinlogColumn:
+    """The library's table-map column as ours; the encoding is empty for a charset Python has no
+    codec for (BLOB's "binary"; a text column in one keeps the library path)."""
+    encoding = "utf-8"  # the library's choice too when the table map names no charset
+    if c.character_set_name is not None:
+        encoding = RowsEvent.charset_to_encoding(c.character_set_name)
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            encoding = ""
+    return BinlogColumn(type=c.type, unsigned=bool(c.unsigned), max_length=getattr(c, "max_length", 0) or 0,
+                        length_size=getattr(c, "length_size", 0) or 0, precision=getattr(c, "precision", 0) or 0,
+                        decimals=getattr(c, "decimals", 0) or 0, fsp=getattr(c, "fsp", 0) or 0, encoding=encoding)
+
+
+def _bad(table: Table, op: Op, reason: str, row: tuple[Any, ...], before: tuple[Any, ...] | None) -> RowChange:
+    """A row change whose values staging can't hold: dead-lettered with the reason and its key."""
+    raw = dict(zip(table.column_names, row, strict=True))
+    key_row = before if before is not None else row
+    key = tuple(key_row[i] for i in table.key_indexes())
+    return RowChange(table.name, op, None, None, error=reason, raw=repr(raw)[:10000], key=key)
 
 
 def _query_text(event: Any) -> str:
