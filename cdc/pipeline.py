@@ -1,4 +1,4 @@
-"""Wires the stages: binlog reader thread -> bounded queue -> staging writer thread, supervised.
+"""Wires the stages: binlog reader process -> bounded queue -> staging writer thread, supervised.
 
 The supervisor (the caller's thread) restarts both stages from the position saved in PostgreSQL
 after a transient failure, with capped exponential backoff; a fatal failure ends ``run`` with the
@@ -24,13 +24,13 @@ import structlog
 from cdc import mysql
 from cdc.check import refuse_unready_source
 from cdc.errors import ConfigError, FatalError, SoftcartError, TransientError
+from cdc.feed import SourceFeed
 from cdc.flavor import Flavor
 from cdc.metrics import Metrics
 from cdc.model import Heartbeat, Position, RowChange, SchemaChange, TxnChunk
 from cdc.positions import unavailable
 from cdc.settings import Settings
 from cdc.snapshot import quote_mysql, select_list, take_snapshot
-from cdc.source import BinlogSource
 from loader.ddl import ensure_schema, load_definitions
 from loader.pg import INSTANCE, pg_connect
 from loader.staging import StagingWriter, load_position
@@ -268,38 +268,20 @@ class Pipeline:
 
     def _stream(self, stop: threading.Event, tables: dict[str, Table], flavor: Flavor,
                 writer: StagingWriter, position: Position) -> None:
-        q: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_chunks)
         inner = threading.Event()
         errors: list[BaseException] = []
-        source = BinlogSource(self.settings, tables, flavor, position)
-
-        def reader() -> None:
-            structlog.contextvars.bind_contextvars(position=str(position))
-            try:
-                for item in source.chunks(inner):
-                    while not inner.is_set():
-                        try:
-                            q.put(item, timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
-                    if inner.is_set():
-                        return
-            except BaseException as exc:  # noqa: BLE001 - handed to the supervisor
-                errors.append(exc)
-            finally:
-                inner.set()
+        feed = SourceFeed(self.settings, tables, flavor, position)  # decoding on a core of its own
 
         def writer_loop() -> None:
             structlog.contextvars.bind_contextvars(position=str(position))
             try:
-                self._write(inner, q, writer)
+                self._write(inner, feed, writer)
             except BaseException as exc:  # noqa: BLE001 - handed to the supervisor
                 errors.append(exc)
                 inner.set()
 
-        threads = [threading.Thread(target=reader, name="binlog-reader", daemon=True),
-                   threading.Thread(target=writer_loop, name="staging-writer", daemon=True)]
+        feed.start()
+        threads = [threading.Thread(target=writer_loop, name="staging-writer", daemon=True)]
         for t in threads:
             t.start()
         self.state.streaming = True
@@ -311,7 +293,12 @@ class Pipeline:
             while not inner.is_set():
                 if stop.wait(0.2):
                     break
-                self.metrics.queue_depth.set(q.qsize())
+                if not feed.alive() and not inner.is_set():
+                    inner.wait(1.0)  # the writer takes the reader's last items and its error first
+                    if not errors:
+                        errors.append(TransientError("the binlog reader process exited unexpectedly"))
+                    break
+                self.metrics.queue_depth.set(feed.qsize())
                 self._guard_writer(writer)
                 self.metrics.lag_seconds.set(self.state.lag_seconds(time.time(), self.settings.heartbeat_seconds))
                 if self.state.position is not None:
@@ -320,7 +307,7 @@ class Pipeline:
                         self.metrics.lag_bytes.set(self.state.lag_bytes)
         finally:
             inner.set()
-            source.close()
+            feed.close()
             lag_probe.close()
             for t in threads:
                 t.join(self.settings.shutdown_timeout_seconds)
@@ -331,7 +318,7 @@ class Pipeline:
 
     # Writer --------------------------------------------------------------------------------------
 
-    def _write(self, stop: threading.Event, q: queue.Queue[Any], writer: StagingWriter) -> None:
+    def _write(self, stop: threading.Event, q: SourceFeed, writer: StagingWriter) -> None:
         s = self.settings
         buffer: list[RowChange] = []
         batch_rows = 0

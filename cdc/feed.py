@@ -1,0 +1,193 @@
+"""The binlog source in a process of its own, so decoding runs on one core and the writer on another.
+
+Python runs one thread at a time per process: with the reader as a thread, decoding and the
+writer's work (net changes, star deltas, COPY) took turns. The child process runs
+:class:`cdc.source.BinlogSource` and hands items back through a bounded queue:
+
+- a reader thread puts each item in a local buffer (bounded in rows: it waits while the buffer
+  holds ``capacity_rows``), a sender thread ships whatever has gathered as one message. While the
+  writer is busy, messages grow, so a backlog crosses the process boundary in few, large pickles;
+  when it keeps up, an item goes alone and at once.
+- an error in the child (source lost, fatal) arrives as a message and is raised by :meth:`get`,
+  after every item read before it.
+- the child dies with the parent (``PR_SET_PDEATHSIG``): a SIGKILLed daemon leaves no reader
+  holding its replica slot.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import multiprocessing
+import multiprocessing.synchronize
+import os
+import queue
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from cdc.errors import TransientError
+from cdc.flavor import Flavor
+from cdc.model import Heartbeat, Position, SchemaChange, TxnChunk
+from cdc.settings import Settings
+from transform.schema import Table
+
+log = structlog.get_logger(__name__)
+
+Item = TxnChunk | Heartbeat | SchemaChange
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+class SourceFeed:
+    """Items of the binlog source, read in a child process, in order (``get``, ``empty``)."""
+
+    def __init__(self, settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded daemon
+        self._messages: multiprocessing.Queue[list[Item] | _Failed] = ctx.Queue(maxsize=settings.queue_chunks)
+        self._stop = ctx.Event()
+        self._local: collections.deque[Item] = collections.deque()
+        self._failed: BaseException | None = None
+        self._proc = ctx.Process(
+            target=_child, name="softcart-sync binlog reader", daemon=True,
+            args=(settings, tables, flavor, start, self._messages, self._stop,
+                  settings.chunk_rows * settings.queue_chunks))
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def get(self, timeout: float) -> Item:
+        """The next item; ``queue.Empty`` after ``timeout`` seconds without one; the child's error
+        once every item before it was taken."""
+        if not self._local:
+            if self._failed is not None:
+                raise self._failed
+            message = self._messages.get(timeout=timeout)
+            if isinstance(message, _Failed):
+                self._failed = message.error
+                raise message.error
+            self._local.extend(message)
+        return self._local.popleft()
+
+    def empty(self) -> bool:
+        return not self._local and self._messages.empty()
+
+    def qsize(self) -> int:
+        """Items waiting here plus messages waiting in the pipe (each one or more items)."""
+        with contextlib.suppress(NotImplementedError):
+            return len(self._local) + self._messages.qsize()
+        return len(self._local)
+
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the child: it holds no state worth keeping (positions are the writer's)."""
+        self._stop.set()
+        if self._proc.pid is None:
+            return
+        self._proc.join(min(timeout, 0.5))
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout)
+        self._messages.cancel_join_thread()  # what the child left in the pipe is of no use now
+        self._messages.close()
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position,
+           messages: multiprocessing.Queue[list[Item] | _Failed], stop: multiprocessing.synchronize.Event,
+           capacity_rows: int) -> None:
+    _die_with_parent()
+    if os.getppid() == 1:  # the parent died before the line above
+        return
+    from cdc import logs
+    from cdc.source import BinlogSource
+
+    logs.configure(settings.log_level, settings.log_format)
+    structlog.contextvars.bind_contextvars(position=str(start), process="binlog-reader")
+    buffer: collections.deque[Item] = collections.deque()
+    cond = threading.Condition()
+    state: dict[str, Any] = {"rows": 0, "done": False, "error": None}
+    local_stop = threading.Event()
+
+    def sender() -> None:
+        while True:
+            with cond:
+                while not buffer and not state["done"]:
+                    cond.wait(0.5)
+                    if stop.is_set():
+                        local_stop.set()
+                        return
+                batch = list(buffer)
+                buffer.clear()
+                state["rows"] = 0
+                cond.notify_all()
+            if batch and not _put(messages, batch, stop):
+                local_stop.set()
+                return
+            if not batch and state["done"]:
+                if state["error"] is not None:
+                    _put(messages, _Failed(state["error"]), stop)
+                return
+
+    ship = threading.Thread(target=sender, name="binlog-sender", daemon=True)
+    ship.start()
+    source = BinlogSource(settings, tables, flavor, start)
+    try:
+        for item in source.chunks(local_stop):
+            with cond:
+                while state["rows"] >= capacity_rows and not local_stop.is_set():
+                    cond.wait(0.5)
+                    if stop.is_set():
+                        local_stop.set()
+                buffer.append(item)
+                state["rows"] += item.rows if isinstance(item, TxnChunk) else 1
+                cond.notify_all()
+            if stop.is_set() or local_stop.is_set():
+                break
+    except BaseException as exc:  # noqa: BLE001 - handed to the parent
+        state["error"] = exc if _picklable(exc) else TransientError(f"binlog reader failed: {exc}")
+    finally:
+        with cond:
+            state["done"] = True
+            cond.notify_all()
+        ship.join()
+        source.close()
+
+
+def _put(messages: multiprocessing.Queue[list[Item] | _Failed], message: list[Item] | _Failed,
+         stop: multiprocessing.synchronize.Event) -> bool:
+    while not stop.is_set():
+        try:
+            messages.put(message, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _picklable(exc: BaseException) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own object, round-tripped
+    except Exception:  # noqa: BLE001 - any failure means: send a plain error instead
+        return False
+    return True
