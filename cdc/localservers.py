@@ -221,26 +221,44 @@ class PostgresServer:
         self.proc = None
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and its backends together (they share its process group), and
-        wait until none is left: a backend still attached to the old shared memory makes the next
-        start refuse ("pre-existing shared memory block is still in use")."""
+        """SIGKILL the postmaster and all its backends, and wait until none is left: a backend
+        still attached to the old shared memory makes the next start refuse ("pre-existing shared
+        memory block is still in use"). Backends call setsid(), so the postmaster's process group
+        holds only the postmaster: they are found as its children."""
         if self.proc is not None:
-            pgid = self.proc.pid
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
+            pid = self.proc.pid
+            victims = {pid}
+            for _ in range(3):  # the postmaster may fork between a look and the kill
+                victims |= _children(pid)
+                for v in victims:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(v, signal.SIGKILL)
             self.stop(signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _group_alive(pgid):
-                time.sleep(0.02)  # waiting for the kernel to reap the backends, with a deadline
+            while time.monotonic() < deadline and any(_running(v) for v in victims):
+                time.sleep(0.02)  # waiting for the kernel to end the backends, with a deadline
 
 
-def _group_alive(pgid: int) -> bool:
-    """Any process of group ``pgid`` still running (zombies don't count: they hold no memory)?"""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state, ppid, pgrp, ...), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _children(ppid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _proc_stat(int(entry.name))
+        if fields is not None and int(fields[1]) == ppid:
+            out.add(int(entry.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds no memory)."""
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
