@@ -160,8 +160,8 @@ def main() -> None:
                 stg.execute("SELECT pg_stat_statements_reset()")
                 exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
                 assert daemon.proc is not None
-                spy = subprocess.Popen([exe, "record", "--pid", str(daemon.proc.pid),
-                                        "--format", "raw", "--threads", "--rate", "200", "-o", str(base / "raw.txt")],
+                spy = subprocess.Popen([exe, "record", "--pid", str(daemon.proc.pid), "--format", "raw", "--threads",
+                                        "--subprocesses", "--rate", "200", "-o", str(base / "raw.txt")],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             seconds = wait_caught_up(src, stg)
             if spy is not None:

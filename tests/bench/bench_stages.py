@@ -1,11 +1,13 @@
 """Every stage of softcart-sync on this machine, next to the seed's batch ETL on the same data.
 
 Private MariaDB and PostgreSQL; data from the project's generator (`generate-data` +
-`setup-source`); the daemon as a subprocess (`python -m cdc run`), as in production. Prints a
-markdown table and a JSON line. First version (see the issue's notes): one run per figure unless
---runs, no lag chart yet.
+`setup-source`); the daemon as a subprocess (`python -m cdc run`), as in production. Each run
+starts from fresh servers; prints a markdown table (median of the runs, and their spread) and a
+JSON line (every run's figures), and writes a PNG chart of the lag during the freshness stage
+(needs matplotlib, a dev dependency).
 
     .venv/bin/python -m tests.bench.bench_stages [--rows 1000000] [--changes 500000] [--freshness 60]
+        [--runs 3] [--chart lag.png]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import psycopg
 import pymysql
+import pymysql.cursors
 
 from cdc.localservers import MariaDBServer, PostgresServer
 from loader.star import StarSchema
@@ -54,11 +57,20 @@ class Daemon:
                                          cwd=ROOT, stdout=out, stderr=out)
 
     def peak_rss_mb(self) -> float:
+        """Peak RSS of the daemon plus its binlog reader process (the sum of both peaks)."""
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        pids = [self.proc.pid]
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        total = 0.0
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            total += sum(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+        return total
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -126,9 +138,9 @@ def write_changes(src: pymysql.connections.Connection, n: int, first_new: int, m
 
 
 def freshness(src_url: dict[str, Any], stg: psycopg.Connection[Any], wh: psycopg.Connection[Any], rate: int,
-              seconds: float, first_id: int) -> dict[str, list[float]]:
-    """Steady inserts at ``rate`` rows/s; for each, seconds from source commit to visible in staging,
-    in the star schema and in the warehouse."""
+              seconds: float, first_id: int) -> dict[str, list[tuple[float, float]]]:
+    """Steady inserts at ``rate`` rows/s; for each, (seconds since the first commit, seconds from
+    its source commit to visible) in staging, in the star schema and in the warehouse."""
     commits: dict[int, float] = {}
     seen: dict[str, dict[int, float]] = {"staging": {}, "star": {}, "warehouse": {}}
     stop = threading.Event()
@@ -174,7 +186,8 @@ def freshness(src_url: dict[str, Any], stg: psycopg.Connection[Any], wh: psycopg
     while time.monotonic() < deadline and len(seen["warehouse"]) < len(commits):
         time.sleep(0.1)  # waiting for the last flush, with a deadline
     stop.set()
-    return {k: [seen[k][i] - commits[i] for i in commits if i in seen[k]] for k in seen}
+    t0 = min(commits.values(), default=0.0)
+    return {k: [(commits[i] - t0, seen[k][i] - commits[i]) for i in commits if i in seen[k]] for k in seen}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -208,15 +221,8 @@ def baseline(src: pymysql.connections.Connection, pg_url: str, since: int) -> tu
     return time.monotonic() - started, n
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--changes", type=int, default=500_000)
-    p.add_argument("--freshness", type=float, default=60.0, help="seconds of steady load")
-    p.add_argument("--rate", type=int, default=5000)
-    args = p.parse_args()
-    import pymysql.cursors
-
+def one_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[tuple[float, float]]]]:
+    """Every stage once, on fresh servers: (figures, the freshness stage's lag samples)."""
     base = Path(tempfile.mkdtemp(prefix="softcart-bench-"))
     base.chmod(0o755)
     maria, pg = MariaDBServer(base / "mariadb"), PostgresServer(base / "pg")
@@ -264,9 +270,11 @@ def main() -> None:
         first = int(top.fetchone()[0]) + 1  # type: ignore[index]
         lat = freshness({"host": "127.0.0.1", "port": maria.port, "user": "root", "database": "sales"}, stg, wh,
                         args.rate, args.freshness, first)
-        for stage, values in lat.items():
-            figures[f"freshness_{stage}"] = {"p50": pct(values, 50), "p95": pct(values, 95), "p99": pct(values, 99),
-                                             "samples": len(values)}
+        for stage, samples in lat.items():
+            values = [lag for _, lag in samples]
+            for q in (50, 95, 99):
+                figures[f"freshness_{stage}_p{q}_s"] = pct(values, q)
+            figures[f"freshness_{stage}_samples"] = len(values)
 
         # 5. Reconcile of the (identical) copies, next to count(*).
         started = time.monotonic()
@@ -303,6 +311,7 @@ def main() -> None:
         # sees of the catch-up changes (inserts only; updates and deletes are invisible to it).
         seconds, n = baseline(src, pg.url("baseline"), 0)
         figures["baseline_rows_per_s"] = n / seconds
+        figures["baseline_run_seconds"] = seconds  # its freshness: its schedule's interval plus this
         figures["baseline_missed_changes"] = counts["update"] + counts["delete"]
         src.close()
         stg.close()
@@ -312,16 +321,73 @@ def main() -> None:
             daemon.stop()
         maria.stop()
         pg.stop()
-    print("| stage | figure |\n|---|---|")
-    for k, v in figures.items():
-        if isinstance(v, dict) and "p99" in v:
-            print(f"| {k} | p50 {v['p50']:.3f} s, p95 {v['p95']:.3f} s, p99 {v['p99']:.3f} s ({v['samples']} rows) |")
-        elif isinstance(v, float):
-            print(f"| {k} | {v:,.2f} |")
-        else:
-            print(f"| {k} | {v} |")
-    print(json.dumps(figures, default=str))
-    _ = statistics  # (several runs: a later version)
+    return figures, lat
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--changes", type=int, default=500_000)
+    p.add_argument("--freshness", type=float, default=60.0, help="seconds of steady load")
+    p.add_argument("--rate", type=int, default=5000)
+    p.add_argument("--runs", type=int, default=3, help="runs on fresh servers; the table shows their median")
+    p.add_argument("--chart", type=Path, default=Path("bench-lag.png"), help="PNG of the lag during freshness")
+    args = p.parse_args()
+    runs: list[dict[str, Any]] = []
+    lag: dict[str, list[tuple[float, float]]] = {}
+    for i in range(args.runs):
+        figures, lag = one_run(args)
+        runs.append(figures)
+        print(f"run {i + 1}/{args.runs}: {json.dumps(figures, default=str)}", file=sys.stderr, flush=True)
+    print(summary_table(runs))
+    print(json.dumps({"runs": runs, "median": {k: v[0] for k, v in spread(runs).items()}}, default=str))
+    lag_chart(lag, args.chart, args.rate)
+
+
+def spread(runs: list[dict[str, Any]]) -> dict[str, tuple[float, float, float]]:
+    """Per numeric figure: (median, lowest, highest) over the runs."""
+    out = {}
+    for key, first in runs[0].items():
+        if isinstance(first, int | float) and not isinstance(first, bool):
+            values = [float(r[key]) for r in runs if isinstance(r.get(key), int | float)]
+            out[key] = (statistics.median(values), min(values), max(values))
+    return out
+
+
+def summary_table(runs: list[dict[str, Any]]) -> str:
+    lines = [f"| figure | median of {len(runs)} | spread (lowest - highest) |", "|---|---|---|"]
+    for key, (median, low, high) in spread(runs).items():
+        lines.append(f"| {key} | {median:,.3f} | {low:,.3f} - {high:,.3f} |")
+    for key, value in runs[-1].items():
+        if isinstance(value, dict):
+            lines.append(f"| {key} (last run) | {value} | |")
+    return "\n".join(lines)
+
+
+def lag_chart(lag: dict[str, list[tuple[float, float]]], path: Path, rate: int) -> None:
+    """Lag of each inserted row over the run, per stage, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no lag chart: matplotlib is not installed (pip install -e '.[dev]')", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for stage, samples in lag.items():
+        if samples:
+            xs, ys = zip(*sorted(samples), strict=True)
+            ax.plot(xs, ys, ".", markersize=1.5, label=f"source commit -> {stage}")
+    ax.set_xlabel("seconds into the steady load")
+    ax.set_ylabel("lag (s)")
+    ax.set_yscale("log")
+    ax.set_title(f"softcart-sync freshness at {rate:,} row changes/s (last run)")
+    ax.legend(markerscale=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"lag chart: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
