@@ -33,7 +33,7 @@ from cdc.settings import Settings
 from cdc.snapshot import quote_mysql, select_list, take_snapshot
 from loader.ddl import ensure_schema, load_definitions
 from loader.pg import INSTANCE, pg_connect
-from loader.staging import StagingWriter, load_position
+from loader.staging import StagingWriter, load_position, lock_apply
 from loader.star import StarSchema
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
@@ -219,6 +219,7 @@ class Pipeline:
         position = load_position(pg, self.settings.pipeline_name)
         if star is not None:
             with pg.transaction(), pg.cursor() as cur:
+                lock_apply(pg, self.settings.pipeline_name)
                 created = star.ensure_schema(cur)
                 if created and position is not None:
                     log.info("star_schema_created_rebuilding", position=str(position))

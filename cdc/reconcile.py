@@ -49,7 +49,7 @@ from cdc.settings import Settings
 from cdc.snapshot import open_snapshot, quote_mysql, select_list
 from loader.ddl import META, STAGING
 from loader.pg import pg_connect
-from loader.staging import StagingWriter, load_position
+from loader.staging import StagingWriter, load_position, lock_apply
 from loader.star import STAR, STAR_TABLES, StarSchema, enqueue
 from loader.warehouse import TABLES as WAREHOUSE_TABLES
 from transform.fingerprint import Col, Dialect, Kind, TableSpec, canonical, col_of, quote
@@ -421,6 +421,7 @@ class Reconciler:
             reports = {n: self._add("warehouse", comps[n], drift[n], len(pending[n])) for n in comps}
             if not self.dry_run and any(drift.values()):
                 with flush_conn.transaction(), flush_conn.cursor() as cur:
+                    lock_apply(flush_conn, self.s.pipeline_name)  # as every outbox writer
                     enqueue(cur, [(n, d.key) for n, ds in drift.items() for d in ds])
                 result = flusher.flush()
                 if result.failed or result.waiting:

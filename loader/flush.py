@@ -13,10 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from psycopg import sql
 from cdc.errors import TransientError
 from loader.ddl import META
 from loader.spool import Spool, SpooledBatch, csv_text
+from loader.staging import APPLY_LOCK
 from loader.star import STAR
 from loader.warehouse import TABLES, BatchRejected, Warehouse, WTable
 
@@ -83,47 +85,85 @@ class Flusher:
         return int(row[0]) if row else 0
 
     def create_batch(self) -> int | None:
+        """Move the outbox into a new spooled batch (None when it is empty). One batch maker at a
+        time (the flush lock). Outbox ids are taken at insert, not at commit: our snapshot must
+        start when no writer is in flight, so that no id below the top one we see can appear
+        later. Every outbox writer holds the apply lock for its whole transaction; we hold it
+        only while our snapshot is taken, not while the batch is built: the stream goes on."""
         conn = self.conn
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            # Outbox ids are taken at insert, not at commit: wait for writers in flight so no id
-            # below the maximum we take can still appear later.
-            conn.execute(sql.SQL("LOCK TABLE {}.outbox IN EXCLUSIVE MODE").format(sql.Identifier(META)))
-            conn.execute(sql.SQL("INSERT INTO {}.flush_state (pipeline) VALUES (%s) ON CONFLICT DO NOTHING")
-                         .format(sql.Identifier(META)), (self.pipeline,))
-            (last,) = conn.execute(sql.SQL("SELECT last_outbox_id FROM {}.flush_state WHERE pipeline = %s"
-                                           " FOR UPDATE").format(sql.Identifier(META)), (self.pipeline,)).fetchone() \
-                or (0,)
-            hi_row = conn.execute(sql.SQL("SELECT max(id), bool_or(tbl = '*') FROM {}.outbox WHERE id > %s")
-                                  .format(sql.Identifier(META)), (last,)).fetchone()
-            if hi_row is None or hi_row[0] is None:
-                return None
-            hi, full = int(hi_row[0]), bool(hi_row[1])
-            texts: dict[str, str] = {}
-            rows: dict[str, int] = {}
-            keys: dict[str, list[Any]] = {}
-            for t in TABLES:
-                cur = conn.execute(_all_sql(t) if full else _keys_sql(t), () if full else (last, hi, t.name))
-                data = cur.fetchall()
-                texts[t.name] = csv_text(data)
-                rows[t.name] = len(data)
-                keys[t.name] = [[r[1 + t.columns.index(k)] for k in t.key] for r in data]
-            pos_row = conn.execute(sql.SQL("SELECT binlog_file || ':' || binlog_pos FROM {}.position"
-                                           " WHERE pipeline = %s").format(sql.Identifier(META)),
-                                   (self.pipeline,)).fetchone()
-            position = pos_row[0] if pos_row else None
-            (batch_id,) = conn.execute(
-                sql.SQL("INSERT INTO {}.batch (pipeline, outbox_from, outbox_to, position, full_reload, rows, keys)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id").format(sql.Identifier(META)),
-                (self.pipeline, last + 1, hi, position, full, json.dumps(rows), json.dumps(keys))).fetchone() \
-                or (0,)
-            self.spool.write(batch_id, texts, {"pipeline": self.pipeline, "outbox_range": [last + 1, hi],
-                                               "source_position": position, "full_reload": full, "rows": rows})
-            conn.execute(sql.SQL("UPDATE {}.flush_state SET last_outbox_id = %s WHERE pipeline = %s")
-                         .format(sql.Identifier(META)), (hi, self.pipeline))
-            conn.execute(sql.SQL("DELETE FROM {}.outbox WHERE id <= %s").format(sql.Identifier(META)), (hi,))
+        with self._session_lock("flush"):
+            self._advisory("pg_advisory_lock", "apply")
+            holding = True
+            try:
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    conn.execute(sql.SQL("INSERT INTO {}.flush_state (pipeline) VALUES (%s) ON CONFLICT DO NOTHING")
+                                 .format(sql.Identifier(META)), (self.pipeline,))  # the snapshot starts here
+                    self._advisory("pg_advisory_unlock", "apply")
+                    holding = False
+                    made = self._build_batch()
+            finally:
+                if holding and self._idle():
+                    self._advisory("pg_advisory_unlock", "apply")
+        if made is None:
+            return None
+        batch_id, rows, full, position = made
         log.info("batch_created", batch=batch_id, rows=rows, full_reload=full, position=position)
-        return int(batch_id)
+        return batch_id
+
+    def _build_batch(self) -> tuple[int, dict[str, int], bool, str | None] | None:
+        conn = self.conn
+        (last,) = conn.execute(sql.SQL("SELECT last_outbox_id FROM {}.flush_state WHERE pipeline = %s"
+                                       " FOR UPDATE").format(sql.Identifier(META)), (self.pipeline,)).fetchone() \
+            or (0,)
+        hi_row = conn.execute(sql.SQL("SELECT max(id), bool_or(tbl = '*') FROM {}.outbox WHERE id > %s")
+                              .format(sql.Identifier(META)), (last,)).fetchone()
+        if hi_row is None or hi_row[0] is None:
+            return None
+        hi, full = int(hi_row[0]), bool(hi_row[1])
+        texts: dict[str, str] = {}
+        rows: dict[str, int] = {}
+        keys: dict[str, list[Any]] = {}
+        for t in TABLES:
+            cur = conn.execute(_all_sql(t) if full else _keys_sql(t), () if full else (last, hi, t.name))
+            data = cur.fetchall()
+            texts[t.name] = csv_text(data)
+            rows[t.name] = len(data)
+            keys[t.name] = [[r[1 + t.columns.index(k)] for k in t.key] for r in data]
+        pos_row = conn.execute(sql.SQL("SELECT binlog_file || ':' || binlog_pos FROM {}.position"
+                                       " WHERE pipeline = %s").format(sql.Identifier(META)),
+                               (self.pipeline,)).fetchone()
+        position = str(pos_row[0]) if pos_row else None
+        (batch_id,) = conn.execute(
+            sql.SQL("INSERT INTO {}.batch (pipeline, outbox_from, outbox_to, position, full_reload, rows, keys)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id").format(sql.Identifier(META)),
+            (self.pipeline, last + 1, hi, position, full, json.dumps(rows), json.dumps(keys))).fetchone() \
+            or (0,)
+        self.spool.write(batch_id, texts, {"pipeline": self.pipeline, "outbox_range": [last + 1, hi],
+                                           "source_position": position, "full_reload": full, "rows": rows})
+        conn.execute(sql.SQL("UPDATE {}.flush_state SET last_outbox_id = %s WHERE pipeline = %s")
+                     .format(sql.Identifier(META)), (hi, self.pipeline))
+        conn.execute(sql.SQL("DELETE FROM {}.outbox WHERE id <= %s").format(sql.Identifier(META)), (hi,))
+        return int(batch_id), rows, full, position
+
+    def _advisory(self, function: str, lock: str) -> None:
+        """``function`` (pg_advisory_lock / pg_advisory_unlock) of the pipeline's ``lock`` (apply:
+        the writers' lock, APPLY_LOCK; flush: one loader at a time)."""
+        key = APPLY_LOCK if lock == "apply" else "hashtext('softcart-sync flush ' || %s)"
+        self.conn.execute(sql.SQL("SELECT {}(" + key + ")").format(sql.Identifier(function)), (self.pipeline,))
+
+    def _idle(self) -> bool:
+        return not self.conn.closed and not self.conn.broken and \
+            self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+    @contextlib.contextmanager
+    def _session_lock(self, lock: str) -> Iterator[None]:
+        self._advisory("pg_advisory_lock", lock)
+        try:
+            yield
+        finally:
+            if self._idle():
+                self._advisory("pg_advisory_unlock", lock)
 
     def pending(self) -> list[tuple[int, str, Any]]:
         return [(int(r[0]), str(r[1]), r[2]) for r in self.conn.execute(
@@ -134,13 +174,8 @@ class Flusher:
         """Load pending batches in order; returns (loaded, skipped, failed, waiting). One loader at
         a time per pipeline (the daemon's flush thread, ``flush``, a reconcile): two would race on
         the same batch, and the loser's ledger conflict would look like a refused batch."""
-        lock = sql.SQL("SELECT {}(hashtext('softcart-sync flush ' || %s))")
-        self.conn.execute(lock.format(sql.Identifier("pg_advisory_lock")), (self.pipeline,))
-        try:
+        with self._session_lock("flush"):
             return self._load_pending(on_loaded)
-        finally:
-            if not self.conn.closed and not self.conn.broken:
-                self.conn.execute(lock.format(sql.Identifier("pg_advisory_unlock")), (self.pipeline,))
 
     def _load_pending(self, on_loaded: Callable[[SpooledBatch, float], None] | None) -> tuple[int, int, int, int]:
         loaded = skipped = failed = waiting = 0

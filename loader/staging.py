@@ -137,7 +137,7 @@ class StagingWriter:
         if not self._open:
             self.conn.execute("BEGIN")
             self._open = True
-            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('softcart-sync apply ' || %s))", (self.pipeline,))
+            lock_apply(self.conn, self.pipeline)
 
     def rollback(self) -> None:
         self._dead.clear()
@@ -385,6 +385,17 @@ class StagingWriter:
     def dead_letter(self, table: str, key: Sequence[Any] | None, reason: str, row: str | None,
                     kind: str = "value") -> None:
         self._dead.append(DeadLetter(table, key_text(key), reason, row, kind))
+
+
+#: The per-pipeline apply lock: every transaction that writes staging, the star schema or the
+#: outbox holds it (``pg_advisory_xact_lock``), so they run one after the other; a flush holds it
+#: (session-level) for the instant it reads the outbox's top id, when no writer is in flight.
+APPLY_LOCK = "hashtext('softcart-sync apply ' || %s)"
+
+
+def lock_apply(conn: Conn, pipeline: str) -> None:
+    """Take the pipeline's apply lock for the rest of the open transaction."""
+    conn.execute(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})", (pipeline,))
 
 
 def _pg_error(exc: psycopg.Error) -> str:

@@ -11,6 +11,7 @@ from cdc.errors import ConfigError
 from cdc.settings import Settings
 from loader.ddl import STAGING
 from loader.pg import pg_connect
+from loader.staging import lock_apply
 from loader.star import STAR, StarSchema
 from transform.schema import Column, Table
 
@@ -33,6 +34,7 @@ def rebuild_star(settings: Settings) -> tuple[int, int]:
         star = _sales_table(conn, settings)
         with conn.transaction():
             # Writers wait (the daemon's next batch blocks), readers carry on.
+            lock_apply(conn, settings.pipeline_name)
             conn.execute(sql.SQL("LOCK TABLE {}.{} IN SHARE MODE").format(
                 sql.Identifier(STAGING), sql.Identifier(star.table.name)))
             built = star.rebuild(conn)

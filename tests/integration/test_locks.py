@@ -1,6 +1,7 @@
 """The per-pipeline locks on real PostgreSQL: every staging write transaction waits for the apply
-lock (so a reconcile repair and a daemon batch never interleave), and a warehouse load waits for
-the flush lock (so two loaders never race on a batch)."""
+lock (so a reconcile repair and a daemon batch never interleave), a warehouse load waits for
+the flush lock (so two loaders never race on a batch), and a batch of the outbox waits for the
+writers in flight but does not hold them back while it is built."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from loader.backends import open_warehouse
 from loader.ddl import ensure_schema
 from loader.flush import Flusher
 from loader.spool import Spool
-from loader.staging import StagingWriter
+from loader.staging import StagingWriter, lock_apply
+from loader.star import StarSchema, enqueue
 from tests.helpers import wait_until
+from transform.schema import Column, Table
+from transform.star import SALES_COLUMNS
 
 PG = psycopg.Connection[Any]
 
@@ -72,3 +76,74 @@ def test_a_warehouse_load_waits_for_the_flush_lock(staging: PG, wh_settings: Set
 
     _blocked_until_released(staging, staging.info.dsn, f"softcart-sync flush {wh_settings.pipeline_name}", load)
     warehouse.close()
+
+
+def _outbox_ready(staging: PG, wh_settings: Settings) -> None:
+    ensure_schema(staging, {})
+    sales = Table("sales_data", tuple(Column(c, "int", "int") for c in SALES_COLUMNS), ("rowid",))
+    with staging.cursor() as cur:
+        StarSchema(sales, wh_settings.zone).ensure_schema(cur)
+
+
+def _flusher(staging: PG, wh_settings: Settings, tmp_path: Path) -> Flusher:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    conn = psycopg.connect(staging.info.dsn, autocommit=True)
+    return Flusher(conn, spool, open_warehouse(wh_settings), wh_settings.pipeline_name)
+
+
+def test_a_batch_waits_for_outbox_writers_in_flight_and_takes_their_rows(staging: PG, wh_settings: Settings,
+                                                                          tmp_path: Path) -> None:
+    _outbox_ready(staging, wh_settings)
+    writer = psycopg.connect(staging.info.dsn, autocommit=True)
+    writer.execute("BEGIN")
+    lock_apply(writer, wh_settings.pipeline_name)
+    with writer.cursor() as cur:
+        enqueue(cur, [("factsales", (7,))])  # its id is taken now, its commit comes later
+    flusher = _flusher(staging, wh_settings, tmp_path)
+    made: list[int | None] = []
+    t = threading.Thread(target=lambda: made.append(flusher.create_batch()), daemon=True)
+    t.start()
+    wait_until(lambda: _waits_on_advisory_lock(staging, flusher.conn.info.backend_pid), 30,
+               "the batch maker to wait for the writer")
+    writer.execute("COMMIT")
+    t.join(30)
+    assert made and made[0] is not None
+    assert staging.execute("SELECT keys FROM softcart.batch WHERE id = %s", (made[0],)).fetchone() == (
+        {"factsales": [[7]], "sales_by_day": [], "dimdate": []},)
+    assert staging.execute("SELECT count(*) FROM softcart.outbox").fetchone() == (0,)
+    writer.close()
+    flusher.conn.close()
+
+
+def test_writers_go_on_while_a_batch_is_built(staging: PG, wh_settings: Settings, tmp_path: Path) -> None:
+    _outbox_ready(staging, wh_settings)
+    with staging.cursor() as cur:
+        enqueue(cur, [("factsales", (1,))])
+    staging.execute("INSERT INTO softcart.flush_state (pipeline) VALUES (%s)", (wh_settings.pipeline_name,))
+    # Hold the batch maker inside its transaction, after its snapshot: on the flush_state row.
+    holder = psycopg.connect(staging.info.dsn, autocommit=True)
+    holder.execute("BEGIN")
+    holder.execute("SELECT * FROM softcart.flush_state FOR UPDATE")
+    flusher = _flusher(staging, wh_settings, tmp_path)
+    made: list[int | None] = []
+    t = threading.Thread(target=lambda: made.append(flusher.create_batch()), daemon=True)
+    t.start()
+    pid = flusher.conn.info.backend_pid
+    wait_until(lambda: staging.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted",
+                                       (pid,)).fetchone() == (1,), 30, "the batch maker to be inside its transaction")
+    # A writer's whole transaction (apply lock, outbox rows, commit) is not held back.
+    writer = psycopg.connect(staging.info.dsn, autocommit=True)
+    writer.execute("SET lock_timeout = '5s'")
+    with writer.transaction(), writer.cursor() as cur:
+        lock_apply(writer, wh_settings.pipeline_name)
+        enqueue(cur, [("factsales", (2,))])
+    holder.execute("ROLLBACK")
+    t.join(30)
+    assert made and made[0] is not None
+    # The batch took what was committed before its snapshot; the later row waits for the next one.
+    assert staging.execute("SELECT keys -> 'factsales' FROM softcart.batch WHERE id = %s",
+                           (made[0],)).fetchone() == ([[1]],)
+    assert staging.execute("SELECT k1 FROM softcart.outbox").fetchall() == [(2,)]
+    for c in (writer, holder, flusher.conn):
+        c.close()
