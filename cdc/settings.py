@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     chunk_rows: int = Field(5000, ge=1, description="rows per slice of a source transaction in the queue")
     queue_chunks: int = Field(16, ge=1, description="capacity of the reader->writer queue, in slices")
     snapshot_chunk_rows: int = Field(50000, ge=1, description="rows per COPY chunk during the snapshot")
+    snapshot_reader: Literal["auto", "client", "pymysql"] = Field(
+        "auto", description="how the snapshot reads the source: client = the mariadb command-line client piped "
+        "into COPY (several times faster; MariaDB without TLS, common column types), pymysql = the Python "
+        "client, auto = client where it applies")
     heartbeat_seconds: float = Field(5.0, gt=0, le=3600, description="source heartbeat period when idle")
     connect_timeout_seconds: float = Field(10.0, gt=0, description="timeout of every connect")
     read_timeout_seconds: float = Field(30.0, gt=0, description="silence from the source before reconnecting")

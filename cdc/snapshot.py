@@ -16,6 +16,8 @@ import pymysql.cursors
 import structlog
 from psycopg import sql
 
+from cdc.errors import ConfigError, TransientError
+from cdc.extract import ClientReader, client_reader
 from cdc.flavor import Flavor, snapshot_position
 from cdc.model import Position
 from cdc.mysql import connect
@@ -69,9 +71,20 @@ def open_snapshot(conn: pymysql.connections.Connection, flavor: Flavor) -> Posit
 def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
                   writer: StagingWriter, progress: Any = None) -> Position:
     conn = connect(settings)
+    client = client_reader(settings, conn, flavor, list(tables.values())) if settings.snapshot_reader != "pymysql" \
+        else None
+    if client is None and settings.snapshot_reader == "client":
+        conn.close()
+        raise ConfigError("SOFTCART_SNAPSHOT_READER=client, but the mariadb client can't read this source "
+                          "(it needs a MariaDB source without TLS, tables of common types, and the mariadb "
+                          "command on PATH): set it to auto or pymysql")
     try:
-        position = open_snapshot(conn, flavor)
-        log.info("snapshot_started", position=str(position), tables=list(tables))
+        if client is not None:
+            position = client.position(flavor, lambda file, pos: _mariadb_gtid(conn, file, pos))
+        else:
+            position = open_snapshot(conn, flavor)
+        log.info("snapshot_started", position=str(position), tables=list(tables),
+                 reader="mariadb client" if client else "pymysql")
         writer.begin()
         with writer.conn.cursor() as cur:
             for t in tables:
@@ -81,16 +94,21 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
                         (settings.pipeline_name,))
             save_definitions(cur, settings.pipeline_name, tables.values())
         writer.stopped.clear()
-        for i, table in enumerate(tables.values()):
-            rows = _copy_table(settings, conn, table, writer, position, progress)
-            with writer.conn.cursor() as cur:
-                cur.execute(sql.SQL("INSERT INTO {}.snapshot (pipeline, source_table, rows_copied, position)"
-                                    " VALUES (%s, %s, %s, %s) ON CONFLICT (pipeline, source_table) DO UPDATE"
-                                    " SET rows_copied = EXCLUDED.rows_copied, position = EXCLUDED.position,"
-                                    " finished_at = now()").format(sql.Identifier(META)),
-                            (settings.pipeline_name, table.name, rows, str(position)))
-            log.info("snapshot_table_done", table=table.name, rows=rows, tables_done=i + 1,
-                     tables_total=len(tables), position=str(position))
+        mark = writer.pending_dead_letters
+        try:
+            with writer.conn.transaction():  # a savepoint: a failed client read leaves nothing
+                _copy_all(settings, conn, client, tables, writer, position, progress)
+        except TransientError as exc:
+            if client is None or settings.snapshot_reader == "client":
+                raise
+            log.warning("snapshot_client_failed", error=str(exc), fix="reading again with pymysql; set "
+                        "SOFTCART_SNAPSHOT_READER=pymysql to skip the client")
+            client.close()
+            client = None
+            writer.forget_dead_letters(mark)
+            position = open_snapshot(conn, flavor)
+            log.info("snapshot_started", position=str(position), tables=list(tables), reader="pymysql")
+            _copy_all(settings, conn, None, tables, writer, position, progress)
         if writer.star is not None:
             built = writer.star.rebuild(writer.conn)
             for rowid, reason in built.invalid:
@@ -101,7 +119,57 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
         log.info("snapshot_finished", position=str(position))
         return position
     finally:
+        if client is not None:
+            client.close()
         conn.close()
+
+
+def _copy_all(settings: Settings, conn: pymysql.connections.Connection, client: ClientReader | None,
+              tables: dict[str, Table], writer: StagingWriter, position: Position, progress: Any) -> None:
+    for i, table in enumerate(tables.values()):
+        if client is not None:
+            rows = _client_copy(client, table, writer, position, progress)
+        else:
+            rows = _copy_table(settings, conn, table, writer, position, progress)
+        with writer.conn.cursor() as cur:
+            cur.execute(sql.SQL("INSERT INTO {}.snapshot (pipeline, source_table, rows_copied, position)"
+                                " VALUES (%s, %s, %s, %s) ON CONFLICT (pipeline, source_table) DO UPDATE"
+                                " SET rows_copied = EXCLUDED.rows_copied, position = EXCLUDED.position,"
+                                " finished_at = now()").format(sql.Identifier(META)),
+                        (settings.pipeline_name, table.name, rows, str(position)))
+        log.info("snapshot_table_done", table=table.name, rows=rows, tables_done=i + 1,
+                 tables_total=len(tables), position=str(position))
+
+
+def _mariadb_gtid(conn: pymysql.connections.Connection, file: str, pos: int) -> str:
+    with conn.cursor() as cur:
+        cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
+        row = cur.fetchone()
+    return str(row[0] or "").replace("\n", "") if row else ""
+
+
+def _client_copy(client: ClientReader, table: Table, writer: StagingWriter, position: Position,
+                 progress: Any) -> int:
+    started = time.monotonic()
+    copied = 0
+    writer.begin()
+    with writer.conn.cursor() as cur, cur.copy(sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
+            sql.Identifier(STAGING), sql.Identifier(table.name),
+            sql.SQL(", ").join(sql.Identifier(c) for c in table.column_names))) as copy:
+        def write(data: bytes) -> None:
+            nonlocal copied
+            copy.write(data)
+            before, copied = copied, copied + data.count(b"\n")
+            if progress is not None and copied // 100000 != before // 100000:
+                progress(table.name, copied)
+
+        dead: list[tuple[list[Any], str, str]] = []  # kept only once the whole read succeeds
+        rows = client.copy(table, write, lambda key, reason, row: dead.append((list(key), reason, row)))
+    for key, reason, row in dead:
+        writer.dead_letter(table.name, key, reason, row)
+    rate = rows / max(time.monotonic() - started, 1e-6)
+    log.info("snapshot_progress", table=table.name, rows=rows, rows_per_second=round(rate), position=str(position))
+    return rows
 
 
 def _copy_table(settings: Settings, conn: pymysql.connections.Connection, table: Table,

@@ -382,6 +382,14 @@ class StagingWriter:
                 n += 1
         return n
 
+    @property
+    def pending_dead_letters(self) -> int:
+        return len(self._dead)
+
+    def forget_dead_letters(self, since: int) -> None:
+        """Drop the dead letters recorded after the first ``since`` (their rows were rolled back)."""
+        del self._dead[since:]
+
     def dead_letter(self, table: str, key: Sequence[Any] | None, reason: str, row: str | None,
                     kind: str = "value") -> None:
         self._dead.append(DeadLetter(table, key_text(key), reason, row, kind))

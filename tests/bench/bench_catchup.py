@@ -131,7 +131,9 @@ def main() -> None:
         stg = psycopg.connect(pg.url("staging"), autocommit=True)
         daemon = Daemon(env, base / "daemon.log")
         daemon.start()
-        wait_caught_up(src, stg)
+        seconds = wait_caught_up(src, stg)
+        print(f"snapshot (daemon start to caught up): {args.rows} rows in {seconds:.2f} s, "
+              f"{args.rows / seconds:,.0f} rows/s", flush=True)
         daemon.stop()
         stg.close()
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'staging'")
