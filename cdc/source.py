@@ -207,8 +207,13 @@ class BinlogSource:
         if isinstance(event, UpdateRowsEvent):
             for i in range(0, len(rows), 2):
                 (before, e1), (after, e2) = rows[i], rows[i + 1]
+                keys = table.key_indexes()
+                if e1 and not e2 and all(before[k] is not None for k in keys):
+                    # an update away from a value staging can't hold: the old image's key is enough
+                    before = tuple(before[j] if j in keys else v for j, v in enumerate(after))
+                    e1 = None
                 if e1 or e2:
-                    out.append(_bad(table, Op.UPDATE, str(e1 or e2), after, before))
+                    out.append(_bad(table, Op.UPDATE, str(e2 or e1), after, before))
                 else:
                     out.append(RowChange(name, Op.UPDATE, before, after))
             return
@@ -262,8 +267,13 @@ def _query_text(event: Any) -> str:
 def _change(conv: RowConverter, table: str, op: Op, before: tuple[Any, Any] | None,
             after: tuple[Any, Any] | None) -> RowChange:
     try:
-        b = conv.from_binlog(*before) if before else None
         a = conv.from_binlog(*after) if after else None
+        try:
+            b = conv.from_binlog(*before) if before else None
+        except Unrepresentable:
+            if a is None or before is None:
+                raise
+            b = conv.with_key_of(a, before[0])  # an update away from a value staging can't hold
     except Unrepresentable as exc:
         raw = (after or before)
         assert raw is not None

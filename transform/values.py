@@ -213,6 +213,16 @@ class RowConverter:
                 raise Unrepresentable(f"column {name!r}: {exc}") from exc
         return tuple(out)
 
+    def with_key_of(self, row: tuple[Any, ...], before: Mapping[str, Any]) -> tuple[Any, ...]:
+        """``row`` with the primary key of the binlog image ``before``: an update's old image is
+        only needed for its key, so one whose other values staging can't hold still applies."""
+        out = list(row)
+        for name in self.table.primary_key:
+            i = self._names.index(name)
+            v = before.get(name)
+            out[i] = None if v is None else self._convs[i](v)
+        return tuple(out)
+
     def from_snapshot(self, values: Sequence[Any]) -> tuple[Any, ...]:
         out: list[Any] = []
         for conv, v in zip(self._convs, values, strict=True):

@@ -155,12 +155,16 @@ def test_limits_and_bad_values_decode_as_the_library_does(settings: Settings, so
             "INSERT INTO fast_types (id, dt6, ts6, vc) VALUES (5, '0000-00-00 00:00:00', '0000-00-00 00:00:00', 'z')",
             "INSERT INTO fast_types (id, vc, i) VALUES (6, 'nul\\0inside', 7), (7, 'fine', 8)",
             "UPDATE fast_types SET vc = 'still\\0bad' WHERE id = 7",
+            "UPDATE fast_types SET dd = '2020-01-01' WHERE id = 4",  # away from the zero date: applies
             "DELETE FROM fast_types WHERE id IN (4, 5, 6)")
     changes = compare(settings, source, start)
     errors = [c for c in changes if c.error]
-    assert [c.key for c in errors] == [(4,), (5,), (6,), (7,), (4,), (5,), (6,)]
+    assert [c.key for c in errors] == [(4,), (5,), (6,), (7,), (5,), (6,)]
     assert "zero or invalid date" in (errors[0].error or "") and "NUL" in (errors[2].error or "")
-    assert len(changes) == 15
+    assert len(changes) == 16
+    fixed = [c for c in changes if c.op.value == "update" and c.after and c.after[0] == 4]
+    assert len(fixed) == 1 and fixed[0].before is not None and fixed[0].before[0] == 4
+    assert fixed[0].after[COLUMNS.index("dd")] == dt.date(2020, 1, 1)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

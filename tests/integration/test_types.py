@@ -199,3 +199,16 @@ def test_latin1_bytes_and_a_16_mb_blob_are_applied_faithfully(settings: Settings
     assert staging.execute("SELECT l1 FROM staging.odd WHERE id = 2000 + 127").fetchone() == ("€",)
     assert staging.execute("SELECT length(big) FROM staging.odd WHERE id = 3000").fetchone() == (len(big),)
     assert staging.execute("SELECT count(*) FROM softcart.dead_letter").fetchone() == (0,)
+
+
+def test_an_update_away_from_a_value_staging_cannot_hold_applies(typed: Settings, source: Conn, staging: PG) -> None:
+    with running_pipeline(typed):
+        wait_caught_up(staging, source)
+        execute(source, "SET SESSION sql_mode = ''", "INSERT INTO all_types (id, dd, vc) VALUES (1, '0000-00-00', 'a')")
+        wait_caught_up(staging, source)
+        assert staging.execute("SELECT count(*) FROM staging.all_types").fetchone() == (0,)
+        execute(source, "UPDATE all_types SET dd = '2024-02-29', vc = 'fixed' WHERE id = 1")
+        wait_caught_up(staging, source)
+    rows = staging.execute("SELECT id, dd, vc FROM staging.all_types").fetchall()
+    assert rows == [(1, dt.date(2024, 2, 29), "fixed")]
+    assert [r[0] for r in staging.execute("SELECT row_key FROM softcart.dead_letter").fetchall()] == ["[1]"]
