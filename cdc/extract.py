@@ -50,8 +50,8 @@ class ClientReader:
                   "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
                   "START TRANSACTION WITH CONSISTENT SNAPSHOT",
                   "SHOW STATUS LIKE 'binlog_snapshot_%'"]
-        for t in tables:
-            script += [f"SELECT 'T', '{t.name}'", selects[t.name]]
+        for i, t in enumerate(tables):
+            script += [f"SELECT 'T', {i}", selects[t.name]]  # a table's marker: its index, no name in SQL
         script.append("COMMIT")
         self._proc = subprocess.Popen(
             [client, f"--defaults-extra-file={options}", "--batch", "--raw", "--skip-column-names", "--quick",
@@ -118,8 +118,8 @@ class ClientReader:
                     if started:
                         end = i
                         break
-                    if line[2:].decode() != table.name:
-                        raise self._failed(f"expected table {table.name}, got {line[2:]!r}")
+                    if line[2:] != str(self._tables.index(table)).encode():
+                        raise self._failed(f"expected table {table.name}, got marker {line[2:]!r}")
                     started = True
             body = lines[:end]
             if body and body[0].startswith(b"T\t"):

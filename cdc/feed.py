@@ -1,7 +1,8 @@
-"""The binlog source in a process of its own, so decoding runs on one core and the writer on another.
+"""The binlog source feeding the writer, as a thread or (``SOFTCART_READER=process``) in a process
+of its own, so decoding runs on one core and the writer on another.
 
 Python runs one thread at a time per process: with the reader as a thread, decoding and the
-writer's work (net changes, star deltas, COPY) took turns. The child process runs
+writer's work (net changes, star deltas, COPY) take turns. Either way the reader runs
 :class:`cdc.source.BinlogSource` and hands items back through a bounded queue:
 
 - a reader thread puts each item in a local buffer (bounded in rows: it waits while the buffer
@@ -10,8 +11,8 @@ writer's work (net changes, star deltas, COPY) took turns. The child process run
   when it keeps up, an item goes alone and at once.
 - an error in the child (source lost, fatal) arrives as a message and is raised by :meth:`get`,
   after every item read before it.
-- the child dies with the parent (``PR_SET_PDEATHSIG``): a SIGKILLed daemon leaves no reader
-  holding its replica slot.
+- a child process dies with the parent (``PR_SET_PDEATHSIG``): a SIGKILLed daemon leaves no
+  reader holding its replica slot.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import collections
 import contextlib
 import ctypes
 import multiprocessing
+import multiprocessing.context
 import multiprocessing.synchronize
 import os
 import queue
@@ -51,15 +53,22 @@ class SourceFeed:
     """Items of the binlog source, read in a child process, in order (``get``, ``empty``)."""
 
     def __init__(self, settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position) -> None:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded daemon
-        self._messages: multiprocessing.Queue[list[Item] | _Failed] = ctx.Queue(maxsize=settings.queue_chunks)
-        self._stop = ctx.Event()
         self._local: collections.deque[Item] = collections.deque()
         self._failed: BaseException | None = None
-        self._proc = ctx.Process(
-            target=_child, name="softcart-sync binlog reader", daemon=True,
-            args=(settings, tables, flavor, start, self._messages, self._stop,
-                  settings.chunk_rows * settings.queue_chunks))
+        args = (settings, tables, flavor, start)
+        capacity = settings.chunk_rows * settings.queue_chunks
+        self._in_process = settings.reader == "process"
+        if self._in_process:
+            ctx = _context()
+            self._messages: Any = ctx.Queue(maxsize=settings.queue_chunks)
+            self._stop: Any = ctx.Event()
+            self._proc: Any = ctx.Process(target=_child, name="softcart-sync binlog reader", daemon=True,
+                                          args=(*args, self._messages, self._stop, capacity, True))
+        else:
+            self._messages = queue.Queue(maxsize=settings.queue_chunks)
+            self._stop = threading.Event()
+            self._proc = threading.Thread(target=_child, name="binlog-reader", daemon=True,
+                                          args=(*args, self._messages, self._stop, capacity, False))
 
     def start(self) -> None:
         self._proc.start()
@@ -78,20 +87,24 @@ class SourceFeed:
         return self._local.popleft()
 
     def empty(self) -> bool:
-        return not self._local and self._messages.empty()
+        return not self._local and bool(self._messages.empty())
 
     def qsize(self) -> int:
         """Items waiting here plus messages waiting in the pipe (each one or more items)."""
         with contextlib.suppress(NotImplementedError):
-            return len(self._local) + self._messages.qsize()
+            return len(self._local) + int(self._messages.qsize())
         return len(self._local)
 
     def alive(self) -> bool:
-        return self._proc.is_alive()
+        return bool(self._proc.is_alive())
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the child: it holds no state worth keeping (positions are the writer's)."""
         self._stop.set()
+        if not self._in_process:
+            if self._proc.ident is not None:
+                self._proc.join(timeout)
+            return
         if self._proc.pid is None:
             return
         self._proc.join(min(timeout, 0.5))
@@ -105,6 +118,16 @@ class SourceFeed:
         self._messages.close()
 
 
+def _context() -> multiprocessing.context.ForkServerContext:
+    """A forkserver: the daemon has threads, so no plain fork of it; a fresh interpreter per
+    restart (spawn) costs ~1 s of imports. The fork server starts once, imports the reader's
+    modules, and forks a child per stream in milliseconds."""
+    ctx = multiprocessing.get_context("forkserver")
+    assert isinstance(ctx, multiprocessing.context.ForkServerContext)
+    ctx.set_forkserver_preload(["cdc.feed", "cdc.source", "cdc.logs"])
+    return ctx
+
+
 def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -112,16 +135,17 @@ def _die_with_parent() -> None:
 
 
 def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position,
-           messages: multiprocessing.Queue[list[Item] | _Failed], stop: multiprocessing.synchronize.Event,
-           capacity_rows: int) -> None:
-    _die_with_parent()
-    if os.getppid() == 1:  # the parent died before the line above
-        return
-    from cdc import logs
+           messages: Any, stop: Any, capacity_rows: int, own_process: bool) -> None:
     from cdc.source import BinlogSource
 
-    logs.configure(settings.log_level, settings.log_format)
-    structlog.contextvars.bind_contextvars(position=str(start), process="binlog-reader")
+    if own_process:
+        _die_with_parent()
+        if os.getppid() == 1:  # the parent died before the line above
+            return
+        from cdc import logs
+
+        logs.configure(settings.log_level, settings.log_format)
+    structlog.contextvars.bind_contextvars(position=str(start), reader="binlog-reader")
     buffer: collections.deque[Item] = collections.deque()
     cond = threading.Condition()
     state: dict[str, Any] = {"rows": 0, "done": False, "error": None}
@@ -172,8 +196,7 @@ def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: 
         source.close()
 
 
-def _put(messages: multiprocessing.Queue[list[Item] | _Failed], message: list[Item] | _Failed,
-         stop: multiprocessing.synchronize.Event) -> bool:
+def _put(messages: Any, message: list[Item] | _Failed, stop: Any) -> bool:
     while not stop.is_set():
         try:
             messages.put(message, timeout=0.2)

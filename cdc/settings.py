@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     chunk_rows: int = Field(5000, ge=1, description="rows per slice of a source transaction in the queue")
     queue_chunks: int = Field(16, ge=1, description="capacity of the reader->writer queue, in slices")
     snapshot_chunk_rows: int = Field(50000, ge=1, description="rows per COPY chunk during the snapshot")
+    reader: Literal["thread", "process"] = Field(
+        "thread", description="where the binlog is decoded: thread (in the daemon's process) or process (a child "
+        "process on its own core: faster catch-up when the daemon has the CPU to itself)")
     snapshot_reader: Literal["auto", "client", "pymysql"] = Field(
         "auto", description="how the snapshot reads the source: client = the mariadb command-line client piped "
         "into COPY (several times faster; MariaDB without TLS, common column types), pymysql = the Python "

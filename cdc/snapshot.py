@@ -79,9 +79,18 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
                           "(it needs a MariaDB source without TLS, tables of common types, and the mariadb "
                           "command on PATH): set it to auto or pymysql")
     try:
+        position: Position | None = None
         if client is not None:
-            position = client.position(flavor, lambda file, pos: _mariadb_gtid(conn, file, pos))
-        else:
+            try:
+                position = client.position(flavor, lambda file, pos: _mariadb_gtid(conn, file, pos))
+            except TransientError as exc:
+                if settings.snapshot_reader == "client":
+                    raise
+                log.warning("snapshot_client_failed", error=str(exc), fix="reading with pymysql; set "
+                            "SOFTCART_SNAPSHOT_READER=pymysql to skip the client")
+                client.close()
+                client = None
+        if position is None:
             position = open_snapshot(conn, flavor)
         log.info("snapshot_started", position=str(position), tables=list(tables),
                  reader="mariadb client" if client else "pymysql")

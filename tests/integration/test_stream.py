@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from typing import Any
 
 import psycopg
@@ -44,6 +45,22 @@ def test_snapshot_then_inserts_updates_deletes_arrive(settings: Settings, source
     assert n == 10 + 3 - 3
     moved = staging.execute("SELECT rowid FROM staging.sales_data WHERE rowid IN (6, 200)").fetchall()
     assert moved == [(200,)]
+
+
+def test_reader_in_its_own_process_streams_the_same_and_ends_with_the_pipeline(
+        settings: Settings, source: Conn, staging: PG, source_db: str) -> None:
+    seed_sales(source)
+    with running_pipeline(settings.model_copy(update={"reader": "process"})):
+        wait_caught_up(staging, source)
+        execute(source, "INSERT INTO sales_data VALUES (100, 1, 2, 3.50, 4, '2022-01-01 00:00:00')",
+                "UPDATE sales_data SET quantity = quantity + 10 WHERE rowid <= 5",
+                "UPDATE sales_data SET rowid = 200 WHERE rowid = 6", "DELETE FROM sales_data WHERE rowid IN (7, 8)")
+        wait_caught_up(staging, source)  # streamed, so through the reader process
+        readers = [p for p in multiprocessing.active_children() if p.name == "softcart-sync binlog reader"]
+        assert len(readers) == 1 and readers[0].is_alive()
+    assert assert_same(source, staging, source_db, "sales_data") == 10 + 1 - 2
+    readers[0].join(10)
+    assert not readers[0].is_alive()
 
 
 def test_transaction_spanning_tables_commits_as_one(settings: Settings, source: Conn, staging: PG,
