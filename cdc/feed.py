@@ -5,9 +5,10 @@ Python runs one thread at a time per process: with the reader as a thread, decod
 writer's work (net changes, star deltas, COPY) take turns. Either way the reader runs
 :class:`cdc.source.BinlogSource` and hands items back through a bounded queue:
 
-- a reader thread puts each item in a local buffer (bounded in rows: it waits while the buffer
-  holds ``capacity_rows``), a sender thread ships whatever has gathered as one message. While the
-  writer is busy, messages grow, so a backlog crosses the process boundary in few, large pickles;
+- a reader thread puts each item in a local buffer (it waits while the buffer holds
+  ``SOFTCART_CHUNK_ROWS`` rows), a sender thread ships what has gathered, up to that many rows, as
+  one message; the queue holds ``SOFTCART_QUEUE_CHUNKS`` messages, so memory stays bounded as with
+  slices. While the writer is busy, messages fill up, so a backlog crosses in few, large pickles;
   when it keeps up, an item goes alone and at once.
 - an error in the child (source lost, fatal) arrives as a message and is raised by :meth:`get`,
   after every item read before it.
@@ -56,7 +57,7 @@ class SourceFeed:
         self._local: collections.deque[Item] = collections.deque()
         self._failed: BaseException | None = None
         args = (settings, tables, flavor, start)
-        capacity = settings.chunk_rows * settings.queue_chunks
+        capacity = settings.chunk_rows  # rows gathered before the queue (its messages hold the rest)
         self._in_process = settings.reader == "process"
         if self._in_process:
             ctx = _context()
@@ -135,7 +136,7 @@ def _die_with_parent() -> None:
 
 
 def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position,
-           messages: Any, stop: Any, capacity_rows: int, own_process: bool) -> None:
+           messages: Any, stop: Any, chunk_rows: int, own_process: bool) -> None:
     from cdc.source import BinlogSource
 
     if own_process:
@@ -159,9 +160,15 @@ def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: 
                     if stop.is_set():
                         local_stop.set()
                         return
-                batch = list(buffer)
-                buffer.clear()
-                state["rows"] = 0
+                # One message holds at most chunk_rows rows (or one bigger slice): the queue's
+                # bound in messages stays a bound in rows, as it was in slices.
+                batch: list[Item] = []
+                rows = 0
+                while buffer and (not batch or rows + _rows(buffer[0]) <= chunk_rows):
+                    item = buffer.popleft()
+                    batch.append(item)
+                    rows += _rows(item)
+                state["rows"] -= rows
                 cond.notify_all()
             if batch and not _put(messages, batch, stop):
                 local_stop.set()
@@ -177,12 +184,12 @@ def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: 
     try:
         for item in source.chunks(local_stop):
             with cond:
-                while state["rows"] >= capacity_rows and not local_stop.is_set():
+                while state["rows"] >= chunk_rows and not local_stop.is_set():
                     cond.wait(0.5)
                     if stop.is_set():
                         local_stop.set()
                 buffer.append(item)
-                state["rows"] += item.rows if isinstance(item, TxnChunk) else 1
+                state["rows"] += _rows(item)
                 cond.notify_all()
             if stop.is_set() or local_stop.is_set():
                 break
@@ -194,6 +201,10 @@ def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: 
             cond.notify_all()
         ship.join()
         source.close()
+
+
+def _rows(item: Item) -> int:
+    return item.rows if isinstance(item, TxnChunk) else 1
 
 
 def _put(messages: Any, message: list[Item] | _Failed, stop: Any) -> bool:
