@@ -13,12 +13,13 @@ renders; otherwise :func:`client_reader` returns None and the snapshot reads wit
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, cast
 
 import pymysql
 
@@ -62,7 +63,7 @@ class ClientReader:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._proc.stdin.write((";\n".join(script) + ";\n").encode())
         self._proc.stdin.close()
-        self._out: IO[bytes] = self._proc.stdout
+        self._out = cast(io.BufferedReader, self._proc.stdout)  # Popen's pipes are buffered readers
         self._pending: list[bytes] = []  # complete lines read ahead
         self._rest = b""
 
@@ -78,7 +79,7 @@ class ClientReader:
             lines, self._pending = self._pending, []
             yield lines
         while True:
-            data = self._out.read1(_BLOCK) if hasattr(self._out, "read1") else self._out.read(_BLOCK)
+            data = self._out.read1(_BLOCK)
             if not data:
                 if self._rest:
                     raise self._failed("the client's output ended inside a line")

@@ -23,7 +23,6 @@ import contextlib
 import ctypes
 import multiprocessing
 import multiprocessing.context
-import multiprocessing.synchronize
 import os
 import queue
 import signal
@@ -39,8 +38,6 @@ from cdc.model import Heartbeat, Position, SchemaChange, TxnChunk
 from cdc.settings import Settings
 from transform.schema import Table
 
-log = structlog.get_logger(__name__)
-
 Item = TxnChunk | Heartbeat | SchemaChange
 _PR_SET_PDEATHSIG = 1
 
@@ -51,7 +48,7 @@ class _Failed:
 
 
 class SourceFeed:
-    """Items of the binlog source, read in a child process, in order (``get``, ``empty``)."""
+    """Items of the binlog source, read by a thread or a child process, in order (``get``, ``empty``)."""
 
     def __init__(self, settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position) -> None:
         self._local: collections.deque[Item] = collections.deque()

@@ -1,4 +1,4 @@
-"""Wires the stages: binlog reader process -> bounded queue -> staging writer thread, supervised.
+"""Wires the stages: binlog reader (thread or process) -> bounded queue -> staging writer thread, supervised.
 
 The supervisor (the caller's thread) restarts both stages from the position saved in PostgreSQL
 after a transient failure, with capped exponential backoff; a fatal failure ends ``run`` with the
@@ -271,7 +271,7 @@ class Pipeline:
                 writer: StagingWriter, position: Position) -> None:
         inner = threading.Event()
         errors: list[BaseException] = []
-        feed = SourceFeed(self.settings, tables, flavor, position)  # decoding on a core of its own
+        feed = SourceFeed(self.settings, tables, flavor, position)
 
         def writer_loop() -> None:
             structlog.contextvars.bind_contextvars(position=str(position))
@@ -297,7 +297,7 @@ class Pipeline:
                 if not feed.alive() and not inner.is_set():
                     inner.wait(1.0)  # the writer takes the reader's last items and its error first
                     if not errors:
-                        errors.append(TransientError("the binlog reader process exited unexpectedly"))
+                        errors.append(TransientError("the binlog reader ended unexpectedly"))
                     break
                 self.metrics.queue_depth.set(feed.qsize())
                 self._guard_writer(writer)

@@ -84,11 +84,7 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
             try:
                 position = client.position(flavor, lambda file, pos: _mariadb_gtid(conn, file, pos))
             except TransientError as exc:
-                if settings.snapshot_reader == "client":
-                    raise
-                log.warning("snapshot_client_failed", error=str(exc), fix="reading with pymysql; set "
-                            "SOFTCART_SNAPSHOT_READER=pymysql to skip the client")
-                client.close()
+                _give_up_client(settings, client, exc)
                 client = None
         if position is None:
             position = open_snapshot(conn, flavor)
@@ -108,11 +104,9 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
             with writer.conn.transaction():  # a savepoint: a failed client read leaves nothing
                 _copy_all(settings, conn, client, tables, writer, position, progress)
         except TransientError as exc:
-            if client is None or settings.snapshot_reader == "client":
+            if client is None:
                 raise
-            log.warning("snapshot_client_failed", error=str(exc), fix="reading again with pymysql; set "
-                        "SOFTCART_SNAPSHOT_READER=pymysql to skip the client")
-            client.close()
+            _give_up_client(settings, client, exc)
             client = None
             writer.forget_dead_letters(mark)
             position = open_snapshot(conn, flavor)
@@ -148,6 +142,15 @@ def _copy_all(settings: Settings, conn: pymysql.connections.Connection, client: 
                         (settings.pipeline_name, table.name, rows, str(position)))
         log.info("snapshot_table_done", table=table.name, rows=rows, tables_done=i + 1,
                  tables_total=len(tables), position=str(position))
+
+
+def _give_up_client(settings: Settings, client: ClientReader, exc: TransientError) -> None:
+    """The mariadb client failed: re-raise when it was asked for, else close it (pymysql reads)."""
+    if settings.snapshot_reader == "client":
+        raise exc
+    log.warning("snapshot_client_failed", error=str(exc), fix="reading with pymysql; set "
+                "SOFTCART_SNAPSHOT_READER=pymysql to skip the client")
+    client.close()
 
 
 def _mariadb_gtid(conn: pymysql.connections.Connection, file: str, pos: int) -> str:

@@ -182,7 +182,6 @@ class BinlogSource:
                                    (row["before_values"], row["before_none_sources"]),
                                    (row["after_values"], row["after_none_sources"])))
 
-
     def _decoder(self, event: Any) -> RowsDecoder | None:
         """The compiled decoder for this event's table map (made on first sight), or None when the
         library must decode it: a type we don't compile, a partial row image, an unknown charset."""
@@ -205,9 +204,9 @@ class BinlogSource:
                  out: list[RowChange]) -> None:
         table = self._tables[name]
         if isinstance(event, UpdateRowsEvent):
+            keys = table.key_indexes()
             for i in range(0, len(rows), 2):
                 (before, e1), (after, e2) = rows[i], rows[i + 1]
-                keys = table.key_indexes()
                 if e1 and not e2 and all(before[k] is not None for k in keys):
                     # an update away from a value staging can't hold: the old image's key is enough
                     before = tuple(before[j] if j in keys else v for j, v in enumerate(after))
