@@ -27,7 +27,7 @@ import psycopg
 import pymysql
 
 from cdc.localservers import MariaDBServer, PostgresServer
-from tests.bench.bench_stages import Daemon, cli, wait_caught_up, write_changes
+from tests.bench.bench_stages import Daemon, load_source, wait_caught_up, write_changes
 
 
 def decode_only(env: dict[str, str], pg_url: str) -> tuple[int, float]:
@@ -116,17 +116,7 @@ def main() -> None:
         admin = psycopg.connect(pg.url(), autocommit=True)
         admin.execute("CREATE DATABASE staging")
         admin.execute("CREATE DATABASE warehouse")
-        env = {"SOFTCART_SOURCE_URL": maria.url(database="sales"), "SOFTCART_STAGING_URL": pg.url("staging"),
-               "SOFTCART_WAREHOUSE_URL": pg.url("warehouse"), "SOFTCART_SPOOL_DIR": str(base / "spool"),
-               "SOFTCART_FLUSH_INTERVAL_SECONDS": "5",
-               "SOFTCART_METRICS_LISTEN": "127.0.0.1:0", "SOFTCART_LOG_LEVEL": "warning",
-               **dict(e.split("=", 1) for e in args.env)}
-        old, new = base / "OLD.csv", base / "NEW.csv"
-        assert cli(env, "generate-data", str(old), str(new), "--old-rows", str(args.rows),
-                   "--new-rows", "0").returncode == 0
-        loaded = cli(env, "setup-source", str(old), str(new))
-        assert loaded.returncode == 0, loaded.stderr
-        assert cli(env, "warehouse", "init").returncode == 0
+        env = load_source(maria, pg, base, args.rows, dict(e.split("=", 1) for e in args.env))
         src = pymysql.connect(host="127.0.0.1", port=maria.port, user="root", database="sales", autocommit=True)
         stg = psycopg.connect(pg.url("staging"), autocommit=True)
         daemon = Daemon(env, base / "daemon.log")

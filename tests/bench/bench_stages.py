@@ -78,6 +78,22 @@ class Daemon:
             self.proc.wait(120)
 
 
+def load_source(maria: MariaDBServer, pg: PostgresServer, base: Path, rows: int,
+                extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The daemon's environment (databases staging and warehouse must exist), with ``rows`` rows of
+    the project's generator in the source and the warehouse's tables created."""
+    env = {"SOFTCART_SOURCE_URL": maria.url(database="sales"), "SOFTCART_STAGING_URL": pg.url("staging"),
+           "SOFTCART_WAREHOUSE_URL": pg.url("warehouse"), "SOFTCART_SPOOL_DIR": str(base / "spool"),
+           "SOFTCART_FLUSH_INTERVAL_SECONDS": "5", "SOFTCART_METRICS_LISTEN": "127.0.0.1:0",
+           "SOFTCART_LOG_LEVEL": "warning", **(extra or {})}
+    old, new = base / "OLD.csv", base / "NEW.csv"
+    assert cli(env, "generate-data", str(old), str(new), "--old-rows", str(rows), "--new-rows", "0").returncode == 0
+    loaded = cli(env, "setup-source", str(old), str(new))
+    assert loaded.returncode == 0, loaded.stderr
+    assert cli(env, "warehouse", "init").returncode == 0
+    return env
+
+
 def source_end(src: pymysql.connections.Connection) -> tuple[str, int]:
     with src.cursor() as cur:
         cur.execute("SHOW MASTER STATUS")
@@ -235,16 +251,7 @@ def one_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[tu
             c.execute("CREATE DATABASE staging")
             c.execute("CREATE DATABASE warehouse")
             c.execute("CREATE DATABASE baseline")
-        env = {"SOFTCART_SOURCE_URL": maria.url(database="sales"), "SOFTCART_STAGING_URL": pg.url("staging"),
-               "SOFTCART_WAREHOUSE_URL": pg.url("warehouse"), "SOFTCART_SPOOL_DIR": str(base / "spool"),
-               "SOFTCART_FLUSH_INTERVAL_SECONDS": "5", "SOFTCART_METRICS_LISTEN": "127.0.0.1:0",
-               "SOFTCART_LOG_LEVEL": "warning"}
-        old, new = base / "OLD.csv", base / "NEW.csv"
-        assert cli(env, "generate-data", str(old), str(new), "--old-rows", str(args.rows),
-                   "--new-rows", "0").returncode == 0
-        loaded = cli(env, "setup-source", str(old), str(new))
-        assert loaded.returncode == 0, loaded.stderr
-        assert cli(env, "warehouse", "init").returncode == 0
+        env = load_source(maria, pg, base, args.rows)
         src = pymysql.connect(host="127.0.0.1", port=maria.port, user="root", database="sales", autocommit=True)
         stg = psycopg.connect(pg.url("staging"), autocommit=True)
         wh = psycopg.connect(pg.url("warehouse"), autocommit=True)
