@@ -27,7 +27,7 @@ from psycopg import sql
 
 from cdc.errors import TransientError
 from loader.ddl import META
-from loader.spool import Spool, SpooledBatch, csv_text
+from loader.spool import Spool, SpooledBatch
 from loader.staging import APPLY_LOCK
 from loader.star import STAR
 from loader.warehouse import TABLES, BatchRejected, Warehouse, WTable
@@ -45,19 +45,34 @@ class FlushResult:
     waiting: int  # pending batches that could not be loaded now
 
 
-def _keys_sql(t: WTable) -> sql.Composed:
+def _outbox_keys(t: WTable, last: int, hi: int) -> sql.Composed:
+    """The distinct keys of ``t`` in outbox rows ``last`` < id <= ``hi``, named as the key columns."""
+    return sql.SQL("SELECT DISTINCT {} FROM {}.outbox o WHERE o.id > {} AND o.id <= {} AND o.tbl = {}").format(
+        sql.SQL(", ").join(sql.SQL("o.k{} AS {}").format(sql.Literal(i + 1), sql.Identifier(k))
+                           for i, k in enumerate(t.key)),
+        sql.Identifier(META), sql.Literal(last), sql.Literal(hi), sql.Literal(t.name))
+
+
+def _key_list_sql(t: WTable, full: bool, last: int, hi: int) -> sql.Composed:
+    """A JSON array of the batch's keys of ``t``, each an array of its key values."""
+    source = sql.SQL("SELECT {} FROM {}.{}").format(sql.SQL(", ").join(sql.Identifier(k) for k in t.key),
+                                                    sql.Identifier(STAR), sql.Identifier(t.name)) \
+        if full else _outbox_keys(t, last, hi)
+    return sql.SQL("SELECT COALESCE(jsonb_agg(jsonb_build_array({})), '[]') FROM ({}) k").format(
+        sql.SQL(", ").join(sql.SQL("k.{}").format(sql.Identifier(k)) for k in t.key), source)
+
+
+def _keys_sql(t: WTable, last: int, hi: int) -> sql.Composed:
     """Current rows of the outbox's keys for ``t``, with op U, or D where the row is gone."""
     ks = [sql.Identifier(k) for k in t.key]
-    key_exprs = sql.SQL(", ").join(sql.SQL("o.k{} AS {}").format(sql.Literal(i + 1), k) for i, k in enumerate(ks))
     join = sql.SQL(" AND ").join(sql.SQL("r.{0} = k.{0}").format(k) for k in ks)
     cols = sql.SQL(", ").join(
         sql.SQL("k.{}").format(sql.Identifier(c)) if c in t.key else sql.SQL("r.{}").format(sql.Identifier(c))
         for c in t.columns)
     return sql.SQL(
-        "SELECT CASE WHEN r.{first} IS NULL THEN 'D' ELSE 'U' END, {cols} FROM"
-        " (SELECT DISTINCT {key_exprs} FROM {meta}.outbox o WHERE o.id > %s AND o.id <= %s AND o.tbl = %s) k"
+        "SELECT CASE WHEN r.{first} IS NULL THEN 'D' ELSE 'U' END, {cols} FROM ({keys}) k"
         " LEFT JOIN {star}.{table} r ON {join} ORDER BY {order}").format(
-        first=ks[0], cols=cols, key_exprs=key_exprs, meta=sql.Identifier(META), star=sql.Identifier(STAR),
+        first=ks[0], cols=cols, keys=_outbox_keys(t, last, hi), star=sql.Identifier(STAR),
         table=sql.Identifier(t.name), join=join, order=sql.SQL(", ").join(sql.SQL("k.{}").format(k) for k in ks))
 
 
@@ -121,30 +136,35 @@ class Flusher:
         if hi_row is None or hi_row[0] is None:
             return None
         hi, full = int(hi_row[0]), bool(hi_row[1])
-        texts: dict[str, str] = {}
-        rows: dict[str, int] = {}
-        keys: dict[str, list[Any]] = {}
-        for t in TABLES:
-            cur = conn.execute(_all_sql(t) if full else _keys_sql(t), () if full else (last, hi, t.name))
-            data = cur.fetchall()
-            texts[t.name] = csv_text(data)
-            rows[t.name] = len(data)
-            keys[t.name] = [[r[1 + t.columns.index(k)] for k in t.key] for r in data]
         pos_row = conn.execute(sql.SQL("SELECT binlog_file || ':' || binlog_pos FROM {}.position"
                                        " WHERE pipeline = %s").format(sql.Identifier(META)),
                                (self.pipeline,)).fetchone()
         position = str(pos_row[0]) if pos_row else None
+        # The keys (JSON, for the loader's per-key ordering) come from PostgreSQL, and so does
+        # the CSV: COPY streams it into the spool, Python only moves bytes.
+        keys = sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(
+            sql.SQL("{}, ({})").format(sql.Literal(t.name), _key_list_sql(t, full, last, hi)) for t in TABLES))
         (batch_id,) = conn.execute(
             sql.SQL("INSERT INTO {}.batch (pipeline, outbox_from, outbox_to, position, full_reload, rows, keys)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id").format(sql.Identifier(META)),
-            (self.pipeline, last + 1, hi, position, full, json.dumps(rows), json.dumps(keys))).fetchone() \
-            or (0,)
-        self.spool.write(batch_id, texts, {"pipeline": self.pipeline, "outbox_range": [last + 1, hi],
-                                           "source_position": position, "full_reload": full, "rows": rows})
+                    " VALUES (%s, %s, %s, %s, %s, '{{}}', {}) RETURNING id").format(sql.Identifier(META), keys),
+            (self.pipeline, last + 1, hi, position, full)).fetchone() or (0,)
+        spooled = self.spool.write(batch_id, {t.name: self._csv(t, full, last, hi) for t in TABLES},
+                                   {"pipeline": self.pipeline, "outbox_range": [last + 1, hi],
+                                    "source_position": position, "full_reload": full})
+        rows = {t: int(e["rows"]) for t, e in spooled.manifest["tables"].items()}
+        conn.execute(sql.SQL("UPDATE {}.batch SET rows = %s WHERE id = %s").format(sql.Identifier(META)),
+                     (json.dumps(rows), batch_id))
         conn.execute(sql.SQL("UPDATE {}.flush_state SET last_outbox_id = %s WHERE pipeline = %s")
                      .format(sql.Identifier(META)), (hi, self.pipeline))
         conn.execute(sql.SQL("DELETE FROM {}.outbox WHERE id <= %s").format(sql.Identifier(META)), (hi,))
         return int(batch_id), rows, full, position
+
+    def _csv(self, t: WTable, full: bool, last: int, hi: int) -> Iterator[bytes]:
+        """The table's part of the batch as CSV, in chunks straight from PostgreSQL (started when
+        the spool reads it, so one COPY at a time on the connection)."""
+        query = _all_sql(t) if full else _keys_sql(t, last, hi)
+        with self.conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)) as copy:
+            yield from (bytes(chunk) for chunk in copy)
 
     def _advisory(self, function: str, lock: str) -> None:
         """``function`` (pg_advisory_lock / pg_advisory_unlock) of the pipeline's ``lock`` (apply:

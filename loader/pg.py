@@ -14,6 +14,9 @@ from cdc.settings import Settings
 #: This process's connections say who they are: a session of ours left behind by a network that
 #: went silent can be told apart from another daemon's (see cdc.pipeline.hold_pipeline_lock).
 INSTANCE = f"softcart-sync {socket.gethostname()[:30]}:{os.getpid()}"
+#: Dates and timestamps as text in ISO, whatever the server's DateStyle: psycopg parses nothing
+#: else, and the warehouse batches' CSV (written by COPY) must not depend on the server.
+ISO_DATES = "-c DateStyle=ISO,YMD"
 
 
 def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection[tuple[Any, ...]]:
@@ -22,7 +25,7 @@ def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Conne
         return psycopg.connect(
             host=ep.host, port=ep.port, user=ep.user, password=ep.password.get_secret_value() or None,
             dbname=ep.database, connect_timeout=max(1, int(settings.connect_timeout_seconds)),
-            autocommit=autocommit, application_name=INSTANCE,
+            autocommit=autocommit, application_name=INSTANCE, options=ISO_DATES,
             # A network that goes silent is an error after about SOFTCART_READ_TIMEOUT_SECONDS, not a hang.
             keepalives=1, keepalives_idle=max(1, int(settings.read_timeout_seconds / 2)), keepalives_interval=2,
             keepalives_count=3, tcp_user_timeout=int(settings.read_timeout_seconds * 1000),

@@ -13,7 +13,8 @@ from psycopg.conninfo import make_conninfo
 
 from cdc.errors import TransientError
 from cdc.settings import Endpoint
-from loader.spool import SpooledBatch, csv_text
+from loader.pg import ISO_DATES
+from loader.spool import SpooledBatch
 from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, load_steps
 from transform.fingerprint import Dialect
 
@@ -62,7 +63,9 @@ class PostgresWarehouse:
             ep = self._ep
             try:
                 # libpq options from the URL's query: ?sslmode=verify-full&sslrootcert=/etc/ca.pem
-                options = make_conninfo("", **dict(urllib.parse.parse_qsl(ep.query)))
+                query = dict(urllib.parse.parse_qsl(ep.query))
+                query["options"] = f"{query.get('options', '')} {ISO_DATES}".strip()
+                options = make_conninfo("", **query)
                 self._conn = psycopg.connect(options, host=ep.host, port=ep.port, user=ep.user,
                                              password=ep.password.get_secret_value() or None, dbname=ep.database,
                                              connect_timeout=max(1, int(self._timeout)), autocommit=True,
@@ -107,10 +110,10 @@ class PostgresWarehouse:
         conn.execute(sql.SQL("CREATE TEMP TABLE {} (op char(1) NOT NULL, {}) ON COMMIT DROP").format(
             sql.Identifier(temp), sql.SQL(", ").join(
                 sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_TYPES[c])) for c in t.columns)))
-        rows = batch.rows(t.name) if t.name in batch.manifest["tables"] else []
         with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(
                 sql.Identifier(temp))) as copy:
-            copy.write(csv_text(tuple(r) for r in rows))
+            for chunk in batch.chunks(t.name):  # the file as it is: PostgreSQL parses the CSV
+                copy.write(chunk)
         return temp
 
     def fetch(self, text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:

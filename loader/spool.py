@@ -18,7 +18,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,15 +30,6 @@ STATES = ("pending", "loaded", "failed")
 
 def batch_name(batch_id: int) -> str:
     return f"b{batch_id:012d}"
-
-
-def csv_text(rows: Iterable[tuple[Any, ...]]) -> str:
-    """Rows as CSV: None is an empty field, everything else its text form (pure)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    for row in rows:
-        writer.writerow(["" if v is None else v for v in row])
-    return buf.getvalue()
 
 
 def parse_csv(text: str) -> Iterator[list[str | None]]:
@@ -56,13 +47,24 @@ class SpooledBatch:
     def name(self) -> str:
         return batch_name(self.batch_id)
 
+    def chunks(self, table: str, size: int = 1 << 20) -> Iterator[bytes]:
+        """The table's CSV file in chunks (nothing when the batch has no such file); raises
+        FatalError after the last chunk if the file does not match the manifest's sha256, so a
+        loader streaming it into a transaction rolls back."""
+        entry = self.manifest["tables"].get(table)
+        if entry is None:
+            return
+        digest = hashlib.sha256()
+        with open(self.path / entry["file"], "rb") as f:
+            while chunk := f.read(size):
+                digest.update(chunk)
+                yield chunk
+        if digest.hexdigest() != entry["sha256"]:
+            raise FatalError(f"batch {self.name}: {entry['file']} does not match its sha256 in manifest.json")
+
     def rows(self, table: str) -> list[list[str | None]]:
         """The table's rows, after checking the file against the manifest's sha256."""
-        entry = self.manifest["tables"][table]
-        data = (self.path / entry["file"]).read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise FatalError(f"batch {self.name}: {entry['file']} does not match its sha256 in manifest.json")
-        return list(parse_csv(data.decode("utf-8")))
+        return list(parse_csv(b"".join(self.chunks(table)).decode("utf-8")))
 
 
 class Spool:
@@ -83,8 +85,11 @@ class Spool:
         for leftover in (self.root / "tmp").iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
 
-    def write(self, batch_id: int, tables: dict[str, str], meta: dict[str, Any]) -> SpooledBatch:
-        """Write the CSV texts and the manifest, fsync, and rename the folder into pending/.
+    def write(self, batch_id: int, tables: Mapping[str, str | bytes | Iterable[bytes]],
+              meta: dict[str, Any]) -> SpooledBatch:
+        """Write each table's CSV (text, bytes, or chunks of bytes as they come, e.g. from a
+        ``COPY ... TO STDOUT``: a batch is never held in memory whole) and the manifest, fsync,
+        and rename the folder into pending/.
         A full or unwritable disk is a TransientError naming the folder (the caller's transaction
         rolls back, so the outbox keeps its rows)."""
         try:
@@ -93,18 +98,18 @@ class Spool:
             raise TransientError(f"SOFTCART_SPOOL_DIR {self.root}: cannot write batch {batch_name(batch_id)}: "
                                  f"{exc.strerror or exc}") from None
 
-    def _write(self, batch_id: int, tables: dict[str, str], meta: dict[str, Any]) -> SpooledBatch:
+    def _write(self, batch_id: int, tables: Mapping[str, str | bytes | Iterable[bytes]],
+               meta: dict[str, Any]) -> SpooledBatch:
         name = batch_name(batch_id)
         tmp = self.root / "tmp" / name
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         manifest: dict[str, Any] = {"batch_id": batch_id, "name": name, **meta, "tables": {}}
-        for table, text in tables.items():
-            data = text.encode("utf-8")
-            _write_synced(tmp / f"{table}.csv", data)
-            manifest["tables"][table] = {"file": f"{table}.csv", "rows": text.count("\n"),
-                                         "sha256": hashlib.sha256(data).hexdigest()}
-        _write_synced(tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+        for table, data in tables.items():
+            chunks = [data.encode("utf-8")] if isinstance(data, str) else [data] if isinstance(data, bytes) else data
+            rows, digest = _write_synced(tmp / f"{table}.csv", chunks)
+            manifest["tables"][table] = {"file": f"{table}.csv", "rows": rows, "sha256": digest}
+        _write_synced(tmp / "manifest.json", [json.dumps(manifest, indent=2, sort_keys=True).encode()])
         target = self.root / "pending" / name
         shutil.rmtree(target, ignore_errors=True)
         os.rename(tmp, target)
@@ -124,7 +129,7 @@ class Spool:
         manifest = dict(batch.manifest)
         if error is not None:
             manifest["error"] = error
-            _write_synced(batch.path / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+            _write_synced(batch.path / "manifest.json", [json.dumps(manifest, indent=2, sort_keys=True).encode()])
         if batch.path != target:
             shutil.rmtree(target, ignore_errors=True)
             os.rename(batch.path, target)
@@ -132,11 +137,19 @@ class Spool:
         return SpooledBatch(batch.batch_id, target, manifest)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def _write_synced(path: Path, chunks: Iterable[bytes]) -> tuple[int, str]:
+    """Write and fsync; returns the lines written (rows: the star tables' CSV has no line breaks
+    inside fields) and the sha256."""
+    digest = hashlib.sha256()
+    lines = 0
     with open(path, "wb") as f:
-        f.write(data)
+        for chunk in chunks:
+            f.write(chunk)
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
         f.flush()
         os.fsync(f.fileno())
+    return lines, digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -55,6 +55,8 @@ def wait_until(cond: Callable[[], Any], timeout: float = 60.0, what: str = "cond
                 return value
         except Exception as exc:
             last_exc = exc
+        if PIPELINE_DIED:
+            raise AssertionError(f"waiting for {what}: the pipeline died") from PIPELINE_DIED[0]
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})"
                                                                              if last_exc else ""))
@@ -64,6 +66,11 @@ def execute(conn: pymysql.connections.Connection, *stmts: str) -> None:
     with conn.cursor() as cur:
         for s in stmts:
             cur.execute(s)
+
+
+#: The error of an in-process pipeline (running_pipeline) that died: wait_until gives up at once
+#: with it instead of waiting out its timeout for a pipeline that will never get there.
+PIPELINE_DIED: list[BaseException] = []
 
 
 @contextlib.contextmanager
@@ -78,6 +85,7 @@ def running_pipeline(settings: Settings) -> Iterator[Pipeline]:
             pipeline.run(stop)
         except BaseException as exc:
             errors.append(exc)
+            PIPELINE_DIED.append(exc)
 
     t = threading.Thread(target=target, daemon=True)
     t.start()
@@ -86,6 +94,7 @@ def running_pipeline(settings: Settings) -> Iterator[Pipeline]:
     finally:
         stop.set()
         t.join(60)
+        PIPELINE_DIED.clear()
     assert not t.is_alive(), "pipeline did not stop within 60 s"
     if errors:
         raise errors[0]

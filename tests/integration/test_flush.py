@@ -3,6 +3,7 @@ the DB2 backend against the real ibm_db driver)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
@@ -15,9 +16,10 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.errors import TransientError
+from cdc.errors import FatalError, TransientError
 from cdc.localservers import free_port
 from cdc.settings import Settings, load_settings
+from loader.backends import open_warehouse
 from loader.db2_warehouse import DB2Warehouse
 from loader.spool import Spool
 from loader.warehouse import TABLES
@@ -79,6 +81,46 @@ def test_stream_then_flush_makes_the_warehouse_equal_to_the_star_schema(
     assert len(loaded) >= 2 and not any((spool / "pending").iterdir())
     manifest = (spool / "loaded" / loaded[0] / "manifest.json").read_text()
     assert '"sha256"' in manifest and '"source_position": "mysql-bin.' in manifest
+
+
+def test_batches_are_iso_csv_whatever_the_staging_servers_date_style(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, staging_db: str,
+        warehouse: PG, warehouse_db: str) -> None:
+    # The batch's CSV is written by PostgreSQL (COPY), so its dates would follow the server's
+    # DateStyle (a German one writes 13.05.2021), and psycopg parses ISO dates only.
+    for db in (staging_db, warehouse_db):
+        staging.execute(f'ALTER DATABASE "{db}" SET DateStyle = \'German, DMY\'')
+    execute(source, SALES_DDL, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-05-13 10:00:00'),"
+                               " (2, 2, 9, 2.50, 3, '2021-12-01 23:00:00')")
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        wait_caught_up(staging, source)
+    out = cli("flush", env=wh_env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    spool = Path(wh_env["SOFTCART_SPOOL_DIR"])
+    (batch,) = (spool / "loaded").iterdir()
+    assert "2021-05-13" in (batch / "dimdate.csv").read_text()
+    assert_warehouse_equals_star(staging, warehouse)
+    assert warehouse.execute("SELECT date FROM dimdate ORDER BY 1").fetchall() == [
+        (dt.date(2021, 5, 13),), (dt.date(2021, 12, 1),)]
+    checked = cli("reconcile", env=wh_env)  # reads dates from all three
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_batch_file_changed_on_disk_is_refused_before_anything_commits(
+        wh_settings: Settings, tmp_path: Path, warehouse: PG) -> None:
+    wh = open_warehouse(wh_settings)
+    wh.init()
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    batch = spool.write(7, {"dimdate": b"U,20210101,2021-01-01,2021,1,Q1,1,January,1,6,Friday\n"}, {})
+    with (batch.path / "dimdate.csv").open("ab") as f:
+        f.write(b"U,20210102,2021-01-02,2021,1,Q1,1,January,2,7,Saturday\n")
+    with pytest.raises(FatalError, match=r"dimdate\.csv does not match its sha256"):
+        wh.load(batch)
+    wh.close()
+    assert warehouse.execute("SELECT count(*) FROM dimdate").fetchone() == (0,)
+    assert warehouse.execute("SELECT count(*) FROM softcart_ledger").fetchone() == (0,)
 
 
 def test_sale_moving_to_a_new_date_in_one_batch_keeps_the_foreign_key(
