@@ -5,7 +5,8 @@ only runs set-based statements (one per table and batch, with arrays as paramete
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -33,6 +34,7 @@ STAR = "star"
 Cursor = psycopg.Cursor[Any]
 
 _MONEY = f"numeric({MONEY_DIGITS},{MONEY_SCALE})"
+FACT_INDEX = f"CREATE INDEX IF NOT EXISTS factsales_dateid ON {STAR}.factsales (dateid)"
 STAR_DDL = [
     f"CREATE SCHEMA IF NOT EXISTS {STAR}",
     f"""CREATE TABLE IF NOT EXISTS {STAR}.dimdate (
@@ -43,12 +45,17 @@ STAR_DDL = [
         rowid bigint PRIMARY KEY, dateid integer NOT NULL REFERENCES {STAR}.dimdate (dateid),
         product_id bigint NOT NULL, customer_id bigint, price {_MONEY} NOT NULL, quantity bigint NOT NULL,
         total_price {_MONEY} NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())""",
-    f"CREATE INDEX IF NOT EXISTS factsales_dateid ON {STAR}.factsales (dateid)",
+    FACT_INDEX,
     f"""CREATE TABLE IF NOT EXISTS {STAR}.sales_by_day (
         dateid integer NOT NULL, product_id bigint NOT NULL,
         sales_count bigint NOT NULL, quantity_total bigint NOT NULL, amount_total numeric(38,{MONEY_SCALE}) NOT NULL,
         PRIMARY KEY (dateid, product_id))""",
 ]
+
+#: factsales -> dimdate, as STAR_DDL names it; a rebuild drops it while it loads and adds it back
+#: (one join to validate instead of a trigger call per fact).
+FACT_FK = sql.SQL("factsales_dateid_fkey")
+FACT_FK_DEF = sql.SQL("FOREIGN KEY (dateid) REFERENCES {}.dimdate (dateid)").format(sql.Identifier(STAR))
 
 DIMDATE_COLS = ("dateid", "date", "year", "quarter", "quartername", "month", "monthname", "day", "weekday",
                 "weekdayname")
@@ -115,6 +122,64 @@ OUTBOX_FULL = sql.SQL("INSERT INTO {}.outbox (tbl) VALUES ('*')").format(sql.Ide
 RESOLVE_DEAD_LETTERS = sql.SQL(
     "UPDATE {}.dead_letter SET resolved_at = now() WHERE kind = 'fact' AND source_table = %s"
     " AND row_key = ANY(%s::text[]) AND resolved_at IS NULL").format(sql.Identifier(META))
+
+
+@dataclass
+class Built:
+    """A from-scratch build: facts made, and the rows that make none with the reason."""
+
+    facts: int = 0
+    invalid: list[tuple[Any, str]] = field(default_factory=list)
+
+
+_BIGINT_RANGE = sql.SQL("BETWEEN -9223372036854775808 AND 9223372036854775807")
+_INTEGERS = ("smallint", "integer", "bigint")
+
+
+@dataclass(frozen=True)
+class _SqlRules:
+    """``transform.star.fact_from_values`` as SQL over a staging table, for the rows it can vouch
+    for: ``valid`` holds only where the Python rule makes a fact with these very values (every
+    other row is left to Python), ``dateid`` is the sale's date in the business time zone."""
+
+    valid: sql.Composable
+    dateid: sql.Composable
+
+    @classmethod
+    def for_table(cls, conn: psycopg.Connection[Any], table: str, zone: ZoneInfo) -> _SqlRules | None:
+        """The rules for the table's column types, or None where they'd differ from Python's
+        (a float price is exact binary in Python; a zone PostgreSQL doesn't know)."""
+        types = dict(conn.execute(
+            "SELECT attname, atttypid::regtype::text FROM pg_attribute WHERE attrelid = %s::regclass"
+            " AND attnum > 0 AND NOT attisdropped", (f"{STAGING}.{table}",)).fetchall())
+        numbers = (*_INTEGERS, "numeric")
+        if any(types.get(c) not in numbers for c in ("rowid", "product_id", "customer_id", "price", "quantity")):
+            return None
+        if not conn.execute("SELECT EXISTS (SELECT FROM pg_timezone_names WHERE name = %s)", (zone.key,)).fetchone():
+            return None
+        ts, tz = sql.Identifier("timestamp"), sql.Literal(zone.key)
+        day: sql.Composable
+        if types.get("timestamp") == "timestamp with time zone":
+            day = sql.SQL("({} AT TIME ZONE {})::date").format(ts, tz)
+        elif types.get("timestamp") == "timestamp without time zone":  # a DATETIME: UTC, as the reader's
+            day = sql.SQL("(({} AT TIME ZONE 'UTC') AT TIME ZONE {})::date").format(ts, tz)
+        elif types.get("timestamp") == "date":
+            day = ts
+        else:
+            return None
+        checks = [sql.SQL("{} IS NOT NULL").format(ts), sql.SQL("isfinite({})").format(ts),
+                  sql.SQL("product_id IS NOT NULL"), sql.SQL("price IS NOT NULL"), sql.SQL("quantity IS NOT NULL"),
+                  sql.SQL("quantity >= 0"),
+                  sql.SQL("abs(price) < {}").format(sql.Literal(10 ** (MONEY_DIGITS - MONEY_SCALE))),
+                  sql.SQL("price = round(price, {})").format(sql.Literal(MONEY_SCALE)),
+                  sql.SQL("abs(price * quantity) < {}").format(sql.Literal(10 ** (MONEY_DIGITS - MONEY_SCALE)))]
+        for c in ("rowid", "product_id", "customer_id", "quantity"):
+            if types[c] == "numeric":
+                checks.append(sql.SQL("({0} IS NULL OR ({0} {1} AND {0} = trunc({0})))").format(
+                    sql.Identifier(c), _BIGINT_RANGE))
+        dateid = sql.SQL("(date_part('year', {0}) * 10000 + date_part('month', {0}) * 100"
+                         " + date_part('day', {0}))::integer").format(day)
+        return cls(sql.SQL(" AND ").join(checks), dateid)
 
 
 class StarSchema:
@@ -213,16 +278,58 @@ class StarSchema:
 
     # From scratch ----------------------------------------------------------------------------
 
-    def build_into(self, conn: psycopg.Connection[Any], schema: str, temp: bool = False) -> ScratchBuilder:
-        """Compute the star schema from staging and COPY it into ``schema``'s (empty) tables, or
-        into temporary tables named ``scratch_*`` when ``temp``; returns the builder (facts, rows
-        that make no fact)."""
-        builder = ScratchBuilder(self.zone)
-        facts = 0
-
+    def build_into(self, conn: psycopg.Connection[Any], schema: str, temp: bool = False,
+                   in_sql: bool = False) -> Built:
+        """Compute the star schema from staging into ``schema``'s (empty) tables, or into
+        temporary tables named ``scratch_*`` when ``temp``. ``in_sql``: facts and aggregates by
+        set-based statements inside PostgreSQL where the staging column types allow (the rows
+        those statements can't vouch for, and dimdate, still go through ``transform.star``);
+        otherwise every row through ``transform.star`` (the reference ``rebuild --check`` uses)."""
         def target(name: str) -> sql.Composable:
             return sql.Identifier(f"scratch_{name}") if temp else sql.Identifier(schema, name)
 
+        rules = _SqlRules.for_table(conn, self.table.name, self.zone) if in_sql else None
+        if rules is None:
+            return self._build_in_python(conn, target)
+        built = Built()
+        staging = sql.SQL("{}.{}").format(sql.Identifier(STAGING), sql.Identifier(self.table.name))
+        with conn.cursor() as cur:
+            if not temp:  # bulk load: index and foreign key made once at the end, not per row
+                cur.execute(sql.SQL("ALTER TABLE {}.factsales DROP CONSTRAINT IF EXISTS {}").format(
+                    sql.Identifier(STAR), FACT_FK))
+                cur.execute(sql.SQL("DROP INDEX IF EXISTS {}.factsales_dateid").format(sql.Identifier(STAR)))
+            # The rows the SQL rules don't vouch for (NULLs, overflows, odd values): Python says
+            # whether they make a fact and, if not, why.
+            cur.execute(sql.SQL("SELECT {} FROM {} WHERE NOT COALESCE({}, false)").format(
+                _ids(SALES_COLUMNS), staging, rules.valid))
+            odd = []
+            for row in cur.fetchall():
+                fact, reason = try_fact(tuple(row), self.zone)
+                if fact is not None:
+                    odd.append(fact)
+                elif reason is not None:
+                    built.invalid.append((row[0], reason))
+            days = {r[0] for r in cur.execute(sql.SQL("SELECT DISTINCT {} FROM {} WHERE {}").format(
+                rules.dateid, staging, rules.valid))} | {f.dateid for f in odd}
+            # dimdate first: factsales references it
+            _copy(cur, target("dimdate"), DIMDATE_COLS, (dim_date(date_of(d)).row() for d in sorted(days)))
+            cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT rowid, {}, product_id, customer_id, price, quantity,"
+                                " price * quantity FROM {} WHERE {}").format(
+                target("factsales"), _ids(FACT_COLS), rules.dateid, staging, rules.valid))
+            built.facts = cur.rowcount + len(odd)
+            _copy(cur, target("factsales"), FACT_COLS, (f.row() for f in odd))
+            cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT dateid, product_id, count(*), sum(quantity),"
+                                " sum(total_price) FROM {} GROUP BY dateid, product_id").format(
+                target("sales_by_day"), _ids(AGG_COLS), target("factsales")))
+            if not temp:
+                cur.execute(FACT_INDEX)
+                cur.execute(sql.SQL("ALTER TABLE {}.factsales ADD CONSTRAINT {} {}").format(
+                    sql.Identifier(STAR), FACT_FK, FACT_FK_DEF))
+        return built
+
+    def _build_in_python(self, conn: psycopg.Connection[Any], target: Callable[[str], sql.Composable]) -> Built:
+        builder = ScratchBuilder(self.zone)
+        facts = 0
         with conn.cursor(name="softcart_star_scan") as scan, conn.cursor() as cur:
             scan.itersize = 20000
             scan.execute(sql.SQL("SELECT {} FROM {}.{}").format(
@@ -237,16 +344,15 @@ class StarSchema:
             _copy(cur, target("dimdate"), DIMDATE_COLS, builder.dimdate())
             _copy(cur, target("factsales"), FACT_COLS, pending)
             _copy(cur, target("sales_by_day"), AGG_COLS, builder.sales_by_day())
-        builder.facts = facts
-        return builder
+        return Built(facts, builder.invalid)
 
-    def rebuild(self, conn: psycopg.Connection[Any]) -> ScratchBuilder:
+    def rebuild(self, conn: psycopg.Connection[Any]) -> Built:
         """Replace the star schema with a from-scratch computation (inside the caller's transaction)."""
         with conn.cursor() as cur:
             self.ensure_schema(cur)
             cur.execute(sql.SQL("TRUNCATE {0}.sales_by_day, {0}.factsales, {0}.dimdate").format(sql.Identifier(STAR)))
             cur.execute(OUTBOX_FULL)  # the warehouse follows with a full reload
-        return self.build_into(conn, STAR)
+        return self.build_into(conn, STAR, in_sql=True)
 
     def _build_scratch(self, conn: psycopg.Connection[Any]) -> None:
         """The from-scratch star schema in temporary ``scratch_*`` tables (dropped at commit)."""

@@ -14,7 +14,7 @@ import datetime as dt
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -25,6 +25,10 @@ SALES_COLUMNS = ("rowid", "product_id", "customer_id", "price", "quantity", "tim
 MONEY_DIGITS, MONEY_SCALE = 31, 4
 _MONEY_LIMIT = Decimal(10) ** (MONEY_DIGITS - MONEY_SCALE)
 _BIGINT = 2**63
+#: Money arithmetic is exact: products and sums of DECIMAL(31,4) values need more than the default
+#: context's 28 digits, and a rounded total would pass the overflow check with a wrong value.
+_EXACT = Context(prec=120)
+_MONEY_STEP = Decimal(1).scaleb(-MONEY_SCALE)
 
 _MONTHS = tuple(calendar.month_name)
 _WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
@@ -82,7 +86,7 @@ class InvalidFact(ValueError):
 
 
 def _fits_money(value: Decimal) -> bool:
-    return value.is_finite() and abs(value) < _MONEY_LIMIT and value == round(value, MONEY_SCALE)
+    return value.is_finite() and abs(value) < _MONEY_LIMIT and value == value.quantize(_MONEY_STEP, context=_EXACT)
 
 
 def fact_from_row(row: Mapping[str, Any], zone: ZoneInfo) -> Fact:
@@ -107,13 +111,13 @@ def fact_from_values(values: tuple[Any, ...], zone: ZoneInfo) -> Fact:
         raise InvalidFact(f"quantity is negative ({qty})")
     if product_id is None:
         raise InvalidFact("product_id is NULL")
-    for name, v in (("rowid", rowid), ("product_id", product_id), ("customer_id", customer_id)):
+    for name, v in (("rowid", rowid), ("product_id", product_id), ("customer_id", customer_id), ("quantity", qty)):
         if v is not None and not -_BIGINT <= v < _BIGINT:
             raise InvalidFact(f"{name} {v} does not fit a BIGINT")
     price = Decimal(price)
     if not _fits_money(price):
         raise InvalidFact(f"price {price} does not fit DECIMAL({MONEY_DIGITS},{MONEY_SCALE})")
-    total = price * qty
+    total = _EXACT.multiply(price, qty)
     if not _fits_money(total):
         raise InvalidFact(f"total_price {price} x {qty} = {total} overflows DECIMAL({MONEY_DIGITS},{MONEY_SCALE})")
     if isinstance(ts, dt.datetime):
@@ -135,7 +139,8 @@ class AggDelta:
     def add(self, fact: Fact, sign: int) -> None:
         self.sales += sign
         self.quantity += sign * fact.quantity
-        self.amount += sign * fact.total_price
+        self.amount = _EXACT.add(self.amount, fact.total_price) if sign > 0 else \
+            _EXACT.subtract(self.amount, fact.total_price)
 
     @property
     def is_zero(self) -> bool:

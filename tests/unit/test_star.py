@@ -36,6 +36,19 @@ def test_fact_has_exact_total_and_business_date() -> None:
     assert tokyo.dateid == 20210701, "23:30 UTC is the next morning in Tokyo"
 
 
+def test_totals_and_sums_are_exact_beyond_28_digits() -> None:
+    # 29 significant digits: the default decimal context would round the last one away and the
+    # rounded total would still pass the overflow check.
+    price = Decimal("99999999999999999999999.9999")
+    f = fact_from_row(sale(price=price, qty=99), UTC)
+    assert f.total_price == Decimal("9899999999999999999999999.9901")
+    b = ScratchBuilder(UTC)
+    for i in range(3):
+        b.add((i, 5, 9, price, 99, dt.datetime(2021, 1, 1, tzinfo=dt.UTC)))
+    ((*_, amount),) = b.sales_by_day()
+    assert amount == Decimal("29699999999999999999999999.9703")
+
+
 @pytest.mark.parametrize(("row", "reason"), [
     (sale(ts=None), "timestamp is NULL"),
     (sale(price=None), "price is NULL"),
@@ -44,6 +57,7 @@ def test_fact_has_exact_total_and_business_date() -> None:
     (sale(product=None), "product_id is NULL"),
     (sale(price=Decimal("99999999999999999999999"), qty=100000), "overflows"),
     (sale(price=Decimal("0.00001")), "price 0.00001 does not fit"),
+    (sale(price=Decimal(0), qty=2**63), "quantity 9223372036854775808 does not fit a BIGINT"),
 ])
 def test_rows_that_make_no_fact_say_why(row: dict[str, Any], reason: str) -> None:
     with pytest.raises(InvalidFact, match=reason):
