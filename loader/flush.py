@@ -53,13 +53,10 @@ def _outbox_keys(t: WTable, last: int, hi: int) -> sql.Composed:
         sql.Identifier(META), sql.Literal(last), sql.Literal(hi), sql.Literal(t.name))
 
 
-def _key_list_sql(t: WTable, full: bool, last: int, hi: int) -> sql.Composed:
+def _key_list_sql(t: WTable, last: int, hi: int) -> sql.Composed:
     """A JSON array of the batch's keys of ``t``, each an array of its key values."""
-    source = sql.SQL("SELECT {} FROM {}.{}").format(sql.SQL(", ").join(sql.Identifier(k) for k in t.key),
-                                                    sql.Identifier(STAR), sql.Identifier(t.name)) \
-        if full else _outbox_keys(t, last, hi)
     return sql.SQL("SELECT COALESCE(jsonb_agg(jsonb_build_array({})), '[]') FROM ({}) k").format(
-        sql.SQL(", ").join(sql.SQL("k.{}").format(sql.Identifier(k)) for k in t.key), source)
+        sql.SQL(", ").join(sql.SQL("k.{}").format(sql.Identifier(k)) for k in t.key), _outbox_keys(t, last, hi))
 
 
 def _keys_sql(t: WTable, last: int, hi: int) -> sql.Composed:
@@ -141,9 +138,10 @@ class Flusher:
                                (self.pipeline,)).fetchone()
         position = str(pos_row[0]) if pos_row else None
         # The keys (JSON, for the loader's per-key ordering) come from PostgreSQL, and so does
-        # the CSV: COPY streams it into the spool, Python only moves bytes.
-        keys = sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(
-            sql.SQL("{}, ({})").format(sql.Literal(t.name), _key_list_sql(t, full, last, hi)) for t in TABLES))
+        # the CSV: COPY streams it into the spool, Python only moves bytes. A full reload touches
+        # every key: it lists none and is ordered as a whole (see _load_pending).
+        keys = sql.SQL("'{}'") if full else sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(
+            sql.SQL("{}, ({})").format(sql.Literal(t.name), _key_list_sql(t, last, hi)) for t in TABLES))
         (batch_id,) = conn.execute(
             sql.SQL("INSERT INTO {}.batch (pipeline, outbox_from, outbox_to, position, full_reload, rows, keys)"
                     " VALUES (%s, %s, %s, %s, %s, '{{}}', {}) RETURNING id").format(sql.Identifier(META), keys),
@@ -185,10 +183,11 @@ class Flusher:
             if self._idle():
                 self._advisory("pg_advisory_unlock", lock)
 
-    def pending(self) -> list[tuple[int, str, Any]]:
-        return [(int(r[0]), str(r[1]), r[2]) for r in self.conn.execute(
-            sql.SQL("SELECT id, state, keys FROM {}.batch WHERE pipeline = %s AND state <> 'loaded' ORDER BY id")
-            .format(sql.Identifier(META)), (self.pipeline,)).fetchall()]
+    def pending(self) -> list[tuple[int, str, Any, bool]]:
+        """(id, state, keys, full reload) of the batches not loaded yet, in order."""
+        return [(int(r[0]), str(r[1]), r[2], bool(r[3])) for r in self.conn.execute(
+            sql.SQL("SELECT id, state, keys, full_reload FROM {}.batch WHERE pipeline = %s AND state <> 'loaded'"
+                    " ORDER BY id").format(sql.Identifier(META)), (self.pipeline,)).fetchall()]
 
     def load_pending(self, on_loaded: Callable[[SpooledBatch, float], None] | None = None) -> tuple[int, int, int, int]:
         """Load pending batches in order; returns (loaded, skipped, failed, waiting). One loader at
@@ -200,10 +199,12 @@ class Flusher:
     def _load_pending(self, on_loaded: Callable[[SpooledBatch, float], None] | None) -> tuple[int, int, int, int]:
         loaded = skipped = failed = waiting = 0
         blocked: set[tuple[str, str]] = set()
-        for batch_id, state, keys in self.pending():
+        everything = False  # a full reload is stuck: every later batch waits behind it
+        for batch_id, state, keys, full in self.pending():
             mine = {(table, json.dumps(k)) for table, ks in keys.items() for k in ks}
-            if state == "failed" or mine & blocked:
+            if state == "failed" or everything or mine & blocked or (full and blocked):
                 blocked |= mine
+                everything |= full
                 waiting += state != "failed"
                 continue
             batch = self.spool.find(batch_id)
@@ -216,6 +217,7 @@ class Flusher:
             except BatchRejected as exc:
                 self._fail(batch, str(exc))
                 blocked |= mine
+                everything |= full
                 failed += 1
                 continue
             if self._crash_point == "after-warehouse-commit":

@@ -88,14 +88,15 @@ class PostgresWarehouse:
                     return False
                 total = 0
                 staged = {t.name: self._stage(conn, t, batch) for t in TABLES}
-                if batch.manifest.get("full_reload"):
+                full = bool(batch.manifest.get("full_reload"))
+                if full:
                     conn.execute("DELETE FROM sales_by_day; DELETE FROM factsales; DELETE FROM dimdate")
                 for t, op in load_steps():
                     if op == "D":
                         conn.execute(sql.SQL("DELETE FROM {} t USING {} s WHERE s.op = 'D' AND {}").format(
                             sql.Identifier(t.name), sql.Identifier(staged[t.name]), _match(t)))
-                    else:
-                        total += max(conn.execute(_merge(t, staged[t.name])).rowcount, 0)
+                    else:  # into emptied tables (a full reload) a plain insert: nothing to match
+                        total += max(conn.execute((_insert if full else _merge)(t, staged[t.name])).rowcount, 0)
                 conn.execute(f"INSERT INTO {LEDGER} (batch_id, pipeline, rows_loaded) VALUES (%s, %s, %s)",
                              (batch.batch_id, self._pipeline, total))
             return True
@@ -133,6 +134,12 @@ class PostgresWarehouse:
 def _match(t: WTable, left: str = "t", right: str = "s") -> sql.Composable:
     return sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(
         sql.Identifier(left), sql.Identifier(k), sql.Identifier(right), sql.Identifier(k)) for k in t.key)
+
+
+def _insert(t: WTable, staged: str) -> sql.Composed:
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in t.columns)
+    return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE op = 'U'").format(
+        sql.Identifier(t.name), cols, cols, sql.Identifier(staged))
 
 
 def _merge(t: WTable, staged: str) -> sql.Composed:

@@ -294,6 +294,9 @@ class StarSchema:
         built = Built()
         staging = sql.SQL("{}.{}").format(sql.Identifier(STAGING), sql.Identifier(self.table.name))
         with conn.cursor() as cur:
+            # The aggregate has about as many groups as facts: hashed in memory, not spilled (the
+            # setting ends with the transaction).
+            cur.execute("SET LOCAL work_mem = '128MB'")
             if not temp:  # bulk load: index and foreign key made once at the end, not per row
                 cur.execute(sql.SQL("ALTER TABLE {}.factsales DROP CONSTRAINT IF EXISTS {}").format(
                     sql.Identifier(STAR), FACT_FK))

@@ -81,6 +81,11 @@ def test_stream_then_flush_makes_the_warehouse_equal_to_the_star_schema(
     assert len(loaded) >= 2 and not any((spool / "pending").iterdir())
     manifest = (spool / "loaded" / loaded[0] / "manifest.json").read_text()
     assert '"sha256"' in manifest and '"source_position": "mysql-bin.' in manifest
+    # A rebuild's full reload replaces the (non-empty) warehouse tables.
+    warehouse.execute("INSERT INTO sales_by_day VALUES (20000101, 1, 1, 1, 1)")  # a stray row it must clear
+    assert cli("rebuild", env=wh_env).returncode == 0
+    assert cli("flush", env=wh_env).returncode == 0
+    assert_warehouse_equals_star(staging, warehouse)
 
 
 def test_batches_are_iso_csv_whatever_the_staging_servers_date_style(
@@ -137,6 +142,33 @@ def test_sale_moving_to_a_new_date_in_one_batch_keeps_the_foreign_key(
     assert out.returncode == 0, out.stdout + out.stderr
     assert warehouse.execute("SELECT dateid FROM dimdate").fetchall() == [(20210606,)]
     assert_warehouse_equals_star(staging, warehouse)
+
+
+def test_a_refused_full_reload_holds_back_every_later_batch_until_retried(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
+    # A full reload lists no keys (it touches them all): a later batch on other keys must still
+    # wait behind it, or the reload would undo that batch's changes when it finally loads.
+    execute(source, SALES_DDL, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 500, '2021-01-01 00:00:00'),"
+                               " (2, 2, 1, 1.00, 1, '2021-01-02 00:00:00')")
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    warehouse.execute("ALTER TABLE factsales ADD CONSTRAINT small_qty CHECK (quantity < 100)")
+    with running_pipeline(wh_settings):
+        wait_caught_up(staging, source)
+    assert cli("rebuild", env=wh_env).returncode == 0  # asks for a full reload
+    failed = cli("flush", env=wh_env)
+    assert failed.returncode == 1 and "failed 1" in failed.stdout, failed.stdout
+    assert staging.execute("SELECT full_reload FROM softcart.batch WHERE state = 'failed'").fetchall() == [(True,)]
+    with running_pipeline(wh_settings):
+        execute(source, "UPDATE sales_data SET quantity = 3, timestamp = timestamp WHERE rowid = 2")
+        wait_caught_up(staging, source)
+    waiting = cli("flush", env=wh_env)
+    assert waiting.returncode == 1 and "waiting behind a failed batch 1" in waiting.stdout, waiting.stdout
+    assert warehouse.execute("SELECT count(*) FROM factsales").fetchone() == (0,)
+    warehouse.execute("ALTER TABLE factsales DROP CONSTRAINT small_qty")
+    (failed_id,) = staging.execute("SELECT id FROM softcart.batch WHERE state = 'failed'").fetchone() or (0,)
+    assert cli("batches", "retry", str(failed_id), env=wh_env).returncode == 0
+    assert_warehouse_equals_star(staging, warehouse)
+    assert warehouse.execute("SELECT quantity FROM factsales WHERE rowid = 2").fetchone() == (3,)
 
 
 def test_crash_between_warehouse_commit_and_marking_loaded_applies_nothing_twice(
