@@ -183,11 +183,19 @@ class Flusher:
             if self._idle():
                 self._advisory("pg_advisory_unlock", lock)
 
-    def pending(self) -> list[tuple[int, str, Any, bool]]:
-        """(id, state, keys, full reload) of the batches not loaded yet, in order."""
-        return [(int(r[0]), str(r[1]), r[2], bool(r[3])) for r in self.conn.execute(
-            sql.SQL("SELECT id, state, keys, full_reload FROM {}.batch WHERE pipeline = %s AND state <> 'loaded'"
+    def pending(self) -> list[tuple[int, str, bool]]:
+        """(id, state, full reload) of the batches not loaded yet, in order."""
+        return [(int(r[0]), str(r[1]), bool(r[2])) for r in self.conn.execute(
+            sql.SQL("SELECT id, state, full_reload FROM {}.batch WHERE pipeline = %s AND state <> 'loaded'"
                     " ORDER BY id").format(sql.Identifier(META)), (self.pipeline,)).fetchall()]
+
+    def _keys(self, batch_id: int) -> set[tuple[str, str]]:
+        """The batch's keys as (table, key as JSON text): read only when a batch failed, since
+        only then can a key be held back."""
+        return {(str(r[0]), str(r[1])) for r in self.conn.execute(
+            sql.SQL("SELECT t.key, k.value::text FROM {}.batch b, jsonb_each(b.keys) t,"
+                    " jsonb_array_elements(t.value) k WHERE b.id = %s").format(sql.Identifier(META)),
+            (batch_id,))}
 
     def load_pending(self, on_loaded: Callable[[SpooledBatch, float], None] | None = None) -> tuple[int, int, int, int]:
         """Load pending batches in order; returns (loaded, skipped, failed, waiting). One loader at
@@ -200,10 +208,9 @@ class Flusher:
         loaded = skipped = failed = waiting = 0
         blocked: set[tuple[str, str]] = set()
         everything = False  # a full reload is stuck: every later batch waits behind it
-        for batch_id, state, keys, full in self.pending():
-            mine = {(table, json.dumps(k)) for table, ks in keys.items() for k in ks}
-            if state == "failed" or everything or mine & blocked or (full and blocked):
-                blocked |= mine
+        for batch_id, state, full in self.pending():
+            if state == "failed" or everything or (blocked and (full or self._keys(batch_id) & blocked)):
+                blocked |= self._keys(batch_id)
                 everything |= full
                 waiting += state != "failed"
                 continue
@@ -216,7 +223,7 @@ class Flusher:
                 fresh = self.warehouse.load(batch)
             except BatchRejected as exc:
                 self._fail(batch, str(exc))
-                blocked |= mine
+                blocked |= self._keys(batch_id)
                 everything |= full
                 failed += 1
                 continue
