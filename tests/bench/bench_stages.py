@@ -13,6 +13,7 @@ JSON line (every run's figures), and writes a PNG chart of the lag during the fr
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import random
@@ -92,6 +93,36 @@ def load_source(maria: MariaDBServer, pg: PostgresServer, base: Path, rows: int,
     assert loaded.returncode == 0, loaded.stderr
     assert cli(env, "warehouse", "init").returncode == 0
     return env
+
+
+def wait_flushed(stg: psycopg.Connection[Any], timeout: float = 3600) -> None:
+    """Until the outbox is empty and every batch is in the warehouse (polled every 100 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = stg.execute("SELECT (SELECT count(*) FROM softcart.outbox)"
+                          " + (SELECT count(*) FROM softcart.batch WHERE state <> 'loaded')").fetchone()
+        if row is not None and row[0] == 0:
+            return
+        time.sleep(0.1)  # polling the daemon's flusher, with the deadline above
+    raise TimeoutError("the warehouse was not loaded")
+
+
+def snapshot_phases(log: Path, rows: int) -> dict[str, float]:
+    """From the daemon's JSON log: the staging copy's rate (snapshot start to its last table) and
+    the seconds the star schema's build took after it."""
+    at: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") in ("snapshot_started", "snapshot_table_done", "snapshot_star_schema_built"):
+            at.setdefault(event["event"], 0.0)
+            at[event["event"]] = dt.datetime.fromisoformat(event["timestamp"]).timestamp()
+    if len(at) < 3:
+        return {}
+    return {"snapshot_staging_copy_rows_per_s": rows / (at["snapshot_table_done"] - at["snapshot_started"]),
+            "snapshot_star_build_seconds": at["snapshot_star_schema_built"] - at["snapshot_table_done"]}
 
 
 def source_end(src: pymysql.connections.Connection) -> tuple[str, int]:
@@ -257,10 +288,14 @@ def one_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[tu
         wh = psycopg.connect(pg.url("warehouse"), autocommit=True)
 
         # 1. Initial snapshot.
-        daemon = Daemon(env, base / "daemon.log")
+        daemon = Daemon({**env, "SOFTCART_LOG_LEVEL": "info", "SOFTCART_LOG_FORMAT": "json"}, base / "daemon.log")
         daemon.start()
         seconds = wait_caught_up(src, stg)
         figures["snapshot_rows_per_s"] = args.rows / seconds
+        figures.update(snapshot_phases(base / "daemon.log", args.rows))
+        wait_flushed(stg)  # the snapshot's full reload into the warehouse: not part of the catch-up
+        daemon.stop()
+        daemon = Daemon(env, base / "daemon.log")  # quieter from here on
 
         # 2. Catch-up: changes written while the daemon is stopped.
         daemon.stop()
