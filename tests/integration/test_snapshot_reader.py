@@ -4,6 +4,7 @@ give the same staging rows and the same dead letters."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +18,7 @@ from cdc.localservers import PostgresServer
 from cdc.mysql import read_table
 from cdc.pipeline import Pipeline
 from cdc.settings import Settings
-from tests.helpers import execute, pg_database, source_rows, staging_rows
+from tests.helpers import execute, pg_database, source_rows, staging_rows, wait_until
 
 Conn = pymysql.connections.Connection
 
@@ -80,3 +81,49 @@ def test_client_reader_asked_for_where_it_cannot_read_is_a_config_error(
     execute(source, "CREATE TABLE snap (id INT PRIMARY KEY, t TIME)")
     with pg_database(postgres, f"snap_time_{source_db}") as db, pytest.raises(ConfigError, match="SNAPSHOT_READER"):
         _snapshot(settings, postgres, db, "client")
+
+
+def test_client_failing_mid_copy_falls_back_to_pymysql_with_nothing_doubled(
+        settings: Settings, source: Conn, source_db: str, postgres: PostgresServer) -> None:
+    # The client's SELECT of the second table is killed on the server while it streams (held up,
+    # deterministically, by the apply lock the test holds: the snapshot can't start its COPY and
+    # the client's pipe fills). Everything copied so far, the first table's dead letter included,
+    # is rolled back; pymysql takes a new snapshot of both.
+    execute(source, "CREATE TABLE snap (id INT PRIMARY KEY, dd DATE, vc VARCHAR(100))",
+            "CREATE TABLE snap2 (id INT PRIMARY KEY, vc VARCHAR(100))",
+            "SET SESSION sql_mode = ''", "INSERT INTO snap VALUES (1, '0000-00-00', 'zero date'), (2, NULL, 'ok')",
+            "INSERT INTO snap2 SELECT seq, REPEAT('x', 80) FROM seq_1_to_60000")
+    with pg_database(postgres, f"snap_kill_{source_db}") as db:
+        s = settings.model_copy(update={"source_tables": ["snap", "snap2"], "star_table": "",
+                                        "snapshot_reader": "auto",
+                                        "staging_url": settings.staging_url.__class__(postgres.url(db))})
+        done: list[BaseException | None] = []
+
+        def snapshot() -> None:
+            try:
+                Pipeline(s).resnapshot()
+                done.append(None)
+            except BaseException as exc:
+                done.append(exc)
+
+        with psycopg.connect(postgres.url(db), autocommit=True) as holder, capture_logs() as logs:
+            holder.execute("SELECT pg_advisory_lock(hashtext('softcart-sync apply ' || %s))", (s.pipeline_name,))
+            worker = threading.Thread(target=snapshot, daemon=True)
+            worker.start()
+            with source.cursor() as cur:
+                def streaming() -> Any:  # the server blocked writing snap2's rows: the pipe is full
+                    cur.execute("SELECT id FROM information_schema.processlist WHERE command = 'Query'"
+                                " AND info LIKE 'SELECT IF(%%FROM `snap2`' AND state = 'Writing to net'")
+                    return cur.fetchone()
+                (query_id,) = wait_until(streaming, 60, "the client's copy of snap2 to stream")
+                cur.execute(f"KILL QUERY {int(query_id)}")
+            holder.execute("SELECT pg_advisory_unlock(hashtext('softcart-sync apply ' || %s))", (s.pipeline_name,))
+            worker.join(120)
+        assert done == [None], done
+        assert [(e["event"], e.get("reader")) for e in logs if e["event"] in ("snapshot_started",
+                                                                             "snapshot_client_failed")] == [
+            ("snapshot_started", "mariadb client"), ("snapshot_client_failed", None), ("snapshot_started", "pymysql")]
+        with psycopg.connect(postgres.url(db), autocommit=True) as stg:
+            assert stg.execute("SELECT count(*), sum(id) FROM staging.snap2").fetchone() == (60000, sum(range(60001)))
+            assert stg.execute("SELECT id FROM staging.snap").fetchall() == [(2,)]
+            assert stg.execute("SELECT source_table, row_key FROM softcart.dead_letter").fetchall() == [("snap", "[1]")]
