@@ -177,6 +177,7 @@ class _SqlRules:
             if types[c] == "numeric":
                 checks.append(sql.SQL("({0} IS NULL OR ({0} {1} AND {0} = trunc({0})))").format(
                     sql.Identifier(c), _BIGINT_RANGE))
+        checks.append(sql.SQL("{} BETWEEN '0001-01-01' AND '9999-12-31'").format(day))  # Python's dates
         dateid = sql.SQL("(date_part('year', {0}) * 10000 + date_part('month', {0}) * 100"
                          " + date_part('day', {0}))::integer").format(day)
         return cls(sql.SQL(" AND ").join(checks), dateid)

@@ -121,7 +121,11 @@ def fact_from_values(values: tuple[Any, ...], zone: ZoneInfo) -> Fact:
     if not _fits_money(total):
         raise InvalidFact(f"total_price {price} x {qty} = {total} overflows DECIMAL({MONEY_DIGITS},{MONEY_SCALE})")
     if isinstance(ts, dt.datetime):
-        local = ts.astimezone(zone) if ts.tzinfo else ts.replace(tzinfo=dt.UTC).astimezone(zone)
+        try:
+            local = ts.astimezone(zone) if ts.tzinfo else ts.replace(tzinfo=dt.UTC).astimezone(zone)
+        except OverflowError:  # 9999-12-31 23:00 UTC is in year 10000 east of UTC
+            raise InvalidFact(f"timestamp {ts.isoformat()} has no date in {zone.key} (outside years 1-9999)") \
+                from None
         day = local.date()
     else:
         day = ts

@@ -50,7 +50,8 @@ QTYS = st.one_of(st.none(), st.integers(-3, 1000), st.sampled_from([0, 99, 2**40
                 st.sampled_from([Decimal("1.50"), Decimal("2.25"), Decimal("-0.50")]))
 TIMES = st.one_of(st.none(), st.datetimes(dt.datetime(1971, 1, 1), dt.datetime(2037, 12, 31)),
                   st.sampled_from([dt.datetime(2021, 3, 27, 23, 30), dt.datetime(2021, 12, 31, 23, 59, 59, 999999),
-                                   dt.datetime(2021, 1, 1, 0, 0)]))
+                                   dt.datetime(2021, 1, 1, 0, 0), dt.datetime(9999, 12, 31, 23, 0),
+                                   dt.datetime(1, 1, 1, 0, 0)]))
 IDS = st.one_of(st.integers(0, 5), st.sampled_from([BIG - 1, BIG, 2**64 - 1]))
 ROWS = st.lists(st.tuples(IDS | st.none(), IDS | st.none(), PRICES, QTYS, TIMES), max_size=40)
 

@@ -58,10 +58,11 @@ def test_totals_and_sums_are_exact_beyond_28_digits() -> None:
     (sale(price=Decimal("99999999999999999999999"), qty=100000), "overflows"),
     (sale(price=Decimal("0.00001")), "price 0.00001 does not fit"),
     (sale(price=Decimal(0), qty=2**63), "quantity 9223372036854775808 does not fit a BIGINT"),
+    (sale(ts=dt.datetime(9999, 12, 31, 23, 0)), "has no date in Asia/Tokyo"),
 ])
 def test_rows_that_make_no_fact_say_why(row: dict[str, Any], reason: str) -> None:
     with pytest.raises(InvalidFact, match=reason):
-        fact_from_row(row, UTC)
+        fact_from_row(row, ZoneInfo("Asia/Tokyo"))
 
 
 DAYS = [dt.datetime(2021, 1, d, 12, tzinfo=dt.UTC) for d in (1, 2, 3)]
