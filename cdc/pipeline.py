@@ -245,6 +245,16 @@ class Pipeline:
         self.state.progress_at = time.time()
         self.metrics.snapshot_rows.labels(table).set(rows)
 
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Statements to staging inside are watched by _guard_writer; a statement that ends (or
+        fails) is no longer in flight."""
+        self.state.writer_busy_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.state.writer_busy_since = 0.0
+
     def _guard_writer(self, writer: StagingWriter) -> None:
         """A statement to staging that takes longer than SOFTCART_READ_TIMEOUT_SECONDS means a
         network gone silent (a middlebox that acknowledges but never delivers defeats TCP's own
@@ -331,9 +341,8 @@ class Pipeline:
         def flush() -> None:
             nonlocal buffer
             if buffer:
-                self.state.writer_busy_since = time.monotonic()
-                writer.apply(buffer)
-                self.state.writer_busy_since = 0.0
+                with self._guarded():
+                    writer.apply(buffer)
                 buffer = []
                 self.state.progress_at = time.time()  # a huge transaction is progress too
 
@@ -344,9 +353,8 @@ class Pipeline:
             nonlocal batch_rows, commit, txns
             assert commit is not None and commit.commit is not None
             flush()
-            self.state.writer_busy_since = time.monotonic()
-            writer.commit(commit.commit, commit.event_time or None)
-            self.state.writer_busy_since = 0.0
+            with self._guarded():
+                writer.commit(commit.commit, commit.event_time or None)
             structlog.contextvars.bind_contextvars(position=str(commit.commit))  # on every later line
             st = self.state
             now = time.time()
@@ -415,9 +423,9 @@ class Pipeline:
         """Staging follows a schema change in one transaction with the statement's position: ALTERs,
         or a stopped table; a column added gets its existing rows' values from the source (read
         now: later changes to those rows are replayed on top, with full row images)."""
-        self.state.writer_busy_since = time.monotonic()
-        backfill = writer.apply_schema_change(change)
-        self.state.writer_busy_since = 0.0  # a backfill streams for as long as the table is big: no guard
+        with self._guarded():
+            backfill = writer.apply_schema_change(change)
+        # a backfill streams for as long as the table is big: no guard
         if backfill:
             conn = mysql.connect(self.settings)
             try:
@@ -425,9 +433,8 @@ class Pipeline:
                     writer.backfill(table, columns, _source_values(conn, table, columns, writer))
             finally:
                 conn.close()
-        self.state.writer_busy_since = time.monotonic()
-        writer.commit(change.position, change.event_time or None)
-        self.state.writer_busy_since = 0.0
+        with self._guarded():
+            writer.commit(change.position, change.event_time or None)
         self._observe_position(change.position)
         self.state.last_commit_at = self.state.progress_at = time.time()
         self.metrics.tables_stopped.set(len(writer.stopped))
@@ -439,9 +446,8 @@ class Pipeline:
         now = self.state.position
         if at is None or now is None or (at.file, at.pos) <= (now.file, now.pos):
             return
-        self.state.writer_busy_since = time.monotonic()  # under the guard, as every statement to staging
-        writer.commit(at, None)
-        self.state.writer_busy_since = 0.0
+        with self._guarded():  # as every statement to staging
+            writer.commit(at, None)
         self._observe_position(at)
         log.debug("idle_position_saved", position=str(at))
 
