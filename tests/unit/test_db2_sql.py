@@ -68,13 +68,13 @@ def test_batch_csv_as_postgresql_copy_writes_it_keeps_nulls_and_text() -> None:
 def test_deploy_sql_files_hold_what_warehouse_init_creates() -> None:
     from pathlib import Path
 
-    from loader.db2_warehouse import ledger_sql, views_sql
+    from loader.db2_warehouse import index_sql, ledger_sql, views_sql
     from loader.pg_warehouse import ddl
     from loader.warehouse import TABLES
 
     deploy = Path(__file__).resolve().parents[2] / "deploy" / "sql"
     db2 = (deploy / "db2-warehouse.sql").read_text()
-    for stmt in [*(create_table_sql(t) for t in TABLES), ledger_sql(), *views_sql()]:
+    for stmt in [*(create_table_sql(t) for t in TABLES), index_sql(), ledger_sql(), *views_sql()]:
         assert stmt + ";" in db2
     pg = (deploy / "postgresql-warehouse.sql").read_text()
     for stmt in ddl():
