@@ -52,10 +52,15 @@ STAR_DDL = [
         PRIMARY KEY (dateid, product_id))""",
 ]
 
-#: factsales -> dimdate, as STAR_DDL names it; a rebuild drops it while it loads and adds it back
-#: (one join to validate instead of a trigger call per fact).
-FACT_FK = sql.SQL("factsales_dateid_fkey")
-FACT_FK_DEF = sql.SQL("FOREIGN KEY (dateid) REFERENCES {}.dimdate (dateid)").format(sql.Identifier(STAR))
+#: The constraints of STAR_DDL (as PostgreSQL names them) that a rebuild drops while it loads and
+#: adds back, in this order: a key built from sorted rows and a foreign key validated by one join
+#: cost a fraction of their upkeep row by row (1,000,000 facts: 5.3 s -> 3 s).
+_BULK_CONSTRAINTS = (
+    ("factsales", "factsales_pkey", sql.SQL("PRIMARY KEY (rowid)")),
+    ("sales_by_day", "sales_by_day_pkey", sql.SQL("PRIMARY KEY (dateid, product_id)")),
+    ("factsales", "factsales_dateid_fkey",
+     sql.SQL("FOREIGN KEY (dateid) REFERENCES {}.dimdate (dateid)").format(sql.Identifier(STAR))),
+)
 
 DIMDATE_COLS = ("dateid", "date", "year", "quarter", "quartername", "month", "monthname", "day", "weekday",
                 "weekdayname")
@@ -282,7 +287,8 @@ class StarSchema:
     def build_into(self, conn: psycopg.Connection[Any], schema: str, temp: bool = False,
                    in_sql: bool = False) -> Built:
         """Compute the star schema from staging into ``schema``'s (empty) tables, or into
-        temporary tables named ``scratch_*`` when ``temp``. ``in_sql``: facts and aggregates by
+        temporary tables named ``scratch_*`` when ``temp`` (they have no foreign key). ``in_sql``:
+        facts and aggregates by
         set-based statements inside PostgreSQL where the staging column types allow (the rows
         those statements can't vouch for, and dimdate, still go through ``transform.star``);
         otherwise every row through ``transform.star`` (the reference ``rebuild --check`` uses)."""
@@ -298,9 +304,11 @@ class StarSchema:
             # The aggregate has about as many groups as facts: hashed in memory, not spilled (the
             # setting ends with the transaction).
             cur.execute("SET LOCAL work_mem = '128MB'")
-            if not temp:  # bulk load: index and foreign key made once at the end, not per row
-                cur.execute(sql.SQL("ALTER TABLE {}.factsales DROP CONSTRAINT IF EXISTS {}").format(
-                    sql.Identifier(STAR), FACT_FK))
+            cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            if not temp:  # bulk load: keys and index built once at the end (sorted), not row by row
+                for table, name, _ in reversed(_BULK_CONSTRAINTS):
+                    cur.execute(sql.SQL("ALTER TABLE {}.{} DROP CONSTRAINT IF EXISTS {}").format(
+                        sql.Identifier(STAR), sql.Identifier(table), sql.Identifier(name)))
                 cur.execute(sql.SQL("DROP INDEX IF EXISTS {}.factsales_dateid").format(sql.Identifier(STAR)))
             # The rows the SQL rules don't vouch for (NULLs, overflows, odd values): Python says
             # whether they make a fact and, if not, why.
@@ -313,10 +321,6 @@ class StarSchema:
                     odd.append(fact)
                 elif reason is not None:
                     built.invalid.append((row[0], reason))
-            days = {r[0] for r in cur.execute(sql.SQL("SELECT DISTINCT {} FROM {} WHERE {}").format(
-                rules.dateid, staging, rules.valid))} | {f.dateid for f in odd}
-            # dimdate first: factsales references it
-            _copy(cur, target("dimdate"), DIMDATE_COLS, (dim_date(date_of(d)).row() for d in sorted(days)))
             cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT rowid, {}, product_id, customer_id, price, quantity,"
                                 " price * quantity FROM {} WHERE {}").format(
                 target("factsales"), _ids(FACT_COLS), rules.dateid, staging, rules.valid))
@@ -325,10 +329,15 @@ class StarSchema:
             cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT dateid, product_id, count(*), sum(quantity),"
                                 " sum(total_price) FROM {} GROUP BY dateid, product_id").format(
                 target("sales_by_day"), _ids(AGG_COLS), target("factsales")))
+            # The dates from the aggregate (the facts' foreign key is added after them).
+            days = [r[0] for r in cur.execute(sql.SQL("SELECT DISTINCT dateid FROM {} ORDER BY 1").format(
+                target("sales_by_day")))]
+            _copy(cur, target("dimdate"), DIMDATE_COLS, (dim_date(date_of(d)).row() for d in days))
             if not temp:
                 cur.execute(FACT_INDEX)
-                cur.execute(sql.SQL("ALTER TABLE {}.factsales ADD CONSTRAINT {} {}").format(
-                    sql.Identifier(STAR), FACT_FK, FACT_FK_DEF))
+                for table, name, definition in _BULK_CONSTRAINTS:
+                    cur.execute(sql.SQL("ALTER TABLE {}.{} ADD CONSTRAINT {} {}").format(
+                        sql.Identifier(STAR), sql.Identifier(table), sql.Identifier(name), definition))
         return built
 
     def _build_in_python(self, conn: psycopg.Connection[Any], target: Callable[[str], sql.Composable]) -> Built:
