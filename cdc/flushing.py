@@ -78,7 +78,7 @@ def flush_loop(settings: Settings, stop: threading.Event, started: threading.Eve
 def _loaded(metrics: Metrics, batch: SpooledBatch, seconds: float) -> None:
     metrics.flush_seconds.observe(seconds)
     metrics.batches_loaded.inc()
-    metrics.warehouse_rows.inc(sum(batch.manifest.get("rows", {}).values()))
+    metrics.warehouse_rows.inc(sum(batch.row_counts.values()))
     metrics.last_commit.labels("warehouse").set(time.time())
 
 

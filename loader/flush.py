@@ -149,7 +149,7 @@ class Flusher:
         spooled = self.spool.write(batch_id, {t.name: self._csv(t, full, last, hi) for t in TABLES},
                                    {"pipeline": self.pipeline, "outbox_range": [last + 1, hi],
                                     "source_position": position, "full_reload": full})
-        rows = {t: int(e["rows"]) for t, e in spooled.manifest["tables"].items()}
+        rows = spooled.row_counts
         conn.execute(sql.SQL("UPDATE {}.batch SET rows = %s WHERE id = %s").format(sql.Identifier(META)),
                      (json.dumps(rows), batch_id))
         conn.execute(sql.SQL("UPDATE {}.flush_state SET last_outbox_id = %s WHERE pipeline = %s")
@@ -244,7 +244,7 @@ class Flusher:
         self.conn.execute(sql.SQL("UPDATE {}.batch SET state = 'loaded', loaded_at = now(), error = NULL"
                                   " WHERE id = %s").format(sql.Identifier(META)), (batch.batch_id,))
         self.spool.move(batch, "loaded")
-        log.info("batch_loaded", batch=batch.batch_id, rows=batch.manifest.get("rows"))
+        log.info("batch_loaded", batch=batch.batch_id, rows=batch.row_counts)
 
     def _fail(self, batch: SpooledBatch, error: str) -> None:
         self.conn.execute(sql.SQL("UPDATE {}.batch SET state = 'failed', error = %s WHERE id = %s")

@@ -47,6 +47,11 @@ class SpooledBatch:
     def name(self) -> str:
         return batch_name(self.batch_id)
 
+    @property
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table file."""
+        return {t: int(e["rows"]) for t, e in self.manifest.get("tables", {}).items()}
+
     def chunks(self, table: str, size: int = 1 << 20) -> Iterator[bytes]:
         """The table's CSV file in chunks (nothing when the batch has no such file); raises
         FatalError after the last chunk if the file does not match the manifest's sha256, so a

@@ -371,6 +371,8 @@ def test_daemon_with_the_warehouse_away_shows_the_backlog_then_drains_it(
         port = metrics_port(back)
         wait_until(lambda: sample(port, "softcart_spool_pending_batches") == 0
                    and sample(port, "softcart_warehouse_batches_loaded_total") >= 3, 60, "the backlog to drain")
+        spooled = sum(sum(r[0].values()) for r in staging.execute("SELECT rows FROM softcart.batch"))
+        assert spooled > 0 and sample(port, "softcart_warehouse_rows_loaded_total") == spooled
         assert back.stop(30) == 0
     finally:
         if back.proc and back.proc.poll() is None:
