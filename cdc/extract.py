@@ -27,7 +27,7 @@ from cdc.errors import TransientError
 from cdc.flavor import Flavor, snapshot_position
 from cdc.model import Position
 from cdc.settings import Settings
-from transform.extract import copy_text_select, refusal, unescape
+from transform.extract import INTEGER_TYPES, copy_text_select, refusal, unescape
 from transform.schema import Table
 
 _BLOCK = 1 << 20
@@ -148,8 +148,7 @@ class ClientReader:
 
 
 def _key_value(table: Table, name: str, text: str | None) -> Any:
-    if text is not None and table.column(name).data_type.lower() in ("tinyint", "smallint", "mediumint", "int",
-                                                                     "integer", "bigint"):
+    if text is not None and table.column(name).data_type.lower() in INTEGER_TYPES:
         return int(text)
     return text
 

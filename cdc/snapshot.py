@@ -57,15 +57,15 @@ def open_snapshot(conn: pymysql.connections.Connection, flavor: Flavor) -> Posit
             cur.execute(plan.position)
             file, pos = snapshot_position(flavor.mariadb, list(cur.fetchall()))
             if flavor.mariadb:
-                cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
+                gtid = _mariadb_gtid(cur, file, pos)
             else:
                 cur.execute(flavor.gtid_sql)
-            row = cur.fetchone()
-            gtid = str(row[0] or "") if row else ""
+                row = cur.fetchone()
+                gtid = _one_line(row[0] if row else None)
         finally:
             for stmt in plan.unlock:
                 cur.execute(stmt)
-    return Position(file, pos, gtid.replace("\n", ""))
+    return Position(file, pos, gtid)
 
 
 def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
@@ -82,7 +82,8 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
         position: Position | None = None
         if client is not None:
             try:
-                position = client.position(flavor, lambda file, pos: _mariadb_gtid(conn, file, pos))
+                with conn.cursor() as cur:
+                    position = client.position(flavor, lambda file, pos: _mariadb_gtid(cur, file, pos))
             except TransientError as exc:
                 _give_up_client(settings, client, exc)
                 client = None
@@ -153,11 +154,16 @@ def _give_up_client(settings: Settings, client: ClientReader, exc: TransientErro
     client.close()
 
 
-def _mariadb_gtid(conn: pymysql.connections.Connection, file: str, pos: int) -> str:
-    with conn.cursor() as cur:
-        cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
-        row = cur.fetchone()
-    return str(row[0] or "").replace("\n", "") if row else ""
+def _mariadb_gtid(cur: Any, file: str, pos: int) -> str:
+    """MariaDB's GTID state at a binlog position."""
+    cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
+    row = cur.fetchone()
+    return _one_line(row[0] if row else None)
+
+
+def _one_line(gtid: Any) -> str:
+    """A GTID set as one line (MySQL breaks long ones)."""
+    return str(gtid or "").replace("\n", "")
 
 
 def _client_copy(client: ClientReader, table: Table, writer: StagingWriter, position: Position,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from transform.fingerprint import Dialect, quote
 from transform.schema import Column, Table
 
-_INTS = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
+INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 _TEXT = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext"}
 _BYTES = {"tinyblob", "blob", "mediumblob", "longblob", "varbinary"}
 _DATES = {"date", "datetime", "timestamp"}
@@ -35,7 +35,7 @@ def _value(col: Column) -> tuple[str, str | None] | None:
     held) for one column, or None when the column's type is not read this way."""
     c = quote(col.name, Dialect.MYSQL)
     t = col.data_type.lower()
-    if t in _INTS or t in ("decimal", "numeric"):
+    if t in INTEGER_TYPES or t in ("decimal", "numeric"):
         return c, None
     if t in _TEXT:
         if (col.charset or "").lower() not in _CHARSETS:
