@@ -73,6 +73,20 @@ def execute(conn: pymysql.connections.Connection, *stmts: str) -> None:
 PIPELINE_DIED: list[BaseException] = []
 
 
+_PIPELINE_THREADS: dict[int, threading.Thread] = {}
+
+
+def wait_pipeline_died(pipeline: Pipeline, timeout: float = 60.0) -> BaseException:
+    """For a test whose expected outcome is the pipeline stopping on an error: wait (with a
+    deadline) for the thread of ``running_pipeline`` to end and return its error. ``wait_until``
+    can't be used for this: it gives up as soon as the pipeline dies, so it races the outcome."""
+    thread = _PIPELINE_THREADS[id(pipeline)]
+    thread.join(timeout)
+    assert not thread.is_alive(), f"the pipeline was still running after {timeout}s"
+    assert PIPELINE_DIED, "the pipeline stopped without an error"
+    return PIPELINE_DIED[0]
+
+
 @contextlib.contextmanager
 def running_pipeline(settings: Settings) -> Iterator[Pipeline]:
     """The daemon's pipeline in a thread of this process; stopped cleanly on exit."""
@@ -88,6 +102,7 @@ def running_pipeline(settings: Settings) -> Iterator[Pipeline]:
             PIPELINE_DIED.append(exc)
 
     t = threading.Thread(target=target, daemon=True)
+    _PIPELINE_THREADS[id(pipeline)] = t
     t.start()
     try:
         yield pipeline
@@ -95,6 +110,7 @@ def running_pipeline(settings: Settings) -> Iterator[Pipeline]:
         stop.set()
         t.join(60)
         PIPELINE_DIED.clear()
+        _PIPELINE_THREADS.pop(id(pipeline), None)
     assert not t.is_alive(), "pipeline did not stop within 60 s"
     if errors:
         raise errors[0]

@@ -23,6 +23,7 @@ from tests.helpers import (
     source_rows,
     staging_rows,
     wait_caught_up,
+    wait_pipeline_died,
     wait_until,
 )
 
@@ -162,15 +163,17 @@ def test_batch_where_every_row_fails_the_same_way_is_fatal_not_dead_letters(
     from loader.pg import INSTANCE
 
     fatal = pytest.raises(FatalError, match=r"every one of 3 changes to all_types failed the same way .*vc")
-    with fatal, running_pipeline(typed):
+    with fatal, running_pipeline(typed) as pipeline:
         wait_caught_up(staging, source)
         staging.execute("ALTER TABLE staging.all_types ALTER COLUMN vc SET NOT NULL")
         source.begin()
         execute(source, "INSERT INTO all_types (id) VALUES (1), (2), (3)")
         source.commit()
-        wait_until(lambda: staging.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (INSTANCE,)).fetchone() is None,
-            60, "the daemon to stop on the fatal error")
+        died = wait_pipeline_died(pipeline)  # the outcome tested: the pipeline stops on its own
+        assert isinstance(died, FatalError), died
+    # its sessions end with it (a backend leaves pg_stat_activity shortly after its client closes)
+    wait_until(lambda: staging.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                       (INSTANCE,)).fetchone() == (0,), 30, "the daemon's sessions to end")
     assert staging.execute("SELECT count(*) FROM softcart.dead_letter").fetchone() == (0,)
 
 
