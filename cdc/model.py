@@ -65,6 +65,16 @@ class TxnChunk:
     commit: Position | None
     event_time: float = 0.0
     rows: int = field(default=0)
+    #: the changes belong to an XA transaction that is being prepared: kept in staging, not
+    #: applied, until its XA COMMIT (or dropped at its XA ROLLBACK)
+    hold: bool = False
+    #: on the last chunk of a prepared XA transaction: the xid its held changes are kept under
+    xa_prepared: str = ""
+    #: an XA COMMIT / XA ROLLBACK of a transaction prepared earlier (this chunk has no changes)
+    xa_commit: str = ""
+    xa_rollback: str = ""
+    #: tables that can't be followed from this transaction on: (table, reason, statement)
+    stops: tuple[tuple[str, str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", len(self.changes))
@@ -87,7 +97,7 @@ class SchemaChange:
     when it is gone), read when the reader met the statement."""
 
     statement: str
-    kind: str  # alter, truncate, drop, rename, create
+    kind: str  # alter, truncate, drop, rename, create, replace (CREATE OR REPLACE), drop_database
     position: Position
     event_time: float
     tables: tuple[tuple[str, Table | None], ...]

@@ -142,6 +142,15 @@ def read_table(conn: pymysql.connections.Connection, database: str, name: str) -
     return table
 
 
+def nontransactional_tables(conn: pymysql.connections.Connection, database: str) -> set[str]:
+    """Tables of ``database`` whose engine has no transactions (MyISAM, Aria, MEMORY...): their
+    rows stay changed when a transaction around them rolls back."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT t.TABLE_NAME FROM information_schema.TABLES t JOIN information_schema.ENGINES e"
+                    " ON e.ENGINE = t.ENGINE WHERE t.TABLE_SCHEMA = %s AND e.TRANSACTIONS <> 'YES'", (database,))
+        return {str(r[0]) for r in cur.fetchall()}
+
+
 def _int(v: Any) -> int | None:
     return None if v is None else int(v)
 

@@ -399,8 +399,19 @@ class Pipeline:
                 batch_started = time.monotonic()
             for ch in item.changes:
                 m.events_read.labels(ch.table, ch.op.value).inc()
-            buffer.extend(item.changes)
+            if item.hold:  # a prepared XA transaction's rows: kept, applied at its XA COMMIT
+                with self._guarded():
+                    writer.hold(item.changes)
+            else:
+                if writer.unlabeled_held and item.commit is not None and not item.xa_prepared:
+                    flush()  # an XA transaction committed in one phase, its first slices kept
+                    with self._guarded():
+                        batch_rows += writer.apply_held("")
+                buffer.extend(item.changes)
             batch_rows += item.rows
+            if item.commit is not None and (item.xa_commit or item.xa_rollback or item.xa_prepared or item.stops):
+                flush()
+                batch_rows += self._transaction_control(writer, item, item.commit)
             if len(buffer) >= s.chunk_rows:
                 flush()
             if item.commit is None:
@@ -418,6 +429,22 @@ class Pipeline:
         else:
             writer.rollback()
 
+
+    def _transaction_control(self, writer: StagingWriter, item: TxnChunk, at: Position) -> int:
+        """XA decisions, XA prepares and tables stopped by the transaction ending at ``at``, in the
+        open batch; returns the rows a decision applied."""
+        applied = 0
+        with self._guarded():
+            if item.xa_prepared:
+                writer.label_held(item.xa_prepared, at)
+            if item.xa_commit:
+                applied = writer.apply_held(item.xa_commit)
+            if item.xa_rollback:
+                writer.drop_held(item.xa_rollback)
+            if item.stops:
+                writer.stop_tables(item.stops, at)
+                self.metrics.tables_stopped.set(len(writer.stopped))
+        return applied
 
     def _follow_schema(self, writer: StagingWriter, change: SchemaChange) -> None:
         """Staging follows a schema change in one transaction with the statement's position: ALTERs,

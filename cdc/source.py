@@ -21,17 +21,18 @@ from pymysqlreplication.event import (
     MariadbGtidEvent,
     QueryEvent,
     RotateEvent,
+    XAPrepareEvent,
     XidEvent,
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, RowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 from cdc import binlog_fixes
+from cdc.assemble import Assembler, Ddl, xid_text
 from cdc.errors import FatalError, TransientError
 from cdc.flavor import Flavor, gtid_advance
 from cdc.model import Heartbeat, Op, Position, RowChange, SchemaChange, TxnChunk
-from cdc.mysql import classify, connect, connection_settings, read_table, report_name
+from cdc.mysql import classify, connect, connection_settings, nontransactional_tables, read_table, report_name
 from cdc.settings import Settings
-from transform.ddl import statement_kind, tables_named
 from transform.rowcodec import BinlogColumn, RowsDecoder, compile_decoder
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
@@ -40,7 +41,7 @@ log = structlog.get_logger(__name__)
 
 binlog_fixes.install()
 
-_EVENTS = [GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent, RotateEvent, HeartbeatLogEvent,
+_EVENTS = [GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent, XAPrepareEvent, RotateEvent, HeartbeatLogEvent,
            WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent]
 
 
@@ -58,6 +59,8 @@ class BinlogSource:
         self._start = start
         self._reader: BinLogStreamReader | None = None
         self._lock = threading.Lock()
+        self._assembler = Assembler(settings.source.database, list(tables), settings.chunk_rows,
+                                    settings.chunk_rows * settings.queue_chunks)
 
     def close(self) -> None:
         """Safe from another thread: unblocks a pending read."""
@@ -69,6 +72,17 @@ class BinlogSource:
 
     def chunks(self, stop: threading.Event) -> Iterator[TxnChunk | Heartbeat | SchemaChange]:
         s = self._settings
+        conn = connect(s)
+        try:
+            nontransactional = nontransactional_tables(conn, s.source.database)
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@lower_case_table_names")
+                row = cur.fetchone()
+            fold_case = bool(row and int(row[0]))
+        finally:
+            conn.close()
+        self._assembler = Assembler(s.source.database, list(self._tables), s.chunk_rows,
+                                    s.chunk_rows * s.queue_chunks, nontransactional, fold_case)
         with self._lock:
             self._reader = BinLogStreamReader(
                 connection_settings=connection_settings(s),
@@ -92,59 +106,51 @@ class BinlogSource:
             self.close()
 
     def _events(self, stop: threading.Event) -> Iterator[TxnChunk | Heartbeat | SchemaChange]:
+        """The binlog's events, grouped into whole transactions by :class:`cdc.assemble.Assembler`."""
         reader = self._reader
         assert reader is not None
+        asm = self._assembler
         file, gtid = self._start.file, self._start.gtid
-        changes: list[RowChange] = []
-        in_txn = False
-        limit = self._settings.chunk_rows
         for event in reader:
             if stop.is_set():
                 return
             if isinstance(event, RotateEvent):
-                if in_txn:
+                if asm.in_txn:
                     raise TransientError("source connection restarted inside a transaction; resuming "
                                          "from the last committed position")
                 file = event.next_binlog
                 continue
             if isinstance(event, HeartbeatLogEvent):
-                if not in_txn:
+                if not asm.in_txn:
                     at = Position(file, int(reader.log_pos), gtid) if event.ident == file and reader.log_pos else None
                     yield Heartbeat(float(event.timestamp) if event.timestamp else 0.0, at)
                 continue
-            if isinstance(event, MariadbGtidEvent | GtidEvent):
-                in_txn = True
+            when = float(event.timestamp)
+            if isinstance(event, MariadbGtidEvent):
                 gtid = gtid_advance(self._flavor.mariadb, gtid, str(event.gtid))
-                continue
-            if isinstance(event, QueryEvent):
-                query = _query_text(event)
-                if query.upper() == "BEGIN":
-                    in_txn = True
-                    continue
-                # COMMIT of a non-transactional table, or a DDL: a transaction boundary.
-                in_txn = False
-                at = Position(file, int(reader.log_pos), gtid)
-                change = self._ddl(query, at, float(event.timestamp)) if query.upper() != "COMMIT" else None
-                yield change or TxnChunk(tuple(changes), at, float(event.timestamp))
-                changes = []
-                continue
-            if isinstance(event, XidEvent):
-                in_txn = False
-                yield TxnChunk(tuple(changes), Position(file, int(reader.log_pos), gtid), float(event.timestamp))
-                changes = []
-                continue
-            self._rows(event, changes)
-            if len(changes) >= limit:
-                yield TxnChunk(tuple(changes), None, float(event.timestamp))
-                changes = []
+                items = asm.gtid(int(event.flags))
+            elif isinstance(event, GtidEvent):
+                gtid = gtid_advance(self._flavor.mariadb, gtid, str(event.gtid))
+                items = asm.gtid(None)
+            elif isinstance(event, QueryEvent):
+                schema = event.schema.decode("utf-8", "replace") if isinstance(event.schema, bytes) else event.schema
+                items = asm.query(_query_text(event), schema or None, Position(file, int(reader.log_pos), gtid), when)
+            elif isinstance(event, XidEvent):
+                items = asm.xid(Position(file, int(reader.log_pos), gtid), when)
+            elif isinstance(event, XAPrepareEvent):
+                xid = xid_text(event.xid_gtrid, event.xid_bqual, int(event.xid_format_id))
+                items = asm.xa_prepare(xid, bool(event.one_phase), Position(file, int(reader.log_pos), gtid), when)
+            else:
+                changes: list[RowChange] = []
+                self._rows(event, changes)
+                items = asm.rows(changes, when)
+            for item in items:
+                yield self._ddl(item) if isinstance(item, Ddl) else item
 
-    def _ddl(self, query: str, at: Position, event_time: float) -> SchemaChange | None:
+    def _ddl(self, ddl: Ddl) -> SchemaChange:
         """A statement on followed tables: their definitions are read again from the source (rows
         after it decode with them) and the writer gets a SchemaChange to make staging follow."""
-        kind = statement_kind(query)
-        names = tables_named(query, self._settings.source.database, self._settings.source_tables) if kind else []
-        if not names:
-            return None
+        names = list(ddl.tables)
         conn = connect(self._settings)
         try:
             tables: list[tuple[str, Table | None]] = []
@@ -157,10 +163,11 @@ class BinlogSource:
                 if new is not None:
                     self._tables[name] = new
                     self._converters[name] = RowConverter(new)
+            self._assembler.nontransactional = nontransactional_tables(conn, self._settings.source.database)
         finally:
             conn.close()
-        log.info("source_ddl", statement=query[:500], tables=names, position=str(at))
-        return SchemaChange(query[:10000], kind or "", at, event_time, tuple(tables))
+        log.info("source_ddl", statement=ddl.statement[:500], kind=ddl.kind, tables=names, position=str(ddl.position))
+        return SchemaChange(ddl.statement, ddl.kind, ddl.position, ddl.event_time, tuple(tables))
 
     def _rows(self, event: Any, out: list[RowChange]) -> None:
         table = event.table

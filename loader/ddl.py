@@ -87,6 +87,15 @@ META_DDL = [
         source_table text NOT NULL,
         definition jsonb NOT NULL,
         PRIMARY KEY (pipeline, source_table))""").format(sql.Identifier(META)),
+    # The row changes of XA transactions prepared on the source and not yet committed or rolled
+    # back (pickled tuples of RowChange, in order of id): applied at their XA COMMIT, dropped at
+    # XA ROLLBACK, and kept across restarts, since the position has moved past their PREPARE.
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {}.xa_pending (
+        id bigserial PRIMARY KEY,
+        pipeline text NOT NULL,
+        xid text NOT NULL,
+        prepared_at text,
+        changes bytea NOT NULL)""").format(sql.Identifier(META)),
     sql.SQL("""CREATE TABLE IF NOT EXISTS {}.snapshot (
         pipeline text NOT NULL,
         source_table text NOT NULL,

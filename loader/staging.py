@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import pickle
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -130,6 +131,7 @@ class StagingWriter:
                 star.prepare_session(cur)
         self._dead: list[DeadLetter] = []
         self._open = False
+        self.unlabeled_held = 0  # chunks of the XA transaction being read, kept in this transaction
 
     # Transaction control ---------------------------------------------------------------------
 
@@ -148,6 +150,7 @@ class StagingWriter:
     def rollback(self) -> None:
         self._dead.clear()
         self._star_pending = 0
+        self.unlabeled_held = 0
         if self._open:
             self._open = False
             if not self.conn.closed:
@@ -305,7 +308,7 @@ class StagingWriter:
                     self._stop(cur, name, f"another table was renamed into {name}: its rows are not in the binlog",
                                change)
                     continue
-                if change.kind in ("truncate", "drop", "rename") or new is None:
+                if change.kind in ("truncate", "drop", "rename", "replace", "drop_database") or new is None:
                     # The source's rows are gone (a table renamed away or dropped is empty to us).
                     cur.execute(sql.SQL("TRUNCATE {}").format(rel))
                     if self.star is not None and self.star.table.name == name:
@@ -335,15 +338,73 @@ class StagingWriter:
         return backfill
 
     def _stop(self, cur: psycopg.Cursor[Any], name: str, reason: str, change: SchemaChange) -> None:
+        self._stop_table(cur, name, reason, change.statement, change.position)
+
+    def _stop_table(self, cur: psycopg.Cursor[Any], name: str, reason: str, statement: str,
+                    position: Position) -> None:
         cur.execute(sql.SQL("INSERT INTO {}.stopped_table (pipeline, source_table, reason, statement, position)"
                             " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (pipeline, source_table) DO UPDATE SET"
                             " reason = EXCLUDED.reason, statement = EXCLUDED.statement,"
                             " position = EXCLUDED.position, stopped_at = now()").format(sql.Identifier(META)),
-                    (self.pipeline, name, reason, change.statement, str(change.position)))
+                    (self.pipeline, name, reason, statement, str(position)))
         self.stopped[name] = reason
-        log.error("table_stopped", table=name, reason=reason, statement=change.statement[:500],
-                  position=str(change.position),
+        log.error("table_stopped", table=name, reason=reason, statement=statement[:500], position=str(position),
                   fix="the other tables keep streaming; `softcart-sync resnapshot` takes this one again")
+
+    def stop_tables(self, stops: Iterable[tuple[str, str, str]], position: Position) -> None:
+        """Stop following tables (table, reason, statement) from the transaction ending at
+        ``position`` on, in the open transaction."""
+        self.begin()
+        with self.conn.cursor() as cur:
+            for name, reason, statement in stops:
+                if name in self.tables and name not in self.stopped:
+                    self._stop_table(cur, name, reason, statement, position)
+
+    # XA transactions prepared but not yet decided ----------------------------------------------
+
+    def hold(self, changes: Sequence[RowChange]) -> None:
+        """Keep a prepared XA transaction's changes in staging (not applied), in the open
+        transaction; they get their xid at the prepare (:meth:`label_held`)."""
+        self.begin()
+        self.conn.execute(sql.SQL("INSERT INTO {}.xa_pending (pipeline, xid, changes) VALUES (%s, '', %s)")
+                          .format(sql.Identifier(META)), (self.pipeline, pickle.dumps(tuple(changes))))
+        self.unlabeled_held += 1
+
+    def label_held(self, xid: str, position: Position) -> None:
+        self.begin()
+        n = self.conn.execute(sql.SQL("UPDATE {}.xa_pending SET xid = %s, prepared_at = %s WHERE pipeline = %s"
+                                      " AND xid = ''").format(sql.Identifier(META)),
+                              (xid, str(position), self.pipeline)).rowcount
+        self.unlabeled_held = 0
+        log.info("xa_prepared_held", xid=xid, chunks=n, position=str(position))
+
+    def apply_held(self, xid: str) -> int:
+        """Apply the changes kept for ``xid`` (its XA COMMIT; ``''``: the transaction just read,
+        committed in one phase), in order, in the open transaction; returns rows applied."""
+        self.begin()
+        meta = sql.Identifier(META)
+        ids = [r[0] for r in self.conn.execute(sql.SQL("SELECT id FROM {}.xa_pending WHERE pipeline = %s AND"
+                                                       " xid = %s ORDER BY id").format(meta), (self.pipeline, xid))]
+        if not ids and xid:
+            log.error("xa_commit_without_prepare", xid=xid,
+                      reason="its XA PREPARE came before this pipeline's start (snapshot) position, so its rows "
+                             "were neither in the snapshot nor held", fix="run `softcart-sync reconcile`")
+        applied = 0
+        for i in ids:
+            row = self.conn.execute(sql.SQL("DELETE FROM {}.xa_pending WHERE id = %s RETURNING changes").format(meta),
+                                    (i,)).fetchone()
+            assert row is not None
+            applied += self.apply(pickle.loads(row[0]))  # noqa: S301 - written by us, in our own schema
+        self.unlabeled_held = 0
+        if xid:
+            log.info("xa_committed_applied", xid=xid, chunks=len(ids), rows=applied)
+        return applied
+
+    def drop_held(self, xid: str) -> None:
+        self.begin()
+        n = self.conn.execute(sql.SQL("DELETE FROM {}.xa_pending WHERE pipeline = %s AND xid = %s")
+                              .format(sql.Identifier(META)), (self.pipeline, xid)).rowcount
+        log.info("xa_rolled_back_dropped", xid=xid, chunks=n)
 
     def backfill(self, table: Table, columns: list[str], rows: Iterable[Row]) -> int:
         """Set ``columns`` of existing staging rows from (key..., column...) rows, in the open

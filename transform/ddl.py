@@ -96,27 +96,3 @@ def plan(schema: str, old: Table, new: Table, statement: str) -> SchemaPlan:
         if not kept[name].nullable and col.nullable:
             out.append(f"ALTER TABLE {rel} ALTER COLUMN {q} DROP NOT NULL")
     return SchemaPlan(out, added)
-
-
-_STATEMENT_TABLE = re.compile(
-    r"^\s*(?:/\*.*?\*/\s*)*(ALTER\s+(?:ONLINE\s+|IGNORE\s+)*TABLE|TRUNCATE(?:\s+TABLE)?|DROP\s+TABLE"
-    r"(?:\s+IF\s+EXISTS)?|RENAME\s+TABLE|CREATE\s+(?:OR\s+REPLACE\s+)?TABLE(?:\s+IF\s+NOT\s+EXISTS)?)\s+",
-    re.IGNORECASE | re.DOTALL)
-_NAME = r"(?:`(?:[^`]|``)+`|[A-Za-z0-9_$]+)"
-
-
-def statement_kind(statement: str) -> str | None:
-    """alter, truncate, drop, rename or create (None: not a table statement we follow)."""
-    m = _STATEMENT_TABLE.match(statement)
-    return m[1].split()[0].lower() if m else None
-
-
-def tables_named(statement: str, database: str, tables: list[str]) -> list[str]:
-    """Which of ``tables`` (in ``database``) the statement names as a table."""
-    names = []
-    for raw in re.findall(rf"({_NAME}(?:\s*\.\s*{_NAME})?)", statement):
-        parts = [p.strip().strip("`").replace("``", "`") for p in raw.split(".")]
-        if len(parts) == 2 and parts[0].lower() != database.lower():
-            continue
-        names.append(parts[-1].lower())
-    return [t for t in tables if t.lower() in names]

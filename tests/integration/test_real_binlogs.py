@@ -1,0 +1,182 @@
+"""What other clients do on the same server, read from a real MariaDB binlog: savepoints, rollbacks
+with non-transactional tables, XA transactions (decided in a later batch or after a restart),
+statement-format sessions, DDL in other databases, CREATE OR REPLACE and renames into our tables.
+Every test ends with staging equal to the source, or the table stopped by name: never silently
+wrong."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pymysql
+import pytest
+
+from cdc.localservers import MariaDBServer
+from cdc.settings import Settings
+from tests.helpers import assert_same, cli, execute, running_pipeline, wait_caught_up
+
+Conn = pymysql.connections.Connection
+PG = psycopg.Connection[Any]
+Connect = Callable[..., Conn]
+
+ITEMS = "CREATE TABLE items (id INT PRIMARY KEY, v INT) ENGINE=InnoDB"
+MLOG = "CREATE TABLE mlog (id INT PRIMARY KEY, v INT) ENGINE=MyISAM"
+
+
+@pytest.fixture
+def connect(mariadb: MariaDBServer, source_db: str) -> Iterator[Connect]:
+    """Another client's connection to the source (closed at the end)."""
+    opened: list[Conn] = []
+
+    def make(database: str = source_db, autocommit: bool = True) -> Conn:
+        conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=database,
+                               autocommit=autocommit)
+        opened.append(conn)
+        return conn
+
+    yield make
+    for c in opened:
+        with contextlib.suppress(pymysql.err.Error):
+            c.close()
+    # a test that failed half-way must not leave a prepared XA transaction holding its locks
+    cleanup = make()
+    with cleanup.cursor() as cur:
+        cur.execute("XA RECOVER")
+        for row in cur.fetchall():
+            cur.execute("XA ROLLBACK %s", (row[3],))
+    cleanup.close()
+
+
+@pytest.fixture
+def scratch(source: Conn, source_db: str) -> Iterator[str]:
+    """A second database on the same server, with tables named like ours."""
+    name = f"{source_db}_scratch"
+    execute(source, f"CREATE DATABASE `{name}`")
+    yield name
+    execute(source, f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def two_tables(settings: Settings, source: Conn) -> Settings:
+    execute(source, ITEMS, MLOG, "INSERT INTO items VALUES (1, 1), (2, 2)", "INSERT INTO mlog VALUES (1, 1)")
+    return settings.model_copy(update={"source_tables": ["items", "mlog"], "star_table": ""})
+
+
+def test_savepoints_and_rollbacks_follow_the_server(settings: Settings, source: Conn, staging: PG,
+                                                    source_db: str, connect: Connect) -> None:
+    s = two_tables(settings, source)
+    other = connect()
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+        # InnoDB only: the server drops the rolled-back row itself; SAVEPOINT is in the binlog
+        execute(other, "START TRANSACTION", "INSERT INTO items VALUES (10, 10)", "SAVEPOINT s1",
+                "INSERT INTO items VALUES (11, 11)", "ROLLBACK TO SAVEPOINT s1", "INSERT INTO items VALUES (12, 12)",
+                "COMMIT")
+        # with a MyISAM table changed, ROLLBACK TO is logged after the rows it undoes: the InnoDB
+        # rows since the savepoint must go, the MyISAM row stays (as on the source)
+        execute(other, "START TRANSACTION", "INSERT INTO items VALUES (20, 20)", "SAVEPOINT s1",
+                "UPDATE items SET v = 99 WHERE id = 1", "INSERT INTO items VALUES (21, 21)",
+                "INSERT INTO mlog VALUES (21, 21)", "ROLLBACK TO SAVEPOINT s1", "INSERT INTO items VALUES (22, 22)",
+                "COMMIT")
+        execute(other, "START TRANSACTION", "DELETE FROM items WHERE id = 2", "INSERT INTO mlog VALUES (30, 30)",
+                "ROLLBACK")
+        wait_caught_up(staging, source)
+        for t in ("items", "mlog"):
+            assert_same(source, staging, source_db, t)
+    ids = [r[0] for r in staging.execute("SELECT id FROM staging.items ORDER BY id").fetchall()]
+    assert ids == [1, 2, 10, 12, 20, 22]
+    assert staging.execute("SELECT v FROM staging.items WHERE id = 1").fetchone() == (1,)
+    assert staging.execute("SELECT count(*) FROM softcart.stopped_table").fetchone() == (0,)
+
+
+def prepare(conn: Conn, xid: str, *statements: str) -> None:
+    """XA START .. XA PREPARE on ``conn``, then disconnect: the prepared transaction is left to
+    another session's XA COMMIT or XA ROLLBACK (as a transaction manager would)."""
+    execute(conn, f"XA START '{xid}'", *statements, f"XA END '{xid}'", f"XA PREPARE '{xid}'")
+    conn.close()
+
+
+def test_xa_transactions_apply_at_commit_even_after_a_restart_and_never_at_rollback(
+        settings: Settings, source: Conn, staging: PG, source_db: str, connect: Connect) -> None:
+    s = two_tables(settings, source)
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+        prepare(connect(), "x1", "INSERT INTO items VALUES (100, 100)")
+        execute(source, "XA ROLLBACK 'x1'")
+        prepare(connect(), "x2", "INSERT INTO items VALUES (200, 200)", "UPDATE items SET v = 7 WHERE id = 1")
+        execute(source, "INSERT INTO items VALUES (3, 3)")  # committed while x2 waits
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "items")  # x2 is not visible on the source yet
+        assert staging.execute("SELECT count(*) FROM softcart.xa_pending").fetchone() == (1,)
+    # the daemon stops with x2 prepared; its position is past the prepare
+    execute(source, "XA COMMIT 'x2'")
+    execute(connect(), "XA START 'x3'", "INSERT INTO items VALUES (300, 300)", "XA END 'x3'",
+            "XA COMMIT 'x3' ONE PHASE")
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "items")
+    assert staging.execute("SELECT v FROM staging.items WHERE id IN (1, 200) ORDER BY id").fetchall() == [(7,), (200,)]
+    assert staging.execute("SELECT count(*) FROM staging.items WHERE id = 100").fetchone() == (0,)
+    assert staging.execute("SELECT count(*) FROM softcart.xa_pending").fetchone() == (0,)
+
+
+def test_statement_format_dml_stops_its_table_and_the_others_stream_on(
+        settings: Settings, settings_env: dict[str, str], source: Conn, staging: PG, source_db: str,
+        connect: Connect) -> None:
+    s = two_tables(settings, source)
+    stmt = connect()
+    execute(stmt, "SET SESSION binlog_format = 'STATEMENT'")
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+        execute(stmt, "UPDATE items SET v = v + 1 WHERE id = 1")
+        execute(source, "INSERT INTO mlog VALUES (2, 2)", "INSERT INTO items VALUES (5, 5)")
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "mlog")
+        stopped = staging.execute("SELECT source_table, reason, statement FROM softcart.stopped_table").fetchall()
+        assert [(r[0], r[2]) for r in stopped] == [("items", "UPDATE items SET v = v + 1 WHERE id = 1")]
+        assert "STATEMENT binlog format" in stopped[0][1]
+    # resnapshot takes it again
+    out = cli("resnapshot", env={**settings_env, "SOFTCART_SOURCE_TABLES": "items,mlog", "SOFTCART_STAR_TABLE": ""})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert staging.execute("SELECT count(*) FROM softcart.stopped_table").fetchone() == (0,)
+    with running_pipeline(s):
+        execute(source, "UPDATE items SET v = 50 WHERE id = 5")
+        wait_caught_up(staging, source)
+        for t in ("items", "mlog"):
+            assert_same(source, staging, source_db, t)
+
+
+def test_ddl_is_scoped_by_its_default_database(settings: Settings, source: Conn, staging: PG, source_db: str,
+                                               connect: Connect, scratch: str) -> None:
+    s = two_tables(settings, source)
+    other = connect(database=scratch)
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+        # a same-named table in another database, by unqualified name: none of ours changes
+        execute(other, "CREATE TABLE items (id INT PRIMARY KEY, w TEXT)", "INSERT INTO items VALUES (1, 'x')",
+                "TRUNCATE items", "ALTER TABLE items ADD COLUMN z INT", "DROP TABLE items",
+                f"CREATE TABLE `{source_db}`.spare (id INT PRIMARY KEY, v INT)",
+                f"INSERT INTO `{source_db}`.spare VALUES (7, 7)")
+        execute(source, "INSERT INTO items VALUES (4, 4)")
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "items")
+        assert staging.execute("SELECT count(*) FROM staging.items").fetchone() == (3,)
+        # but a qualified name from another database is ours
+        execute(other, f"TRUNCATE `{source_db}`.items")
+        wait_caught_up(staging, source)
+        assert staging.execute("SELECT count(*) FROM staging.items").fetchone() == (0,)
+        # CREATE OR REPLACE replaces: the old rows go, the new definition is followed
+        execute(source, "INSERT INTO mlog VALUES (5, 5)",
+                "CREATE OR REPLACE TABLE mlog (id INT PRIMARY KEY, v INT, w TEXT) ENGINE=MyISAM",
+                "INSERT INTO mlog VALUES (6, 6, 'six')")
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "mlog")
+        # a table renamed into ours by ALTER TABLE ... RENAME: its rows were never in the binlog
+        execute(source, "DROP TABLE items", "ALTER TABLE spare RENAME TO items")
+        execute(source, "INSERT INTO mlog VALUES (8, 8, 'eight')")
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "mlog")
+        reason = staging.execute("SELECT reason FROM softcart.stopped_table WHERE source_table = 'items'").fetchone()
+        assert reason == ("another table was renamed into items: its rows are not in the binlog",)
