@@ -399,7 +399,7 @@ class Pipeline:
                 batch_started = time.monotonic()
             for ch in item.changes:
                 m.events_read.labels(ch.table, ch.op.value).inc()
-            if item.hold:  # a prepared XA transaction's rows: kept, applied at its XA COMMIT
+            if item.hold:  # a prepared XA transaction's rows: kept, counted when its XA COMMIT applies them
                 with self._guarded():
                     writer.hold(item.changes)
             else:
@@ -408,7 +408,7 @@ class Pipeline:
                     with self._guarded():
                         batch_rows += writer.apply_held("")
                 buffer.extend(item.changes)
-            batch_rows += item.rows
+                batch_rows += item.rows
             if item.commit is not None and (item.xa_commit or item.xa_rollback or item.xa_prepared or item.stops):
                 flush()
                 batch_rows += self._transaction_control(writer, item, item.commit)
