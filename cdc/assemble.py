@@ -243,9 +243,7 @@ class Assembler:
         if verb == "PREPARE":  # a query form of it (the XA_PREPARE event is the usual one)
             return self.xa_prepare(xid, False, at, event_time)
         if verb == "COMMIT" and one_phase:
-            txn = self._open()
-            txn.xa = False
-            return self._end(at, event_time)
+            return self.xa_prepare(xid, True, at, event_time)
         # XA COMMIT / XA ROLLBACK of a prepared transaction: a group of its own
         self._txn = None
         if verb == "COMMIT":

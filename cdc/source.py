@@ -31,7 +31,15 @@ from cdc.assemble import Assembler, Ddl, xid_text
 from cdc.errors import FatalError, TransientError
 from cdc.flavor import Flavor, gtid_advance
 from cdc.model import Heartbeat, Op, Position, RowChange, SchemaChange, TxnChunk
-from cdc.mysql import classify, connect, connection_settings, nontransactional_tables, read_table, report_name
+from cdc.mysql import (
+    classify,
+    connect,
+    connection_settings,
+    nontransactional_tables,
+    read_table,
+    report_name,
+    server_variables,
+)
 from cdc.settings import Settings
 from transform.rowcodec import BinlogColumn, RowsDecoder, compile_decoder
 from transform.schema import Table
@@ -59,8 +67,7 @@ class BinlogSource:
         self._start = start
         self._reader: BinLogStreamReader | None = None
         self._lock = threading.Lock()
-        self._assembler = Assembler(settings.source.database, list(tables), settings.chunk_rows,
-                                    settings.chunk_rows * settings.queue_chunks)
+        self._assembler: Assembler  # made by chunks(), with what the server says at the start
 
     def close(self) -> None:
         """Safe from another thread: unblocks a pending read."""
@@ -75,10 +82,7 @@ class BinlogSource:
         conn = connect(s)
         try:
             nontransactional = nontransactional_tables(conn, s.source.database)
-            with conn.cursor() as cur:
-                cur.execute("SELECT @@lower_case_table_names")
-                row = cur.fetchone()
-            fold_case = bool(row and int(row[0]))
+            fold_case = server_variables(conn, ["lower_case_table_names"]).get("lower_case_table_names", "0") != "0"
         finally:
             conn.close()
         self._assembler = Assembler(s.source.database, list(self._tables), s.chunk_rows,
