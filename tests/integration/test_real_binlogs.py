@@ -93,9 +93,25 @@ def test_savepoints_and_rollbacks_follow_the_server(settings: Settings, source: 
 
 def prepare(conn: Conn, xid: str, *statements: str) -> None:
     """XA START .. XA PREPARE on ``conn``, then disconnect: the prepared transaction is left to
-    another session's XA COMMIT or XA ROLLBACK (as a transaction manager would)."""
+    another session's XA COMMIT or XA ROLLBACK (as a transaction manager would).
+
+    The server detaches the prepared transaction from the session only while it ends that session,
+    after our COM_QUIT has been sent: until then another session's XA COMMIT/ROLLBACK gets
+    XAER_NOTA. So wait (on another connection) until the session is gone from the process list;
+    the server detaches the transaction before it unlists the session."""
     execute(conn, f"XA START '{xid}'", *statements, f"XA END '{xid}'", f"XA PREPARE '{xid}'")
+    session = conn.thread_id()
+    watcher = pymysql.connect(host=conn.host, port=conn.port, user=conn.user, autocommit=True)
     conn.close()
+    try:
+        def gone() -> bool:
+            with watcher.cursor() as cur:
+                cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s", (session,))
+                row = cur.fetchone()
+            return row is not None and row[0] == 0
+        wait_until(gone, 30, f"the session that prepared XA {xid} to end")
+    finally:
+        watcher.close()
 
 
 def test_xa_transactions_apply_at_commit_even_after_a_restart_and_never_at_rollback(
