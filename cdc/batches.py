@@ -14,6 +14,7 @@ from loader.ddl import META
 from loader.flush import Flusher
 from loader.pg import pg_connect
 from loader.spool import Spool
+from loader.warehouse import BatchIdTaken
 
 
 def run_batches(settings: Settings, args: argparse.Namespace) -> int:
@@ -51,7 +52,10 @@ def run_batches(settings: Settings, args: argparse.Namespace) -> int:
             else:  # replay
                 if batch is None:
                     raise ConfigError(f"batch {args.batch_id}: its spool folder is gone")
-                fresh = warehouse.load(batch)
+                try:
+                    fresh = warehouse.load(batch)
+                except BatchIdTaken as exc:
+                    raise ConfigError(f"{exc}: the next `softcart-sync flush` numbers pending batches anew") from None
                 loaded, skipped, failed, waiting = int(fresh), int(not fresh), 0, 0
         finally:
             warehouse.close()

@@ -427,6 +427,14 @@ class Reconciler:
                 if result.failed or result.waiting:
                     raise TransientError(f"the warehouse refused the repair batch {result.created}: see "
                                          "`softcart-sync batches list`")
+                # repaired only if a second look agrees (a batch skipped as already loaded, or a
+                # load that changed nothing, must not be reported as a repair)
+                again = settle({n: {d.canon: d for d in ds} for n, ds in drift.items()}, read_origin, read_copy)
+                still = {n: len(ds) for n, ds in again.items() if ds}
+                if still:
+                    raise TransientError(f"the warehouse repair batch {result.created} was loaded but the warehouse"
+                                         f" still differs from the star schema ({still}): see"
+                                         " `softcart-sync batches list` and the warehouse's softcart_ledger")
                 for n, ds in drift.items():
                     reports[n].repaired = len(ds)
                 log.info("reconcile_repaired", level="warehouse", keys={n: len(d) for n, d in drift.items()})

@@ -15,7 +15,7 @@ from typing import Any
 from cdc.errors import TransientError
 from cdc.settings import Endpoint
 from loader.spool import SpooledBatch
-from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, load_steps
+from loader.warehouse import LEDGER, TABLES, BatchIdTaken, BatchRejected, WTable, already_loaded, load_steps
 from transform.fingerprint import Dialect, quote
 
 DB2_TYPES = {"dateid": "INTEGER", "date": "DATE", "year": "SMALLINT", "quarter": "SMALLINT",
@@ -62,7 +62,12 @@ def index_sql() -> str:
 def ledger_sql() -> str:
     return (f"CREATE TABLE {q(LEDGER)} ({q('batch_id')} BIGINT NOT NULL PRIMARY KEY, {q('pipeline')} VARCHAR(63)"
             f" NOT NULL, {q('rows_loaded')} BIGINT NOT NULL, {q('loaded_at')} TIMESTAMP NOT NULL"
-            " DEFAULT CURRENT TIMESTAMP)")
+            f" DEFAULT CURRENT TIMESTAMP, {q('batch_uid')} VARCHAR(36))")
+
+
+def ledger_upgrade_sql() -> str:
+    """A ledger made before batches had uids gets the column (SQL0612N where it has it)."""
+    return f"ALTER TABLE {q(LEDGER)} ADD COLUMN {q('batch_uid')} VARCHAR(36)"
 
 
 def views_sql() -> list[str]:
@@ -111,6 +116,10 @@ def merge_sql(t: WTable) -> str:
             f" ON {on} WHEN MATCHED THEN UPDATE SET {sets} WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
 
 
+def max_batch_sql() -> str:
+    return f"SELECT COALESCE(MAX({q('batch_id')}), 0) FROM {q(LEDGER)}"
+
+
 class DB2Warehouse:
     dialect = Dialect.DB2
 
@@ -135,11 +144,11 @@ class DB2Warehouse:
         import ibm_db
 
         conn = self._connect()
-        for stmt in [*(create_table_sql(t) for t in TABLES), index_sql(), ledger_sql()]:
+        for stmt in [*(create_table_sql(t) for t in TABLES), index_sql(), ledger_sql(), ledger_upgrade_sql()]:
             try:
                 ibm_db.exec_immediate(conn, stmt)
             except Exception as exc:
-                if "SQL0601N" not in str(exc):  # already exists
+                if "SQL0601N" not in str(exc) and "SQL0612N" not in str(exc):  # already exists
                     raise
         for stmt in views_sql():
             ibm_db.exec_immediate(conn, stmt)
@@ -150,9 +159,10 @@ class DB2Warehouse:
 
         conn = self._connect()
         try:
-            stmt = ibm_db.prepare(conn, f"SELECT 1 FROM {q(LEDGER)} WHERE {q('batch_id')} = ?")
+            stmt = ibm_db.prepare(conn, f"SELECT {q('batch_uid')} FROM {q(LEDGER)} WHERE {q('batch_id')} = ?")
             ibm_db.execute(stmt, (batch.batch_id,))
-            if ibm_db.fetch_tuple(stmt):
+            held = ibm_db.fetch_tuple(stmt)
+            if held and already_loaded(held[0], batch):
                 ibm_db.rollback(conn)
                 return False
             total = 0
@@ -169,10 +179,14 @@ class DB2Warehouse:
             for t, op in load_steps():
                 ibm_db.exec_immediate(conn, delete_sql(t) if op == "D" else merge_sql(t))
             led = ibm_db.prepare(conn, f"INSERT INTO {q(LEDGER)} ({q('batch_id')}, {q('pipeline')},"
-                                       f" {q('rows_loaded')}) VALUES (?, ?, ?)")
-            ibm_db.execute(led, (batch.batch_id, self._pipeline, total))
+                                       f" {q('rows_loaded')}, {q('batch_uid')}) VALUES (?, ?, ?, ?)")
+            ibm_db.execute(led, (batch.batch_id, self._pipeline, total, batch.uid))
             ibm_db.commit(conn)
             return True
+        except BatchIdTaken:
+            with contextlib.suppress(Exception):
+                ibm_db.rollback(conn)
+            raise
         except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception; classify by SQLSTATE
             state = ibm_db.stmt_error() or ibm_db.conn_error() or ""
             with contextlib.suppress(Exception):
@@ -182,6 +196,10 @@ class DB2Warehouse:
                 raise BatchRejected(f"{state}: {text}") from None
             self.close()
             raise TransientError(f"warehouse {self._ep.display}: {text}") from None
+
+    def max_batch_id(self) -> int:
+        row = self.fetch(max_batch_sql(), ())
+        return int(row[0][0]) if row else 0
 
     def fetch(self, text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Run a read-only query (the reconcile's checksums); ends its unit of work."""

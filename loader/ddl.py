@@ -66,9 +66,19 @@ META_DDL = [
         loaded_at timestamptz,
         attempts integer NOT NULL DEFAULT 0,
         error text)""").format(sql.Identifier(META)),
+    # A batch's identity beyond its number, also in the manifest and the warehouse ledger: a ledger
+    # row of the same number but another uid was written from another staging (or before a
+    # restore), so the batch is not the one loaded.
+    sql.SQL("ALTER TABLE {}.batch ADD COLUMN IF NOT EXISTS uid text").format(sql.Identifier(META)),
     sql.SQL("""CREATE TABLE IF NOT EXISTS {}.flush_state (
         pipeline text PRIMARY KEY,
         last_outbox_id bigint NOT NULL DEFAULT 0)""").format(sql.Identifier(META)),
+    # false until this staging's batches are numbered past the warehouse ledger's and the spool's
+    # (a staging made anew under an existing warehouse starts again at batch 1, which the ledger
+    # holds: its batches would be skipped as loaded). The loader does it before its first load,
+    # since only it talks to the warehouse. A row from before the column: true.
+    sql.SQL("ALTER TABLE {}.flush_state ADD COLUMN IF NOT EXISTS ids_fenced boolean NOT NULL DEFAULT true").format(
+        sql.Identifier(META)),
     # Source tables the daemon stopped following (a schema change staging can't follow safely);
     # their rows are skipped until a resnapshot takes them again.
     sql.SQL("""CREATE TABLE IF NOT EXISTS {}.stopped_table (

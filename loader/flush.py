@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ from loader.ddl import META
 from loader.spool import Spool, SpooledBatch
 from loader.staging import APPLY_LOCK
 from loader.star import STAR
-from loader.warehouse import TABLES, BatchRejected, Warehouse, WTable
+from loader.warehouse import TABLES, BatchIdTaken, BatchRejected, Warehouse, WTable
 
 log = structlog.get_logger(__name__)
 Conn = psycopg.Connection[Any]
@@ -109,8 +110,9 @@ class Flusher:
             try:
                 with conn.transaction():
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    conn.execute(sql.SQL("INSERT INTO {}.flush_state (pipeline) VALUES (%s) ON CONFLICT DO NOTHING")
-                                 .format(sql.Identifier(META)), (self.pipeline,))  # the snapshot starts here
+                    # the snapshot starts here; a staging's first row is not numbered past the ledger yet
+                    conn.execute(sql.SQL("INSERT INTO {}.flush_state (pipeline, ids_fenced) VALUES (%s, false)"
+                                         " ON CONFLICT DO NOTHING").format(sql.Identifier(META)), (self.pipeline,))
                     self._advisory("pg_advisory_unlock", "apply")
                     holding = False
                     made = self._build_batch()
@@ -142,13 +144,14 @@ class Flusher:
         # every key: it lists none and is ordered as a whole (see _load_pending).
         keys = sql.SQL("'{}'") if full else sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(
             sql.SQL("{}, ({})").format(sql.Literal(t.name), _key_list_sql(t, last, hi)) for t in TABLES))
+        uid = str(uuid.uuid4())
         (batch_id,) = conn.execute(
-            sql.SQL("INSERT INTO {}.batch (pipeline, outbox_from, outbox_to, position, full_reload, rows, keys)"
-                    " VALUES (%s, %s, %s, %s, %s, '{{}}', {}) RETURNING id").format(sql.Identifier(META), keys),
-            (self.pipeline, last + 1, hi, position, full)).fetchone() or (0,)
+            sql.SQL("INSERT INTO {}.batch (pipeline, outbox_from, outbox_to, position, full_reload, rows, keys, uid)"
+                    " VALUES (%s, %s, %s, %s, %s, '{{}}', {}, %s) RETURNING id").format(sql.Identifier(META), keys),
+            (self.pipeline, last + 1, hi, position, full, uid)).fetchone() or (0,)
         spooled = self.spool.write(batch_id, {t.name: self._csv(t, full, last, hi) for t in TABLES},
                                    {"pipeline": self.pipeline, "outbox_range": [last + 1, hi],
-                                    "source_position": position, "full_reload": full})
+                                    "source_position": position, "full_reload": full, "batch_uid": uid})
         rows = spooled.row_counts
         conn.execute(sql.SQL("UPDATE {}.batch SET rows = %s WHERE id = %s").format(sql.Identifier(META)),
                      (json.dumps(rows), batch_id))
@@ -202,7 +205,47 @@ class Flusher:
         a time per pipeline (the daemon's flush thread, ``flush``, a reconcile): two would race on
         the same batch, and the loser's ledger conflict would look like a refused batch."""
         with self._session_lock("flush"):
-            return self._load_pending(on_loaded)
+            if not self._fenced():
+                self._renumber_pending("this staging's first load")
+            try:
+                return self._load_pending(on_loaded)
+            except BatchIdTaken as exc:
+                log.warning("batch_id_taken", error=str(exc))
+                self._renumber_pending(str(exc))
+                return self._load_pending(on_loaded)
+
+    def _fenced(self) -> bool:
+        row = self.conn.execute(sql.SQL("SELECT ids_fenced FROM {}.flush_state WHERE pipeline = %s")
+                                .format(sql.Identifier(META)), (self.pipeline,)).fetchone()
+        return row is None or bool(row[0])
+
+    def _renumber_pending(self, why: str) -> None:
+        """Number the batches not loaded yet (in their order) and every later one past all that the
+        warehouse's ledger and the spool hold. Needed once for a staging made anew under an
+        existing warehouse, and when the ledger turns out to hold a batch number for another
+        batch (staging restored from a backup older than the ledger). Each batch: a new spool
+        folder (files linked, manifest renumbered), then its row, then the old folder goes; a
+        crash in between leaves a folder PostgreSQL doesn't know, which is harmless."""
+        conn = self.conn
+        ours = {int(r[0]) for r in conn.execute(sql.SQL("SELECT id FROM {}.batch").format(sql.Identifier(META)))}
+        floor = max(self.warehouse.max_batch_id(), self.spool.max_batch_id(ignore=ours))
+        next_id = max(floor, *ours, 0) + 1
+        moved = []
+        for old_id, _, _ in self.pending():
+            batch = self.spool.find(old_id)
+            if batch is None:
+                raise TransientError(f"batch {old_id} is recorded but its spool folder is missing")
+            renumbered = self.spool.copy_as(batch, next_id)
+            conn.execute(sql.SQL("UPDATE {}.batch SET id = %s WHERE id = %s").format(sql.Identifier(META)),
+                         (next_id, old_id))
+            self.spool.remove(batch)
+            moved.append((old_id, renumbered.batch_id))
+            next_id += 1
+        conn.execute(sql.SQL("SELECT setval(pg_get_serial_sequence({}, 'id'), %s, false)").format(
+            sql.Literal(f"{META}.batch")), (next_id,))
+        conn.execute(sql.SQL("UPDATE {}.flush_state SET ids_fenced = true WHERE pipeline = %s")
+                     .format(sql.Identifier(META)), (self.pipeline,))
+        log.info("batches_renumbered", why=why, first_free=next_id, batches=moved)
 
     def _load_pending(self, on_loaded: Callable[[SpooledBatch, float], None] | None) -> tuple[int, int, int, int]:
         loaded = skipped = failed = waiting = 0

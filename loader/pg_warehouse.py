@@ -15,7 +15,7 @@ from cdc.errors import TransientError
 from cdc.settings import Endpoint
 from loader.pg import ISO_DATES
 from loader.spool import SpooledBatch
-from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, load_steps
+from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, already_loaded, load_steps
 from transform.fingerprint import Dialect
 
 _TYPES = {"dateid": "integer", "date": "date", "year": "smallint", "quarter": "smallint", "quartername": "varchar(2)",
@@ -38,6 +38,7 @@ def ddl() -> list[str]:
     out.append("CREATE INDEX IF NOT EXISTS factsales_dateid ON factsales (dateid)")
     out.append(f"CREATE TABLE IF NOT EXISTS {LEDGER} (batch_id bigint PRIMARY KEY, pipeline text NOT NULL,"
                " rows_loaded bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())")
+    out.append(f"ALTER TABLE {LEDGER} ADD COLUMN IF NOT EXISTS batch_uid text")
     out += [
         "CREATE OR REPLACE VIEW monthly_sales AS SELECT d.year, d.month, d.monthname, sum(s.amount_total)"
         " AS total_sales, sum(s.quantity_total) AS total_quantity, sum(s.sales_count) AS sales"
@@ -87,7 +88,8 @@ class PostgresWarehouse:
         conn = self._connect()
         try:
             with conn.transaction():
-                if conn.execute(f"SELECT 1 FROM {LEDGER} WHERE batch_id = %s", (batch.batch_id,)).fetchone():
+                held = conn.execute(f"SELECT batch_uid FROM {LEDGER} WHERE batch_id = %s", (batch.batch_id,)).fetchone()
+                if held is not None and already_loaded(held[0], batch):
                     return False
                 total = 0
                 staged = {t.name: self._stage(conn, t, batch) for t in TABLES}
@@ -100,14 +102,18 @@ class PostgresWarehouse:
                             sql.Identifier(t.name), sql.Identifier(staged[t.name]), _match(t)))
                     else:  # into emptied tables (a full reload) a plain insert: nothing to match
                         total += max(conn.execute((_insert if full else _merge)(t, staged[t.name])).rowcount, 0)
-                conn.execute(f"INSERT INTO {LEDGER} (batch_id, pipeline, rows_loaded) VALUES (%s, %s, %s)",
-                             (batch.batch_id, self._pipeline, total))
+                conn.execute(f"INSERT INTO {LEDGER} (batch_id, pipeline, rows_loaded, batch_uid)"
+                             " VALUES (%s, %s, %s, %s)", (batch.batch_id, self._pipeline, total, batch.uid))
             return True
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             raise BatchRejected(f"{exc.diag.sqlstate}: {exc.diag.message_primary}") from None
         except psycopg.OperationalError as exc:
             self.close()
             raise TransientError(f"warehouse {self._ep.display}: {str(exc).strip()}") from None
+
+    def max_batch_id(self) -> int:
+        row = self.fetch(f"SELECT COALESCE(max(batch_id), 0) FROM {LEDGER}", ())
+        return int(row[0][0]) if row else 0
 
     def _stage(self, conn: psycopg.Connection[Any], t: WTable, batch: SpooledBatch) -> str:
         temp = f"_load_{t.name}"
@@ -124,6 +130,9 @@ class PostgresWarehouse:
         """Run a read-only query (the reconcile's checksums)."""
         try:
             return self._connect().execute(text.encode(), list(params)).fetchall()
+        except psycopg.errors.UndefinedTable as exc:
+            raise TransientError(f"warehouse {self._ep.display}: {exc.diag.message_primary}; run"
+                                 " `softcart-sync warehouse init`") from None
         except psycopg.OperationalError as exc:
             self.close()
             raise TransientError(f"warehouse {self._ep.display}: {str(exc).strip()}") from None

@@ -18,7 +18,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,12 @@ class SpooledBatch:
     @property
     def name(self) -> str:
         return batch_name(self.batch_id)
+
+    @property
+    def uid(self) -> str | None:
+        """The batch's identity beyond its number (None for a batch written before uids)."""
+        uid = self.manifest.get("batch_uid")
+        return str(uid) if uid else None
 
     @property
     def row_counts(self) -> dict[str, int]:
@@ -121,6 +127,13 @@ class Spool:
         _fsync_dir(target.parent)
         return SpooledBatch(batch_id, target, manifest)
 
+    def max_batch_id(self, ignore: Collection[int] = ()) -> int:
+        """The highest batch id of any folder here, whatever its state, but those in ``ignore``
+        (0 when none)."""
+        ids = [int(p.name[1:]) for state in STATES if (self.root / state).is_dir()
+               for p in (self.root / state).iterdir() if p.name[:1] == "b" and p.name[1:].isdigit()]
+        return max((i for i in ids if i not in ignore), default=0)
+
     def find(self, batch_id: int) -> SpooledBatch | None:
         name = batch_name(batch_id)
         for state in STATES:
@@ -128,6 +141,27 @@ class Spool:
             if (path / "manifest.json").exists():
                 return SpooledBatch(batch_id, path, json.loads((path / "manifest.json").read_text()))
         return None
+
+    def copy_as(self, batch: SpooledBatch, batch_id: int) -> SpooledBatch:
+        """The batch again under another number, in the same state folder: its files linked (not
+        copied), the manifest renumbered, renamed into place atomically. The old folder stays."""
+        name = batch_name(batch_id)
+        tmp = self.root / "tmp" / name
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for entry in batch.manifest.get("tables", {}).values():
+            os.link(batch.path / entry["file"], tmp / entry["file"])
+        manifest = {**batch.manifest, "batch_id": batch_id, "name": name, "renumbered_from": batch.batch_id}
+        _write_synced(tmp / "manifest.json", [json.dumps(manifest, indent=2, sort_keys=True).encode()])
+        target = batch.path.parent / name
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(tmp, target)
+        _fsync_dir(target.parent)
+        return SpooledBatch(batch_id, target, manifest)
+
+    def remove(self, batch: SpooledBatch) -> None:
+        shutil.rmtree(batch.path, ignore_errors=True)
+        _fsync_dir(batch.path.parent)
 
     def move(self, batch: SpooledBatch, state: str, error: str | None = None) -> SpooledBatch:
         target = self.root / state / batch.name

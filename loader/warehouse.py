@@ -46,6 +46,21 @@ class BatchRejected(Exception):
     """The warehouse refused the batch's data (a constraint, a type): retrying won't help."""
 
 
+class BatchIdTaken(Exception):
+    """The ledger holds the batch's number for another batch (written from an earlier staging, or
+    before staging was restored): the batch must be numbered anew, past the ledger."""
+
+
+def already_loaded(ledger_uid: str | None, batch: SpooledBatch) -> bool:
+    """The ledger row of the batch's number is this batch's (a replay: skip it), or raises
+    BatchIdTaken. A ledger row from before batches had uids counts as this batch's: a staging made
+    anew is numbered past the ledger before its first load, so only a batch of the same staging
+    can meet one."""
+    if ledger_uid is None or ledger_uid == batch.uid:
+        return True
+    raise BatchIdTaken(f"batch {batch.batch_id}: the warehouse ledger holds that number for batch {ledger_uid}")
+
+
 class Warehouse(Protocol):
     dialect: Dialect
 
@@ -56,6 +71,11 @@ class Warehouse(Protocol):
 
     def load(self, batch: SpooledBatch) -> bool:
         """Load the batch in one unit of work; False when the ledger says it is loaded already.
-        Raises BatchRejected for bad data, TransientError when the warehouse can't be reached."""
+        Raises BatchRejected for bad data, BatchIdTaken when the ledger has its number for another
+        batch, TransientError when the warehouse can't be reached."""
+
+    def max_batch_id(self) -> int:
+        """The highest batch id in the ledger (0 when empty): a new staging numbers its batches
+        past it, so they can't be taken for batches an earlier staging loaded."""
 
     def close(self) -> None: ...

@@ -6,6 +6,7 @@ CREATE TABLE IF NOT EXISTS factsales (rowid bigint NOT NULL, dateid integer NOT 
 CREATE TABLE IF NOT EXISTS sales_by_day (dateid integer NOT NULL, product_id bigint NOT NULL, sales_count bigint NOT NULL, quantity_total bigint NOT NULL, amount_total numeric(31,4) NOT NULL, PRIMARY KEY (dateid, product_id));
 CREATE INDEX IF NOT EXISTS factsales_dateid ON factsales (dateid);
 CREATE TABLE IF NOT EXISTS softcart_ledger (batch_id bigint PRIMARY KEY, pipeline text NOT NULL, rows_loaded bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now());
+ALTER TABLE softcart_ledger ADD COLUMN IF NOT EXISTS batch_uid text;
 CREATE OR REPLACE VIEW monthly_sales AS SELECT d.year, d.month, d.monthname, sum(s.amount_total) AS total_sales, sum(s.quantity_total) AS total_quantity, sum(s.sales_count) AS sales FROM sales_by_day s JOIN dimdate d ON d.dateid = s.dateid GROUP BY d.year, d.month, d.monthname;
 CREATE OR REPLACE VIEW quarterly_sales AS SELECT d.year, d.quarter, d.quartername, sum(s.amount_total) AS total_sales, sum(s.quantity_total) AS total_quantity, sum(s.sales_count) AS sales FROM sales_by_day s JOIN dimdate d ON d.dateid = s.dateid GROUP BY d.year, d.quarter, d.quartername;
 CREATE OR REPLACE VIEW sales_by_product AS SELECT s.product_id, d.year, sum(s.amount_total) AS total_sales, sum(s.quantity_total) AS total_quantity FROM sales_by_day s JOIN dimdate d ON d.dateid = s.dateid GROUP BY s.product_id, d.year;

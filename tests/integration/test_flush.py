@@ -88,6 +88,62 @@ def test_stream_then_flush_makes_the_warehouse_equal_to_the_star_schema(
     assert_warehouse_equals_star(staging, warehouse)
 
 
+def test_a_staging_made_anew_under_an_existing_warehouse_loads_its_batches(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
+    execute(source, SALES_DDL)
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        mixed_changes(source, 60)
+        wait_caught_up(staging, source)
+    assert cli("flush", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        execute(source, "UPDATE sales_data SET quantity = quantity + 1, timestamp = timestamp WHERE rowid < 20")
+        wait_caught_up(staging, source)
+    assert cli("flush", env=wh_env).returncode == 0
+    assert_warehouse_equals_star(staging, warehouse)
+    ledger = [r[0] for r in warehouse.execute("SELECT batch_id FROM softcart_ledger ORDER BY batch_id")]
+    assert len(ledger) == 2
+    # staging lost and made again (a new host, an empty database): its batch numbers start at 1,
+    # which the warehouse's ledger holds
+    staging.execute("DROP SCHEMA softcart CASCADE; DROP SCHEMA staging CASCADE; DROP SCHEMA star CASCADE")
+    execute(source, "DELETE FROM sales_data WHERE rowid < 10", "INSERT INTO sales_data VALUES"
+            " (900, 1, 1, 9.99, 2, '2023-03-03 03:03:03')")
+    with running_pipeline(wh_settings):  # a new snapshot: a full reload for the warehouse
+        wait_caught_up(staging, source)
+    out = cli("flush", env=wh_env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "loaded 1, already in the warehouse 0" in out.stdout, out.stdout
+    assert_warehouse_equals_star(staging, warehouse)
+    again = [r[0] for r in warehouse.execute("SELECT batch_id FROM softcart_ledger ORDER BY batch_id")]
+    assert again[:2] == ledger and len(again) == 3 and again[2] > ledger[-1]
+    (batch_id,) = staging.execute("SELECT id FROM softcart.batch WHERE state = 'loaded'").fetchone() or (0,)
+    assert batch_id == again[2]
+    spool = Path(wh_env["SOFTCART_SPOOL_DIR"])
+    manifest = json.loads((spool / "loaded" / f"b{batch_id:012d}" / "manifest.json").read_text())
+    assert manifest["batch_id"] == batch_id and manifest["full_reload"]
+
+
+def test_a_ledger_holding_a_batch_number_for_another_batch_renumbers_ours(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
+    # staging restored from a backup older than the warehouse: the ledger has batches past ours
+    execute(source, SALES_DDL)
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        mixed_changes(source, 40)
+        wait_caught_up(staging, source)
+    assert cli("flush", env=wh_env).returncode == 0
+    (nxt,) = staging.execute("SELECT last_value + is_called::int FROM softcart.batch_id_seq").fetchone() or (0,)
+    warehouse.execute("INSERT INTO softcart_ledger (batch_id, pipeline, rows_loaded, batch_uid)"
+                      " VALUES (%s, 'x', 0, 'a batch of the staging before the restore')", (nxt,))
+    with running_pipeline(wh_settings):
+        execute(source, "DELETE FROM sales_data WHERE rowid < 10")
+        wait_caught_up(staging, source)
+    out = cli("flush", env=wh_env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert_warehouse_equals_star(staging, warehouse)
+    assert warehouse.execute("SELECT count(*) FROM softcart_ledger WHERE batch_id > %s", (nxt,)).fetchone() == (1,)
+
+
 def test_batches_are_iso_csv_whatever_the_staging_servers_date_style(
         wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, staging_db: str,
         warehouse: PG, warehouse_db: str) -> None:

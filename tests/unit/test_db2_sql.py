@@ -3,6 +3,8 @@ MERGE syntax), and the CSV form of batches."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import SecretStr
 
@@ -68,14 +70,34 @@ def test_batch_csv_as_postgresql_copy_writes_it_keeps_nulls_and_text() -> None:
 def test_deploy_sql_files_hold_what_warehouse_init_creates() -> None:
     from pathlib import Path
 
-    from loader.db2_warehouse import index_sql, ledger_sql, views_sql
+    from loader.db2_warehouse import index_sql, ledger_sql, ledger_upgrade_sql, views_sql
     from loader.pg_warehouse import ddl
     from loader.warehouse import TABLES
 
     deploy = Path(__file__).resolve().parents[2] / "deploy" / "sql"
     db2 = (deploy / "db2-warehouse.sql").read_text()
-    for stmt in [*(create_table_sql(t) for t in TABLES), index_sql(), ledger_sql(), *views_sql()]:
+    for stmt in [*(create_table_sql(t) for t in TABLES), index_sql(), ledger_sql(), ledger_upgrade_sql(), *views_sql()]:
         assert stmt + ";" in db2
     pg = (deploy / "postgresql-warehouse.sql").read_text()
     for stmt in ddl():
         assert stmt + ";" in pg
+
+
+def test_a_ledger_row_is_a_replay_only_for_the_same_batch_or_one_from_before_uids(tmp_path: Any) -> None:
+    from loader.spool import SpooledBatch
+    from loader.warehouse import BatchIdTaken, already_loaded
+
+    batch = SpooledBatch(7, tmp_path, {"batch_uid": "u-1"})
+    assert already_loaded("u-1", batch)
+    assert already_loaded(None, batch)  # written before batches had uids
+    with pytest.raises(BatchIdTaken, match="batch 7: the warehouse ledger holds that number for batch u-2"):
+        already_loaded("u-2", batch)
+    legacy = SpooledBatch(7, tmp_path, {})
+    with pytest.raises(BatchIdTaken):
+        already_loaded("u-2", legacy)
+
+
+def test_max_batch_id_reads_the_ledger() -> None:
+    from loader.db2_warehouse import max_batch_sql
+
+    assert max_batch_sql() == 'SELECT COALESCE(MAX("BATCH_ID"), 0) FROM "SOFTCART_LEDGER"'
