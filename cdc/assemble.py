@@ -27,7 +27,7 @@ before its XA_PREPARE event; MySQL 8 writes ``BEGIN`` or ``XA START`` after the 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from cdc.model import Position, RowChange, TxnChunk
@@ -100,7 +100,13 @@ class Assembler:
     """Feed it the binlog's events in order; each call returns the items that are complete."""
 
     def __init__(self, database: str, tables: Collection[str], chunk_rows: int, hold_rows: int,
-                 nontransactional: Collection[str] = (), fold_case: bool = False) -> None:
+                 nontransactional: Collection[str] = (), fold_case: bool = False,
+                 fences: Mapping[str, Position] | None = None) -> None:
+        """``fences``: tables copied at a snapshot position past the stream's start (a table added
+        to the settings): what the binlog says of them up to that position is in their copy already,
+        so their rows, statements and DDL up to it are left out (an XA transaction's rows by its
+        XA COMMIT's position)."""
+        self.fences = dict(fences or {})
         self.database = database
         self.tables = list(tables)
         self.chunk_rows = chunk_rows
@@ -113,6 +119,16 @@ class Assembler:
     def in_txn(self) -> bool:
         return self._txn is not None
 
+    def copied(self, table: str, at: Position) -> bool:
+        """Is what the binlog says of ``table`` at ``at`` in the table's copy already?"""
+        fence = self.fences.get(table)
+        return fence is not None and at.order() <= fence.order()
+
+    def _passed(self, at: Position) -> None:
+        """Past every fence: nothing to check any more."""
+        if self.fences and all(at.order() > f.order() for f in self.fences.values()):
+            self.fences = {}
+
     # Events ----------------------------------------------------------------------------------
 
     def gtid(self, mariadb_flags: int | None = None) -> list[Item]:
@@ -122,8 +138,11 @@ class Assembler:
             self._txn = _Txn(xa=bool(mariadb_flags & FL_PREPARED_XA))
         return []
 
-    def rows(self, changes: list[RowChange], event_time: float) -> list[Item]:
+    def rows(self, changes: list[RowChange], event_time: float, at: Position | None = None) -> list[Item]:
+        """A rows event's changes; ``at``: the event's end position (for the fences)."""
         txn = self._open()
+        if self.fences and at is not None and not txn.xa:
+            changes = [c for c in changes if not self.copied(c.table, at)]
         txn.held.extend(changes)
         if len(txn.held) <= self.hold_rows:
             return []
@@ -185,6 +204,7 @@ class Assembler:
 
     def _end(self, at: Position, event_time: float, xa_prepared: str = "") -> list[Item]:
         txn, self._txn = self._txn, None
+        self._passed(at)
         if txn is None:
             return [TxnChunk((), at, event_time)]
         held = txn.held
@@ -247,7 +267,8 @@ class Assembler:
         # XA COMMIT / XA ROLLBACK of a prepared transaction: a group of its own
         self._txn = None
         if verb == "COMMIT":
-            return [TxnChunk((), at, event_time, xa_commit=xid)]
+            skip = tuple(sorted(t for t in self.fences if self.copied(t, at)))
+            return [TxnChunk((), at, event_time, xa_commit=xid, xa_skip=skip)]
         return [TxnChunk((), at, event_time, xa_rollback=xid)]
 
     # Other statements ------------------------------------------------------------------------
@@ -255,6 +276,7 @@ class Assembler:
     def _statement(self, q: str, default_db: str | None, at: Position, event_time: float) -> list[Item]:
         stmt = classify(q)
         names = ours(stmt, default_db, self.database, self.tables, self.fold_case) if stmt else []
+        names = [n for n in names if not self.copied(n, at)]
         if not names:
             # not about our tables: a standalone statement still moves the restart point
             return [] if self._txn is not None else [TxnChunk((), at, event_time)]

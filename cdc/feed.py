@@ -50,10 +50,11 @@ class _Failed:
 class SourceFeed:
     """Items of the binlog source, read by a thread or a child process, in order (``get``, ``empty``)."""
 
-    def __init__(self, settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position) -> None:
+    def __init__(self, settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position,
+                 fences: dict[str, Position] | None = None) -> None:
         self._local: collections.deque[Item] = collections.deque()
         self._failed: BaseException | None = None
-        args = (settings, tables, flavor, start)
+        args = (settings, tables, flavor, start, dict(fences or {}))
         capacity = settings.chunk_rows  # rows gathered before the queue (its messages hold the rest)
         self._in_process = settings.reader == "process"
         if self._in_process:
@@ -132,7 +133,7 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position,
+def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position, fences: dict[str, Position],
            messages: Any, stop: Any, chunk_rows: int, own_process: bool) -> None:
     from cdc.source import BinlogSource
 
@@ -177,7 +178,7 @@ def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: 
 
     ship = threading.Thread(target=sender, name="binlog-sender", daemon=True)
     ship.start()
-    source = BinlogSource(settings, tables, flavor, start)
+    source = BinlogSource(settings, tables, flavor, start, fences=fences)
     try:
         for item in source.chunks(local_stop):
             with cond:

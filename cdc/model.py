@@ -26,6 +26,19 @@ class Position:
         text = f"{self.file}:{self.pos}"
         return f"{text} gtid={self.gtid}" if self.gtid else text
 
+    def order(self) -> tuple[str, int, int]:
+        """Binlog order on one server: by file number (past 999999 a name gets a seventh digit,
+        so names don't sort as text), then offset."""
+        stem, _, number = self.file.rpartition(".")
+        return (stem, int(number) if number.isdigit() else -1, self.pos)
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """The form ``str()`` writes: ``file:pos`` with `` gtid=...`` where there is one."""
+        place, _, gtid = text.partition(" gtid=")
+        file, _, pos = place.rpartition(":")
+        return cls(file, int(pos), gtid)
+
 
 class Op(enum.Enum):
     INSERT = "insert"
@@ -75,6 +88,9 @@ class TxnChunk:
     xa_rollback: str = ""
     #: tables that can't be followed from this transaction on: (table, reason, statement)
     stops: tuple[tuple[str, str, str], ...] = ()
+    #: with xa_commit: tables whose rows of that transaction are in their snapshot already (copied
+    #: at a position past this commit while the stream was behind): not applied again
+    xa_skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", len(self.changes))

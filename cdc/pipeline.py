@@ -31,7 +31,7 @@ from cdc.model import Heartbeat, Position, RowChange, SchemaChange, TxnChunk
 from cdc.positions import unavailable
 from cdc.settings import Settings
 from cdc.snapshot import quote_mysql, select_list, take_snapshot
-from loader.ddl import ensure_schema, load_definitions
+from loader.ddl import ensure_schema, forget_tables, load_definitions, snapshot_positions
 from loader.pg import INSTANCE, pg_connect
 from loader.staging import StagingWriter, load_position, lock_apply
 from loader.star import StarSchema
@@ -202,8 +202,9 @@ class Pipeline:
                 self.metrics.binlog_purged.set(0)
             else:
                 log.info("resuming", position=str(position))
+                self._follow_settings(pg, writer, tables, flavor, followed)
             self._observe_position(position)
-            self._stream(stop, tables, flavor, writer, position)
+            self._stream(stop, tables, flavor, writer, position, fences(pg, self.settings.pipeline_name, position))
         except psycopg.OperationalError as exc:
             raise TransientError(f"staging connection lost: {str(exc).strip()}") from None
         finally:
@@ -226,6 +227,28 @@ class Pipeline:
                     built = star.rebuild(pg)
                     log.info("star_schema_built", facts=built.facts, invalid=len(built.invalid))
         return StagingWriter(pg, tables, self.settings.pipeline_name, star), position
+
+    def _follow_settings(self, pg: psycopg.Connection[Any], writer: StagingWriter, tables: dict[str, Table],
+                         flavor: Flavor, followed: dict[str, Table]) -> None:
+        """Tables added to SOFTCART_SOURCE_TABLES since the last run are copied now, before the
+        stream resumes (their binlog events up to the copy's position are then left out: the
+        fences); tables removed are forgotten, so that added back they are copied again."""
+        pipeline = self.settings.pipeline_name
+        removed = sorted(set(followed) - set(tables))
+        if removed:
+            forget_tables(pg, pipeline, removed)
+            log.warning("tables_unfollowed", tables=removed,
+                        note="no longer in SOFTCART_SOURCE_TABLES: their staging tables are left as they are; "
+                             "added back, they are copied again")
+        added = {name: t for name, t in tables.items() if name not in followed}
+        if not added:
+            return
+        log.info("tables_added", tables=list(added), note="copied before the stream resumes")
+        self.state.snapshotting = True
+        try:
+            take_snapshot(self.settings, added, flavor, writer, self._snapshot_progress, added=True)
+        finally:
+            self.state.snapshotting = False
 
     def resnapshot(self) -> Position:
         """Take a new snapshot now (the daemon must be stopped): staging, star schema and position
@@ -278,10 +301,13 @@ class Pipeline:
             self.metrics.position_file.set(int(suffix))
 
     def _stream(self, stop: threading.Event, tables: dict[str, Table], flavor: Flavor,
-                writer: StagingWriter, position: Position) -> None:
+                writer: StagingWriter, position: Position, fenced: dict[str, Position] | None = None) -> None:
         inner = threading.Event()
         errors: list[BaseException] = []
-        feed = SourceFeed(self.settings, tables, flavor, position)
+        if fenced:
+            log.info("tables_fenced", tables={t: str(p) for t, p in fenced.items()},
+                     note="copied past the stream's position: their events up to it are in the copy")
+        feed = SourceFeed(self.settings, tables, flavor, position, fenced)
 
         def writer_loop() -> None:
             structlog.contextvars.bind_contextvars(position=str(position))
@@ -438,7 +464,7 @@ class Pipeline:
             if item.xa_prepared:
                 writer.label_held(item.xa_prepared, at)
             if item.xa_commit:
-                applied = writer.apply_held(item.xa_commit)
+                applied = writer.apply_held(item.xa_commit, item.xa_skip)
             if item.xa_rollback:
                 writer.drop_held(item.xa_rollback)
             if item.stops:
@@ -477,6 +503,17 @@ class Pipeline:
             writer.commit(at, None)
         self._observe_position(at)
         log.debug("idle_position_saved", position=str(at))
+
+
+def fences(pg: psycopg.Connection[Any], pipeline: str, position: Position) -> dict[str, Position]:
+    """Tables copied at a position past the stream's (added to the settings while it was behind):
+    each with that position, up to which the binlog's events for it are in its copy already."""
+    out = {}
+    for table, text in snapshot_positions(pg, pipeline).items():
+        copied = Position.parse(text)
+        if copied.order() > position.order():
+            out[table] = copied
+    return out
 
 
 def _source_values(conn: pymysql.connections.Connection, table: Table, columns: list[str],

@@ -69,7 +69,11 @@ def open_snapshot(conn: pymysql.connections.Connection, flavor: Flavor) -> Posit
 
 
 def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
-                  writer: StagingWriter, progress: Any = None) -> Position:
+                  writer: StagingWriter, progress: Any = None, added: bool = False) -> Position:
+    """Copy ``tables`` as of one binlog position, returned. ``added``: tables added to a pipeline
+    that streams already: the pipeline's position stays where it is (the stream resumes there,
+    and leaves these tables' events up to the returned position out: see Assembler's fences);
+    only their stopped state and, for the star schema's table, the star schema are made anew."""
     conn = connect(settings)
     client = client_reader(settings, conn, flavor, list(tables.values())) if settings.snapshot_reader != "pymysql" \
         else None
@@ -95,11 +99,12 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
         with writer.conn.cursor() as cur:
             for t in tables:
                 cur.execute(sql.SQL("TRUNCATE {}.{}").format(sql.Identifier(STAGING), sql.Identifier(t)))
-            # A new snapshot follows every table again, stopped ones included.
-            cur.execute(sql.SQL("DELETE FROM {}.stopped_table WHERE pipeline = %s").format(sql.Identifier(META)),
-                        (settings.pipeline_name,))
+            # A new snapshot follows every table it copies again, stopped ones included.
+            cur.execute(sql.SQL("DELETE FROM {}.stopped_table WHERE pipeline = %s AND source_table = ANY(%s)")
+                        .format(sql.Identifier(META)), (settings.pipeline_name, list(tables)))
             save_definitions(cur, settings.pipeline_name, tables.values())
-        writer.stopped.clear()
+        for t in tables:
+            writer.stopped.pop(t, None)
         mark = writer.pending_dead_letters
         try:
             with writer.conn.transaction():  # a savepoint: a failed client read leaves nothing
@@ -113,14 +118,17 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
             position = open_snapshot(conn, flavor)
             log.info("snapshot_started", position=str(position), tables=list(tables), reader="pymysql")
             _copy_all(settings, conn, None, tables, writer, position, progress)
-        if writer.star is not None:
+        if writer.star is not None and (not added or writer.star.table.name in tables):
             built = writer.star.rebuild(writer.conn)
             for rowid, reason in built.invalid:
                 writer.dead_letter(writer.star.table.name, (rowid,), f"no valid fact: {reason}", None, kind="fact")
             log.info("snapshot_star_schema_built", facts=built.facts, invalid=len(built.invalid),
                      position=str(position))
-        writer.commit(position, None)
-        log.info("snapshot_finished", position=str(position))
+        if added:
+            writer.commit(None, None, origin=f"snapshot {position}")
+        else:
+            writer.commit(position, None)
+        log.info("snapshot_finished", position=str(position), tables=list(tables))
         return position
     finally:
         if client is not None:

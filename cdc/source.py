@@ -57,7 +57,7 @@ class BinlogSource:
     """Reads whole transactions from ``start`` on, for the configured tables only."""
 
     def __init__(self, settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position,
-                 fast_decode: bool = True) -> None:
+                 fast_decode: bool = True, fences: dict[str, Position] | None = None) -> None:
         self._settings = settings
         self._fast_decode = fast_decode  # False: every row through the library (tests compare both)
         self._decoders: dict[tuple[str, int, tuple[Any, ...]], tuple[Table, RowsDecoder | None]] = {}
@@ -65,6 +65,7 @@ class BinlogSource:
         self._converters = {name: RowConverter(t) for name, t in tables.items()}
         self._flavor = flavor
         self._start = start
+        self._fences = dict(fences or {})  # see Assembler
         self._reader: BinLogStreamReader | None = None
         self._lock = threading.Lock()
         self._assembler: Assembler  # made by chunks(), with what the server says at the start
@@ -86,7 +87,7 @@ class BinlogSource:
         finally:
             conn.close()
         self._assembler = Assembler(s.source.database, list(self._tables), s.chunk_rows,
-                                    s.chunk_rows * s.queue_chunks, nontransactional, fold_case)
+                                    s.chunk_rows * s.queue_chunks, nontransactional, fold_case, self._fences)
         with self._lock:
             self._reader = BinLogStreamReader(
                 connection_settings=connection_settings(s),
@@ -147,7 +148,7 @@ class BinlogSource:
             else:
                 changes: list[RowChange] = []
                 self._rows(event, changes)
-                items = asm.rows(changes, when)
+                items = asm.rows(changes, when, Position(file, int(reader.log_pos), gtid) if asm.fences else None)
             for item in items:
                 yield self._ddl(item) if isinstance(item, Ddl) else item
 

@@ -160,6 +160,22 @@ def save_definitions(cur: psycopg.Cursor[Any], pipeline: str, tables: Iterable[T
                     .format(sql.Identifier(META)), (pipeline, t.name, Jsonb(definition)))
 
 
+def forget_tables(conn: psycopg.Connection[Any], pipeline: str, names: Iterable[str]) -> None:
+    """Tables no longer in the settings: what the pipeline knew of them goes (definition, snapshot
+    record, stopped state), so that added back they are copied again, not resumed."""
+    with conn.transaction():
+        for table in ("source_table", "snapshot", "stopped_table"):
+            conn.execute(sql.SQL("DELETE FROM {}.{} WHERE pipeline = %s AND source_table = ANY(%s)").format(
+                sql.Identifier(META), sql.Identifier(table)), (pipeline, list(names)))
+
+
+def snapshot_positions(conn: psycopg.Connection[Any], pipeline: str) -> dict[str, str]:
+    """Where each table was last copied (as the snapshot record writes a position)."""
+    return {str(r[0]): str(r[1]) for r in conn.execute(
+        sql.SQL("SELECT source_table, position FROM {}.snapshot WHERE pipeline = %s").format(sql.Identifier(META)),
+        (pipeline,))}
+
+
 def load_definitions(conn: psycopg.Connection[Any], pipeline: str) -> dict[str, Table]:
     """The definitions staging follows ({} before the first snapshot)."""
     if conn.execute("SELECT to_regclass('softcart.source_table')").fetchone() == (None,):

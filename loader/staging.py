@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import pickle
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,13 +156,13 @@ class StagingWriter:
             if not self.conn.closed:
                 self.conn.execute("ROLLBACK")
 
-    def commit(self, position: Position | None, event_time: float | None = None) -> None:
+    def commit(self, position: Position | None, event_time: float | None = None, origin: str = "reconcile") -> None:
         """Save the position and the dead letters with the rows they cover, then commit. Without a
-        position (a reconcile repair: it read the source at or past the saved one) the position
-        stays as it is and the dead letters say where they came from."""
+        position (a reconcile repair: it read the source at or past the saved one; a table added
+        and copied) the position stays as it is and the dead letters say ``origin``."""
         self.begin()
         with self.conn.cursor() as cur:
-            self._save_dead_letters(cur, str(position) if position is not None else "reconcile")
+            self._save_dead_letters(cur, str(position) if position is not None else origin)
             if position is not None:
                 save_position(cur, self.pipeline, position, event_time)
         assert self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
@@ -378,9 +378,10 @@ class StagingWriter:
         self.unlabeled_held = 0
         log.info("xa_prepared_held", xid=xid, chunks=n, position=str(position))
 
-    def apply_held(self, xid: str) -> int:
+    def apply_held(self, xid: str, skip: Collection[str] = ()) -> int:
         """Apply the changes kept for ``xid`` (its XA COMMIT; ``''``: the transaction just read,
-        committed in one phase), in order, in the open transaction; returns rows applied."""
+        committed in one phase), in order, in the open transaction, but those of the tables in
+        ``skip`` (their copy has them already); returns rows applied."""
         self.begin()
         meta = sql.Identifier(META)
         ids = [r[0] for r in self.conn.execute(sql.SQL("SELECT id FROM {}.xa_pending WHERE pipeline = %s AND"
@@ -394,7 +395,8 @@ class StagingWriter:
             row = self.conn.execute(sql.SQL("DELETE FROM {}.xa_pending WHERE id = %s RETURNING changes").format(meta),
                                     (i,)).fetchone()
             assert row is not None
-            applied += self.apply(pickle.loads(row[0]))  # noqa: S301 - written by us, in our own schema
+            changes = pickle.loads(row[0])  # noqa: S301 - written by us, in our own schema
+            applied += self.apply([c for c in changes if c.table not in skip] if skip else changes)
         self.unlabeled_held = 0
         if xid:
             log.info("xa_committed_applied", xid=xid, chunks=len(ids), rows=applied)

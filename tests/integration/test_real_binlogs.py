@@ -198,3 +198,42 @@ def test_ddl_is_scoped_by_its_default_database(settings: Settings, source: Conn,
         assert_same(source, staging, source_db, "mlog")
         reason = staging.execute("SELECT reason FROM softcart.stopped_table WHERE source_table = 'items'").fetchone()
         assert reason == ("another table was renamed into items: its rows are not in the binlog",)
+
+
+def test_a_table_added_to_the_settings_is_copied_before_it_streams_and_copied_again_when_re_added(
+        settings: Settings, source: Conn, staging: PG, source_db: str, connect: Connect) -> None:
+    execute(source, ITEMS, "INSERT INTO items VALUES (1, 1), (2, 2)",
+            "CREATE TABLE extra (id INT PRIMARY KEY, v INT) ENGINE=InnoDB",
+            "INSERT INTO extra VALUES " + ", ".join(f"({i}, {i})" for i in range(1, 501)))
+    only_items = settings.model_copy(update={"source_tables": ["items"], "star_table": ""})
+    both = settings.model_copy(update={"source_tables": ["items", "extra"], "star_table": ""})
+    with running_pipeline(only_items):
+        wait_caught_up(staging, source)
+    # While the daemon is stopped (its position falls behind): changes to extra, a statement-format
+    # one among them, and an XA transaction prepared now and committed once the daemon runs again.
+    # The copy taken at start has what came before it; the stream must not apply it again (the
+    # statement would stop the table) nor lose what comes after (the XA COMMIT).
+    execute(source, "UPDATE extra SET v = v + 1 WHERE id < 10", "DELETE FROM extra WHERE id BETWEEN 20 AND 29")
+    execute(connect(), "SET SESSION binlog_format = 'STATEMENT'", "UPDATE extra SET v = 0 WHERE id = 30")
+    prepare(connect(), "xe", "INSERT INTO extra VALUES (1000, 1000)", "UPDATE extra SET v = -1 WHERE id = 31")
+    execute(source, "INSERT INTO items VALUES (3, 3)")
+    with running_pipeline(both):
+        wait_caught_up(staging, source)
+        for t in ("items", "extra"):
+            assert_same(source, staging, source_db, t)
+        execute(source, "XA COMMIT 'xe'", "UPDATE extra SET v = 7 WHERE id = 40")
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "extra")
+    assert staging.execute("SELECT v FROM staging.extra WHERE id IN (31, 1000) ORDER BY id").fetchall() == [
+        (-1,), (1000,)]
+    assert staging.execute("SELECT count(*) FROM softcart.stopped_table").fetchone() == (0,)
+    # removed from the settings, changed while not followed, added back: copied again, nothing stale
+    with running_pipeline(only_items):
+        execute(source, "DELETE FROM extra WHERE id > 400", "UPDATE extra SET v = 5 WHERE id = 1",
+                "INSERT INTO items VALUES (4, 4)")
+        wait_caught_up(staging, source)
+    execute(source, "INSERT INTO extra VALUES (2000, 2000)")
+    with running_pipeline(both):
+        wait_caught_up(staging, source)
+        for t in ("items", "extra"):
+            assert_same(source, staging, source_db, t)

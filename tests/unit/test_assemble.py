@@ -36,7 +36,7 @@ def run(asm: Assembler, events: list[tuple[Any, ...]]) -> list[TxnChunk | Ddl]:
         if kind == "gtid":
             out += asm.gtid(ev[1])
         elif kind == "rows":
-            out += asm.rows([ins(ev[1], k) for k in ev[2:]], float(n))
+            out += asm.rows([ins(ev[1], k) for k in ev[2:]], float(n), at(n))
         elif kind == "q":
             out += asm.query(ev[1], ev[2] if len(ev) > 2 else "sales", at(n), float(n))
         elif kind == "xid":
@@ -204,3 +204,44 @@ def test_savepoints_match_a_model_of_the_server(ops: list[str], end: str, chunk:
     else:
         assert got == model
     assert all(len(i.changes) <= chunk for i in out if isinstance(i, TxnChunk))
+
+
+# Fences: a table copied at a position past the stream's start ----------------------------------
+
+def test_a_fenced_tables_events_up_to_its_copy_are_left_out_and_the_others_kept() -> None:
+    asm = assembler(fences={"t": at(4)})
+    out = run(asm, [("gtid", MARIA_TXN), ("rows", "t", 1), ("rows", "m", 2), ("xid",),  # 1-4: in t's copy
+                    ("gtid", MARIA_TXN), ("rows", "t", 3), ("xid",),  # 5-7: after it
+                    ("q", "TRUNCATE TABLE t")])
+    assert keys(out) == [([2], at(4)), ([3], at(7))]
+    assert [i.tables for i in out if isinstance(i, Ddl)] == [("t",)]
+
+
+def test_a_fenced_tables_ddl_and_statement_format_dml_before_its_copy_are_left_out() -> None:
+    asm = assembler(fences={"t": at(5)})
+    out = run(asm, [("q", "ALTER TABLE t ADD COLUMN c INT"),  # 1: the copy has the new definition
+                    ("gtid", MARIA_TXN), ("q", "UPDATE t SET v = 1", "sales"), ("rows", "m", 1), ("xid",),  # 2-5
+                    ("gtid", MARIA_TXN), ("q", "UPDATE t SET v = 2", "sales"), ("xid",)])  # 6-8
+    assert not [i for i in out if isinstance(i, Ddl)]
+    stops = [i.stops for i in out if isinstance(i, TxnChunk) and i.stops]
+    assert [[s[0] for s in st] for st in stops] == [["t"]] and out[-1].commit == at(8)
+
+
+def test_xa_rows_of_a_fenced_table_wait_for_the_decision_which_says_whether_the_copy_has_them() -> None:
+    x = xid_text(b"x", b"", 1)
+    committed_in_copy = run(assembler(fences={"t": at(9)}), [
+        ("gtid", MARIA_TXN | FL_PREPARED_XA), ("q", f"XA START {x}"), ("rows", "t", 1), ("q", f"XA END {x}"),
+        ("xa_prepare", x, False), ("gtid", MARIA_TXN | FL_COMPLETED_XA), ("q", f"XA COMMIT {x}")])
+    assert committed_in_copy[0].hold and keys(committed_in_copy)[0] == ([1], at(5))
+    assert committed_in_copy[-1].xa_commit == x and committed_in_copy[-1].xa_skip == ("t",)
+    committed_after = run(assembler(fences={"t": at(6)}), [
+        ("gtid", MARIA_TXN | FL_PREPARED_XA), ("q", f"XA START {x}"), ("rows", "t", 1), ("q", f"XA END {x}"),
+        ("xa_prepare", x, False), ("gtid", MARIA_TXN | FL_COMPLETED_XA), ("q", f"XA COMMIT {x}")])
+    assert committed_after[-1].xa_commit == x and committed_after[-1].xa_skip == ()
+
+
+def test_positions_order_by_file_number_then_offset() -> None:
+    assert Position("bin.999999", 900).order() < Position("bin.1000000", 4).order()
+    assert Position("bin.000002", 4).order() > Position("bin.000001", 99999).order()
+    p = Position("mysql-bin.000009", 5727, "0-1-9066")
+    assert Position.parse(str(p)) == p and Position.parse("b.000001:4") == Position("b.000001", 4)
