@@ -10,6 +10,8 @@ import pymysql.cursors
 
 from cdc.errors import ConfigError, FatalError, TransientError
 from cdc.flavor import Flavor
+from cdc.model import Position
+from cdc.positions import SourceFacts, mariadb_gtid_contains
 from cdc.settings import Endpoint, Settings
 from transform.schema import Column, Table, UnsupportedType, pg_type
 
@@ -160,6 +162,36 @@ def binary_logs(conn: pymysql.connections.Connection) -> list[tuple[str, int]]:
     with conn.cursor() as cur:
         cur.execute("SHOW BINARY LOGS")
         return [(str(r[0]), int(r[1])) for r in cur.fetchall()]
+
+
+def source_facts(conn: pymysql.connections.Connection, settings: Settings, flavor: Flavor,
+                 saved: Position | None) -> SourceFacts:
+    """Who the server is (server_id, MySQL's server_uuid), whether its binlog holds every
+    transaction of the saved position's GTID state, and (MariaDB) its GTID state at the saved
+    file and offset."""
+    saved_gtid = saved.gtid if saved is not None else ""
+    at_saved: str | None = None
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.server_id" + ("" if flavor.mariadb else ", @@GLOBAL.server_uuid"))
+        row = cur.fetchone() or (0, "")
+        server_id, uuid = int(row[0]), (str(row[1]) if not flavor.mariadb and row[1] else "")
+        has: bool | None = None
+        if saved_gtid:
+            if flavor.mariadb:
+                cur.execute(flavor.gtid_sql)
+                state = cur.fetchone()
+                has = mariadb_gtid_contains(str(state[0] or "") if state else "", saved_gtid)
+                assert saved is not None
+                sizes = dict(binary_logs(conn))
+                if saved.file in sizes and saved.pos <= sizes[saved.file]:
+                    cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (saved.file, saved.pos))
+                    got = cur.fetchone()
+                    at_saved = str(got[0] or "") if got else ""
+            else:
+                cur.execute("SELECT GTID_SUBSET(%s, @@GLOBAL.gtid_executed)", (saved_gtid,))
+                subset = cur.fetchone()
+                has = bool(subset and int(subset[0]))
+    return SourceFacts(server_id, uuid, f"{settings.source.host}:{settings.source.port}", has, at_saved)
 
 
 def server_variables(conn: pymysql.connections.Connection, names: list[str]) -> dict[str, str]:

@@ -28,12 +28,12 @@ from cdc.feed import SourceFeed
 from cdc.flavor import Flavor
 from cdc.metrics import Metrics
 from cdc.model import Heartbeat, Position, RowChange, SchemaChange, TxnChunk
-from cdc.positions import unavailable
+from cdc.positions import Resume, resume_from, unavailable
 from cdc.settings import Settings
 from cdc.snapshot import quote_mysql, select_list, take_snapshot
 from loader.ddl import ensure_schema, forget_tables, load_definitions, snapshot_positions
 from loader.pg import INSTANCE, pg_connect
-from loader.staging import StagingWriter, load_position, lock_apply
+from loader.staging import StagingWriter, load_position, load_source, lock_apply
 from loader.star import StarSchema
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
@@ -186,6 +186,15 @@ class Pipeline:
                           fix="its rows are skipped; `softcart-sync resnapshot` takes it again")
             self.state.started = True
             self.state.progress_at = time.time()
+            why: str | None = None  # the saved position can't be resumed here
+            try:
+                resume = self._identify(pg, writer, position)
+            except FatalError as exc:
+                resume, why = None, str(exc)
+            if resume is not None and resume.by_gtid:
+                log.warning("source_changed", note=resume.note, gtid=resume.position.gtid,
+                            fix="tables added to the settings now are copied at the next start")
+                position = resume.position
             if position is None:
                 self.state.snapshotting = True
                 self.metrics.snapshot_tables.labels("total").set(len(tables))
@@ -193,18 +202,19 @@ class Pipeline:
                 position = take_snapshot(self.settings, tables, flavor, writer, self._snapshot_progress)
                 self.metrics.snapshot_tables.labels("done").set(len(tables))
                 self.state.snapshotting = False
-            elif (why := unavailable(position, self._binlogs)) is not None:
+            elif why is not None or (position.file and (why := unavailable(position, self._binlogs)) is not None):
                 self.metrics.binlog_purged.set(1)
                 if not self.settings.auto_resnapshot:
                     raise FatalError(why)
                 log.warning("resnapshotting", reason=why, position=str(position))
                 position = take_snapshot(self.settings, tables, flavor, writer, self._snapshot_progress)
                 self.metrics.binlog_purged.set(0)
-            else:
+            elif position.file:
                 log.info("resuming", position=str(position))
                 self._follow_settings(pg, writer, tables, flavor, followed)
+            fenced = fences(pg, self.settings.pipeline_name, position) if position.file else {}
             self._observe_position(position)
-            self._stream(stop, tables, flavor, writer, position, fences(pg, self.settings.pipeline_name, position))
+            self._stream(stop, tables, flavor, writer, position, fenced)
         except psycopg.OperationalError as exc:
             raise TransientError(f"staging connection lost: {str(exc).strip()}") from None
         finally:
@@ -227,6 +237,21 @@ class Pipeline:
                     built = star.rebuild(pg)
                     log.info("star_schema_built", facts=built.facts, invalid=len(built.invalid))
         return StagingWriter(pg, tables, self.settings.pipeline_name, star), position
+
+    def _identify(self, pg: psycopg.Connection[Any], writer: StagingWriter,
+                  position: Position | None) -> Resume | None:
+        """Who the source is (saved with every position from now on), and where to resume on it
+        given the server the saved position was read from (None: nothing saved yet). Raises
+        FatalError for a position that means nothing on this server."""
+        conn = mysql.connect(self.settings)
+        try:
+            facts = mysql.source_facts(conn, self.settings, mysql.flavor(conn), position)
+        finally:
+            conn.close()
+        writer.source = (facts.server_id, facts.uuid)
+        if position is None:
+            return None
+        return resume_from(position, load_source(pg, self.settings.pipeline_name), facts)
 
     def _follow_settings(self, pg: psycopg.Connection[Any], writer: StagingWriter, tables: dict[str, Table],
                          flavor: Flavor, followed: dict[str, Table]) -> None:
@@ -261,6 +286,7 @@ class Pipeline:
                 raise ConfigError(f"the daemon for pipeline {self.settings.pipeline_name!r} is running: "
                                   "stop it first (systemctl stop softcart-sync)") from None
             writer, _ = self.open_writer(pg, tables)
+            self._identify(pg, writer, None)
             return take_snapshot(self.settings, tables, flavor, writer, self._snapshot_progress)
 
     def _snapshot_progress(self, table: str, rows: int) -> None:

@@ -91,8 +91,7 @@ class BinlogSource:
         with self._lock:
             self._reader = BinLogStreamReader(
                 connection_settings=connection_settings(s),
-                server_id=s.server_id, blocking=True, resume_stream=True,
-                log_file=self._start.file, log_pos=self._start.pos,
+                server_id=s.server_id, blocking=True, resume_stream=True, **self._where(),
                 only_schemas=[s.source.database], only_tables=list(self._tables),
                 only_events=_EVENTS, slave_heartbeat=s.heartbeat_seconds, enable_logging=False,
                 report_slave=report_name(s),  # in SHOW SLAVE HOSTS, so a server_id clash can be seen
@@ -102,6 +101,11 @@ class BinlogSource:
         except pymysql.err.MySQLError as exc:
             if stop.is_set():
                 return
+            if not self._start.file and exc.args and exc.args[0] == 1236:
+                raise FatalError(f"source {s.source.display} refused to stream after the saved GTID state"
+                                 f" {self._start.gtid} ({exc.args[1] if len(exc.args) > 1 else exc}): it is not the"
+                                 " server the position was read from nor a replica of it; take a new snapshot with"
+                                 " `softcart-sync resnapshot` (daemon stopped)") from None
             raise classify(exc, s) from None
         except (OSError, EOFError, AttributeError) as exc:
             if stop.is_set():
@@ -109,6 +113,13 @@ class BinlogSource:
             raise TransientError(f"source connection lost: {exc}") from None
         finally:
             self.close()
+
+    def _where(self) -> dict[str, Any]:
+        """Where the stream starts: the saved file and offset, or (a start with no file) after a
+        GTID state, on another server found to hold it."""
+        if self._start.file:
+            return {"log_file": self._start.file, "log_pos": self._start.pos}
+        return {"auto_position": self._start.gtid, "is_mariadb": self._flavor.mariadb}
 
     def _events(self, stop: threading.Event) -> Iterator[TxnChunk | Heartbeat | SchemaChange]:
         """The binlog's events, grouped into whole transactions by :class:`cdc.assemble.Assembler`."""

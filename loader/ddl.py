@@ -30,6 +30,9 @@ META_DDL = [
         gtid text NOT NULL DEFAULT '',
         event_time timestamptz,
         committed_at timestamptz NOT NULL DEFAULT now())""").format(sql.Identifier(META)),
+    # The server the position was read from: a binlog offset means something only there.
+    sql.SQL("ALTER TABLE {}.position ADD COLUMN IF NOT EXISTS source_server_id bigint,"
+            " ADD COLUMN IF NOT EXISTS source_uuid text").format(sql.Identifier(META)),
     sql.SQL("""CREATE TABLE IF NOT EXISTS {}.dead_letter (
         id bigserial PRIMARY KEY,
         pipeline text NOT NULL,

@@ -122,6 +122,8 @@ class StagingWriter:
         self._temps: dict[str, str] = {}  # source table -> its session's upsert temp table
         self._temp_seq = 0
         self.stopped = self._load_stopped()  # source table -> why it is no longer followed
+        #: the server the rows come from (server_id, server_uuid), saved with every position
+        self.source: tuple[int, str] | None = None
         # The session's temporary tables, created now, outside any transaction: a rollback to a
         # savepoint can't take them away. ON COMMIT DELETE ROWS empties them after each batch.
         with conn.cursor() as cur:
@@ -164,7 +166,7 @@ class StagingWriter:
         with self.conn.cursor() as cur:
             self._save_dead_letters(cur, str(position) if position is not None else origin)
             if position is not None:
-                save_position(cur, self.pipeline, position, event_time)
+                save_position(cur, self.pipeline, position, event_time, self.source)
         assert self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         self.conn.execute("COMMIT")
         self.star_rows_changed += self._star_pending
@@ -468,15 +470,29 @@ def _pg_error(exc: psycopg.Error) -> str:
     return f"{diag.sqlstate}: {diag.message_primary}" if diag.message_primary else str(exc).strip()
 
 
-def save_position(cur: psycopg.Cursor[Any], pipeline: str, position: Position, event_time: float | None) -> None:
+def save_position(cur: psycopg.Cursor[Any], pipeline: str, position: Position, event_time: float | None,
+                  source: tuple[int, str] | None = None) -> None:
+    """The position, with the server it was read from (``source``: server_id, server_uuid; None
+    keeps the one saved)."""
     ts = dt.datetime.fromtimestamp(event_time, dt.UTC) if event_time else None
+    sid, uuid = source if source is not None else (None, None)
     cur.execute(
-        sql.SQL("INSERT INTO {}.position (pipeline, binlog_file, binlog_pos, gtid, event_time, committed_at)"
-                " VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (pipeline) DO UPDATE SET"
+        sql.SQL("INSERT INTO {0}.position (pipeline, binlog_file, binlog_pos, gtid, event_time, committed_at,"
+                " source_server_id, source_uuid) VALUES (%s, %s, %s, %s, %s, now(), %s, %s)"
+                " ON CONFLICT (pipeline) DO UPDATE SET"
                 " binlog_file = EXCLUDED.binlog_file, binlog_pos = EXCLUDED.binlog_pos, gtid = EXCLUDED.gtid,"
-                " event_time = COALESCE(EXCLUDED.event_time, {}.position.event_time),"
-                " committed_at = now()").format(sql.Identifier(META), sql.Identifier(META)),
-        (pipeline, position.file, position.pos, position.gtid, ts))
+                " event_time = COALESCE(EXCLUDED.event_time, {0}.position.event_time),"
+                " source_server_id = COALESCE(EXCLUDED.source_server_id, {0}.position.source_server_id),"
+                " source_uuid = COALESCE(EXCLUDED.source_uuid, {0}.position.source_uuid),"
+                " committed_at = now()").format(sql.Identifier(META)),
+        (pipeline, position.file, position.pos, position.gtid, ts, sid, uuid))
+
+
+def load_source(conn: Conn, pipeline: str) -> tuple[int, str] | None:
+    """The server the saved position was read from (None: saved before identities were kept)."""
+    row = conn.execute(sql.SQL("SELECT source_server_id, source_uuid FROM {}.position WHERE pipeline = %s")
+                       .format(sql.Identifier(META)), (pipeline,)).fetchone()
+    return (int(row[0]), str(row[1] or "")) if row and row[0] is not None else None
 
 
 def load_position(conn: Conn, pipeline: str) -> Position | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+from cdc.errors import FatalError
 from cdc.model import Position
-from cdc.positions import unavailable
+from cdc.positions import SourceFacts, mariadb_gtid_contains, resume_from, unavailable
 
 LOGS = [("mysql-bin.000007", 1000), ("mysql-bin.000008", 500)]
 
@@ -23,3 +26,67 @@ def test_purged_file_names_saved_and_oldest_positions_and_the_way_out() -> None:
 def test_position_past_the_end_of_its_file_is_refused() -> None:
     why = unavailable(Position("mysql-bin.000008", 9999), LOGS)
     assert why is not None and "past the end" in why
+
+
+# Which server: the resume decision (MariaDB forms as the server writes them, MySQL 8's documented ones)
+
+SAVED = Position("mysql-bin.000004", 5727, "0-1-9066")
+
+
+def facts(server_id: int = 1, uuid: str = "", has: bool | None = True) -> SourceFacts:
+    return SourceFacts(server_id, uuid, "db2.example:3306", has)
+
+
+def test_the_same_server_resumes_at_the_saved_offset() -> None:
+    assert resume_from(SAVED, (1, ""), facts()).position == SAVED
+    assert resume_from(SAVED, None, facts(7)).position == SAVED  # saved before identities were kept
+    no_gtid = Position("binlog.000002", 900)
+    assert resume_from(no_gtid, (5, "3e11fa47-71ca-11e1-9e33-c80aa9429562"),
+                       facts(5, "3e11fa47-71ca-11e1-9e33-c80aa9429562", None)).position == no_gtid
+
+
+def test_a_reset_binlog_on_the_same_server_stops_with_the_way_out() -> None:
+    with pytest.raises(FatalError) as e:
+        resume_from(SAVED, (1, ""), facts(has=False))
+    assert "RESET MASTER" in str(e.value) and "mysql-bin.000004:5727" in str(e.value)
+    assert "softcart-sync resnapshot" in str(e.value)
+
+
+def test_another_server_holding_the_saved_transactions_resumes_by_gtid() -> None:
+    r = resume_from(SAVED, (1, ""), facts(2))
+    assert r.by_gtid and r.position.gtid == "0-1-9066" and "server_id 1" in r.note and "server_id 2" in r.note
+    mysql = Position("binlog.000009", 157, "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-77")
+    r = resume_from(mysql, (1, "3e11fa47-71ca-11e1-9e33-c80aa9429562"),
+                    facts(1, "4a2b0c9e-1111-11ee-8c99-0242ac120002"))  # same server_id, another uuid
+    assert r.by_gtid
+
+
+def test_another_server_without_the_saved_transactions_or_gtids_stops_naming_both() -> None:
+    with pytest.raises(FatalError) as e:
+        resume_from(SAVED, (1, ""), facts(2, has=False))
+    text = str(e.value)
+    assert "server_id 1" in text and "db2.example:3306, server_id 2" in text and "resnapshot" in text
+    with pytest.raises(FatalError, match="without GTIDs"):
+        resume_from(Position("binlog.000002", 900), (1, "a"), facts(2, "b", None))
+
+
+def test_mariadb_gtid_state_holds_a_saved_one_per_domain_by_sequence() -> None:
+    assert mariadb_gtid_contains("0-1-9100", "0-1-9066")
+    assert mariadb_gtid_contains("0-2-9100", "0-1-9066")  # a failover: another server wrote the last one
+    assert mariadb_gtid_contains("0-1-9066,1-5-3", "1-5-3,0-1-9066")
+    assert not mariadb_gtid_contains("0-1-12", "0-1-9066")  # RESET MASTER, then a few transactions
+    assert not mariadb_gtid_contains("", "0-1-9066")
+    assert not mariadb_gtid_contains("0-1-9100", "0-1-9066,1-5-3")  # a domain it never had
+    assert mariadb_gtid_contains("0-1-1", "")
+
+
+def test_mariadb_the_same_server_id_with_another_history_at_the_offset_is_not_the_same_server() -> None:
+    # server_id 1 is every MariaDB's default: the GTID state at the saved offset tells
+    here = SourceFacts(1, "", "db2.example:3306", True, gtid_at_saved="0-1-9066")
+    assert resume_from(SAVED, (1, ""), here).position == SAVED
+    elsewhere = SourceFacts(1, "", "db2.example:3306", True, gtid_at_saved="0-1-311")
+    r = resume_from(SAVED, (1, ""), elsewhere)
+    assert r.by_gtid and "another history at that offset" in r.note
+    reset = SourceFacts(1, "", "db2.example:3306", False, gtid_at_saved="")
+    with pytest.raises(FatalError, match=r"another history at that offset .* does not hold every transaction"):
+        resume_from(SAVED, (1, ""), reset)

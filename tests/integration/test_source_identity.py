@@ -1,0 +1,151 @@
+"""The server behind a saved position: a failover to a replica resumes by GTID, a server without
+our transactions and a binlog reset stop with the way out, never resume at a foreign offset.
+
+Servers of their own (a primary, its replica with log_slave_updates, and an unrelated one), so that
+RESET MASTER and replication touch no other test."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+import pytest
+
+from cdc.errors import FatalError
+from cdc.localservers import MariaDBServer
+from cdc.positions import mariadb_gtid_contains
+from cdc.settings import Settings, load_settings
+from tests.helpers import assert_same, execute, running_pipeline, wait_caught_up, wait_pipeline_died, wait_until
+
+Conn = pymysql.connections.Connection
+PG = psycopg.Connection[Any]
+DB = "ident"
+ITEMS = "CREATE TABLE items (id INT PRIMARY KEY, v INT) ENGINE=InnoDB"
+
+
+@pytest.fixture(scope="module")
+def servers(server_root: Path) -> Iterator[dict[str, MariaDBServer]]:
+    """primary (server_id 11), replica (12, replicating the primary by GTID, logging what it
+    applies), other (13, unrelated)."""
+    made = {"primary": MariaDBServer(server_root / "ident-primary", server_id=11),
+            "replica": MariaDBServer(server_root / "ident-replica", server_id=12, extra_args=("--log-slave-updates",)),
+            "other": MariaDBServer(server_root / "ident-other", server_id=13)}
+    try:
+        for s in made.values():
+            s.start()
+        with contextlib.closing(connect(made["replica"], None)) as r:
+            execute(r, f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={made['primary'].port},"
+                       " MASTER_USER='root', MASTER_USE_GTID=slave_pos", "START SLAVE")
+        yield made
+    finally:
+        for s in made.values():
+            if s.proc is not None:
+                s.stop()
+
+
+def connect(server: MariaDBServer, database: str | None = DB) -> Conn:
+    return pymysql.connect(host="127.0.0.1", port=server.port, user="root", database=database, autocommit=True)
+
+
+def gtid(conn: Conn) -> str:
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+        row = cur.fetchone()
+    return str(row[0] or "") if row else ""
+
+
+def pointed_at(settings_env: dict[str, str], server: MariaDBServer, database: str = DB, **extra: str) -> Settings:
+    env = {**settings_env, "SOFTCART_SOURCE_URL": server.url(database=database), "SOFTCART_SOURCE_TABLES": "items",
+           "SOFTCART_STAR_TABLE": "", **extra}
+    return load_settings(environ={}, **{k.removeprefix("SOFTCART_").lower(): v for k, v in env.items()})
+
+
+def fatal_at_start(settings: Settings) -> str:
+    with pytest.raises(FatalError) as died, running_pipeline(settings) as p:
+        wait_pipeline_died(p)
+    return str(died.value)
+
+
+def test_a_failover_to_a_replica_resumes_by_gtid_and_an_unrelated_server_is_refused(
+        servers: dict[str, MariaDBServer], settings_env: dict[str, str], staging: PG) -> None:
+    primary, replica, other = servers["primary"], servers["replica"], servers["other"]
+    with contextlib.closing(connect(primary, None)) as root:
+        execute(root, f"CREATE DATABASE {DB}")
+    src = connect(primary)
+    execute(src, ITEMS, "INSERT INTO items VALUES " + ", ".join(f"({i}, {i})" for i in range(1, 51)),
+            "INSERT INTO items VALUES " + ", ".join(f"({i}, {i})" for i in range(51, 101)))
+    with contextlib.closing(connect(other, None)) as root:  # same tables, another history
+        execute(root, f"CREATE DATABASE {DB}", f"USE {DB}", ITEMS, "INSERT INTO items VALUES (1, 1)")
+    with running_pipeline(pointed_at(settings_env, primary)):
+        wait_caught_up(staging, src)
+    # while the daemon is stopped: more changes, replicated
+    for i in range(10):
+        execute(src, f"UPDATE items SET v = v + 1 WHERE id <= {10 * (i + 1)}",
+                f"INSERT INTO items VALUES ({200 + i}, 0)")
+    rep = connect(replica)
+    wait_until(lambda: mariadb_gtid_contains(gtid(rep), gtid(src)), 60, "the replica to apply the primary's binlog")
+    (saved,) = staging.execute("SELECT binlog_file || ':' || binlog_pos FROM softcart.position").fetchone() or ("",)
+
+    # the URL pointed at a server that never had our transactions: refused, naming both servers
+    text = fatal_at_start(pointed_at(settings_env, other))
+    assert "server_id 11" in text and f"127.0.0.1:{other.port}, server_id 13" in text and "resnapshot" in text
+    # ... also once its GTID sequence numbers pass ours: the server itself refuses the GTID
+    with contextlib.closing(connect(other)) as o:
+        execute(o, *[f"INSERT INTO items VALUES ({i}, 0)" for i in range(2, 8)])
+    text = fatal_at_start(pointed_at(settings_env, other))
+    assert "refused to stream after the saved GTID state" in text and "resnapshot" in text, text
+    assert staging.execute("SELECT binlog_file || ':' || binlog_pos FROM softcart.position").fetchone() == (saved,)
+
+    # the primary is gone; the replica takes over: resumed after our transactions by GTID (its
+    # binlog has the same file names, at other offsets)
+    primary.stop()
+    execute(rep, "STOP SLAVE", "RESET SLAVE ALL")
+    with running_pipeline(pointed_at(settings_env, replica)):
+        wait_caught_up(staging, rep)
+        assert_same(rep, staging, DB, "items")
+        execute(rep, "DELETE FROM items WHERE id > 150", "UPDATE items SET v = -1 WHERE id = 1")
+        wait_caught_up(staging, rep)
+        assert_same(rep, staging, DB, "items")
+    assert staging.execute("SELECT source_server_id FROM softcart.position").fetchone() == (12,)
+    # and from now on it is the replica's position: a restart resumes by offset there
+    execute(rep, "INSERT INTO items VALUES (300, 300)")
+    with running_pipeline(pointed_at(settings_env, replica)):
+        wait_caught_up(staging, rep)
+        assert_same(rep, staging, DB, "items")
+
+
+def test_a_reset_binlog_stops_with_the_way_out_or_resnapshots_when_allowed(
+        servers: dict[str, MariaDBServer], settings_env: dict[str, str], staging: PG) -> None:
+    other = servers["other"]
+    with contextlib.closing(connect(other, None)) as root:
+        execute(root, "CREATE DATABASE IF NOT EXISTS resetdb", "USE resetdb", "DROP TABLE IF EXISTS items",
+                ITEMS, "INSERT INTO items VALUES (1, 1), (2, 2)")
+    src = pymysql.connect(host="127.0.0.1", port=other.port, user="root", database="resetdb", autocommit=True)
+
+    def at(server: MariaDBServer, **extra: str) -> Settings:
+        return pointed_at(settings_env, server, "resetdb", **extra)
+
+    with running_pipeline(at(other)):
+        for i in range(5):
+            execute(src, f"INSERT INTO items VALUES ({10 + i}, {i})")
+        wait_caught_up(staging, src)
+    (file, pos) = staging.execute("SELECT binlog_file, binlog_pos FROM softcart.position").fetchone() or ("", 0)
+    # RESET MASTER, then writes that take the same file name past the saved offset
+    execute(src, "RESET MASTER", "INSERT INTO items SELECT id + 1000, v FROM items",
+            "UPDATE items SET v = v + 1")
+    with src.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        now_file, now_pos = cur.fetchone()[:2]
+    if now_pos <= pos:  # grow the file past the saved offset in one transaction
+        execute(src, "CREATE TABLE filler (id INT PRIMARY KEY, t TEXT)",
+                f"INSERT INTO filler VALUES (1, REPEAT('f', {pos + 1000}))")
+    assert now_file == file, "the saved position must be in the file name the reset starts again"
+    text = fatal_at_start(at(other))
+    assert "reset" in text and "resnapshot" in text, text
+    with running_pipeline(at(other, SOFTCART_AUTO_RESNAPSHOT="true")):
+        wait_caught_up(staging, src)
+        assert_same(src, staging, "resetdb", "items")
