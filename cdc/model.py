@@ -63,6 +63,10 @@ class RowChange:
     error: str | None = None
     raw: str | None = None
     key: tuple[Any, ...] | None = None
+    #: columns of the followed definition that the row image does not carry: not in the table at
+    #: the image's binlog position (added later, or renamed since). ``after`` has None there; the
+    #: values are read from the source by key, as for a column added (later changes replay on top)
+    absent: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

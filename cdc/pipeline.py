@@ -395,6 +395,8 @@ class Pipeline:
             if buffer:
                 with self._guarded():
                     writer.apply(buffer)
+                if any(ch.absent for ch in buffer):
+                    self._fill_absent(writer, buffer)
                 buffer = []
                 self.state.progress_at = time.time()  # a huge transaction is progress too
 
@@ -518,6 +520,37 @@ class Pipeline:
         self.state.last_commit_at = self.state.progress_at = time.time()
         self.metrics.tables_stopped.set(len(writer.stopped))
 
+    def _fill_absent(self, writer: StagingWriter, changes: list[RowChange]) -> None:
+        """Rows written before a column of the followed definition existed (replayed after a lag
+        across several ALTERs) get that column's value from the source by key, in the open batch,
+        as a column added does for every row: later changes to those rows replay on top."""
+        wanted: dict[str, tuple[set[str], dict[tuple[Any, ...], None]]] = {}
+        for ch in changes:
+            if ch.absent and ch.after is not None and ch.table not in writer.stopped:
+                table = writer.tables[ch.table]
+                cols, keys = wanted.setdefault(ch.table, (set(), {}))
+                cols.update(ch.absent)
+                keys[tuple(ch.after[i] for i in table.key_indexes())] = None
+        conn = mysql.connect(self.settings)
+        try:
+            for name, (cols, keys) in wanted.items():
+                table = writer.tables[name]
+                columns = [c for c in table.column_names if c in cols and c not in table.primary_key]
+                listed = list(keys)
+                try:
+                    rows = [r for i in range(0, len(listed), 1000)
+                            for r in _source_values(conn, table, columns, writer, listed[i:i + 1000])]
+                except pymysql.err.OperationalError as exc:
+                    if exc.args and exc.args[0] == 1054:  # gone from the source since: a later DDL drops it
+                        log.info("absent_columns_gone", table=name, columns=columns)
+                        continue
+                    raise
+                with self._guarded():
+                    writer.backfill(table, columns, rows)
+                log.info("absent_columns_filled", table=name, columns=columns, rows=len(rows))
+        finally:
+            conn.close()
+
     def _save_idle_position(self, writer: StagingWriter, at: Position | None) -> None:
         """Idle, with the source's binlog ended past our position by events we don't follow (a
         rotation, another schema's statements): save that end, so the position shows the truth
@@ -543,19 +576,28 @@ def fences(pg: psycopg.Connection[Any], pipeline: str, position: Position) -> di
 
 
 def _source_values(conn: pymysql.connections.Connection, table: Table, columns: list[str],
-                   writer: StagingWriter) -> Iterator[tuple[Any, ...]]:
-    """(key..., columns...) of every source row, converted; a value with no PostgreSQL form is
-    dead-lettered."""
-    conv = RowConverter(table)
-    names = table.column_names
+                   writer: StagingWriter, keys: list[tuple[Any, ...]] | None = None) -> Iterator[tuple[Any, ...]]:
+    """(key..., columns...) of every source row (or of those with ``keys``), converted; a value
+    with no PostgreSQL form is dead-lettered."""
+    part = Table(table.name, tuple(c for c in table.columns if c.name in table.primary_key or c.name in columns),
+                 table.primary_key)
+    conv = RowConverter(part)
+    names = part.column_names
     pick = [names.index(k) for k in table.primary_key] + [names.index(c) for c in columns]
+    where: str = ""
+    params: tuple[Any, ...] = ()
+    if keys is not None:
+        key_list = ", ".join(quote_mysql(k) for k in table.primary_key)
+        one = "(" + ", ".join(["%s"] * len(table.primary_key)) + ")"
+        where = f" WHERE ({key_list}) IN ({', '.join([one] * len(keys))})"
+        params = tuple(v for k in keys for v in k)
     with conn.cursor(pymysql.cursors.SSCursor) as cur:
-        cur.execute(f"SELECT {select_list(table)} FROM {quote_mysql(table.name)}")
+        cur.execute(f"SELECT {select_list(part)} FROM {quote_mysql(table.name)}{where}", params)
         for raw in cur:
             try:
                 row = conv.from_snapshot(raw)
             except Unrepresentable as exc:
-                writer.dead_letter(table.name, [raw[i] for i in table.key_indexes()], str(exc), repr(raw)[:10000])
+                writer.dead_letter(table.name, [raw[i] for i in part.key_indexes()], str(exc), repr(raw)[:10000])
                 continue
             yield tuple(row[i] for i in pick)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -190,11 +191,24 @@ class BinlogSource:
         conv = self._converters.get(table)
         if conv is None:
             raise FatalError(f"binlog row event for unexpected table {event.schema}.{table}")
+        absent = self._absent(event)
+        if absent is not None:  # written under another definition: by name, through the library
+            first = len(out)
+            self._library_rows(conv, table, event, out)
+            if absent:
+                out[first:] = [dataclasses.replace(c, absent=absent) if c.after is not None and c.error is None
+                               else c for c in out[first:]]
+            return
         decoder = self._decoder(event) if self._fast_decode else None
         if decoder is not None:
             body = event.packet.read(event.event_size - event.packet.read_bytes)
             self._decoded(table, event, decoder(body), out)
             return
+        self._library_rows(conv, table, event, out)
+
+    @staticmethod
+    def _library_rows(conv: RowConverter, table: str, event: Any, out: list[RowChange]) -> None:
+        """The library's decoding (by the table map's column names), converted to staging's form."""
         for row in event.rows:
             if isinstance(event, WriteRowsEvent):
                 out.append(_change(conv, table, Op.INSERT, None, (row["values"], row["none_sources"])))
@@ -204,6 +218,21 @@ class BinlogSource:
                 out.append(_change(conv, table, Op.UPDATE,
                                    (row["before_values"], row["before_none_sources"]),
                                    (row["after_values"], row["after_none_sources"])))
+
+    def _absent(self, event: Any) -> tuple[str, ...] | None:
+        """None when the event's table map (its column names, binlog_row_metadata=FULL) is the
+        followed definition; else the followed columns it lacks. A table map says what the table
+        was at that binlog position: after a lag across several ALTERs the definition read at the
+        first one is the source's current, not the one these rows were written with."""
+        tm = event.table_map.get(event.table_id)
+        if tm is None or not getattr(tm, "column_name_flag", False):
+            return None  # no names in the binlog: the followed definition is all there is
+        names = tuple(c.name for c in event.columns)
+        held = self._tables[event.table].column_names
+        if names == held:
+            return None
+        present = set(names)
+        return tuple(n for n in held if n not in present)
 
     def _decoder(self, event: Any) -> RowsDecoder | None:
         """The compiled decoder for this event's table map (made on first sight), or None when the
