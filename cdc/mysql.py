@@ -16,7 +16,8 @@ from cdc.settings import Endpoint, Settings
 from transform.schema import Column, Table, UnsupportedType, pg_type
 
 #: pymysql error codes that mean the server or the network, not us (retry later).
-_TRANSIENT_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213}
+#: 1412: InnoDB's "table definition has changed" in a consistent snapshot older than a DDL.
+_TRANSIENT_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213, 1412}
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

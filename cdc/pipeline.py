@@ -178,7 +178,7 @@ class Pipeline:
             # none before the first snapshot): a schema change made while we were stopped is
             # followed when its statement comes in the stream.
             followed = load_definitions(pg, self.settings.pipeline_name)
-            tables = {name: followed.get(name, t) for name, t in tables.items()}
+            current, tables = tables, {name: followed.get(name, t) for name, t in tables.items()}
             writer, position = self.open_writer(pg, tables)
             self.metrics.tables_stopped.set(len(writer.stopped))
             for name, reason in writer.stopped.items():
@@ -207,6 +207,10 @@ class Pipeline:
                 if not self.settings.auto_resnapshot:
                     raise FatalError(why)
                 log.warning("resnapshotting", reason=why, position=str(position))
+                # a new snapshot takes the source's definitions as they are now
+                source, tables = writer.source, current
+                writer, _ = self.open_writer(pg, tables)
+                writer.source = source
                 position = take_snapshot(self.settings, tables, flavor, writer, self._snapshot_progress)
                 self.metrics.binlog_purged.set(0)
             elif position.file:

@@ -20,7 +20,7 @@ from cdc.errors import ConfigError, TransientError
 from cdc.extract import ClientReader, client_reader
 from cdc.flavor import Flavor, snapshot_position
 from cdc.model import Position
-from cdc.mysql import connect
+from cdc.mysql import connect, read_table
 from cdc.settings import Settings
 from loader.ddl import META, STAGING, save_definitions
 from loader.staging import StagingWriter
@@ -93,6 +93,7 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
                 client = None
         if position is None:
             position = open_snapshot(conn, flavor)
+        _same_definitions(settings, conn, tables)
         log.info("snapshot_started", position=str(position), tables=list(tables),
                  reader="mariadb client" if client else "pymysql")
         writer.begin()
@@ -134,6 +135,18 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
         if client is not None:
             client.close()
         conn.close()
+
+
+def _same_definitions(settings: Settings, conn: pymysql.connections.Connection, tables: dict[str, Table]) -> None:
+    """The definitions the copy uses were read before the snapshot opened: read them again now
+    that it is open. A DDL in between (its statement lies before the snapshot's position, so the
+    stream will never bring it) means another try; a DDL after the snapshot opened makes InnoDB
+    refuse the copy's read (1412, table definition changed), which is transient too."""
+    for name, table in tables.items():
+        now = read_table(conn, settings.source.database, name)
+        if now != table:
+            raise TransientError(f"the definition of source table {name} changed while the snapshot started;"
+                                 " taking it again")
 
 
 def _copy_all(settings: Settings, conn: pymysql.connections.Connection, client: ClientReader | None,

@@ -8,9 +8,14 @@ from typing import Any
 
 import psycopg
 import pymysql
+import pytest
 
+from cdc.errors import TransientError
+from cdc.pipeline import Pipeline
 from cdc.reconcile import Reconciler
 from cdc.settings import Settings
+from cdc.snapshot import take_snapshot
+from loader.pg import pg_connect
 from loader.star_ops import check_star
 from tests.helpers import SALES_DDL, assert_same, cli, execute, running_pipeline, wait_caught_up
 
@@ -159,3 +164,20 @@ def test_rows_replayed_across_several_alters_are_decoded_as_they_were_written(
     assert staging_columns(staging, "items") == ["id", "v", "d", "e"]
     rows = staging.execute("SELECT id, v, d, e FROM staging.items WHERE id IN (1, 4, 100, 101) ORDER BY id").fetchall()
     assert rows == [(1, 101, 9, 3), (4, 4, 9, 3), (100, 100, 9, 3), (101, 101, 9, 3)]
+
+
+def test_a_table_altered_as_the_snapshot_opens_is_copied_with_the_definition_in_force(
+        settings: Settings, source: Conn, staging: PG, source_db: str) -> None:
+    execute(source, "CREATE TABLE items (id INT PRIMARY KEY, v INT)", "INSERT INTO items VALUES (1, 1), (2, 2)")
+    s = settings.model_copy(update={"source_tables": ["items"], "star_table": ""})
+    pipeline = Pipeline(s)
+    tables, flavor = pipeline.prepare()  # the definitions, read before the snapshot opens
+    execute(source, "ALTER TABLE items ADD COLUMN w INT DEFAULT 4")  # its statement lies before the snapshot
+    with pg_connect(s, autocommit=True) as pg:
+        writer, _ = pipeline.open_writer(pg, tables)
+        with pytest.raises(TransientError, match="definition of source table items changed"):
+            take_snapshot(s, tables, flavor, writer)
+    with running_pipeline(s):  # the daemon's next try reads them again
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "items")
+    assert staging_columns(staging, "items") == ["id", "v", "w"]

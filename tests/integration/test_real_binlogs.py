@@ -13,10 +13,15 @@ from typing import Any
 import psycopg
 import pymysql
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from cdc.localservers import MariaDBServer
 from cdc.settings import Settings
-from tests.helpers import assert_same, cli, execute, running_pipeline, wait_caught_up, wait_until
+from loader.star_ops import check_star
+from loader.warehouse import TABLES
+from tests.helpers import SALES_DDL, assert_same, cli, execute, running_pipeline, wait_caught_up, wait_until
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -237,3 +242,121 @@ def test_a_table_added_to_the_settings_is_copied_before_it_streams_and_copied_ag
         wait_caught_up(staging, source)
         for t in ("items", "extra"):
             assert_same(source, staging, source_db, t)
+
+
+# All of it at once: other clients doing ordinary things, drawn by hypothesis -----------------
+
+_KEYS = st.integers(1, 30)
+_ROW_OPS = st.lists(st.tuples(st.sampled_from(["ins", "upd", "del", "mlog", "sale"]), _KEYS, st.integers(0, 99)),
+                    min_size=1, max_size=4)
+_STEP = st.one_of(
+    st.tuples(st.just("txn"), _ROW_OPS),
+    st.tuples(st.just("savepoint"), _ROW_OPS, _ROW_OPS, _ROW_OPS),
+    st.tuples(st.just("rollback"), _ROW_OPS),
+    st.tuples(st.just("xa"), _ROW_OPS, st.sampled_from(["commit", "rollback", "later"])),
+    st.tuples(st.just("other_db"), st.sampled_from(["create", "truncate", "drop", "alter"])),
+    st.tuples(st.just("alter"), st.integers(0, 2)),
+)
+
+
+#: a same-named table's life in another database: none of it is ours
+_OTHER_DB = {
+    "create": ["CREATE TABLE IF NOT EXISTS items (id INT PRIMARY KEY, w TEXT)",
+               "INSERT IGNORE INTO items VALUES (1, 'x')"],
+    "truncate": ["CREATE TABLE IF NOT EXISTS items (id INT PRIMARY KEY, w TEXT)", "TRUNCATE items"],
+    "drop": ["DROP TABLE IF EXISTS items", "DROP TABLE IF EXISTS sales_data"],
+    "alter": ["CREATE TABLE IF NOT EXISTS mlog (id INT PRIMARY KEY)",
+              "ALTER TABLE mlog ADD COLUMN IF NOT EXISTS z INT"],
+}
+
+
+def _row_sql(op: str, k: int, v: int) -> str:
+    if op == "ins":
+        return f"INSERT INTO items (id, v) VALUES ({k}, {v}) ON DUPLICATE KEY UPDATE v = {v}"
+    if op == "upd":
+        return f"UPDATE items SET v = {v} WHERE id = {k}"
+    if op == "del":
+        return f"DELETE FROM items WHERE id = {k}"
+    if op == "mlog":
+        return f"REPLACE INTO mlog VALUES ({k}, {v})"
+    return (f"INSERT INTO sales_data VALUES ({k}, {v % 7}, {v % 5}, {v}.25, {1 + v % 3}, '2024-0{1 + k % 9}-1{v % 10}"
+            f" 10:00:00') ON DUPLICATE KEY UPDATE quantity = {1 + v % 4}, timestamp = timestamp")
+
+
+def test_mixed_client_sessions_end_with_source_staging_star_and_warehouse_equal(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG, source_db: str,
+        connect: Connect, scratch: str) -> None:
+    execute(source, ITEMS, MLOG, SALES_DDL, "INSERT INTO items VALUES (1, 1)")
+    s = wh_settings.model_copy(update={"source_tables": ["items", "mlog", "sales_data"]})
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    session = connect(autocommit=False)
+    other = connect(database=scratch)
+    xa_left: list[str] = []
+    counter = iter(range(1, 10**6))
+    added: list[str] = []
+
+    staging.prepare_threshold = None  # our reads of staging tables whose columns change: no cached plans
+    for conn in (source, session, other):  # a step waiting on a lock fails the test, never hangs it
+        execute(conn, "SET SESSION innodb_lock_wait_timeout = 10", "SET SESSION lock_wait_timeout = 10")
+
+    def run_step(step: tuple[Any, ...]) -> None:
+        kind = step[0]
+        while xa_left:  # decided in a later transaction than its prepare, before its locks get in the way
+            execute(source, f"XA COMMIT '{xa_left.pop()}'")
+        if kind == "txn":
+            execute(session, "START TRANSACTION", *(_row_sql(*o) for o in step[1]), "COMMIT")
+        elif kind == "savepoint":
+            execute(session, "START TRANSACTION", *(_row_sql(*o) for o in step[1]), "SAVEPOINT s1",
+                    *(_row_sql(*o) for o in step[2]), "ROLLBACK TO SAVEPOINT s1", *(_row_sql(*o) for o in step[3]),
+                    "COMMIT")
+        elif kind == "rollback":
+            execute(session, "START TRANSACTION", *(_row_sql(*o) for o in step[1]), "ROLLBACK")
+        elif kind == "xa":
+            n = next(counter)
+            xid = f"mx{n}"
+            # a branch that changed nothing is rolled back by the server at disconnect: one write always
+            prepare(connect(), xid, *(_row_sql(*o) for o in step[1] if o[0] != "mlog"),
+                    f"INSERT INTO items (id, v) VALUES ({100 + n % 20}, {n}) ON DUPLICATE KEY UPDATE v = {n}")
+            if step[2] == "later":
+                xa_left.append(xid)
+            else:
+                execute(source, f"XA {step[2].upper()} '{xid}'")
+        elif kind == "other_db":
+            execute(other, *_OTHER_DB[step[1]])
+        elif kind == "alter":
+            if step[1] == 0 and len(added) < 3:
+                name = f"c{next(counter)}"
+                execute(source, f"ALTER TABLE items ADD COLUMN {name} INT DEFAULT {len(added) + 1}")
+                added.append(name)
+            elif step[1] == 1 and added:
+                execute(source, f"ALTER TABLE items DROP COLUMN {added.pop(0)}")
+            else:
+                execute(source, "ALTER TABLE mlog MODIFY v BIGINT")
+
+    with running_pipeline(s):
+        @given(st.lists(_STEP, min_size=3, max_size=12))
+        @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def sessions(steps: list[tuple[Any, ...]]) -> None:
+            with source.cursor() as cur:  # an example that failed half-way may have left one prepared
+                cur.execute("XA RECOVER")
+                for row in cur.fetchall():
+                    cur.execute("XA ROLLBACK %s", (row[3],))
+            xa_left.clear()
+            session.rollback()  # likewise a transaction
+            for step in steps:
+                run_step(step)
+            while xa_left:
+                execute(source, f"XA COMMIT '{xa_left.pop()}'")
+            wait_caught_up(staging, source)
+            for t in ("items", "mlog", "sales_data"):
+                assert_same(source, staging, source_db, t)
+            assert staging.execute("SELECT count(*) FROM softcart.stopped_table").fetchone() == (0,)
+
+        sessions()
+    assert check_star(s) == []
+    out = cli("flush", env=wh_env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for t in TABLES:
+        cols = ", ".join(t.columns)
+        assert sorted(warehouse.execute(f"SELECT {cols} FROM {t.name}").fetchall()) == \
+            sorted(staging.execute(f"SELECT {cols} FROM star.{t.name}").fetchall()), t.name
