@@ -108,6 +108,27 @@ def missing_privileges(flavor: Flavor, grants: list[str], database: str, tables:
     return out
 
 
+def session_format_privileges(flavor: Flavor) -> tuple[str, ...]:
+    """The privileges that let a client set binlog_format for its own session (MariaDB 10.5+:
+    SUPER or BINLOG ADMIN; MySQL 8: SUPER, SYSTEM_VARIABLES_ADMIN or SESSION_VARIABLES_ADMIN)."""
+    if flavor.mariadb:
+        return ("SUPER", "BINLOG ADMIN")
+    return ("SUPER", "SYSTEM_VARIABLES_ADMIN", "SESSION_VARIABLES_ADMIN")
+
+
+def judge_session_format(flavor: Flavor, rows: list[tuple[str, str]]) -> Finding:
+    """Who may write statement-format binlog events despite binlog_format=ROW (``rows``: grantee,
+    privilege, as information_schema.USER_PRIVILEGES shows them to us). Information only: such a
+    statement on a synced table stops that table by name, it is never applied wrong."""
+    privs = session_format_privileges(flavor)
+    holders = sorted({g for g, p in rows if p.upper() in privs})
+    who = ", ".join(holders) if holders else "none that this account can see"
+    return Finding(True, f"accounts that may set binlog_format for their session ({' or '.join(privs)}): {who}"
+                   " (a statement they log in STATEMENT format stops the synced table it changes; keep such"
+                   " privileges to administrators; this account sees others' privileges only with SELECT on"
+                   " the mysql schema)", required=False)
+
+
 def refuse_unready_source(settings: Settings, conn: pymysql.connections.Connection, flavor: Flavor) -> None:
     """What `run` does at start: a source whose binlog can't feed us is a fatal error naming the
     server variable to set; a short retention is only a warning."""
@@ -141,6 +162,9 @@ def run_checks(settings: Settings, emit: Callable[[str], None]) -> bool:
                 grants = [str(r[0]) for r in cur.fetchall()]
             findings += missing_privileges(flavor, grants, settings.source.database, settings.source_tables)
             findings.append(_check_server_id(settings, conn))
+            with conn.cursor() as cur:
+                cur.execute("SELECT GRANTEE, PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES")
+                findings.append(judge_session_format(flavor, [(str(r[0]), str(r[1])) for r in cur.fetchall()]))
             for t in settings.source_tables:
                 try:
                     table = mysql.read_table(conn, settings.source.database, t)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdc.check import judge_binlog, missing_privileges
+from cdc.check import judge_binlog, judge_session_format, missing_privileges
 from cdc.flavor import Flavor
 
 MARIADB = Flavor.from_version("10.11.19-MariaDB")
@@ -58,3 +58,16 @@ def test_mysql_also_needs_reload_for_the_snapshot_lock() -> None:
 def test_all_privileges_cover_everything() -> None:
     grants = ["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"]
     assert failures(missing_privileges(MYSQL84, grants, "sales", ["sales_data"])) == []
+
+
+def test_accounts_that_may_switch_to_statement_format_are_named() -> None:
+    maria = Flavor.from_version("10.11.19-MariaDB")
+    rows = [("'root'@'localhost'", "SUPER"), ("'ops'@'%'", "BINLOG ADMIN"), ("'app'@'%'", "SELECT"),
+            ("'root'@'localhost'", "BINLOG ADMIN")]
+    f = judge_session_format(maria, rows)
+    assert f.ok and not f.required
+    assert "SUPER or BINLOG ADMIN): 'ops'@'%', 'root'@'localhost' (" in f.what and "'app'" not in f.what
+    mysql = Flavor.from_version("8.0.36")
+    f = judge_session_format(mysql, [("'etl'@'%'", "SESSION_VARIABLES_ADMIN"), ("'x'@'%'", "BINLOG ADMIN")])
+    assert "'etl'@'%'" in f.what and "'x'" not in f.what
+    assert "none that this account can see" in judge_session_format(maria, [("'me'@'%'", "SELECT")]).what
