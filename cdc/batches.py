@@ -32,13 +32,15 @@ def run_batches(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"{bid:>8}  {state:8} {total:>8}  {created:%Y-%m-%d %H:%M:%S}  {attempts:>8}  "
                       f"{error or pos or ''}")
             return 0
-        row = conn.execute(sql.SQL("SELECT state, error FROM {}.batch WHERE id = %s AND pipeline = %s")
+        row = conn.execute(sql.SQL("SELECT state, error, attempts, first_failed_at FROM {}.batch WHERE id = %s"
+                                   " AND pipeline = %s")
                            .format(sql.Identifier(META)), (args.batch_id, settings.pipeline_name)).fetchone()
         if row is None:
             raise ConfigError(f"no batch {args.batch_id} in pipeline {settings.pipeline_name!r}")
         batch = spool.find(args.batch_id)
         if args.batches_command == "show":
-            print(json.dumps({"state": row[0], "error": row[1], "folder": str(batch.path) if batch else None,
+            print(json.dumps({"state": row[0], "error": row[1], "attempts": row[2], "failing_since": row[3],
+                              "folder": str(batch.path) if batch else None,
                               "manifest": batch.manifest if batch else None}, indent=2, default=str))
             return 0
         warehouse = open_warehouse(settings)

@@ -60,9 +60,11 @@ def flush_loop(settings: Settings, stop: threading.Event, started: threading.Eve
             next_flush = 0.0  # retry the load as soon as the backoff ends
             stop.wait(delay)
             delay = min(delay * 2, settings.retry_max_seconds)
-        except SoftcartError as exc:
+        except SoftcartError as exc:  # a set-up error (ConfigError names the fix): retried slowly, loudly
             metrics.errors.labels("fatal").inc()
             log.error("flush_failed", error=str(exc))
+            if flusher is not None:
+                _spool_metrics(flusher, metrics)
             stop.wait(settings.retry_max_seconds)
         except Exception as exc:  # noqa: BLE001 - e.g. the staging connection dropped: start afresh
             log.warning("flush_restarting", error=f"{type(exc).__name__}: {exc}")
@@ -90,6 +92,9 @@ def _spool_metrics(flusher: Flusher, metrics: Metrics) -> None:
     metrics.spool_pending.set(row[0])
     metrics.spool_failed.set(row[1])
     metrics.spool_oldest_age.set(float(row[2]))
+    attempts, failing = flusher.retrying()
+    metrics.batch_attempts.set(attempts)
+    metrics.batch_failing.set(failing)
 
 
 def _close(flusher: Flusher) -> None:

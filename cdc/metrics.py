@@ -57,6 +57,10 @@ class Metrics:
                                   registry=r)
         self.spool_oldest_age = Gauge(p + "spool_oldest_pending_age_seconds", "Age of the oldest pending batch",
                                       registry=r)
+        self.batch_attempts = Gauge(p + "warehouse_batch_attempts", "Load attempts of the pending batch failing "
+                                    "longest (0: none failing)", registry=r)
+        self.batch_failing = Gauge(p + "warehouse_batch_failing_seconds", "Seconds since the first failed load of "
+                                   "the pending batch failing longest (0: none failing)", registry=r)
         self.flush_seconds = Histogram(p + "warehouse_flush_duration_seconds", "Time to load one batch", registry=r,
                                        buckets=(0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
         self.warehouse_rows = Counter(p + "warehouse_rows_loaded_total", "Rows loaded into the warehouse",

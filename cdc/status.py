@@ -29,6 +29,10 @@ def read_status(settings: Settings) -> dict[str, Any]:
         batches = conn.execute(sql.SQL("SELECT state, count(*), min(created_at) FROM {}.batch WHERE pipeline = %s"
                                        " GROUP BY state").format(sql.Identifier(META)),
                                (settings.pipeline_name,)).fetchall()
+        retrying = conn.execute(sql.SQL("SELECT id, attempts, first_failed_at, error FROM {}.batch WHERE pipeline = %s"
+                                        " AND state = 'pending' AND first_failed_at IS NOT NULL ORDER BY"
+                                        " first_failed_at LIMIT 1").format(sql.Identifier(META)),
+                                (settings.pipeline_name,)).fetchone()
         snap = conn.execute(sql.SQL("SELECT source_table, rows_copied, position, finished_at FROM {}.snapshot"
                                     " WHERE pipeline = %s ORDER BY source_table").format(sql.Identifier(META)),
                             (settings.pipeline_name,)).fetchall()
@@ -48,6 +52,10 @@ def read_status(settings: Settings) -> dict[str, Any]:
         )
     out["dead_letters"] = {k: {"open": o, "total": t} for k, o, t in dead}
     out["batches"] = {s: {"count": n, "oldest": oldest.isoformat()} for s, n, oldest in batches}
+    if retrying is not None:
+        bid, attempts, since, error = retrying
+        out["batches"].setdefault("pending", {})["retrying"] = {
+            "batch": bid, "attempts": attempts, "failing_since": since.isoformat(), "last_error": error}
     out["snapshot"] = [{"table": t, "rows": r, "position": p, "finished_at": f.isoformat()} for t, r, p, f in snap]
     return out
 
@@ -71,6 +79,10 @@ def render(status: dict[str, Any]) -> str:
         parts = [f"{state}: {b['count']}" + (f" (oldest {b['oldest']})" if state != "loaded" else "")
                  for state, b in sorted(batches.items())]
         lines.append("warehouse      batches " + "; ".join(parts))
+        retrying = batches.get("pending", {}).get("retrying")
+        if retrying:
+            lines.append(f"               batch {retrying['batch']} failing since {retrying['failing_since']}"
+                         f" ({retrying['attempts']} attempts): {retrying['last_error']}")
     else:
         lines.append("warehouse      no batches yet")
     for s in status["snapshot"]:

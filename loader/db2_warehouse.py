@@ -12,10 +12,11 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from cdc.errors import TransientError
+from cdc.errors import ConfigError, SoftcartError, TransientError
 from cdc.settings import Endpoint
 from loader.spool import SpooledBatch
 from loader.warehouse import LEDGER, TABLES, BatchIdTaken, BatchRejected, WTable, already_loaded, load_steps
+from transform import sqlstate
 from transform.fingerprint import Dialect, quote
 
 DB2_TYPES = {"dateid": "INTEGER", "date": "DATE", "year": "SMALLINT", "quarter": "SMALLINT",
@@ -24,8 +25,14 @@ DB2_TYPES = {"dateid": "INTEGER", "date": "DATE", "year": "SMALLINT", "quarter":
              "customer_id": "BIGINT", "price": "DECIMAL(31,4)", "quantity": "BIGINT", "total_price": "DECIMAL(31,4)",
              "sales_count": "BIGINT", "quantity_total": "BIGINT", "amount_total": "DECIMAL(31,4)"}
 _NULLABLE = {"customer_id"}
-#: SQLSTATE classes that mean "the data": constraint (23), data exception (22). Connection: 08.
-_REJECT_CLASSES = ("22", "23")
+
+
+def load_outcome(state: str, step: str) -> str:
+    """What a failed load means (``step``: data, or the ledger insert): loaded (a duplicate
+    ledger key: another loader got there first), rejected, config or transient."""
+    if step == "ledger" and sqlstate.is_duplicate_key(state):
+        return "loaded"
+    return sqlstate.classify(state).value
 
 
 def q(name: str) -> str:
@@ -158,8 +165,9 @@ class DB2Warehouse:
         import ibm_db
 
         conn = self._connect()
+        step, handle = "data", None  # the statement at fault, for its own diagnostics
         try:
-            stmt = ibm_db.prepare(conn, f"SELECT {q('batch_uid')} FROM {q(LEDGER)} WHERE {q('batch_id')} = ?")
+            stmt = handle = ibm_db.prepare(conn, f"SELECT {q('batch_uid')} FROM {q(LEDGER)} WHERE {q('batch_id')} = ?")
             ibm_db.execute(stmt, (batch.batch_id,))
             held = ibm_db.fetch_tuple(stmt)
             if held and already_loaded(held[0], batch):
@@ -167,33 +175,43 @@ class DB2Warehouse:
                 return False
             total = 0
             for t in TABLES:
+                handle = None
                 ibm_db.exec_immediate(conn, declare_sql(t))
                 rows = batch.rows(t.name) if t.name in batch.manifest["tables"] else []
                 if rows:
-                    ins = ibm_db.prepare(conn, insert_stage_sql(t))
+                    ins = handle = ibm_db.prepare(conn, insert_stage_sql(t))
                     ibm_db.execute_many(ins, tuple(tuple(r) for r in rows))  # text; DB2 casts
                     total += len(rows)
+            handle = None
             if batch.manifest.get("full_reload"):
                 for t in reversed(TABLES):
                     ibm_db.exec_immediate(conn, f"DELETE FROM {q(t.name)}")
             for t, op in load_steps():
                 ibm_db.exec_immediate(conn, delete_sql(t) if op == "D" else merge_sql(t))
-            led = ibm_db.prepare(conn, f"INSERT INTO {q(LEDGER)} ({q('batch_id')}, {q('pipeline')},"
+            step = "ledger"
+            led = handle = ibm_db.prepare(conn, f"INSERT INTO {q(LEDGER)} ({q('batch_id')}, {q('pipeline')},"
                                        f" {q('rows_loaded')}, {q('batch_uid')}) VALUES (?, ?, ?, ?)")
             ibm_db.execute(led, (batch.batch_id, self._pipeline, total, batch.uid))
             ibm_db.commit(conn)
             return True
-        except BatchIdTaken:
+        except (BatchIdTaken, SoftcartError):  # ours (a batch file that fails its sha256): as they are
             with contextlib.suppress(Exception):
                 ibm_db.rollback(conn)
             raise
         except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception; classify by SQLSTATE
-            state = ibm_db.stmt_error() or ibm_db.conn_error() or ""
+            # the failing statement's own diagnostics; without a handle the connection's last
+            state = (ibm_db.stmt_error(handle) if handle is not None else ibm_db.stmt_error()) \
+                or ibm_db.conn_error() or ""
             with contextlib.suppress(Exception):
                 ibm_db.rollback(conn)
             text = _clean(str(exc), self._ep)
-            if state[:2] in _REJECT_CLASSES:
+            outcome = load_outcome(state, step)
+            if outcome == "loaded":
+                return False  # another loader committed this batch first
+            if outcome == "rejected":
                 raise BatchRejected(f"{state}: {text}") from None
+            if outcome == "config":
+                raise ConfigError(f"warehouse {self._ep.display}: {state}: {text}; {sqlstate.fix(state)}") from None
             self.close()
             raise TransientError(f"warehouse {self._ep.display}: {text}") from None
 

@@ -73,6 +73,9 @@ META_DDL = [
     # row of the same number but another uid was written from another staging (or before a
     # restore), so the batch is not the one loaded.
     sql.SQL("ALTER TABLE {}.batch ADD COLUMN IF NOT EXISTS uid text").format(sql.Identifier(META)),
+    # A batch the warehouse keeps failing for a reason that may pass (unreachable, a lock, a set-up
+    # missing): since when, and (in error) the last reason; it stays pending and is retried.
+    sql.SQL("ALTER TABLE {}.batch ADD COLUMN IF NOT EXISTS first_failed_at timestamptz").format(sql.Identifier(META)),
     sql.SQL("""CREATE TABLE IF NOT EXISTS {}.flush_state (
         pipeline text PRIMARY KEY,
         last_outbox_id bigint NOT NULL DEFAULT 0)""").format(sql.Identifier(META)),

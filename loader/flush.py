@@ -26,7 +26,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from cdc.errors import TransientError
+from cdc.errors import ConfigError, TransientError
 from loader.ddl import META
 from loader.spool import Spool, SpooledBatch
 from loader.staging import APPLY_LOCK
@@ -264,6 +264,9 @@ class Flusher:
             try:
                 self._mark_attempt(batch_id)
                 fresh = self.warehouse.load(batch)
+            except (TransientError, ConfigError) as exc:
+                self._note_failure(batch_id, str(exc))  # retried, and seen: attempts, since when, why
+                raise
             except BatchRejected as exc:
                 self._fail(batch, str(exc))
                 blocked |= self._keys(batch_id)
@@ -283,9 +286,23 @@ class Flusher:
         self.conn.execute(sql.SQL("UPDATE {}.batch SET attempts = attempts + 1 WHERE id = %s")
                           .format(sql.Identifier(META)), (batch_id,))
 
+    def _note_failure(self, batch_id: int, error: str) -> None:
+        self.conn.execute(sql.SQL("UPDATE {}.batch SET error = %s, first_failed_at = COALESCE(first_failed_at, now())"
+                                  " WHERE id = %s").format(sql.Identifier(META)), (error[:2000], batch_id))
+
+    def retrying(self) -> tuple[int, float]:
+        """(attempts, seconds since its first failure) of the pending batch failing longest; (0, 0)
+        when none is failing."""
+        row = self.conn.execute(sql.SQL(
+            "SELECT attempts, EXTRACT(EPOCH FROM now() - first_failed_at) FROM {}.batch WHERE pipeline = %s"
+            " AND state = 'pending' AND first_failed_at IS NOT NULL ORDER BY first_failed_at LIMIT 1").format(
+            sql.Identifier(META)), (self.pipeline,)).fetchone()
+        return (int(row[0]), float(row[1])) if row else (0, 0.0)
+
     def _mark_loaded(self, batch: SpooledBatch) -> None:
-        self.conn.execute(sql.SQL("UPDATE {}.batch SET state = 'loaded', loaded_at = now(), error = NULL"
-                                  " WHERE id = %s").format(sql.Identifier(META)), (batch.batch_id,))
+        self.conn.execute(sql.SQL("UPDATE {}.batch SET state = 'loaded', loaded_at = now(), error = NULL,"
+                                  " first_failed_at = NULL WHERE id = %s").format(sql.Identifier(META)),
+                          (batch.batch_id,))
         self.spool.move(batch, "loaded")
         log.info("batch_loaded", batch=batch.batch_id, rows=batch.row_counts)
 

@@ -11,11 +11,12 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from cdc.errors import TransientError
+from cdc.errors import ConfigError, TransientError
 from cdc.settings import Endpoint
 from loader.pg import ISO_DATES
 from loader.spool import SpooledBatch
 from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, already_loaded, load_steps
+from transform import sqlstate
 from transform.fingerprint import Dialect
 
 _TYPES = {"dateid": "integer", "date": "date", "year": "smallint", "quarter": "smallint", "quartername": "varchar(2)",
@@ -86,6 +87,7 @@ class PostgresWarehouse:
 
     def load(self, batch: SpooledBatch) -> bool:
         conn = self._connect()
+        step = "data"
         try:
             with conn.transaction():
                 held = conn.execute(f"SELECT batch_uid FROM {LEDGER} WHERE batch_id = %s", (batch.batch_id,)).fetchone()
@@ -102,14 +104,22 @@ class PostgresWarehouse:
                             sql.Identifier(t.name), sql.Identifier(staged[t.name]), _match(t)))
                     else:  # into emptied tables (a full reload) a plain insert: nothing to match
                         total += max(conn.execute((_insert if full else _merge)(t, staged[t.name])).rowcount, 0)
+                step = "ledger"
                 conn.execute(f"INSERT INTO {LEDGER} (batch_id, pipeline, rows_loaded, batch_uid)"
                              " VALUES (%s, %s, %s, %s)", (batch.batch_id, self._pipeline, total, batch.uid))
             return True
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-            raise BatchRejected(f"{exc.diag.sqlstate}: {exc.diag.message_primary}") from None
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
+            state = exc.sqlstate or ""
+            if step == "ledger" and sqlstate.is_duplicate_key(state):
+                return False  # another loader committed this batch first
+            text = f"{state}: {exc.diag.message_primary or str(exc).strip()}" if state else str(exc).strip()
+            kind = sqlstate.classify(state)
+            if kind is sqlstate.Kind.REJECTED:
+                raise BatchRejected(text) from None
+            if kind is sqlstate.Kind.CONFIG:
+                raise ConfigError(f"warehouse {self._ep.display}: {text}; {sqlstate.fix(state)}") from None
             self.close()
-            raise TransientError(f"warehouse {self._ep.display}: {str(exc).strip()}") from None
+            raise TransientError(f"warehouse {self._ep.display}: {text}") from None
 
     def max_batch_id(self) -> int:
         row = self.fetch(f"SELECT COALESCE(max(batch_id), 0) FROM {LEDGER}", ())
@@ -131,8 +141,8 @@ class PostgresWarehouse:
         try:
             return self._connect().execute(text.encode(), list(params)).fetchall()
         except psycopg.errors.UndefinedTable as exc:
-            raise TransientError(f"warehouse {self._ep.display}: {exc.diag.message_primary}; run"
-                                 " `softcart-sync warehouse init`") from None
+            raise ConfigError(f"warehouse {self._ep.display}: {exc.diag.message_primary}; run"
+                              " `softcart-sync warehouse init`") from None
         except psycopg.OperationalError as exc:
             self.close()
             raise TransientError(f"warehouse {self._ep.display}: {str(exc).strip()}") from None

@@ -467,3 +467,34 @@ def test_unwritable_spool_is_a_clear_error_and_the_outbox_keeps_its_rows(
     assert staging.execute("SELECT count(*) FROM softcart.outbox").fetchone() == outbox_before
     assert staging.execute("SELECT count(*) FROM softcart.batch").fetchone() == (0,)
     assert staging.execute("SELECT COALESCE(max(last_outbox_id), 0) FROM softcart.flush_state").fetchone() == (0,)
+
+
+def test_a_batch_failing_to_load_is_seen_with_its_attempts_and_error_and_a_missing_warehouse_names_the_fix(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
+    execute(source, SALES_DDL, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-01-01 00:00:00')")
+    with running_pipeline(wh_settings):
+        wait_caught_up(staging, source)
+    # no `warehouse init` yet: not a traceback retried forever, but the fix, named
+    out = cli("flush", env=wh_env)
+    assert out.returncode != 0 and "softcart-sync warehouse init" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    down = {**wh_env, "SOFTCART_WAREHOUSE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
+            "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2"}
+    assert cli("flush", env=wh_env).returncode == 0  # the first load numbers and loads it
+    with running_pipeline(wh_settings):
+        execute(source, "UPDATE sales_data SET quantity = 2, timestamp = timestamp")
+        wait_caught_up(staging, source)
+    for _ in range(2):
+        assert cli("flush", env=down).returncode == 1
+    status = json.loads(cli("status", "--json", env=wh_env).stdout)
+    retrying = status["batches"]["pending"]["retrying"]
+    assert retrying["attempts"] == 2 and "127.0.0.1" in retrying["last_error"], retrying
+    shown = json.loads(cli("batches", "show", str(retrying["batch"]), env=wh_env).stdout)
+    assert shown["attempts"] == 2 and shown["failing_since"] and shown["error"]
+    text = cli("status", env=wh_env).stdout
+    assert f"batch {retrying['batch']} failing since" in text and "(2 attempts)" in text
+    assert cli("flush", env=wh_env).returncode == 0
+    status = json.loads(cli("status", "--json", env=wh_env).stdout)
+    assert "retrying" not in status["batches"].get("pending", {})
+    assert_warehouse_equals_star(staging, warehouse)

@@ -101,3 +101,15 @@ def test_max_batch_id_reads_the_ledger() -> None:
     from loader.db2_warehouse import max_batch_sql
 
     assert max_batch_sql() == 'SELECT COALESCE(MAX("BATCH_ID"), 0) FROM "SOFTCART_LEDGER"'
+
+
+def test_a_failed_load_is_classified_by_its_statements_sqlstate_and_step() -> None:
+    from loader.db2_warehouse import load_outcome
+
+    assert load_outcome("23505", "ledger") == "loaded"  # a second loader: the batch is in, never "failed"
+    assert load_outcome("23505", "data") == "rejected"  # a duplicate key among the batch's rows
+    assert load_outcome("21506", "data") == "rejected"  # SQL0788N: a MERGE target row matched twice
+    assert load_outcome("42727", "data") == "config"  # SQL0286N: no user temporary table space
+    assert load_outcome("42704", "data") == "config"  # SQL0204N: a table missing (wrong schema)
+    assert load_outcome("08001", "data") == "transient"  # SQL30081N
+    assert load_outcome("", "data") == "transient"
