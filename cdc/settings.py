@@ -136,6 +136,13 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(5.0, gt=0, le=3600, description="source heartbeat period when idle")
     connect_timeout_seconds: float = Field(10.0, gt=0, description="timeout of every connect")
     read_timeout_seconds: float = Field(30.0, gt=0, description="silence from the source before reconnecting")
+    warehouse_receive_timeout_seconds: float = Field(
+        3600.0, gt=0, description="longest wait for one reply from the warehouse: a silent one is an error after "
+        "this; sized for a MERGE or a full reload's DELETE of millions of rows (Db2 ReceiveTimeout; PostgreSQL "
+        "keepalives notice a dead peer sooner)")
+    warehouse_statement_timeout_seconds: float = Field(
+        0.0, ge=0, description="longest one statement may run in the warehouse, 0 for no limit (Db2 "
+        "QueryTimeout, PostgreSQL statement_timeout); a statement cut off is retried, and seen")
     retry_max_seconds: float = Field(30.0, gt=0, description="cap of the exponential backoff between retries")
     stall_seconds: float = Field(60.0, gt=0, description="no progress for this long is a stall (/readyz, watchdog)")
     auto_resnapshot: bool = Field(False, description="when the saved position was purged from the source's "

@@ -27,6 +27,12 @@ DB2_TYPES = {"dateid": "INTEGER", "date": "DATE", "year": "SMALLINT", "quarter":
 _NULLABLE = {"customer_id"}
 
 
+def statement_options(query_timeout: int) -> dict[int, int]:
+    """The statement attributes of a load's statements: QueryTimeout (SQL_ATTR_QUERY_TIMEOUT, 0 in
+    the CLI's numbering) when a statement time limit is set; none means no limit."""
+    return {0: query_timeout} if query_timeout > 0 else {}
+
+
 def load_outcome(state: str, step: str) -> str:
     """What a failed load means (``step``: data, or the ledger insert): loaded (a duplicate
     ledger key: another loader got there first), rejected, config or transient."""
@@ -40,12 +46,13 @@ def q(name: str) -> str:
     return quote(name, Dialect.DB2)
 
 
-def connection_string(ep: Endpoint, timeout: int, extra: str = "") -> str:
-    """The CLI connection string; ConnectTimeout and ReceiveTimeout make a silent server an error,
-    not a hang. ``extra`` passes options through (from the URL's query: Security=SSL; ...)."""
+def connection_string(ep: Endpoint, timeout: int, extra: str = "", receive_timeout: int = 3600) -> str:
+    """The CLI connection string; ConnectTimeout (the connect) and ReceiveTimeout (any one reply:
+    sized for the longest MERGE or DELETE, not the connect) make a silent server an error, not a
+    hang. ``extra`` passes options through (from the URL's query: Security=SSL; ...)."""
     parts = {"DATABASE": ep.database, "HOSTNAME": ep.host, "PORT": str(ep.port), "PROTOCOL": "TCPIP",
              "UID": ep.user, "PWD": ep.password.get_secret_value(), "ConnectTimeout": str(timeout),
-             "ReceiveTimeout": str(max(timeout, 30))}
+             "ReceiveTimeout": str(receive_timeout)}
     for opt in filter(None, extra.replace("&", ";").split(";")):
         key, _, value = opt.partition("=")
         parts[key.strip()] = value.strip()
@@ -130,10 +137,13 @@ def max_batch_sql() -> str:
 class DB2Warehouse:
     dialect = Dialect.DB2
 
-    def __init__(self, endpoint: Endpoint, pipeline: str, connect_timeout: float) -> None:
+    def __init__(self, endpoint: Endpoint, pipeline: str, connect_timeout: float, receive_timeout: float = 3600.0,
+                 statement_timeout: float = 0.0) -> None:
         self._ep = endpoint
         self._pipeline = pipeline
         self._timeout = max(1, int(connect_timeout))
+        self._receive = max(1, int(receive_timeout))
+        self._query_timeout = int(statement_timeout)
         self._conn: Any = None
 
     def _connect(self) -> Any:
@@ -141,7 +151,8 @@ class DB2Warehouse:
 
         if self._conn is None:
             try:
-                self._conn = ibm_db.connect(connection_string(self._ep, self._timeout, self._ep.query), "", "")
+                self._conn = ibm_db.connect(connection_string(self._ep, self._timeout, self._ep.query, self._receive),
+                                            "", "")
             except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception
                 raise TransientError(f"warehouse {self._ep.display}: {_clean(str(exc), self._ep)}") from None
             ibm_db.autocommit(self._conn, ibm_db.SQL_AUTOCOMMIT_OFF)
@@ -167,7 +178,9 @@ class DB2Warehouse:
         conn = self._connect()
         step, handle = "data", None  # the statement at fault, for its own diagnostics
         try:
-            stmt = handle = ibm_db.prepare(conn, f"SELECT {q('batch_uid')} FROM {q(LEDGER)} WHERE {q('batch_id')} = ?")
+            opts = statement_options(self._query_timeout)
+            stmt = handle = ibm_db.prepare(conn, f"SELECT {q('batch_uid')} FROM {q(LEDGER)} WHERE {q('batch_id')} = ?",
+                                           opts)
             ibm_db.execute(stmt, (batch.batch_id,))
             held = ibm_db.fetch_tuple(stmt)
             if held and already_loaded(held[0], batch):
@@ -176,21 +189,21 @@ class DB2Warehouse:
             total = 0
             for t in TABLES:
                 handle = None
-                ibm_db.exec_immediate(conn, declare_sql(t))
+                ibm_db.exec_immediate(conn, declare_sql(t), opts)
                 rows = batch.rows(t.name) if t.name in batch.manifest["tables"] else []
                 if rows:
-                    ins = handle = ibm_db.prepare(conn, insert_stage_sql(t))
+                    ins = handle = ibm_db.prepare(conn, insert_stage_sql(t), opts)
                     ibm_db.execute_many(ins, tuple(tuple(r) for r in rows))  # text; DB2 casts
                     total += len(rows)
             handle = None
             if batch.manifest.get("full_reload"):
                 for t in reversed(TABLES):
-                    ibm_db.exec_immediate(conn, f"DELETE FROM {q(t.name)}")
+                    ibm_db.exec_immediate(conn, f"DELETE FROM {q(t.name)}", opts)
             for t, op in load_steps():
-                ibm_db.exec_immediate(conn, delete_sql(t) if op == "D" else merge_sql(t))
+                ibm_db.exec_immediate(conn, delete_sql(t) if op == "D" else merge_sql(t), opts)
             step = "ledger"
             led = handle = ibm_db.prepare(conn, f"INSERT INTO {q(LEDGER)} ({q('batch_id')}, {q('pipeline')},"
-                                       f" {q('rows_loaded')}, {q('batch_uid')}) VALUES (?, ?, ?, ?)")
+                                       f" {q('rows_loaded')}, {q('batch_uid')}) VALUES (?, ?, ?, ?)", opts)
             ibm_db.execute(led, (batch.batch_id, self._pipeline, total, batch.uid))
             ibm_db.commit(conn)
             return True

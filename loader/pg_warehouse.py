@@ -57,10 +57,12 @@ def ddl() -> list[str]:
 class PostgresWarehouse:
     dialect = Dialect.POSTGRES
 
-    def __init__(self, endpoint: Endpoint, pipeline: str, connect_timeout: float) -> None:
+    def __init__(self, endpoint: Endpoint, pipeline: str, connect_timeout: float,
+                 statement_timeout: float = 0.0) -> None:
         self._ep = endpoint
         self._pipeline = pipeline
         self._timeout = connect_timeout
+        self._statement_timeout_ms = int(statement_timeout * 1000)
         self._conn: psycopg.Connection[Any] | None = None
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -70,6 +72,11 @@ class PostgresWarehouse:
                 # libpq options from the URL's query: ?sslmode=verify-full&sslrootcert=/etc/ca.pem
                 query = dict(urllib.parse.parse_qsl(ep.query))
                 query["options"] = f"{query.get('options', '')} {ISO_DATES}".strip()
+                if self._statement_timeout_ms:
+                    query["options"] += f" -c statement_timeout={self._statement_timeout_ms}"
+                # a warehouse gone silent is noticed in about a minute, not the kernel's two hours
+                query = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+                         "keepalives_count": "3", **query}
                 options = make_conninfo("", **query)
                 self._conn = psycopg.connect(options, host=ep.host, port=ep.port, user=ep.user,
                                              password=ep.password.get_secret_value() or None, dbname=ep.database,

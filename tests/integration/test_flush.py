@@ -498,3 +498,21 @@ def test_a_batch_failing_to_load_is_seen_with_its_attempts_and_error_and_a_missi
     status = json.loads(cli("status", "--json", env=wh_env).stdout)
     assert "retrying" not in status["batches"].get("pending", {})
     assert_warehouse_equals_star(staging, warehouse)
+
+
+def test_a_warehouse_statement_past_its_time_limit_is_cut_off_retried_and_seen(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG,
+        postgres: Any, warehouse_db: str) -> None:
+    execute(source, SALES_DDL, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-01-01 00:00:00')")
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        wait_caught_up(staging, source)
+    limited = {**wh_env, "SOFTCART_WAREHOUSE_STATEMENT_TIMEOUT_SECONDS": "1"}
+    with psycopg.connect(postgres.url(warehouse_db)) as holder:  # a BI query holding the fact table
+        holder.execute("LOCK TABLE factsales IN ACCESS EXCLUSIVE MODE")
+        out = cli("flush", env=limited)
+        assert out.returncode == 1 and "57014" in out.stderr and "statement timeout" in out.stderr, out.stderr
+    status = json.loads(cli("status", "--json", env=wh_env).stdout)
+    assert status["batches"]["pending"]["retrying"]["attempts"] == 1
+    assert cli("flush", env=limited).returncode == 0
+    assert_warehouse_equals_star(staging, warehouse)

@@ -19,7 +19,9 @@ EP = Endpoint("db2", "dw.example", 50000, "loader", SecretStr("p4ss"), "SALESDW"
 def test_connection_string_has_timeouts_and_passes_options_through() -> None:
     text = connection_string(EP, 10, "Security=SSL;SSLServerCertificate=/etc/ca.pem")
     assert text.startswith("DATABASE=SALESDW;HOSTNAME=dw.example;PORT=50000;PROTOCOL=TCPIP;UID=loader;PWD=p4ss;")
-    assert "ConnectTimeout=10;" in text and "ReceiveTimeout=30;" in text
+    # the connect's limit is not every reply's: a MERGE of millions of rows takes longer than 30 s
+    assert "ConnectTimeout=10;" in text and "ReceiveTimeout=3600;" in text
+    assert "ReceiveTimeout=120;" in connection_string(EP, 10, "", receive_timeout=120)
     assert text.endswith("Security=SSL;SSLServerCertificate=/etc/ca.pem;")
 
 
@@ -113,3 +115,12 @@ def test_a_failed_load_is_classified_by_its_statements_sqlstate_and_step() -> No
     assert load_outcome("42704", "data") == "config"  # SQL0204N: a table missing (wrong schema)
     assert load_outcome("08001", "data") == "transient"  # SQL30081N
     assert load_outcome("", "data") == "transient"
+
+
+def test_a_statement_time_limit_is_the_clis_query_timeout() -> None:
+    import ibm_db
+
+    from loader.db2_warehouse import statement_options
+
+    assert statement_options(0) == {}
+    assert statement_options(900) == {ibm_db.SQL_ATTR_QUERY_TIMEOUT: 900}
