@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(5.0, gt=0, le=3600, description="source heartbeat period when idle")
     connect_timeout_seconds: float = Field(10.0, gt=0, description="timeout of every connect")
     read_timeout_seconds: float = Field(30.0, gt=0, description="silence from the source before reconnecting")
+    warehouse_schema: str = Field(
+        "", pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,127})?$",
+        description="the warehouse schema the tables are in (warehouse init, the loader, the reconcile): Db2's "
+        "CURRENT SCHEMA (upper-cased, as Db2 folds names), PostgreSQL's search_path; empty: the user's default "
+        "(Db2: the user's own schema)")
     warehouse_receive_timeout_seconds: float = Field(
         3600.0, gt=0, description="longest wait for one reply from the warehouse: a silent one is an error after "
         "this; sized for a MERGE or a full reload's DELETE of millions of rows (Db2 ReceiveTimeout; PostgreSQL "

@@ -15,6 +15,7 @@ def open_warehouse(settings: Settings) -> Warehouse:
         raise ConfigError("SOFTCART_WAREHOUSE_URL is not set: set it to db2://... or postgresql://...")
     if ep.scheme == "db2":
         return DB2Warehouse(ep, settings.pipeline_name, settings.connect_timeout_seconds,
-                            settings.warehouse_receive_timeout_seconds, settings.warehouse_statement_timeout_seconds)
+                            settings.warehouse_receive_timeout_seconds, settings.warehouse_statement_timeout_seconds,
+                            settings.warehouse_schema)
     return PostgresWarehouse(ep, settings.pipeline_name, settings.connect_timeout_seconds,
-                             settings.warehouse_statement_timeout_seconds)
+                             settings.warehouse_statement_timeout_seconds, settings.warehouse_schema)

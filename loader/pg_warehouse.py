@@ -58,8 +58,9 @@ class PostgresWarehouse:
     dialect = Dialect.POSTGRES
 
     def __init__(self, endpoint: Endpoint, pipeline: str, connect_timeout: float,
-                 statement_timeout: float = 0.0) -> None:
+                 statement_timeout: float = 0.0, schema: str = "") -> None:
         self._ep = endpoint
+        self._schema = schema
         self._pipeline = pipeline
         self._timeout = connect_timeout
         self._statement_timeout_ms = int(statement_timeout * 1000)
@@ -72,6 +73,8 @@ class PostgresWarehouse:
                 # libpq options from the URL's query: ?sslmode=verify-full&sslrootcert=/etc/ca.pem
                 query = dict(urllib.parse.parse_qsl(ep.query))
                 query["options"] = f"{query.get('options', '')} {ISO_DATES}".strip()
+                if self._schema:  # checked by the setting's pattern: a plain identifier
+                    query["options"] += f" -c search_path={self._schema}"
                 if self._statement_timeout_ms:
                     query["options"] += f" -c statement_timeout={self._statement_timeout_ms}"
                 # a warehouse gone silent is noticed in about a minute, not the kernel's two hours
@@ -89,6 +92,8 @@ class PostgresWarehouse:
     def init(self) -> None:
         conn = self._connect()
         with conn.transaction():
+            if self._schema:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema.lower())))
             for stmt in ddl():
                 conn.execute(stmt)
 

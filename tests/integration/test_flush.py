@@ -516,3 +516,21 @@ def test_a_warehouse_statement_past_its_time_limit_is_cut_off_retried_and_seen(
     assert status["batches"]["pending"]["retrying"]["attempts"] == 1
     assert cli("flush", env=limited).returncode == 0
     assert_warehouse_equals_star(staging, warehouse)
+
+
+def test_the_warehouse_schema_setting_puts_init_the_loader_and_the_reconcile_in_that_schema(
+        wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
+    env = {**wh_env, "SOFTCART_WAREHOUSE_SCHEMA": "sales_dw"}
+    execute(source, SALES_DDL, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-01-01 00:00:00')")
+    assert cli("warehouse", "init", env=env).returncode == 0
+    with running_pipeline(load_settings(environ={}, **{k.removeprefix("SOFTCART_").lower(): v
+                                                       for k, v in env.items()})):
+        wait_caught_up(staging, source)
+    out = cli("flush", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert warehouse.execute("SELECT count(*) FROM sales_dw.factsales").fetchone() == (1,)
+    assert warehouse.execute("SELECT to_regclass('public.factsales')").fetchone() == (None,)
+    warehouse.execute("DELETE FROM sales_dw.factsales")
+    fixed = cli("reconcile", "--level", "warehouse", env=env)
+    assert fixed.returncode == 1, fixed.stdout + fixed.stderr  # found in that schema, and repaired
+    assert warehouse.execute("SELECT count(*) FROM sales_dw.factsales").fetchone() == (1,)

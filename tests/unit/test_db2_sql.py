@@ -80,6 +80,12 @@ def test_deploy_sql_files_hold_what_warehouse_init_creates() -> None:
     db2 = (deploy / "db2-warehouse.sql").read_text()
     for stmt in [*(create_table_sql(t) for t in TABLES), index_sql(), ledger_sql(), ledger_upgrade_sql(), *views_sql()]:
         assert stmt + ";" in db2
+    from loader.db2_warehouse import dba_script
+
+    assert db2 == dba_script(), "deploy/sql/db2-warehouse.sql: regenerate with `python -m loader.db2_warehouse`"
+    for needed in ('CREATE USER TEMPORARY TABLESPACE "SOFTCART_TMP"', 'GRANT USE OF TABLESPACE "SOFTCART_TMP"',
+                   'SET SCHEMA "SOFTCART";', 'GRANT SELECT ON "MONTHLY_SALES" TO ROLE SOFTCART_REPORTING;'):
+        assert needed in db2
     pg = (deploy / "postgresql-warehouse.sql").read_text()
     for stmt in ddl():
         assert stmt + ";" in pg
@@ -124,3 +130,8 @@ def test_a_statement_time_limit_is_the_clis_query_timeout() -> None:
 
     assert statement_options(0) == {}
     assert statement_options(900) == {ibm_db.SQL_ATTR_QUERY_TIMEOUT: 900}
+
+
+def test_the_warehouse_schema_is_the_sessions_current_schema() -> None:
+    assert "CurrentSchema=SALES_DW;" in connection_string(EP, 10, schema="sales_dw")
+    assert "CurrentSchema" not in connection_string(EP, 10)
