@@ -9,7 +9,8 @@ IBM's documented syntax for DECLARE GLOBAL TEMPORARY TABLE and MERGE.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cdc.errors import ConfigError, SoftcartError, TransientError
@@ -31,6 +32,27 @@ def statement_options(query_timeout: int) -> dict[int, int]:
     """The statement attributes of a load's statements: QueryTimeout (SQL_ATTR_QUERY_TIMEOUT, 0 in
     the CLI's numbering) when a statement time limit is set; none means no limit."""
     return {0: query_timeout} if query_timeout > 0 else {}
+
+
+def first_failing(rows: Sequence[Sequence[Any]], attempt: Callable[[Sequence[Any]], str | None],
+                  limit: int = 5) -> list[tuple[int, str]]:
+    """The rows (index, error) that fail when tried one at a time, the first ``limit`` of them:
+    a refused chain of inserts says which of its rows, not only the last error read."""
+    out: list[tuple[int, str]] = []
+    for i, row in enumerate(rows):
+        error = attempt(row)
+        if error:
+            out.append((i, error))
+            if len(out) >= limit:
+                break
+    return out
+
+
+def rejected_rows_text(t: WTable, rows: Sequence[Sequence[Any]], culprits: list[tuple[int, str]]) -> str:
+    """The refused rows named by their key (the CSV's first field is the op)."""
+    keys = [(k, t.columns.index(k) + 1) for k in t.key]
+    return "; ".join(f"{t.name} row {i + 1} ({', '.join(f'{k}={rows[i][j]}' for k, j in keys)}): {error}"
+                     for i, error in culprits)
 
 
 def load_outcome(state: str, step: str) -> str:
@@ -234,7 +256,16 @@ class DB2Warehouse:
                 rows = batch.rows(t.name) if t.name in batch.manifest["tables"] else []
                 if rows:
                     ins = handle = ibm_db.prepare(conn, insert_stage_sql(t), opts)
-                    ibm_db.execute_many(ins, tuple(tuple(r) for r in rows))  # text; DB2 casts
+                    try:
+                        ibm_db.execute_many(ins, tuple(tuple(r) for r in rows))  # text; DB2 casts
+                    except Exception as exc:  # a chain's errors: find the rows at fault
+                        state = ibm_db.stmt_error(ins) or ""
+                        if sqlstate.classify(state) is not sqlstate.Kind.REJECTED:
+                            raise
+                        ibm_db.exec_immediate(conn, declare_sql(t), opts)  # emptied: try the rows one by one
+                        culprits = first_failing(rows, functools.partial(_insert_one, ins))
+                        raise BatchRejected(rejected_rows_text(t, rows, culprits) or
+                                            f"{state}: {_clean(str(exc), self._ep)}") from None
                     total += len(rows)
             handle = None
             if batch.manifest.get("full_reload"):
@@ -248,7 +279,7 @@ class DB2Warehouse:
             ibm_db.execute(led, (batch.batch_id, self._pipeline, total, batch.uid))
             ibm_db.commit(conn)
             return True
-        except (BatchIdTaken, SoftcartError):  # ours (a batch file that fails its sha256): as they are
+        except (BatchIdTaken, BatchRejected, SoftcartError):  # ours (a batch file failing its sha256): as they are
             with contextlib.suppress(Exception):
                 ibm_db.rollback(conn)
             raise
@@ -299,6 +330,16 @@ class DB2Warehouse:
             with contextlib.suppress(Exception):
                 ibm_db.close(self._conn)
             self._conn = None
+
+
+def _insert_one(stmt: Any, row: Sequence[Any]) -> str | None:
+    import ibm_db
+
+    try:
+        ibm_db.execute(stmt, tuple(row))
+    except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception
+        return f"{ibm_db.stmt_error(stmt) or ''}: {str(exc)[:300]}"
+    return None
 
 
 def _clean(text: str, ep: Endpoint) -> str:

@@ -105,7 +105,7 @@ class PostgresWarehouse:
                 held = conn.execute(f"SELECT batch_uid FROM {LEDGER} WHERE batch_id = %s", (batch.batch_id,)).fetchone()
                 if held is not None and already_loaded(held[0], batch):
                     return False
-                total = 0
+                total = sum(batch.row_counts.values())  # rows of the batch's files, as on Db2
                 staged = {t.name: self._stage(conn, t, batch) for t in TABLES}
                 full = bool(batch.manifest.get("full_reload"))
                 if full:
@@ -115,7 +115,7 @@ class PostgresWarehouse:
                         conn.execute(sql.SQL("DELETE FROM {} t USING {} s WHERE s.op = 'D' AND {}").format(
                             sql.Identifier(t.name), sql.Identifier(staged[t.name]), _match(t)))
                     else:  # into emptied tables (a full reload) a plain insert: nothing to match
-                        total += max(conn.execute((_insert if full else _merge)(t, staged[t.name])).rowcount, 0)
+                        conn.execute((_insert if full else _merge)(t, staged[t.name]))
                 step = "ledger"
                 conn.execute(f"INSERT INTO {LEDGER} (batch_id, pipeline, rows_loaded, batch_uid)"
                              " VALUES (%s, %s, %s, %s)", (batch.batch_id, self._pipeline, total, batch.uid))

@@ -530,6 +530,10 @@ def test_the_warehouse_schema_setting_puts_init_the_loader_and_the_reconcile_in_
     assert out.returncode == 0, out.stdout + out.stderr
     assert warehouse.execute("SELECT count(*) FROM sales_dw.factsales").fetchone() == (1,)
     assert warehouse.execute("SELECT to_regclass('public.factsales')").fetchone() == (None,)
+    # the ledger counts the batch's rows, as the Db2 backend does (not the rows a MERGE touched)
+    (counted,) = staging.execute("SELECT sum(v::bigint) FROM softcart.batch, jsonb_each_text(rows) AS r(k, v)"
+                                 ).fetchone() or (0,)
+    assert warehouse.execute("SELECT sum(rows_loaded) FROM sales_dw.softcart_ledger").fetchone() == (counted,)
     warehouse.execute("DELETE FROM sales_dw.factsales")
     fixed = cli("reconcile", "--level", "warehouse", env=env)
     assert fixed.returncode == 1, fixed.stdout + fixed.stderr  # found in that schema, and repaired

@@ -135,3 +135,16 @@ def test_a_statement_time_limit_is_the_clis_query_timeout() -> None:
 def test_the_warehouse_schema_is_the_sessions_current_schema() -> None:
     assert "CurrentSchema=SALES_DW;" in connection_string(EP, 10, schema="sales_dw")
     assert "CurrentSchema" not in connection_string(EP, 10)
+
+
+def test_a_refused_chain_names_the_rows_at_fault_by_their_key() -> None:
+    from loader.db2_warehouse import first_failing, rejected_rows_text
+
+    rows = [["U", str(i), "20210101", "1", None, "1.0000", "1", "1.0000"] for i in range(1, 9)]
+    rows[2][5] = "1e40"
+    rows[6][5] = "x"
+    culprits = first_failing(rows, lambda r: "22003: numeric overflow" if r[5] in ("1e40", "x") else None)
+    assert culprits == [(2, "22003: numeric overflow"), (6, "22003: numeric overflow")]
+    assert rejected_rows_text(FACTSALES, rows, culprits) == (
+        "factsales row 3 (rowid=3): 22003: numeric overflow; factsales row 7 (rowid=7): 22003: numeric overflow")
+    assert len(first_failing(rows, lambda r: "bad", limit=3)) == 3
