@@ -175,6 +175,7 @@ def run_checks(settings: Settings, emit: Callable[[str], None]) -> bool:
         finally:
             conn.close()
     findings.append(_check_staging(settings))
+    findings += _check_warehouse(settings)
     for f in findings:
         emit(f.line())
     return all(f.ok for f in findings) and conn is not None
@@ -186,6 +187,23 @@ def _check_server_id(settings: Settings, conn: pymysql.connections.Connection) -
                        "HOSTS needs REPLICATION MASTER ADMIN on MariaDB; optional)")
     clash = mysql.server_id_clash(settings, conn)
     return Finding(clash is None, f"server_id {settings.server_id} is not used by another replica", clash or "")
+
+
+def _check_warehouse(settings: Settings) -> list[Finding]:
+    if settings.warehouse is None:
+        return [Finding(True, "no warehouse configured (SOFTCART_WAREHOUSE_URL): the star schema stays in staging")]
+    from loader.backends import open_warehouse
+
+    warehouse = open_warehouse(settings)
+    try:
+        found = warehouse.check()
+    except SoftcartError as exc:
+        return [Finding(False, f"connect to the warehouse {settings.warehouse.display}",
+                        f"{exc}; check SOFTCART_WAREHOUSE_URL")]
+    finally:
+        warehouse.close()
+    return [Finding(True, f"connected to the warehouse {settings.warehouse.display}"),
+            *(Finding(ok, what, fix) for ok, what, fix in found)]
 
 
 def _check_staging(settings: Settings) -> Finding:

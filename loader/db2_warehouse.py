@@ -192,6 +192,20 @@ def merge_sql(t: WTable) -> str:
             f" ON {on} WHEN MATCHED THEN UPDATE SET {sets} WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
 
 
+def check_statements() -> list[tuple[str, str, str]]:
+    """What `check` runs on Db2 (sql, what, fix), none of which changes anything: each table and
+    the ledger read, and one of the loader's temporary tables declared (it needs a user temporary
+    table space the user may use: SQL0286N otherwise)."""
+    init = "run deploy/sql/db2-warehouse.sql (or `softcart-sync warehouse init`) in SOFTCART_WAREHOUSE_SCHEMA"
+    out = [(f"SELECT 1 FROM {q(name)} FETCH FIRST 1 ROW ONLY", f"warehouse table {name} readable", init)
+           for name in (*(t.name for t in TABLES), LEDGER)]
+    out.append((f"SELECT {q('batch_uid')} FROM {q(LEDGER)} FETCH FIRST 1 ROW ONLY", "warehouse ledger has batch_uid",
+                "run the ALTER TABLE in deploy/sql/db2-warehouse.sql"))
+    out.append((declare_sql(TABLES[0]), "warehouse: the loader's temporary table (a user temporary table space)",
+                "CREATE USER TEMPORARY TABLESPACE and GRANT USE OF it (deploy/sql/db2-warehouse.sql)"))
+    return out
+
+
 def max_batch_sql() -> str:
     return f"SELECT COALESCE(MAX({q('batch_id')}), 0) FROM {q(LEDGER)}"
 
@@ -299,6 +313,22 @@ class DB2Warehouse:
                 raise ConfigError(f"warehouse {self._ep.display}: {state}: {text}; {sqlstate.fix(state)}") from None
             self.close()
             raise TransientError(f"warehouse {self._ep.display}: {text}") from None
+
+    def check(self) -> list[tuple[bool, str, str]]:
+        import ibm_db
+
+        conn = self._connect()
+        out: list[tuple[bool, str, str]] = []
+        for sql_text, what, fix in check_statements():
+            try:
+                ibm_db.exec_immediate(conn, sql_text)
+                out.append((True, what, ""))
+            except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception
+                state = ibm_db.stmt_error() or ""
+                out.append((False, what, f"{state}: {_clean(str(exc), self._ep)[:300]}; {sqlstate.fix(state) or fix}"))
+        with contextlib.suppress(Exception):
+            ibm_db.rollback(conn)
+        return out
 
     def max_batch_id(self) -> int:
         row = self.fetch(max_batch_sql(), ())

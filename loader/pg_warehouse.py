@@ -148,6 +148,26 @@ class PostgresWarehouse:
                 copy.write(chunk)
         return temp
 
+    def check(self) -> list[tuple[bool, str, str]]:
+        conn = self._connect()
+        init = "run `softcart-sync warehouse init` (or deploy/sql/postgresql-warehouse.sql)"
+        grant = "run the GRANTs in deploy/sql/postgresql-warehouse.sql"
+        out: list[tuple[bool, str, str]] = []
+        for name, privileges in [*((t.name, "SELECT,INSERT,UPDATE,DELETE") for t in TABLES), (LEDGER, "SELECT,INSERT")]:
+            row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+            if not (row and row[0]):
+                out.append((False, f"warehouse table {name}", init))
+                continue
+            row = conn.execute("SELECT has_table_privilege(%s, %s)", (name, privileges)).fetchone()
+            out.append((bool(row and row[0]), f"warehouse table {name} ({privileges})", grant))
+        row = conn.execute("SELECT has_database_privilege(current_database(), 'TEMP')").fetchone()
+        out.append((bool(row and row[0]), "warehouse: temporary tables allowed (TEMP)", grant))
+        row = conn.execute(f"SELECT count(*) FROM information_schema.columns WHERE table_name = '{LEDGER}'"
+                           " AND column_name = 'batch_uid' AND table_schema = ANY(current_schemas(false))").fetchone()
+        if out[len(TABLES)][0]:
+            out.append((bool(row and row[0]), "warehouse ledger has batch_uid", init))
+        return out
+
     def fetch(self, text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Run a read-only query (the reconcile's checksums)."""
         try:

@@ -53,6 +53,26 @@ def test_check_names_a_table_without_primary_key(settings_env: dict[str, str], s
     assert re.search(r"FAIL .*sales_data has no primary key", out.stdout), out.stdout
 
 
+def test_check_covers_the_warehouse_and_names_what_to_run(wh_env: dict[str, str], source: Conn) -> None:
+    from cdc.localservers import free_port
+
+    execute(source, "CREATE TABLE sales_data (rowid INT PRIMARY KEY, price DECIMAL(10,2))")
+    out = cli("check", env=wh_env)  # reachable, but never initialised
+    assert out.returncode == 1
+    assert re.search(r"FAIL  warehouse table dimdate: run `softcart-sync warehouse init`", out.stdout), out.stdout
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    out = cli("check", env=wh_env)
+    assert out.returncode == 0, out.stdout
+    for needle in ("ok    connected to the warehouse", "ok    warehouse table factsales (SELECT,INSERT,UPDATE,DELETE)",
+                   "ok    warehouse table softcart_ledger (SELECT,INSERT)", "ok    warehouse ledger has batch_uid",
+                   "ok    warehouse: temporary tables allowed (TEMP)"):
+        assert needle in out.stdout, out.stdout
+    down = {**wh_env, "SOFTCART_WAREHOUSE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/dw",
+            "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2"}
+    out = cli("check", env=down)
+    assert out.returncode == 1 and re.search(r"FAIL  connect to the warehouse .*SOFTCART_WAREHOUSE_URL", out.stdout)
+
+
 @pytest.fixture
 def statement_binlog(mariadb: MariaDBServer) -> Iterator[None]:
     conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)

@@ -148,3 +148,13 @@ def test_a_refused_chain_names_the_rows_at_fault_by_their_key() -> None:
     assert rejected_rows_text(FACTSALES, rows, culprits) == (
         "factsales row 3 (rowid=3): 22003: numeric overflow; factsales row 7 (rowid=7): 22003: numeric overflow")
     assert len(first_failing(rows, lambda r: "bad", limit=3)) == 3
+
+
+def test_check_on_db2_reads_each_table_and_declares_a_temporary_table() -> None:
+    from loader.db2_warehouse import check_statements
+
+    texts = [t for t, _, _ in check_statements()]
+    assert 'SELECT 1 FROM "FACTSALES" FETCH FIRST 1 ROW ONLY' in texts
+    assert 'SELECT 1 FROM "SOFTCART_LEDGER" FETCH FIRST 1 ROW ONLY' in texts
+    assert any(t.startswith("DECLARE GLOBAL TEMPORARY TABLE SESSION.") for t in texts)
+    assert all(t.split()[0] not in ("INSERT", "UPDATE", "DELETE", "DROP", "CREATE") for t in texts)
