@@ -48,10 +48,12 @@ def first_failing(rows: Sequence[Sequence[Any]], attempt: Callable[[Sequence[Any
     return out
 
 
-def rejected_rows_text(t: WTable, rows: Sequence[Sequence[Any]], culprits: list[tuple[int, str]]) -> str:
-    """The refused rows named by their key (the CSV's first field is the op)."""
+def rejected_rows_text(t: WTable, rows: Sequence[Sequence[Any]], culprits: list[tuple[int, str]],
+                       offset: int = 0) -> str:
+    """The refused rows named by their line in the table's file and their key (the CSV's first
+    field is the op); ``rows`` is the chunk that starts at line ``offset`` + 1."""
     keys = [(k, t.columns.index(k) + 1) for k in t.key]
-    return "; ".join(f"{t.name} row {i + 1} ({', '.join(f'{k}={rows[i][j]}' for k, j in keys)}): {error}"
+    return "; ".join(f"{t.name} row {offset + i + 1} ({', '.join(f'{k}={rows[i][j]}' for k, j in keys)}): {error}"
                      for i, error in culprits)
 
 
@@ -267,9 +269,9 @@ class DB2Warehouse:
             for t in TABLES:
                 handle = None
                 ibm_db.exec_immediate(conn, declare_sql(t), opts)
-                rows = batch.rows(t.name) if t.name in batch.manifest["tables"] else []
-                if rows:
-                    ins = handle = ibm_db.prepare(conn, insert_stage_sql(t), opts)
+                ins = handle = ibm_db.prepare(conn, insert_stage_sql(t), opts)
+                staged = 0
+                for rows in batch.row_chunks(t.name):  # a full reload of millions of rows: never all in memory
                     try:
                         ibm_db.execute_many(ins, tuple(tuple(r) for r in rows))  # text; DB2 casts
                     except Exception as exc:  # a chain's errors: find the rows at fault
@@ -278,9 +280,10 @@ class DB2Warehouse:
                             raise
                         ibm_db.exec_immediate(conn, declare_sql(t), opts)  # emptied: try the rows one by one
                         culprits = first_failing(rows, functools.partial(_insert_one, ins))
-                        raise BatchRejected(rejected_rows_text(t, rows, culprits) or
+                        raise BatchRejected(rejected_rows_text(t, rows, culprits, staged) or
                                             f"{state}: {_clean(str(exc), self._ep)}") from None
                     total += len(rows)
+                    staged += len(rows)
             handle = None
             if batch.manifest.get("full_reload"):
                 for t in reversed(TABLES):

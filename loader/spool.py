@@ -73,6 +73,24 @@ class SpooledBatch:
         if digest.hexdigest() != entry["sha256"]:
             raise FatalError(f"batch {self.name}: {entry['file']} does not match its sha256 in manifest.json")
 
+    def row_chunks(self, table: str, size: int = 10000) -> Iterator[list[list[str | None]]]:
+        """The table's rows, ``size`` at a time, read as the file streams (the star tables' CSV has
+        no line breaks inside fields); the sha256 is checked at the end (FatalError), so a loader
+        feeding a transaction rolls back."""
+        rest = b""
+        out: list[list[str | None]] = []
+        for chunk in self.chunks(table):
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                out.extend(parse_csv(line.decode("utf-8")))
+                if len(out) >= size:
+                    yield out
+                    out = []
+        if rest:
+            out.extend(parse_csv(rest.decode("utf-8")))
+        if out:
+            yield out
+
     def rows(self, table: str) -> list[list[str | None]]:
         """The table's rows, after checking the file against the manifest's sha256."""
         return list(parse_csv(b"".join(self.chunks(table)).decode("utf-8")))

@@ -395,6 +395,83 @@ def test_real_db2_loads_a_batch_once(tmp_path: Path) -> None:
     wh.close()
 
 
+def _db2_rows(n: int) -> dict[str, Any]:
+    """A full reload of ``n`` facts over a year of dates, as CSV chunks made as they are written."""
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(365)]
+
+    def dim() -> Any:
+        for d in days:
+            q = (d.month - 1) // 3 + 1
+            yield (f"U,{d:%Y%m%d},{d.isoformat()},{d.year},{q},Q{q},{d.month},{d:%B},{d.day},{d.isoweekday() % 7 + 1},"
+                   f"{d:%A}\n").encode()
+
+    def facts() -> Any:
+        for start in range(1, n + 1, 10000):
+            yield "".join(f"U,{i},{days[i % 365]:%Y%m%d},{i % 1000},{i % 500},1.2500,2,2.5000\n"
+                          for i in range(start, min(n, start + 9999) + 1)).encode()
+
+    def aggs() -> Any:
+        yield "".join(f"U,{d:%Y%m%d},{p},1,2,2.5000\n" for d in days[:30] for p in range(10)).encode()
+
+    return {"dimdate": dim(), "factsales": facts(), "sales_by_day": aggs()}
+
+
+@pytest.mark.skipif(not DB2_DSN, reason="no DB2 here: set SOFTCART_TEST_DB2_DSN=db2://user:pw@host:port/DB "
+                                        "to run the warehouse tests against a real DB2")
+def test_real_db2_full_reload_merge_deletes_rejects_replay_and_time_limit(tmp_path: Path) -> None:
+    """The first run on a real Db2 proves the whole load path: a full reload of
+    SOFTCART_TEST_DB2_ROWS facts (1,000,000 by default), its replay skipped, a MERGE with deletes,
+    a refused row named by key with nothing applied, and a statement past its time limit retried."""
+    import ibm_db
+
+    from cdc.settings import parse_url
+    from loader.db2_warehouse import connection_string
+    from loader.warehouse import BatchRejected
+
+    ep = parse_url("warehouse_url", DB2_DSN or "", ("db2",))
+    schema = os.environ.get("SOFTCART_TEST_DB2_SCHEMA", "")
+    n = int(os.environ.get("SOFTCART_TEST_DB2_ROWS", "1000000"))
+    wh = DB2Warehouse(ep, "test", 10, schema=schema)
+    wh.init()
+    spool = Spool(tmp_path)
+    spool.prepare()
+    base = int(time.time() * 1000)
+
+    def count(table: str, where: str = "") -> int:
+        return int(wh.fetch(f'SELECT COUNT(*) FROM "{table.upper()}" {where}', ())[0][0])
+
+    try:
+        full = spool.write(base, _db2_rows(n), {"full_reload": True, "batch_uid": f"full-{base}"})
+        assert wh.load(full) is True
+        assert (count("dimdate"), count("factsales"), count("sales_by_day")) == (365, n, 300)
+        assert wh.load(full) is False  # the replay: the ledger has it
+        changes = "".join(f"U,{i},20240102,{i},{i},9.0000,1,9.0000\n" for i in range(1, 101)) + \
+            "".join(f"D,{i},,,,,,\n" for i in range(101, 151))
+        merge = spool.write(base + 1, {"factsales": changes}, {"batch_uid": f"merge-{base}"})
+        assert wh.load(merge) is True
+        assert count("factsales") == n - 50 and count("factsales", 'WHERE "PRICE" = 9') == 100
+        bad = spool.write(base + 2, {"factsales": "U,1,20240102,1,1,1.0000,1,1.0000\n"
+                                                  "U,2,20240102,1,1,1e40,1,1.0000\n"}, {"batch_uid": f"bad-{base}"})
+        with pytest.raises(BatchRejected, match=r"factsales row 2 \(rowid=2\)"):
+            wh.load(bad)
+        assert count("factsales", 'WHERE "PRICE" = 9') == 100  # nothing of it applied
+        holder = ibm_db.connect(connection_string(ep, 10, ep.query, schema=schema), "", "")
+        ibm_db.autocommit(holder, ibm_db.SQL_AUTOCOMMIT_OFF)
+        ibm_db.exec_immediate(holder, 'LOCK TABLE "FACTSALES" IN EXCLUSIVE MODE')
+        limited = DB2Warehouse(ep, "test", 10, statement_timeout=2, schema=schema)
+        late = spool.write(base + 3, {"factsales": "U,3,20240102,3,3,7.0000,1,7.0000\n"}, {"batch_uid": f"late-{base}"})
+        try:
+            with pytest.raises(TransientError):
+                limited.load(late)
+        finally:
+            ibm_db.rollback(holder)
+            ibm_db.close(holder)
+        assert limited.load(late) is True
+        limited.close()
+    finally:
+        wh.close()
+
+
 def test_daemon_with_the_warehouse_away_shows_the_backlog_then_drains_it(
         wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG, tmp_path: Path) -> None:
     from tests.helpers import Daemon, wait_until
