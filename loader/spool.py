@@ -141,8 +141,7 @@ class Spool:
         _write_synced(tmp / "manifest.json", [json.dumps(manifest, indent=2, sort_keys=True).encode()])
         target = self.root / "pending" / name
         shutil.rmtree(target, ignore_errors=True)
-        os.rename(tmp, target)
-        _fsync_dir(target.parent)
+        _rename_durably(tmp, target)
         return SpooledBatch(batch_id, target, manifest)
 
     def max_batch_id(self, ignore: Collection[int] = ()) -> int:
@@ -173,8 +172,7 @@ class Spool:
         _write_synced(tmp / "manifest.json", [json.dumps(manifest, indent=2, sort_keys=True).encode()])
         target = batch.path.parent / name
         shutil.rmtree(target, ignore_errors=True)
-        os.rename(tmp, target)
-        _fsync_dir(target.parent)
+        _rename_durably(tmp, target)
         return SpooledBatch(batch_id, target, manifest)
 
     def remove(self, batch: SpooledBatch) -> None:
@@ -184,13 +182,15 @@ class Spool:
     def move(self, batch: SpooledBatch, state: str, error: str | None = None) -> SpooledBatch:
         target = self.root / state / batch.name
         manifest = dict(batch.manifest)
-        if error is not None:
+        if error is not None:  # a new manifest beside the old, renamed over it: never half written
             manifest["error"] = error
-            _write_synced(batch.path / "manifest.json", [json.dumps(manifest, indent=2, sort_keys=True).encode()])
+            new = batch.path / "manifest.json.new"
+            _write_synced(new, [json.dumps(manifest, indent=2, sort_keys=True).encode()])
+            os.replace(new, batch.path / "manifest.json")
+            _fsync_dir(batch.path)
         if batch.path != target:
             shutil.rmtree(target, ignore_errors=True)
-            os.rename(batch.path, target)
-            _fsync_dir(target.parent)
+            _rename_durably(batch.path, target)
         return SpooledBatch(batch.batch_id, target, manifest)
 
 
@@ -207,6 +207,17 @@ def _write_synced(path: Path, chunks: Iterable[bytes]) -> tuple[int, str]:
         f.flush()
         os.fsync(f.fileno())
     return lines, digest.hexdigest()
+
+
+def _rename_durably(source: Path, target: Path) -> None:
+    """A batch folder into place: its own entries synced first, then the rename, then both parent
+    folders (the one it left and the one it entered), so that after a crash it is in one place,
+    whole."""
+    _fsync_dir(source)
+    os.rename(source, target)
+    _fsync_dir(target.parent)
+    if source.parent != target.parent:
+        _fsync_dir(source.parent)
 
 
 def _fsync_dir(path: Path) -> None:

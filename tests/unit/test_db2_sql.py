@@ -158,21 +158,3 @@ def test_check_on_db2_reads_each_table_and_declares_a_temporary_table() -> None:
     assert 'SELECT 1 FROM "SOFTCART_LEDGER" FETCH FIRST 1 ROW ONLY' in texts
     assert any(t.startswith("DECLARE GLOBAL TEMPORARY TABLE SESSION.") for t in texts)
     assert all(t.split()[0] not in ("INSERT", "UPDATE", "DELETE", "DROP", "CREATE") for t in texts)
-
-
-def test_a_batch_file_is_read_in_chunks_and_still_checked_against_its_sha256(tmp_path: Any) -> None:
-    from cdc.errors import FatalError
-    from loader.spool import Spool
-
-    spool = Spool(tmp_path)
-    spool.prepare()
-    text = "".join(f'U,{i},"a, b",,{i}.5000\n' for i in range(25))
-    batch = spool.write(1, {"t": [text[:7].encode(), text[7:300].encode(), text[300:].encode()]}, {})
-    chunks = list(batch.row_chunks("t", size=10))
-    assert [len(c) for c in chunks] == [10, 10, 5]
-    assert [r for c in chunks for r in c] == batch.rows("t")
-    assert chunks[0][3] == ["U", "3", "a, b", None, "3.5000"]
-    (batch.path / "t.csv").write_text(text.replace("U,24", "D,24"))
-    with pytest.raises(FatalError, match="sha256"):
-        list(batch.row_chunks("t", size=10))
-    assert list(batch.row_chunks("absent")) == []
