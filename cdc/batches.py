@@ -45,7 +45,8 @@ def run_batches(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         warehouse = open_warehouse(settings)
         try:
-            flusher = Flusher(conn, spool, warehouse, settings.pipeline_name)
+            flusher = Flusher(conn, spool, warehouse, settings.pipeline_name,
+                              lock_wait_seconds=settings.lock_wait_seconds)
             if args.batches_command == "retry":
                 if row[0] != "failed":
                     raise ConfigError(f"batch {args.batch_id} is {row[0]}, not failed")

@@ -215,7 +215,8 @@ def _flush(settings: Settings, args: argparse.Namespace) -> int:
     crash_point = os.environ.get("SOFTCART_TEST_CRASH_POINT", "")  # fault-injection tests only
     with pg_connect(settings, autocommit=True) as conn:
         try:
-            result = Flusher(conn, spool, warehouse, settings.pipeline_name, crash_point).flush()
+            result = Flusher(conn, spool, warehouse, settings.pipeline_name, crash_point,
+                             settings.lock_wait_seconds).flush()
         finally:
             warehouse.close()
     made = f"created batch {result.created}" if result.created else "nothing new to batch"

@@ -40,7 +40,7 @@ def flush_loop(settings: Settings, stop: threading.Event, started: threading.Eve
                 spool = Spool(settings.spool_dir)
                 spool.prepare()
                 flusher = Flusher(pg_connect(settings, autocommit=True), spool, open_warehouse(settings),
-                                  settings.pipeline_name, crash_point)
+                                  settings.pipeline_name, crash_point, settings.lock_wait_seconds)
             pending = flusher.pending_outbox_rows()
             metrics.outbox_pending.set(pending)
             if time.monotonic() >= next_flush or pending >= settings.flush_rows:

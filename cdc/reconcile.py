@@ -390,7 +390,8 @@ class Reconciler:
         pg = pg_connect(self.s, autocommit=True)
         flush_conn = pg_connect(self.s, autocommit=True)
         try:
-            flusher = Flusher(flush_conn, spool, warehouse, self.s.pipeline_name)
+            flusher = Flusher(flush_conn, spool, warehouse, self.s.pipeline_name,
+                              lock_wait_seconds=self.s.lock_wait_seconds)
             flusher.flush()  # what is in flight now, first
             dialect = warehouse.dialect
             sides: dict[str, tuple[Side, Side]] = {}

@@ -149,6 +149,9 @@ class Settings(BaseSettings):
         0.0, ge=0, description="longest one statement may run in the warehouse, 0 for no limit (Db2 "
         "QueryTimeout, PostgreSQL statement_timeout); a statement cut off is retried, and seen")
     retry_max_seconds: float = Field(30.0, gt=0, description="cap of the exponential backoff between retries")
+    lock_wait_seconds: float = Field(
+        120.0, gt=0, description="longest wait for the warehouse loader's lock (held by another flush, a reconcile, "
+        "`batches retry`): past it the flush fails naming the session that holds it, and is retried")
     stall_seconds: float = Field(60.0, gt=0, description="no progress for this long is a stall (/readyz, watchdog)")
     auto_resnapshot: bool = Field(False, description="when the saved position was purged from the source's "
                                   "binlog, take a new snapshot instead of stopping")

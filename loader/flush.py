@@ -82,7 +82,7 @@ def _all_sql(t: WTable) -> sql.Composed:
 
 class Flusher:
     def __init__(self, conn: Conn, spool: Spool, warehouse: Warehouse, pipeline: str,
-                 crash_point: str = "") -> None:
+                 crash_point: str = "", lock_wait_seconds: float = 120.0) -> None:
         if not conn.autocommit:
             raise ValueError("Flusher needs an autocommit connection")
         self.conn = conn
@@ -90,6 +90,7 @@ class Flusher:
         self.warehouse = warehouse
         self.pipeline = pipeline
         self._crash_point = crash_point  # test hook: die at that point, as SIGKILL would
+        self._lock_wait = lock_wait_seconds
 
     def pending_outbox_rows(self) -> int:
         row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}.outbox WHERE id > COALESCE((SELECT last_outbox_id"
@@ -173,13 +174,36 @@ class Flusher:
         key = APPLY_LOCK if lock == "apply" else "hashtext('softcart-sync flush ' || %s)"
         self.conn.execute(sql.SQL("SELECT {}(" + key + ")").format(sql.Identifier(function)), (self.pipeline,))
 
+    def _held_by(self, lock: str) -> str:
+        key = "hashtext('softcart-sync flush ' || %s)"
+        rows = self.conn.execute(
+            "SELECT a.pid, a.application_name, a.client_addr, a.state, a.state_change FROM pg_locks l"
+            " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            f" AND ((l.classid::bigint << 32) | l.objid::bigint) = ({key}::bigint & x'ffffffffffffffff'::bigint)",
+            (self.pipeline,)).fetchall()
+        who = "; ".join(f"pid {r[0]} ({r[1] or 'no application name'} from {r[2] or 'a local socket'}, {r[3]} since"
+                        f" {r[4]:%Y-%m-%d %H:%M:%S})" for r in rows) or "a session that has let it go since"
+        fix = f"; if it is stuck, end it: SELECT pg_terminate_backend({rows[0][0]})" if rows else ""
+        return (f"the warehouse loader lock of pipeline {self.pipeline!r} ({lock}) was held for over"
+                f" {self._lock_wait:g} s (SOFTCART_LOCK_WAIT_SECONDS) by {who}{fix}")
+
     def _idle(self) -> bool:
         return not self.conn.closed and not self.conn.broken and \
             self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
     @contextlib.contextmanager
     def _session_lock(self, lock: str) -> Iterator[None]:
-        self._advisory("pg_advisory_lock", lock)
+        """The loader's session lock, waited for at most lock_wait_seconds: a loader stuck elsewhere
+        is named (its session, and how to end it), never waited for without end."""
+        self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(self._lock_wait * 1000)}ms",))
+        try:
+            self._advisory("pg_advisory_lock", lock)
+        except psycopg.errors.LockNotAvailable:
+            raise TransientError(self._held_by(lock)) from None
+        finally:
+            if self._idle():
+                self.conn.execute("SELECT set_config('lock_timeout', '0', false)")
         try:
             yield
         finally:

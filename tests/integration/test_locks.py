@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
+from cdc.errors import TransientError
 from cdc.settings import Settings
 from loader.backends import open_warehouse
 from loader.ddl import ensure_schema
@@ -147,3 +149,28 @@ def test_writers_go_on_while_a_batch_is_built(staging: PG, wh_settings: Settings
     assert staging.execute("SELECT k1 FROM softcart.outbox").fetchall() == [(2,)]
     for c in (writer, holder, flusher.conn):
         c.close()
+
+
+def test_a_loader_lock_held_too_long_is_a_named_error_not_an_endless_wait(
+        staging: PG, wh_settings: Settings, tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    ensure_schema(staging, {})
+    holder = psycopg.connect(staging.info.dsn, autocommit=True, application_name="stuck-loader")
+    holder.execute("SELECT pg_advisory_lock(hashtext('softcart-sync flush ' || %s))", (wh_settings.pipeline_name,))
+    (pid,) = holder.execute("SELECT pg_backend_pid()").fetchone() or (0,)
+    conn = psycopg.connect(staging.info.dsn, autocommit=True)
+    try:
+        flusher = Flusher(conn, spool, open_warehouse(wh_settings), wh_settings.pipeline_name, lock_wait_seconds=1)
+        with pytest.raises(TransientError) as err:
+            flusher.load_pending()
+        text = str(err.value)
+        assert f"pid {pid} (stuck-loader" in text and f"pg_terminate_backend({pid})" in text
+        assert "SOFTCART_LOCK_WAIT_SECONDS" in text
+        holder.close()  # the holder gone, the same flusher goes on
+        assert flusher.load_pending() == (0, 0, 0, 0)
+        assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
+    finally:
+        conn.close()
+        if not holder.closed:
+            holder.close()
