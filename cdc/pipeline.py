@@ -115,7 +115,17 @@ def hold_pipeline_lock(pg: psycopg.Connection[Any], pipeline: str) -> None:
             log.warning("stale_session_terminated", backend_pid=pid,
                         reason="our own earlier session still holds the pipeline lock")
             pg.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
-    raise TransientError(f"another softcart-sync is running pipeline {pipeline!r} on this staging database")
+    holders = pg.execute(
+        f"SELECT a.pid, a.application_name, a.client_addr, a.state, a.state_change FROM pg_locks l"
+        f" JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+        f" AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        f" AND ((l.classid::bigint << 32) | l.objid::bigint) = ({_PIPELINE_KEY} & x'ffffffffffffffff'::bigint)",
+        (pipeline,)).fetchall()
+    who = "; ".join(f"pid {r[0]} ({r[1] or 'no application name'} from {r[2] or 'a local socket'}, {r[3]} since"
+                    f" {r[4]:%Y-%m-%d %H:%M:%S})" for r in holders)
+    hint = (f" (held by {who}; if that is a daemon that is gone, a session left by a crash or a cut network,"
+            f" end it: SELECT pg_terminate_backend({holders[0][0]}))") if holders else ""
+    raise TransientError(f"another softcart-sync is running pipeline {pipeline!r} on this staging database{hint}")
 
 
 class Pipeline:

@@ -224,3 +224,23 @@ def test_our_own_stale_session_holding_the_pipeline_lock_is_taken_over(postgres:
         stale.execute("SELECT 1")
     assert other.execute("SELECT 1").fetchone() == (1,)
     other.close()
+
+
+def test_a_pipeline_lock_held_by_a_foreign_session_is_named_with_the_way_to_end_it(
+        postgres: Any, staging_db: str) -> None:
+    import pytest
+
+    from cdc.errors import TransientError
+    from cdc.pipeline import hold_pipeline_lock
+    from loader.pg import INSTANCE
+
+    url = postgres.url(staging_db)
+    with psycopg.connect(url, autocommit=True, application_name="softcart-sync deadhost:4242") as foreign:
+        hold_pipeline_lock(foreign, "p3")
+        (pid,) = foreign.execute("SELECT pg_backend_pid()").fetchone() or (0,)
+        with psycopg.connect(url, autocommit=True, application_name=INSTANCE) as fresh, \
+                pytest.raises(TransientError) as err:
+            hold_pipeline_lock(fresh, "p3")
+    text = str(err.value)
+    assert f"held by pid {pid} (softcart-sync deadhost:4242 from 127.0.0.1" in text, text
+    assert f"SELECT pg_terminate_backend({pid})" in text
