@@ -6,10 +6,13 @@ the spool meanwhile."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 import structlog
 from psycopg import sql
 
@@ -25,16 +28,37 @@ from loader.spool import Spool, SpooledBatch
 log = structlog.get_logger(__name__)
 
 
+@dataclass
+class FlushProgress:
+    """What the flush thread shows the service loop (read from another thread): ``alive_at`` moves
+    at the end of every round whatever its outcome (a round that hangs stops it), ``ok_at`` only
+    when a round flushed without error."""
+
+    alive_at: float = field(default_factory=time.time)
+    ok_at: float = 0.0
+    error: str = ""
+
+
+def flush_stall_seconds(settings: Settings) -> float:
+    """How long one flush round may take before the thread counts as stuck: every wait in it is
+    bounded (the loader's lock, a warehouse reply, the backoff), so past their sum it hangs."""
+    return (settings.lock_wait_seconds + settings.warehouse_receive_timeout_seconds + settings.retry_max_seconds
+            + settings.stall_seconds)
+
+
 def flush_loop(settings: Settings, stop: threading.Event, started: threading.Event, metrics: Metrics,
-               crash_point: str = "") -> None:
+               crash_point: str = "", progress: FlushProgress | None = None) -> None:
     """Run until ``stop``; waits for ``started`` (schemas in place) first."""
+    progress = progress or FlushProgress()
     while not started.wait(0.5):
+        progress.alive_at = time.time()
         if stop.is_set():
             return
     delay = 1.0
     flusher: Flusher | None = None
     next_flush = time.monotonic()
     while not stop.is_set():
+        progress.alive_at = time.time()
         try:
             if flusher is None:
                 spool = Spool(settings.spool_dir)
@@ -49,25 +73,28 @@ def flush_loop(settings: Settings, stop: threading.Event, started: threading.Eve
                 flusher.load_pending(lambda b, s: _loaded(metrics, b, s))
                 metrics.connected.labels("warehouse").set(1)
             _spool_metrics(flusher, metrics)
+            progress.ok_at, progress.error = time.time(), ""
             delay = 1.0
             stop.wait(1.0)
         except TransientError as exc:
             metrics.connected.labels("warehouse").set(0)
             metrics.errors.labels("transient").inc()
-            if flusher is not None:
-                _spool_metrics(flusher, metrics)
+            _spool_metrics_if_possible(flusher, metrics)
+            progress.error = str(exc)
             log.warning("flush_retrying", error=str(exc), retry_in_seconds=delay)
             next_flush = 0.0  # retry the load as soon as the backoff ends
             stop.wait(delay)
             delay = min(delay * 2, settings.retry_max_seconds)
         except SoftcartError as exc:  # a set-up error (ConfigError names the fix): retried slowly, loudly
             metrics.errors.labels("fatal").inc()
+            progress.error = str(exc)
             log.error("flush_failed", error=str(exc))
-            if flusher is not None:
-                _spool_metrics(flusher, metrics)
+            _spool_metrics_if_possible(flusher, metrics)
             stop.wait(settings.retry_max_seconds)
         except Exception as exc:  # noqa: BLE001 - e.g. the staging connection dropped: start afresh
-            log.warning("flush_restarting", error=f"{type(exc).__name__}: {exc}")
+            progress.error = f"{type(exc).__name__}: {exc}"
+            metrics.errors.labels("unexpected").inc()
+            log.warning("flush_restarting", error=progress.error)
             if flusher is not None:
                 _close(flusher)
             flusher = None
@@ -95,6 +122,13 @@ def _spool_metrics(flusher: Flusher, metrics: Metrics) -> None:
     attempts, failing = flusher.retrying()
     metrics.batch_attempts.set(attempts)
     metrics.batch_failing.set(failing)
+
+
+def _spool_metrics_if_possible(flusher: Flusher | None, metrics: Metrics) -> None:
+    """In an error's handling: the staging connection may be the thing that broke."""
+    if flusher is not None:
+        with contextlib.suppress(psycopg.Error):
+            _spool_metrics(flusher, metrics)
 
 
 def _close(flusher: Flusher) -> None:

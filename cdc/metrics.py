@@ -38,7 +38,8 @@ class Metrics:
         self.star_rows = Counter(p + "star_rows_changed_total", "Fact rows upserted or deleted", registry=r)
         self.dead_letters = Counter(p + "dead_letters_total", "Rows sent to the dead-letter table",
                                     ["kind"], registry=r)
-        self.errors = Counter(p + "errors_total", "Errors by kind (transient: retried; fatal: stopped)",
+        self.errors = Counter(p + "errors_total", "Errors by kind (transient: retried; fatal: stopped; "
+                              "unexpected: a stage started afresh)",
                               ["kind"], registry=r)
         self.restarts = Counter(p + "pipeline_restarts_total", "Restarts of the stages after a transient error",
                                 registry=r)
@@ -77,5 +78,5 @@ class Metrics:
             self.connected.labels(endpoint).set(0)
         for kind in ("value", "fact"):
             self.dead_letters.labels(kind)
-        for kind in ("transient", "fatal"):
+        for kind in ("transient", "fatal", "unexpected"):
             self.errors.labels(kind)

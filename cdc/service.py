@@ -17,7 +17,7 @@ from types import FrameType
 import structlog
 
 from cdc.errors import FatalError, SoftcartError
-from cdc.flushing import flush_loop
+from cdc.flushing import FlushProgress, flush_loop, flush_stall_seconds
 from cdc.http import HealthServer
 from cdc.metrics import Metrics
 from cdc.pipeline import Pipeline, PipelineState
@@ -39,12 +39,22 @@ def status_line(state: PipelineState, now: float, settings: Settings) -> str:
     return f"streaming at {state.position}; lag {lag:.1f} s{behind}; {state.rows_applied} rows applied"
 
 
-def readiness(state: PipelineState, now: float, settings: Settings) -> tuple[bool, str]:
+def readiness(state: PipelineState, now: float, settings: Settings,
+              flush: FlushProgress | None = None) -> tuple[bool, str]:
     if not state.streaming:
         return False, "not streaming: " + status_line(state, now, settings)
     if not state.healthy(now, settings.stall_seconds):
         return False, f"stalled: no progress for {now - state.progress_at:.0f} s"
+    if flush is not None and not flush_alive(flush, now, settings):
+        return False, (f"flusher stuck: no flush round has ended for {now - flush.alive_at:.0f} s"
+                       + (f" (last error: {flush.error})" if flush.error else ""))
     return True, status_line(state, now, settings)
+
+
+def flush_alive(flush: FlushProgress, now: float, settings: Settings) -> bool:
+    """The flush thread's rounds keep ending (a warehouse that refuses or is down is an error it
+    reports and retries, not a hang); a round past every bound of its waits is a hang."""
+    return now - flush.alive_at < flush_stall_seconds(settings)
 
 
 def run_service(settings: Settings, notifier: Notifier | None = None, crash_point: str = "") -> int:
@@ -62,8 +72,9 @@ def run_service(settings: Settings, notifier: Notifier | None = None, crash_poin
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     host, port = settings.metrics_address
+    flush_progress = FlushProgress() if settings.warehouse_url is not None else None
     http = HealthServer(host, port, metrics.registry,
-                        lambda: readiness(pipeline.state, time.time(), settings))
+                        lambda: readiness(pipeline.state, time.time(), settings, flush_progress))
     http.start()
     log.info("metrics_listening", address=f"{host}:{http.port}")
     errors: list[SoftcartError] = []
@@ -80,12 +91,18 @@ def run_service(settings: Settings, notifier: Notifier | None = None, crash_poin
     worker.start()
     started = threading.Event()
     flusher = None
-    if settings.warehouse_url is not None:
-        flusher = threading.Thread(target=flush_loop, args=(settings, stop, started, metrics, crash_point),
-                                   name="flusher", daemon=True)
+    if flush_progress is not None:
+        def flush_target() -> None:
+            try:
+                flush_loop(settings, stop, started, metrics, crash_point, flush_progress)
+            except BaseException as exc:  # noqa: BLE001 - the supervisor stops the daemon with it
+                errors.append(FatalError(f"the flush thread failed: {type(exc).__name__}: {exc}"))
+                stop.set()
+
+        flusher = threading.Thread(target=flush_target, name="flusher", daemon=True)
         flusher.start()
     try:
-        _loop(settings, pipeline, metrics, notifier, stop, worker, started)
+        _loop(settings, pipeline, metrics, notifier, stop, worker, started, flush_progress)
     finally:
         stop.set()
         if flusher is not None:
@@ -99,7 +116,7 @@ def run_service(settings: Settings, notifier: Notifier | None = None, crash_poin
 
 
 def _loop(settings: Settings, pipeline: Pipeline, metrics: Metrics, notifier: Notifier, stop: threading.Event,
-          worker: threading.Thread, started: threading.Event) -> None:
+          worker: threading.Thread, started: threading.Event, flush: FlushProgress | None = None) -> None:
     ready_sent = stopping_sent = False
     last_ping = last_status = 0.0
     deadline = float("inf")
@@ -107,7 +124,7 @@ def _loop(settings: Settings, pipeline: Pipeline, metrics: Metrics, notifier: No
         worker.join(0.25)
         now = time.time()
         state = pipeline.state
-        ok, _ = readiness(state, now, settings)
+        ok, _ = readiness(state, now, settings, flush)
         metrics.ready.set(1 if ok else 0)
         if stop.is_set():
             if not stopping_sent:
@@ -127,6 +144,8 @@ def _loop(settings: Settings, pipeline: Pipeline, metrics: Metrics, notifier: No
             notifier.status(status_line(state, now, settings))
             last_status = now
         interval = notifier.watchdog_interval
-        if interval is not None and state.healthy(now, settings.stall_seconds) and now - last_ping >= interval:
+        flusher_ok = flush is None or flush_alive(flush, now, settings)
+        if interval is not None and state.healthy(now, settings.stall_seconds) and flusher_ok \
+                and now - last_ping >= interval:
             notifier.watchdog()
             last_ping = now
