@@ -135,6 +135,8 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.metrics.queue_capacity.set(settings.queue_chunks)
         self._binlogs: list[tuple[str, int]] = []
+        self._lock_wait_logged = False
+        self._lock_asked_at = 0.0
 
     # Supervisor --------------------------------------------------------------------------------
 
@@ -250,7 +252,9 @@ class Pipeline:
                     log.info("star_schema_created_rebuilding", position=str(position))
                     built = star.rebuild(pg)
                     log.info("star_schema_built", facts=built.facts, invalid=len(built.invalid))
-        return StagingWriter(pg, tables, self.settings.pipeline_name, star), position
+        writer = StagingWriter(pg, tables, self.settings.pipeline_name, star)
+        writer.lock_wait = self.settings.lock_wait_seconds
+        return writer, position
 
     def _identify(self, pg: psycopg.Connection[Any], writer: StagingWriter,
                   position: Position | None) -> Resume | None:
@@ -325,6 +329,8 @@ class Pipeline:
         busy = self.state.writer_busy_since
         if not busy or time.monotonic() - busy < self.settings.read_timeout_seconds:
             return
+        if self._waiting_for_a_lock(writer):
+            return  # staging answers: the writer waits for a lock (bounded by SOFTCART_LOCK_WAIT_SECONDS)
         self.state.writer_busy_since = 0.0
         log.warning("staging_unresponsive", seconds=round(time.monotonic() - busy, 1),
                     position=str(self.state.position))
@@ -332,6 +338,26 @@ class Pipeline:
             sock = socket.fromfd(writer.conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)
             sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def _waiting_for_a_lock(self, writer: StagingWriter) -> bool:
+        """Is the writer's session waiting for a lock (a rebuild or a repair holding the apply lock)?
+        Asked on a connection of its own (at most every 2 s): a staging that answers is no silent
+        network."""
+        if self._lock_wait_logged and time.monotonic() - self._lock_asked_at < 2.0:
+            return True
+        self._lock_asked_at = time.monotonic()
+        try:
+            with pg_connect(self.settings, autocommit=True) as other:
+                row = other.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                    (writer.conn.info.backend_pid,)).fetchone()
+        except (SoftcartError, psycopg.Error):
+            return False
+        waiting = bool(row and row[0] == "Lock")
+        if waiting and not self._lock_wait_logged:
+            log.info("writer_waiting_for_lock", position=str(self.state.position),
+                     limit_seconds=self.settings.lock_wait_seconds)
+        self._lock_wait_logged = waiting
+        return waiting
 
     def _observe_position(self, position: Position) -> None:
         self.state.position = position

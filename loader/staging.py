@@ -23,7 +23,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from cdc.errors import FatalError
+from cdc.errors import FatalError, TransientError
 from cdc.model import Position, RowChange, SchemaChange
 from loader.ddl import META, STAGING, save_definitions
 from loader.star import StarSchema
@@ -124,6 +124,8 @@ class StagingWriter:
         self.stopped = self._load_stopped()  # source table -> why it is no longer followed
         #: the server the rows come from (server_id, server_uuid), saved with every position
         self.source: tuple[int, str] | None = None
+        #: longest wait for the apply lock (0: no limit, for a caller that has its own)
+        self.lock_wait = 0.0
         # The session's temporary tables, created now, outside any transaction: a rollback to a
         # savepoint can't take them away. ON COMMIT DELETE ROWS empties them after each batch.
         with conn.cursor() as cur:
@@ -147,7 +149,7 @@ class StagingWriter:
         if not self._open:
             self.conn.execute("BEGIN")
             self._open = True
-            lock_apply(self.conn, self.pipeline)
+            lock_apply(self.conn, self.pipeline, self.lock_wait)
 
     def rollback(self) -> None:
         self._dead.clear()
@@ -460,9 +462,39 @@ class StagingWriter:
 APPLY_LOCK = "hashtext('softcart-sync apply ' || %s)"
 
 
-def lock_apply(conn: Conn, pipeline: str) -> None:
-    """Take the pipeline's apply lock for the rest of the open transaction."""
-    conn.execute(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})", (pipeline,))
+def lock_apply(conn: Conn, pipeline: str, wait_seconds: float = 0.0) -> None:
+    """Take the pipeline's apply lock for the rest of the open transaction; with ``wait_seconds``,
+    waiting at most that long (TransientError naming the session that holds it)."""
+    if not wait_seconds:
+        conn.execute(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})", (pipeline,))
+        return
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(wait_seconds * 1000)}ms",))
+    try:
+        conn.execute(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})", (pipeline,))
+    except psycopg.errors.LockNotAvailable:
+        raise TransientError(f"the apply lock of pipeline {pipeline!r} was held for over {wait_seconds:g} s"
+                             f" (SOFTCART_LOCK_WAIT_SECONDS) by {_apply_lock_holder(conn, pipeline)}: a rebuild, a"
+                             " reconcile's repair, or a session left behind; retrying") from None
+    conn.execute("SELECT set_config('lock_timeout', '0', true)")
+
+
+def _apply_lock_holder(conn: Conn, pipeline: str) -> str:
+    """Who holds the apply lock, read on a connection of its own (``conn``'s transaction failed)."""
+    try:
+        with psycopg.connect(conn.info.dsn, password=conn.info.password or None, autocommit=True,
+                             connect_timeout=10) as other:
+            rows = other.execute(
+                "SELECT a.pid, a.application_name, a.state, a.query_start, left(a.query, 200) FROM pg_locks l"
+                " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+                " AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND ((l.classid::bigint << 32) | l.objid::bigint)"
+                f" = ({APPLY_LOCK}::bigint & x'ffffffffffffffff'::bigint)",
+                (pipeline,)).fetchall()
+    except psycopg.Error:
+        return "a session that could not be asked about"
+    return "; ".join(f"pid {r[0]} ({r[1] or 'no application name'}, {r[2]}, running {r[4]!r} since"
+                     f" {r[3]:%H:%M:%S}); end it if it is stuck: SELECT pg_terminate_backend({r[0]})"
+                     for r in rows) or "a session that has let it go since"
 
 
 def _pg_error(exc: psycopg.Error) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from cdc.errors import TransientError
 from cdc.settings import Settings
@@ -21,7 +22,7 @@ from loader.flush import Flusher
 from loader.spool import Spool
 from loader.staging import StagingWriter, lock_apply
 from loader.star import StarSchema, enqueue
-from tests.helpers import wait_until
+from tests.helpers import SALES_DDL, execute, running_pipeline, wait_caught_up, wait_until
 from transform.schema import Column, Table
 from transform.star import SALES_COLUMNS
 
@@ -174,3 +175,27 @@ def test_a_loader_lock_held_too_long_is_a_named_error_not_an_endless_wait(
         conn.close()
         if not holder.closed:
             holder.close()
+
+
+def test_a_writer_waiting_for_the_apply_lock_is_not_taken_for_a_silent_network_and_waits_a_bounded_time(
+        settings: Settings, source: Any, staging: PG) -> None:
+    execute(source, SALES_DDL)
+    s = settings.model_copy(update={"read_timeout_seconds": 1.0, "lock_wait_seconds": 4.0, "retry_max_seconds": 1.0})
+    with running_pipeline(s) as p:
+        wait_caught_up(staging, source)
+        holder = psycopg.connect(staging.info.dsn, autocommit=True, application_name="long-rebuild")
+        holder.execute("BEGIN")
+        lock_apply(holder, s.pipeline_name)  # a rebuild holding the apply lock
+        with capture_logs() as logs:
+            execute(source, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-01-01 00:00:00')")
+            wait_until(lambda: any(e["event"] == "pipeline_retrying" for e in logs), 30, "the lock wait's limit")
+            events = [e["event"] for e in logs]
+            retry = next(e for e in logs if e["event"] == "pipeline_retrying")
+        assert "writer_waiting_for_lock" in events and "staging_unresponsive" not in events
+        assert "held for over 4 s" in retry["error"] and "long-rebuild" in retry["error"]
+        assert "pg_terminate_backend" in retry["error"]
+        holder.execute("ROLLBACK")
+        holder.close()
+        wait_caught_up(staging, source)
+        assert p.state.restarts >= 1
+    assert staging.execute("SELECT count(*) FROM staging.sales_data").fetchone() == (1,)
