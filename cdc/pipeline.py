@@ -32,7 +32,7 @@ from cdc.positions import Resume, resume_from, unavailable
 from cdc.settings import Settings
 from cdc.snapshot import quote_mysql, select_list, take_snapshot
 from loader.ddl import ensure_schema, forget_tables, load_definitions, snapshot_positions
-from loader.pg import INSTANCE, pg_connect
+from loader.pg import INSTANCE, holders_text, lock_holders, pg_connect
 from loader.staging import StagingWriter, load_position, load_source, lock_apply
 from loader.star import StarSchema
 from transform.schema import Table
@@ -103,28 +103,18 @@ def hold_pipeline_lock(pg: psycopg.Connection[Any], pipeline: str) -> None:
         row = pg.execute(f"SELECT pg_try_advisory_lock({_PIPELINE_KEY})", (pipeline,)).fetchone()
         if row and row[0]:
             return
-        stale = [r[0] for r in pg.execute(
-            f"SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
-            f" AND l.granted AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname ="
-            f" current_database()) AND ((l.classid::bigint << 32) | l.objid::bigint) = ({_PIPELINE_KEY}"
-            f" & x'ffffffffffffffff'::bigint) AND a.application_name = %s AND a.pid <> pg_backend_pid()",
-            (pipeline, INSTANCE)).fetchall()]
+        mine = pg.info.backend_pid
+        stale = [h.pid for h in lock_holders(pg, _PIPELINE_KEY, (pipeline,)) if h.application == INSTANCE
+                 and h.pid != mine]
         if not stale:
             break
         for pid in stale:
             log.warning("stale_session_terminated", backend_pid=pid,
                         reason="our own earlier session still holds the pipeline lock")
             pg.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
-    holders = pg.execute(
-        f"SELECT a.pid, a.application_name, a.client_addr, a.state, a.state_change FROM pg_locks l"
-        f" JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
-        f" AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        f" AND ((l.classid::bigint << 32) | l.objid::bigint) = ({_PIPELINE_KEY} & x'ffffffffffffffff'::bigint)",
-        (pipeline,)).fetchall()
-    who = "; ".join(f"pid {r[0]} ({r[1] or 'no application name'} from {r[2] or 'a local socket'}, {r[3]} since"
-                    f" {r[4]:%Y-%m-%d %H:%M:%S})" for r in holders)
-    hint = (f" (held by {who}; if that is a daemon that is gone, a session left by a crash or a cut network,"
-            f" end it: SELECT pg_terminate_backend({holders[0][0]}))") if holders else ""
+    holders = lock_holders(pg, _PIPELINE_KEY, (pipeline,))
+    hint = f" (held by {holders_text(holders)}: a daemon that is gone, a session left by a crash or a cut network)" \
+        if holders else ""
     raise TransientError(f"another softcart-sync is running pipeline {pipeline!r} on this staging database{hint}")
 
 

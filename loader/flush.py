@@ -28,6 +28,7 @@ from psycopg import sql
 
 from cdc.errors import ConfigError, TransientError
 from loader.ddl import META
+from loader.pg import holders_text, lock_holders
 from loader.spool import Spool, SpooledBatch
 from loader.staging import APPLY_LOCK
 from loader.star import STAR
@@ -78,6 +79,10 @@ def _all_sql(t: WTable) -> sql.Composed:
     return sql.SQL("SELECT 'U', {} FROM {}.{} ORDER BY {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in t.columns), sql.Identifier(STAR), sql.Identifier(t.name),
         sql.SQL(", ").join(sql.Identifier(k) for k in t.key))
+
+
+#: one loader at a time per pipeline (a session advisory lock)
+FLUSH_LOCK = "hashtext('softcart-sync flush ' || %s)"
 
 
 class Flusher:
@@ -171,22 +176,13 @@ class Flusher:
     def _advisory(self, function: str, lock: str) -> None:
         """``function`` (pg_advisory_lock / pg_advisory_unlock) of the pipeline's ``lock`` (apply:
         the writers' lock, APPLY_LOCK; flush: one loader at a time)."""
-        key = APPLY_LOCK if lock == "apply" else "hashtext('softcart-sync flush ' || %s)"
+        key = APPLY_LOCK if lock == "apply" else FLUSH_LOCK
         self.conn.execute(sql.SQL("SELECT {}(" + key + ")").format(sql.Identifier(function)), (self.pipeline,))
 
     def _held_by(self, lock: str) -> str:
-        key = "hashtext('softcart-sync flush ' || %s)"
-        rows = self.conn.execute(
-            "SELECT a.pid, a.application_name, a.client_addr, a.state, a.state_change FROM pg_locks l"
-            " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
-            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            f" AND ((l.classid::bigint << 32) | l.objid::bigint) = ({key}::bigint & x'ffffffffffffffff'::bigint)",
-            (self.pipeline,)).fetchall()
-        who = "; ".join(f"pid {r[0]} ({r[1] or 'no application name'} from {r[2] or 'a local socket'}, {r[3]} since"
-                        f" {r[4]:%Y-%m-%d %H:%M:%S})" for r in rows) or "a session that has let it go since"
-        fix = f"; if it is stuck, end it: SELECT pg_terminate_backend({rows[0][0]})" if rows else ""
         return (f"the warehouse loader lock of pipeline {self.pipeline!r} ({lock}) was held for over"
-                f" {self._lock_wait:g} s (SOFTCART_LOCK_WAIT_SECONDS) by {who}{fix}")
+                f" {self._lock_wait:g} s (SOFTCART_LOCK_WAIT_SECONDS) by"
+                f" {holders_text(lock_holders(self.conn, FLUSH_LOCK, (self.pipeline,)))}")
 
     def _idle(self) -> bool:
         return not self.conn.closed and not self.conn.broken and \

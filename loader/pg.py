@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -49,3 +51,40 @@ def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Conne
                 raise TransientError(f"staging {ep.display}: can't connect ({reason}); check the host and port in "
                                      "SOFTCART_STAGING_URL and that the server is up") from None
         raise TransientError(f"staging {ep.display}: {message}") from None
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """A session holding one of our advisory locks (pg_stat_activity's view of it)."""
+
+    pid: int
+    application: str
+    client: str
+    state: str
+    since: dt.datetime | None
+    query: str
+
+    def __str__(self) -> str:
+        since = f" since {self.since:%Y-%m-%d %H:%M:%S}" if self.since else ""
+        return (f"pid {self.pid} ({self.application or 'no application name'} from {self.client or 'a local socket'},"
+                f" {self.state}{since})")
+
+
+def lock_holders(conn: psycopg.Connection[Any], key_sql: str, params: tuple[Any, ...]) -> list[LockHolder]:
+    """The sessions holding the advisory lock of key ``key_sql`` (a bigint SQL expression with
+    ``params``) in this database."""
+    rows = conn.execute(
+        "SELECT a.pid, a.application_name, host(a.client_addr), a.state, a.state_change, left(a.query, 200)"
+        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+        " AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        f" AND ((l.classid::bigint << 32) | l.objid::bigint) = (({key_sql})::bigint & x'ffffffffffffffff'::bigint)",
+        params).fetchall()
+    return [LockHolder(int(r[0]), str(r[1] or ""), str(r[2] or ""), str(r[3] or ""), r[4], str(r[5] or ""))
+            for r in rows]
+
+
+def holders_text(holders: list[LockHolder]) -> str:
+    """Who holds it, and how an operator ends a session that is stuck."""
+    if not holders:
+        return "a session that has let it go since"
+    return "; ".join(map(str, holders)) + f"; if it is stuck, end it: SELECT pg_terminate_backend({holders[0].pid})"

@@ -26,6 +26,7 @@ from psycopg import sql
 from cdc.errors import FatalError, TransientError
 from cdc.model import Position, RowChange, SchemaChange
 from loader.ddl import META, STAGING, save_definitions
+from loader.pg import holders_text, lock_holders
 from loader.star import StarSchema
 from transform.changes import Key, NetChanges, Row, net_changes
 from transform.ddl import SchemaPlan
@@ -473,8 +474,8 @@ def lock_apply(conn: Conn, pipeline: str, wait_seconds: float = 0.0) -> None:
         conn.execute(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})", (pipeline,))
     except psycopg.errors.LockNotAvailable:
         raise TransientError(f"the apply lock of pipeline {pipeline!r} was held for over {wait_seconds:g} s"
-                             f" (SOFTCART_LOCK_WAIT_SECONDS) by {_apply_lock_holder(conn, pipeline)}: a rebuild, a"
-                             " reconcile's repair, or a session left behind; retrying") from None
+                             f" (SOFTCART_LOCK_WAIT_SECONDS) by {_apply_lock_holder(conn, pipeline)} (a rebuild, a"
+                             " reconcile's repair, or a session left behind); retrying") from None
     conn.execute("SELECT set_config('lock_timeout', '0', true)")
 
 
@@ -483,18 +484,10 @@ def _apply_lock_holder(conn: Conn, pipeline: str) -> str:
     try:
         with psycopg.connect(conn.info.dsn, password=conn.info.password or None, autocommit=True,
                              connect_timeout=10) as other:
-            rows = other.execute(
-                "SELECT a.pid, a.application_name, a.state, a.query_start, left(a.query, 200) FROM pg_locks l"
-                " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
-                " AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                " AND ((l.classid::bigint << 32) | l.objid::bigint)"
-                f" = ({APPLY_LOCK}::bigint & x'ffffffffffffffff'::bigint)",
-                (pipeline,)).fetchall()
+            holders = lock_holders(other, APPLY_LOCK, (pipeline,))
     except psycopg.Error:
         return "a session that could not be asked about"
-    return "; ".join(f"pid {r[0]} ({r[1] or 'no application name'}, {r[2]}, running {r[4]!r} since"
-                     f" {r[3]:%H:%M:%S}); end it if it is stuck: SELECT pg_terminate_backend({r[0]})"
-                     for r in rows) or "a session that has let it go since"
+    return holders_text(holders) + "".join(f" [running {h.query!r}]" for h in holders[:1] if h.query)
 
 
 def _pg_error(exc: psycopg.Error) -> str:
