@@ -190,7 +190,7 @@ class Pipeline:
             self.state.progress_at = time.time()
             why: str | None = None  # the saved position can't be resumed here
             try:
-                resume = self._identify(pg, writer, position)
+                resume = self._identify(pg, writer, flavor, position)
             except FatalError as exc:
                 resume, why = None, str(exc)
             if resume is not None and resume.by_gtid:
@@ -246,14 +246,14 @@ class Pipeline:
         writer.lock_wait = self.settings.lock_wait_seconds
         return writer, position
 
-    def _identify(self, pg: psycopg.Connection[Any], writer: StagingWriter,
+    def _identify(self, pg: psycopg.Connection[Any], writer: StagingWriter, flavor: Flavor,
                   position: Position | None) -> Resume | None:
         """Who the source is (saved with every position from now on), and where to resume on it
         given the server the saved position was read from (None: nothing saved yet). Raises
         FatalError for a position that means nothing on this server."""
         conn = mysql.connect(self.settings)
         try:
-            facts = mysql.source_facts(conn, self.settings, mysql.flavor(conn), position)
+            facts = mysql.source_facts(conn, self.settings, flavor, position)
         finally:
             conn.close()
         writer.source = (facts.server_id, facts.uuid)
@@ -294,7 +294,7 @@ class Pipeline:
                 raise ConfigError(f"the daemon for pipeline {self.settings.pipeline_name!r} is running: "
                                   "stop it first (systemctl stop softcart-sync)") from None
             writer, _ = self.open_writer(pg, tables)
-            self._identify(pg, writer, None)
+            self._identify(pg, writer, flavor, None)
             return take_snapshot(self.settings, tables, flavor, writer, self._snapshot_progress)
 
     def _snapshot_progress(self, table: str, rows: int) -> None:
