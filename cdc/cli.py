@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cdc.errors import ConfigError, SoftcartError
 from cdc.logs import configure
+from cdc.metrics import version
 from cdc.settings import Settings, load_settings, settings_help
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="softcart-sync", description=DESCRIPTION, epilog=EPILOG.format(settings=settings_help()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML file with settings")
+    p.add_argument("--version", action="version", version=f"softcart-sync {version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("run", help="run the daemon: snapshot once, then stream the binlog into staging",
                    description="Run the daemon. With no stored position it takes a consistent snapshot of "

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from cdc.errors import ConfigError
 
 
 class HealthServer:
@@ -39,7 +42,12 @@ class HealthServer:
 
         self.registry = registry
         self.ready = ready
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise ConfigError(f"SOFTCART_METRICS_LISTEN {host}:{port}: {exc.strerror or exc}"
+                              + (" (another program, or another softcart-sync instance, listens there: give each"
+                                 " instance a port of its own)" if exc.errno == errno.EADDRINUSE else "")) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 

@@ -6,15 +6,28 @@ low cardinality only (table, operation, endpoint, stage, kind).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import importlib.metadata
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 PREFIX = "softcart_"
+
+
+def version() -> str:
+    """The installed package's version (what `--version` and softcart_build_info say)."""
+    try:
+        return importlib.metadata.version("softcart-sync")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         p = PREFIX
+        Info(p + "build", "The running softcart-sync", registry=r).info(
+            {"version": version(), "python": platform.python_version()})
         self.events_read = Counter(p + "binlog_row_events_total", "Row changes read from the binlog",
                                    ["table", "operation"], registry=r)
         self.transactions_applied = Counter(p + "transactions_applied_total",

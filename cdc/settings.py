@@ -9,6 +9,7 @@ never printed.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -286,8 +287,8 @@ def load_settings(config: Path | None = None, environ: Mapping[str, str] | None 
     environ = os.environ if environ is None else environ
     unknown = _unknown_env(environ)
     if unknown:
-        raise ConfigError("unknown setting(s): " + ", ".join(unknown)
-                          + " (see `softcart-sync --help-settings` for the list)")
+        raise ConfigError("unknown setting(s): " + ", ".join(f"{u}{_near(u)}" for u in unknown)
+                          + " (`softcart-sync settings` lists them all)")
     cls: type[Settings] = Settings
     if config is not None:
         if not config.is_file():
@@ -316,14 +317,25 @@ def _describe(exc: ValidationError) -> str:
         elif err["type"] == "missing":
             lines.append(f"{env} (or `{name}` in the config file) is required")
         elif err["type"] == "extra_forbidden":
-            lines.append(f"unknown setting `{name}` in the config file")
+            lines.append(f"unknown setting `{name}` in the config file{_near(name)}")
         else:
-            lines.append(f"{env} (`{name}`): {err['msg']}")
+            lines.append(f"{env} (`{name}`): {str(err['msg']).removeprefix('Value error, ')}")
     return "; ".join(lines)
 
 
+def _near(name: str) -> str:
+    """`` (did you mean X?)`` for a setting name close to a real one (an environment variable's
+    form for one, a config key's for the other)."""
+    env = name.upper().startswith(ENV_PREFIX)
+    key = name.upper().removeprefix(ENV_PREFIX).lower() if env else name.lower()
+    close = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.75)
+    if not close:
+        return ""
+    return f" (did you mean {ENV_PREFIX + close[0].upper() if env else close[0]}?)"
+
+
 def settings_help() -> str:
-    """The list of settings for ``--help-settings`` and the README."""
+    """The list of settings for `softcart-sync settings`, `--help` and the README."""
     rows = []
     for name, f in Settings.model_fields.items():
         default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
+from prometheus_client import generate_latest
 
 from cdc.localservers import MariaDBServer
+from cdc.metrics import Metrics, version
 from cdc.seed import generate
 from tests.helpers import cli, execute
 
@@ -199,3 +202,22 @@ def test_unreachable_hosts_and_missing_privileges_are_one_clear_line_each(
     assert out.returncode == 1
     assert "FAIL  privilege REPLICATION SLAVE: GRANT REPLICATION SLAVE ON *.* TO the daemon's user" in out.stdout
     assert "weak-pw" not in out.stdout + out.stderr
+
+
+def test_a_metrics_port_in_use_names_the_setting_and_version_and_build_info_say_what_runs(
+        settings_env: dict[str, str]) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        out = cli("run", env={**settings_env, "SOFTCART_METRICS_LISTEN": f"127.0.0.1:{port}"}, timeout=60)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert f"SOFTCART_METRICS_LISTEN 127.0.0.1:{port}: Address already in use" in out.stderr
+        assert "give each instance a port of its own" in out.stderr and "Traceback" not in out.stderr
+    finally:
+        taken.close()
+    shown = cli("--version")
+    assert shown.returncode == 0 and shown.stdout.strip() == f"softcart-sync {version()}" and version()[0].isdigit()
+    assert 'softcart_build_info{python="' in generate_latest(Metrics().registry).decode()
+    assert f'version="{version()}"' in generate_latest(Metrics().registry).decode()

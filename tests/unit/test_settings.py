@@ -90,3 +90,25 @@ def test_unreadable_password_file_is_named(env: pytest.MonkeyPatch, tmp_path: Pa
     env.setenv("SOFTCART_STAGING_PASSWORD_FILE", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="SOFTCART_STAGING_PASSWORD_FILE: cannot read"):
         load_settings()
+
+
+def test_an_unknown_setting_suggests_the_near_name_and_points_to_a_command_that_exists(
+        env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.setenv("SOFTCART_SERVRE_ID", "5")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "SOFTCART_SERVRE_ID (did you mean SOFTCART_SERVER_ID?)" in str(err.value)
+    assert "`softcart-sync settings` lists them all" in str(err.value) and "--help-settings" not in str(err.value)
+    env.delenv("SOFTCART_SERVRE_ID")
+    cfg = tmp_path / "softcart.toml"
+    cfg.write_text("batch_max_row = 5\n")
+    with pytest.raises(ConfigError, match=r"`batch_max_row` in the config file \(did you mean batch_max_rows\?\)"):
+        load_settings(cfg)
+
+
+def test_a_refused_value_is_said_without_pydantics_prefix(env: pytest.MonkeyPatch) -> None:
+    env.setenv("SOFTCART_BUSINESS_TIMEZONE", "Mars/Olympus")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "SOFTCART_BUSINESS_TIMEZONE (`business_timezone`): unknown time zone 'Mars/Olympus'" in str(err.value)
+    assert "Value error" not in str(err.value)
