@@ -85,6 +85,9 @@ META_DDL = [
     # since only it talks to the warehouse. A row from before the column: true.
     sql.SQL("ALTER TABLE {}.flush_state ADD COLUMN IF NOT EXISTS ids_fenced boolean NOT NULL DEFAULT true").format(
         sql.Identifier(META)),
+    # The spool folder this pipeline's batches are in: a run from elsewhere (a shell's ./spool) is
+    # refused while batches wait there, instead of recording batches the daemon can't find.
+    sql.SQL("ALTER TABLE {}.flush_state ADD COLUMN IF NOT EXISTS spool_dir text").format(sql.Identifier(META)),
     # Source tables the daemon stopped following (a schema change staging can't follow safely);
     # their rows are skipped until a resnapshot takes them again.
     sql.SQL("""CREATE TABLE IF NOT EXISTS {}.stopped_table (

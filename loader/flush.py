@@ -111,6 +111,7 @@ class Flusher:
         only while our snapshot is taken, not while the batch is built: the stream goes on."""
         conn = self.conn
         with self._session_lock("flush"):
+            self._same_spool(record=False)  # recorded with the batch, on the row its transaction locks
             self._advisory("pg_advisory_lock", "apply")
             holding = True
             try:
@@ -161,8 +162,8 @@ class Flusher:
         rows = spooled.row_counts
         conn.execute(sql.SQL("UPDATE {}.batch SET rows = %s WHERE id = %s").format(sql.Identifier(META)),
                      (json.dumps(rows), batch_id))
-        conn.execute(sql.SQL("UPDATE {}.flush_state SET last_outbox_id = %s WHERE pipeline = %s")
-                     .format(sql.Identifier(META)), (hi, self.pipeline))
+        conn.execute(sql.SQL("UPDATE {}.flush_state SET last_outbox_id = %s, spool_dir = %s WHERE pipeline = %s")
+                     .format(sql.Identifier(META)), (hi, str(self.spool.root.resolve()), self.pipeline))
         conn.execute(sql.SQL("DELETE FROM {}.outbox WHERE id <= %s").format(sql.Identifier(META)), (hi,))
         return int(batch_id), rows, full, position
 
@@ -225,6 +226,7 @@ class Flusher:
         a time per pipeline (the daemon's flush thread, ``flush``, a reconcile): two would race on
         the same batch, and the loser's ledger conflict would look like a refused batch."""
         with self._session_lock("flush"):
+            self._same_spool()
             if not self._fenced():
                 self._renumber_pending("this staging's first load")
             try:
@@ -233,6 +235,30 @@ class Flusher:
                 log.warning("batch_id_taken", error=str(exc))
                 self._renumber_pending(str(exc))
                 return self._load_pending(on_loaded)
+
+    def _same_spool(self, record: bool = True) -> None:
+        """The pipeline's waiting batches must be in this run's spool folder (a command run from a
+        shell with a relative SOFTCART_SPOOL_DIR would record batches the daemon can't find, and
+        never find the daemon's): refused, naming the folder they were written to. With none
+        waiting elsewhere, this folder becomes the pipeline's (a moved spool needs nothing more)."""
+        mine = str(self.spool.root.resolve())
+        row = self.conn.execute(sql.SQL("SELECT spool_dir FROM {}.flush_state WHERE pipeline = %s")
+                                .format(sql.Identifier(META)), (self.pipeline,)).fetchone()
+        recorded = row[0] if row else None
+        waiting = self.pending()
+        if waiting and self.spool.find(waiting[0][0]) is None:
+            where = f"in {recorded}" if recorded and recorded != mine else "elsewhere"
+            raise ConfigError(f"SOFTCART_SPOOL_DIR is {mine}, but the batches pipeline {self.pipeline!r} has waiting"
+                              f" are {where}: set SOFTCART_SPOOL_DIR to the daemon's spool folder (as a service, its"
+                              " state folder) for this command too")
+        if record and row is not None and recorded != mine:
+            self.conn.execute(sql.SQL("UPDATE {}.flush_state SET spool_dir = %s WHERE pipeline = %s")
+                              .format(sql.Identifier(META)), (mine, self.pipeline))
+
+    def _folder_missing(self, batch_id: int) -> ConfigError:
+        return ConfigError(f"batch {batch_id} is recorded but its folder is not in the spool"
+                           f" {self.spool.root.resolve()} (SOFTCART_SPOOL_DIR): point it at the folder the batches are"
+                           " in, or restore the batch's folder there")
 
     def _fenced(self) -> bool:
         row = self.conn.execute(sql.SQL("SELECT ids_fenced FROM {}.flush_state WHERE pipeline = %s")
@@ -254,7 +280,7 @@ class Flusher:
         for old_id, _, _ in self.pending():
             batch = self.spool.find(old_id)
             if batch is None:
-                raise TransientError(f"batch {old_id} is recorded but its spool folder is missing")
+                raise self._folder_missing(old_id)
             renumbered = self.spool.copy_as(batch, next_id)
             conn.execute(sql.SQL("UPDATE {}.batch SET id = %s WHERE id = %s").format(sql.Identifier(META)),
                          (next_id, old_id))
@@ -279,7 +305,7 @@ class Flusher:
                 continue
             batch = self.spool.find(batch_id)
             if batch is None:
-                raise TransientError(f"batch {batch_id} is recorded but its spool folder is missing")
+                raise self._folder_missing(batch_id)
             started = time.monotonic()
             try:
                 self._mark_attempt(batch_id)

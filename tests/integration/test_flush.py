@@ -615,3 +615,26 @@ def test_the_warehouse_schema_setting_puts_init_the_loader_and_the_reconcile_in_
     fixed = cli("reconcile", "--level", "warehouse", env=env)
     assert fixed.returncode == 1, fixed.stdout + fixed.stderr  # found in that schema, and repaired
     assert warehouse.execute("SELECT count(*) FROM sales_dw.factsales").fetchone() == (1,)
+
+
+def test_a_flush_run_with_another_spool_folder_is_refused_while_batches_wait_in_the_pipelines(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG,
+        tmp_path: Path) -> None:
+    execute(source, SALES_DDL, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-01-01 00:00:00')")
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        wait_caught_up(staging, source)
+    down = {**wh_env, "SOFTCART_WAREHOUSE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
+            "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2"}
+    assert cli("flush", env=down).returncode == 1  # a batch waits in the pipeline's spool
+    daemons = Path(wh_env["SOFTCART_SPOOL_DIR"]).resolve()
+    shell = {**wh_env, "SOFTCART_SPOOL_DIR": str(tmp_path / "spool-of-a-shell")}
+    with running_pipeline(wh_settings):
+        execute(source, "UPDATE sales_data SET quantity = 5, timestamp = timestamp")
+        wait_caught_up(staging, source)
+    out = cli("flush", env=shell)
+    assert out.returncode != 0 and f"are in {daemons}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert staging.execute("SELECT count(*) FROM softcart.batch").fetchone() == (1,)  # none recorded there
+    assert cli("flush", env=wh_env).returncode == 0
+    assert_warehouse_equals_star(staging, warehouse)
+    assert cli("flush", env=shell).returncode == 0  # nothing waits: that folder may become the pipeline's
