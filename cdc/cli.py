@@ -7,10 +7,12 @@ import os
 import sys
 from pathlib import Path
 
+import structlog
+
 from cdc.errors import ConfigError, SoftcartError
 from cdc.logs import configure
 from cdc.metrics import version
-from cdc.settings import Settings, load_settings, settings_help
+from cdc.settings import Settings, effective, load_settings, settings_help
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -114,7 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--level", action="append", choices=("source", "star", "warehouse"),
                     help="compare only this level (repeatable; default: all three)")
     sub.add_parser("settings", help="list every setting with its default")
+    _config_anywhere(p)
     return p
+
+
+def _config_anywhere(parser: argparse.ArgumentParser) -> None:
+    """--config after the command too (`softcart-sync run --config FILE`), at every level."""
+    for action in parser._actions:  # argparse keeps its subparsers there
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument("--config", type=Path, metavar="FILE", default=argparse.SUPPRESS,
+                                   help="TOML file with settings (also before the command)")
+                _config_anywhere(child)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     from cdc.service import run_service
 
+    structlog.get_logger("softcart").info("settings", **effective(settings))
     crash_point = os.environ.get("SOFTCART_TEST_CRASH_POINT", "")  # fault-injection tests only
     return EXIT_OK if run_service(settings, crash_point=crash_point) == 0 else EXIT_FAILED
 

@@ -334,10 +334,34 @@ def _near(name: str) -> str:
     return f" (did you mean {ENV_PREFIX + close[0].upper() if env else close[0]}?)"
 
 
+def shown(value: Any) -> str:
+    """A setting's value as an operator writes it (never a Python repr; a secret never shown)."""
+    if isinstance(value, SecretStr):
+        return "(secret)" if value.get_secret_value() else "(empty)"
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def settings_help() -> str:
     """The list of settings for `softcart-sync settings`, `--help` and the README."""
     rows = []
     for name, f in Settings.model_fields.items():
-        default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
+        default = "required" if f.is_required() else f"default {shown(f.get_default(call_default_factory=True))}"
         rows.append(f"  {ENV_PREFIX + name.upper():<36} {f.description} ({default})")
     return "\n".join(rows)
+
+
+def effective(settings: Settings) -> dict[str, str]:
+    """Every setting as in force, for the start's log line: URLs without their password, secrets
+    as '(secret)'."""
+    out = {name: shown(getattr(settings, name)) for name in Settings.model_fields}
+    for name, ep in (("source_url", settings.source), ("staging_url", settings.staging),
+                     ("warehouse_url", settings.warehouse)):
+        if ep is not None:
+            out[name] = ep.display
+    return out

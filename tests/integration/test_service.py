@@ -245,3 +245,5 @@ def test_canary_password_never_appears_in_logs_metrics_or_status(
     assert "access denied" in bad_pw.stdout
     assert all(CANARY not in t for t in texts)
     assert "dead letters" in outputs[0].stdout, "the status output was produced"
+    # the effective settings are logged at start, URLs without their password
+    assert '"event": "settings"' in texts[0] and f'"source_url": "mysql://canary@127.0.0.1:{mariadb.port}/' in texts[0]

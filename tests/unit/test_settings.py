@@ -112,3 +112,28 @@ def test_a_refused_value_is_said_without_pydantics_prefix(env: pytest.MonkeyPatc
         load_settings()
     assert "SOFTCART_BUSINESS_TIMEZONE (`business_timezone`): unknown time zone 'Mars/Olympus'" in str(err.value)
     assert "Value error" not in str(err.value)
+
+
+def test_settings_are_listed_and_logged_as_an_operator_writes_them_and_never_with_a_secret(
+        env: pytest.MonkeyPatch) -> None:
+    from cdc.settings import effective, settings_help
+
+    listed = settings_help()
+    assert "PosixPath" not in listed and "SecretStr" not in listed and "default None" not in listed
+    assert "SOFTCART_SPOOL_DIR" in listed and "(default spool)" in listed
+    env.setenv("SOFTCART_SOURCE_URL", f"mysql://u:{CANARY}@db.example:3307/sales")
+    env.setenv("SOFTCART_STAGING_PASSWORD", CANARY)
+    shown = effective(load_settings())
+    assert shown["source_url"] == "mysql://u@db.example:3307/sales" and shown["staging_password"] == "(secret)"
+    assert shown["source_tables"] == "sales_data" and shown["auto_resnapshot"] == "false"
+    assert CANARY not in repr(shown)
+
+
+def test_config_may_come_after_the_command_at_every_level() -> None:
+    from cdc.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["run", "--config", "a.toml"]).config == Path("a.toml")
+    assert p.parse_args(["--config", "b.toml", "run"]).config == Path("b.toml")
+    assert p.parse_args(["warehouse", "init", "--config", "c.toml"]).config == Path("c.toml")
+    assert p.parse_args(["check"]).config is None
