@@ -72,6 +72,10 @@ def connect(settings: Settings, *, database: bool = True, **extra: Any) -> pymys
     try:
         conn = pymysql.connect(autocommit=True, **params)
     except pymysql.err.OperationalError as exc:
+        if exc.args and exc.args[0] == 2013:  # connected, but no MySQL greeting came
+            raise TransientError(f"source {settings.source.display}: the server there sent no MySQL/MariaDB greeting"
+                                 " (is it another kind of server, e.g. PostgreSQL?); check the host and port in"
+                                 " SOFTCART_SOURCE_URL") from None
         raise classify(exc, settings) from None
     require_tls(conn, settings)
     with conn.cursor() as cur:

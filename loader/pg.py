@@ -46,6 +46,10 @@ def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Conne
         if "does not exist" in message:
             raise ConfigError(f"staging {ep.display}: {message}; fix SOFTCART_STAGING_URL") from None
         full = str(exc)
+        if "invalid response to SSL negotiation" in full or "received invalid response" in full \
+                or "server closed the connection unexpectedly" in full:
+            raise TransientError(f"staging {ep.display}: the server there does not speak PostgreSQL's protocol (is it"
+                                 " MySQL/MariaDB?); check the host and port in SOFTCART_STAGING_URL") from None
         for reason in ("Connection refused", "could not translate host name", "timeout expired", "No route to host"):
             if reason in full:
                 raise TransientError(f"staging {ep.display}: can't connect ({reason}); check the host and port in "

@@ -221,3 +221,14 @@ def test_a_metrics_port_in_use_names_the_setting_and_version_and_build_info_say_
     assert shown.returncode == 0 and shown.stdout.strip() == f"softcart-sync {version()}" and version()[0].isdigit()
     assert 'softcart_build_info{python="' in generate_latest(Metrics().registry).decode()
     assert f'version="{version()}"' in generate_latest(Metrics().registry).decode()
+
+
+def test_urls_pointing_at_the_other_kind_of_server_are_named(settings_env: dict[str, str], mariadb: MariaDBServer,
+                                                             postgres: Any) -> None:
+    env = {**settings_env, "SOFTCART_SOURCE_URL": f"mysql://root@127.0.0.1:{postgres.port}/sales",
+           "SOFTCART_STAGING_URL": f"postgresql://postgres@127.0.0.1:{mariadb.port}/staging",
+           "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2", "SOFTCART_READ_TIMEOUT_SECONDS": "3"}  # the greeting's wait
+    out = cli("check", env=env, timeout=60)
+    assert out.returncode == 1
+    assert re.search(r"FAIL .*sent no MySQL/MariaDB greeting .*SOFTCART_SOURCE_URL", out.stdout), out.stdout
+    assert re.search(r"FAIL .*does not speak PostgreSQL's protocol .*SOFTCART_STAGING_URL", out.stdout), out.stdout
