@@ -11,6 +11,7 @@ from psycopg import sql
 
 from cdc.settings import Settings
 from loader.ddl import META
+from loader.flush import retrying_batch
 from loader.pg import pg_connect
 
 
@@ -29,10 +30,7 @@ def read_status(settings: Settings) -> dict[str, Any]:
         batches = conn.execute(sql.SQL("SELECT state, count(*), min(created_at) FROM {}.batch WHERE pipeline = %s"
                                        " GROUP BY state").format(sql.Identifier(META)),
                                (settings.pipeline_name,)).fetchall()
-        retrying = conn.execute(sql.SQL("SELECT id, attempts, first_failed_at, error FROM {}.batch WHERE pipeline = %s"
-                                        " AND state = 'pending' AND first_failed_at IS NOT NULL ORDER BY"
-                                        " first_failed_at LIMIT 1").format(sql.Identifier(META)),
-                                (settings.pipeline_name,)).fetchone()
+        retrying = retrying_batch(conn, settings.pipeline_name)
         snap = conn.execute(sql.SQL("SELECT source_table, rows_copied, position, finished_at FROM {}.snapshot"
                                     " WHERE pipeline = %s ORDER BY source_table").format(sql.Identifier(META)),
                             (settings.pipeline_name,)).fetchall()
@@ -53,9 +51,9 @@ def read_status(settings: Settings) -> dict[str, Any]:
     out["dead_letters"] = {k: {"open": o, "total": t} for k, o, t in dead}
     out["batches"] = {s: {"count": n, "oldest": oldest.isoformat()} for s, n, oldest in batches}
     if retrying is not None:
-        bid, attempts, since, error = retrying
         out["batches"].setdefault("pending", {})["retrying"] = {
-            "batch": bid, "attempts": attempts, "failing_since": since.isoformat(), "last_error": error}
+            "batch": retrying.batch, "attempts": retrying.attempts, "failing_since": retrying.since.isoformat(),
+            "last_error": retrying.error}
     out["snapshot"] = [{"table": t, "rows": r, "position": p, "finished_at": f.isoformat()} for t, r, p, f in snap]
     return out
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import time
@@ -79,6 +80,25 @@ def _all_sql(t: WTable) -> sql.Composed:
     return sql.SQL("SELECT 'U', {} FROM {}.{} ORDER BY {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in t.columns), sql.Identifier(STAR), sql.Identifier(t.name),
         sql.SQL(", ").join(sql.Identifier(k) for k in t.key))
+
+
+@dataclass(frozen=True)
+class Retrying:
+    """The pending batch failing to load longest: it is retried, and seen."""
+
+    batch: int
+    attempts: int
+    since: dt.datetime
+    seconds: float
+    error: str
+
+
+def retrying_batch(conn: Conn, pipeline: str) -> Retrying | None:
+    row = conn.execute(sql.SQL(
+        "SELECT id, attempts, first_failed_at, EXTRACT(EPOCH FROM now() - first_failed_at), error FROM {}.batch"
+        " WHERE pipeline = %s AND state = 'pending' AND first_failed_at IS NOT NULL ORDER BY first_failed_at"
+        " LIMIT 1").format(sql.Identifier(META)), (pipeline,)).fetchone()
+    return Retrying(int(row[0]), int(row[1]), row[2], float(row[3]), str(row[4] or "")) if row else None
 
 
 #: one loader at a time per pipeline (a session advisory lock)
@@ -226,8 +246,8 @@ class Flusher:
         a time per pipeline (the daemon's flush thread, ``flush``, a reconcile): two would race on
         the same batch, and the loser's ledger conflict would look like a refused batch."""
         with self._session_lock("flush"):
-            self._same_spool()
-            if not self._fenced():
+            state = self._same_spool()
+            if state is not None and not state[1]:
                 self._renumber_pending("this staging's first load")
             try:
                 return self._load_pending(on_loaded)
@@ -236,14 +256,14 @@ class Flusher:
                 self._renumber_pending(str(exc))
                 return self._load_pending(on_loaded)
 
-    def _same_spool(self, record: bool = True) -> None:
+    def _same_spool(self, record: bool = True) -> tuple[str | None, bool] | None:
         """The pipeline's waiting batches must be in this run's spool folder (a command run from a
         shell with a relative SOFTCART_SPOOL_DIR would record batches the daemon can't find, and
         never find the daemon's): refused, naming the folder they were written to. With none
-        waiting elsewhere, this folder becomes the pipeline's (a moved spool needs nothing more)."""
+        waiting elsewhere, this folder becomes the pipeline's (a moved spool needs nothing more).
+        Returns the flush state read (see _state)."""
         mine = str(self.spool.root.resolve())
-        row = self.conn.execute(sql.SQL("SELECT spool_dir FROM {}.flush_state WHERE pipeline = %s")
-                                .format(sql.Identifier(META)), (self.pipeline,)).fetchone()
+        row = self._state()
         recorded = row[0] if row else None
         waiting = self.pending()
         if waiting and self.spool.find(waiting[0][0]) is None:
@@ -254,16 +274,18 @@ class Flusher:
         if record and row is not None and recorded != mine:
             self.conn.execute(sql.SQL("UPDATE {}.flush_state SET spool_dir = %s WHERE pipeline = %s")
                               .format(sql.Identifier(META)), (mine, self.pipeline))
+        return row
 
     def _folder_missing(self, batch_id: int) -> ConfigError:
         return ConfigError(f"batch {batch_id} is recorded but its folder is not in the spool"
                            f" {self.spool.root.resolve()} (SOFTCART_SPOOL_DIR): point it at the folder the batches are"
                            " in, or restore the batch's folder there")
 
-    def _fenced(self) -> bool:
-        row = self.conn.execute(sql.SQL("SELECT ids_fenced FROM {}.flush_state WHERE pipeline = %s")
+    def _state(self) -> tuple[str | None, bool] | None:
+        """(spool folder, numbered past the ledger) of this pipeline's flush state, if it has one."""
+        row = self.conn.execute(sql.SQL("SELECT spool_dir, ids_fenced FROM {}.flush_state WHERE pipeline = %s")
                                 .format(sql.Identifier(META)), (self.pipeline,)).fetchone()
-        return row is None or bool(row[0])
+        return (row[0], bool(row[1])) if row else None
 
     def _renumber_pending(self, why: str) -> None:
         """Number the batches not loaded yet (in their order) and every later one past all that the
@@ -339,11 +361,8 @@ class Flusher:
     def retrying(self) -> tuple[int, float]:
         """(attempts, seconds since its first failure) of the pending batch failing longest; (0, 0)
         when none is failing."""
-        row = self.conn.execute(sql.SQL(
-            "SELECT attempts, EXTRACT(EPOCH FROM now() - first_failed_at) FROM {}.batch WHERE pipeline = %s"
-            " AND state = 'pending' AND first_failed_at IS NOT NULL ORDER BY first_failed_at LIMIT 1").format(
-            sql.Identifier(META)), (self.pipeline,)).fetchone()
-        return (int(row[0]), float(row[1])) if row else (0, 0.0)
+        row = retrying_batch(self.conn, self.pipeline)
+        return (row.attempts, row.seconds) if row else (0, 0.0)
 
     def _mark_loaded(self, batch: SpooledBatch) -> None:
         self.conn.execute(sql.SQL("UPDATE {}.batch SET state = 'loaded', loaded_at = now(), error = NULL,"
