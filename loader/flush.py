@@ -29,7 +29,7 @@ from psycopg import sql
 
 from cdc.errors import ConfigError, TransientError
 from loader.ddl import META
-from loader.pg import holders_text, lock_holders
+from loader.pg import holders_text, lock_holders, lock_wait_limit
 from loader.spool import Spool, SpooledBatch
 from loader.staging import APPLY_LOCK
 from loader.star import STAR
@@ -213,14 +213,11 @@ class Flusher:
     def _session_lock(self, lock: str) -> Iterator[None]:
         """The loader's session lock, waited for at most lock_wait_seconds: a loader stuck elsewhere
         is named (its session, and how to end it), never waited for without end."""
-        self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(self._lock_wait * 1000)}ms",))
         try:
-            self._advisory("pg_advisory_lock", lock)
+            with lock_wait_limit(self.conn, self._lock_wait, in_transaction=False):
+                self._advisory("pg_advisory_lock", lock)
         except psycopg.errors.LockNotAvailable:
             raise TransientError(self._held_by(lock)) from None
-        finally:
-            if self._idle():
-                self.conn.execute("SELECT set_config('lock_timeout', '0', false)")
         try:
             yield
         finally:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,3 +94,16 @@ def holders_text(holders: list[LockHolder]) -> str:
     if not holders:
         return "a session that has let it go since"
     return "; ".join(map(str, holders)) + f"; if it is stuck, end it: SELECT pg_terminate_backend({holders[0].pid})"
+
+
+@contextlib.contextmanager
+def lock_wait_limit(conn: psycopg.Connection[Any], seconds: float, *, in_transaction: bool) -> Iterator[None]:
+    """Lock waits inside are limited to ``seconds`` (``lock_timeout``: a wait past it raises
+    LockNotAvailable), for the open transaction only or for the session; the limit is lifted after
+    unless the failed wait left the transaction aborted (its end lifts a transaction's limit)."""
+    conn.execute("SELECT set_config('lock_timeout', %s, %s)", (f"{int(seconds * 1000)}ms", in_transaction))
+    try:
+        yield
+    finally:
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            conn.execute("SELECT set_config('lock_timeout', '0', %s)", (in_transaction,))

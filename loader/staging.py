@@ -26,7 +26,7 @@ from psycopg import sql
 from cdc.errors import FatalError, TransientError
 from cdc.model import Position, RowChange, SchemaChange
 from loader.ddl import META, STAGING, save_definitions
-from loader.pg import holders_text, lock_holders
+from loader.pg import holders_text, lock_holders, lock_wait_limit
 from loader.star import StarSchema
 from transform.changes import Key, NetChanges, Row, net_changes
 from transform.ddl import SchemaPlan
@@ -469,14 +469,13 @@ def lock_apply(conn: Conn, pipeline: str, wait_seconds: float = 0.0) -> None:
     if not wait_seconds:
         conn.execute(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})", (pipeline,))
         return
-    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(wait_seconds * 1000)}ms",))
     try:
-        conn.execute(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})", (pipeline,))
+        with lock_wait_limit(conn, wait_seconds, in_transaction=True):
+            conn.execute(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})", (pipeline,))
     except psycopg.errors.LockNotAvailable:
         raise TransientError(f"the apply lock of pipeline {pipeline!r} was held for over {wait_seconds:g} s"
                              f" (SOFTCART_LOCK_WAIT_SECONDS) by {_apply_lock_holder(conn, pipeline)} (a rebuild, a"
                              " reconcile's repair, or a session left behind); retrying") from None
-    conn.execute("SELECT set_config('lock_timeout', '0', true)")
 
 
 def _apply_lock_holder(conn: Conn, pipeline: str) -> str:
