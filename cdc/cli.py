@@ -12,7 +12,7 @@ import structlog
 from cdc.errors import ConfigError, SoftcartError
 from cdc.logs import configure
 from cdc.metrics import version
-from cdc.settings import Settings, effective, load_settings, settings_help
+from cdc.settings import Settings, as_toml, effective, load_settings, settings_help
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -115,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--json", action="store_true", help="print the report as JSON")
     rc.add_argument("--level", action="append", choices=("source", "star", "warehouse"),
                     help="compare only this level (repeatable; default: all three)")
-    sub.add_parser("settings", help="list every setting with its default")
+    se = sub.add_parser("settings", help="list every setting with its default (or --toml: the settings in force)",
+                        description="List every setting with its default. With --toml, print the settings in "
+                        "force (from the environment and --config) as a settings file: what differs from the "
+                        "defaults as keys, the rest commented out; URLs without their password, no password.")
+    se.add_argument("--toml", action="store_true", help="print the settings in force as a TOML settings file")
     _config_anywhere(p)
     return p
 
@@ -132,7 +136,7 @@ def _config_anywhere(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "settings":
+    if args.command == "settings" and not args.toml:
         print(settings_help())
         return EXIT_OK
     if args.command == "generate-data":
@@ -151,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"softcart-sync: bad settings: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "settings":
+        print(as_toml(settings), end="")
+        return EXIT_OK
     configure(settings.log_level, settings.log_format, sys.stdout if args.command == "run" else None)
     try:
         return _COMMANDS[args.command](settings, args)

@@ -10,6 +10,7 @@ never printed.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -269,7 +270,8 @@ def _with_password(ep: Endpoint, password: SecretStr | None, password_file: Path
         except OSError as exc:
             raise ConfigError(f"{ENV_PREFIX}{prefix.upper()}_PASSWORD_FILE: cannot read "
                               f"{password_file}: {exc.strerror}") from exc
-        password = SecretStr(text)
+        if text:  # an empty file (a unit's credential with nothing to say): the URL's password, if any
+            password = SecretStr(text)
     if password is None:
         return ep
     return Endpoint(ep.scheme, ep.host, ep.port, ep.user, password, ep.database, ep.query)
@@ -354,6 +356,49 @@ def settings_help() -> str:
         default = "required" if f.is_required() else f"default {shown(f.get_default(call_default_factory=True))}"
         rows.append(f"  {ENV_PREFIX + name.upper():<36} {f.description} ({default})")
     return "\n".join(rows)
+
+
+#: Settings a settings file never holds: passwords (files holding them may be named).
+_NOT_IN_FILE = ("source_password", "staging_password", "warehouse_password")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def as_toml(settings: Settings) -> str:
+    """The settings in force as a settings file (`softcart-sync settings --toml`): those that differ
+    from their defaults as keys, the others commented out with their default and meaning. URLs
+    lose their password; passwords are never written (files holding them may be named)."""
+    urls = {"source_url": settings.source, "staging_url": settings.staging, "warehouse_url": settings.warehouse}
+    lines = ["# softcart-sync settings (TOML), written by `softcart-sync settings --toml`. Keys are the",
+             "# SOFTCART_* environment variables in lower case without the prefix; an environment variable",
+             "# overrides its key. Passwords are not here: they belong in files (*_password_file; the units",
+             "# hand the same files over as credentials).", ""]
+    for name, f in Settings.model_fields.items():
+        if name in _NOT_IN_FILE:
+            continue
+        value = getattr(settings, name)
+        ep = urls.get(name)
+        if ep is not None:
+            value = ep.display + (f"?{ep.query}" if ep.query else "")
+        elif isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        default = None if f.is_required() else f.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
+        if value is None or (value == default and not f.is_required()):
+            shown_default = "(none)" if default is None else _toml_value(default)
+            lines.append(f"# {name} = {shown_default}    # {f.description}")
+        else:
+            lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
 
 
 def effective(settings: Settings) -> dict[str, str]:

@@ -137,3 +137,43 @@ def test_config_may_come_after_the_command_at_every_level() -> None:
     assert p.parse_args(["--config", "b.toml", "run"]).config == Path("b.toml")
     assert p.parse_args(["warehouse", "init", "--config", "c.toml"]).config == Path("c.toml")
     assert p.parse_args(["check"]).config is None
+
+
+def test_an_empty_password_file_leaves_the_urls_password(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    empty = tmp_path / "pw"
+    empty.write_text("\n")  # the units always hand over the three credentials; unused ones are empty
+    env.setenv("SOFTCART_SOURCE_PASSWORD_FILE", str(empty))
+    assert load_settings().source.password.get_secret_value() == CANARY
+
+
+def test_settings_as_toml_hold_what_differs_and_load_back_the_same_without_a_secret(
+        env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import tomllib
+
+    from cdc.settings import as_toml
+
+    env.setenv("SOFTCART_STAGING_URL", f"postgresql://etl:{CANARY}@pg.example/warehouse?sslmode=require")
+    env.setenv("SOFTCART_WAREHOUSE_PASSWORD", CANARY)
+    env.setenv("SOFTCART_SOURCE_TABLES", "sales_data,returns")
+    env.setenv("SOFTCART_AUTO_RESNAPSHOT", "true")
+    env.setenv("SOFTCART_FLUSH_INTERVAL_SECONDS", "7.5")
+    env.setenv("SOFTCART_BUSINESS_TIMEZONE", 'Europe/Berlin')
+    before = load_settings()
+    text = as_toml(before)
+    assert CANARY not in text
+    keys = tomllib.loads(text)
+    assert keys == {"source_url": "mysql://repl@db.example:3307/sales",
+                    "staging_url": "postgresql://etl@pg.example:5432/warehouse?sslmode=require",
+                    "source_tables": ["sales_data", "returns"], "flush_interval_seconds": 7.5,
+                    "auto_resnapshot": True, "business_timezone": "Europe/Berlin"}
+    assert "# batch_max_rows = 20000" in text  # the defaults are there to edit, commented out
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(text)
+    for name in BASE | {"SOFTCART_STAGING_URL": "", "SOFTCART_WAREHOUSE_PASSWORD": "", "SOFTCART_SOURCE_TABLES": "",
+                        "SOFTCART_AUTO_RESNAPSHOT": "", "SOFTCART_FLUSH_INTERVAL_SECONDS": "",
+                        "SOFTCART_BUSINESS_TIMEZONE": ""}:
+        env.delenv(name)
+    after = load_settings(cfg)
+    assert as_toml(after) == text
+    assert (after.source_tables, after.auto_resnapshot, after.staging.query) == (
+        before.source_tables, True, "sslmode=require")
