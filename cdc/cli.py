@@ -174,7 +174,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     structlog.get_logger("softcart").info("settings", **effective(settings))
     crash_point = os.environ.get("SOFTCART_TEST_CRASH_POINT", "")  # fault-injection tests only
-    return EXIT_OK if run_service(settings, crash_point=crash_point) == 0 else EXIT_FAILED
+    return run_service(settings, crash_point=crash_point)  # 0 stopped, 1 failed, 2 a wrong setting
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:

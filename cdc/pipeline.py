@@ -62,6 +62,7 @@ class PipelineState:
     lag_bytes: int | None = None
     writer_busy_since: float = 0.0  # monotonic start of the writer's current statement to staging
     snapshot_rows: dict[str, int] = field(default_factory=dict)
+    last_error: str = ""  # why the last attempt to connect or stream failed (STATUS, /readyz)
 
     def lag_seconds(self, now: float, heartbeat: float) -> float:
         """Source commit time of the last applied change vs now. Idle and caught up (a heartbeat
@@ -143,6 +144,7 @@ class Pipeline:
             except TransientError as exc:
                 self.state.streaming = False
                 self.state.restarts += 1
+                self.state.last_error = str(exc)
                 self.state.progress_at = time.time()  # retrying on schedule is not being stuck
                 self.metrics.errors.labels("transient").inc()
                 self.metrics.restarts.inc()

@@ -16,7 +16,7 @@ from types import FrameType
 
 import structlog
 
-from cdc.errors import FatalError, SoftcartError
+from cdc.errors import ConfigError, FatalError, SoftcartError
 from cdc.flushing import FlushProgress, flush_loop, flush_stall_seconds
 from cdc.http import HealthServer
 from cdc.metrics import Metrics
@@ -33,7 +33,9 @@ def status_line(state: PipelineState, now: float, settings: Settings) -> str:
         rows = sum(state.snapshot_rows.values())
         return f"snapshotting: {rows} rows copied"
     if not state.streaming:
-        return "connecting" if not state.restarts else f"reconnecting (restart {state.restarts})"
+        if not state.restarts:
+            return "connecting"
+        return f"reconnecting (restart {state.restarts}): {state.last_error}"
     lag = state.lag_seconds(now, settings.heartbeat_seconds)
     behind = f", {state.lag_bytes} bytes behind" if state.lag_bytes else ""
     return f"streaming at {state.position}; lag {lag:.1f} s{behind}; {state.rows_applied} rows applied"
@@ -110,7 +112,9 @@ def run_service(settings: Settings, notifier: Notifier | None = None, crash_poin
         http.stop()
     if errors:
         log.error("fatal", error=str(errors[0]), position=str(pipeline.state.position))
-        return 1
+        # a wrong setting is exit 2, like one found at start: systemd doesn't restart it (a restart
+        # can't fix it; RestartPreventExitStatus=2), any other failure exit 1
+        return 2 if isinstance(errors[0], ConfigError) else 1
     log.info("stopped", position=str(pipeline.state.position))
     return 0
 

@@ -40,6 +40,17 @@ def test_bad_setting_exits_2_naming_it_without_the_password(settings_env: dict[s
     assert out.returncode == 2 and "SOFTCART_BATCH_MAX_ROWS" in out.stderr
 
 
+
+def test_a_wrong_setting_found_while_running_exits_2_so_systemd_does_not_restart_it(
+        settings_env: dict[str, str], source: Conn) -> None:
+    # The settings parse, but staging's database does not exist: found once the daemon connects
+    # (in its pipeline thread). The unit's RestartPreventExitStatus=2 relies on this exit code.
+    execute(source, "CREATE TABLE sales_data (rowid INT PRIMARY KEY, price DECIMAL(10,2))")
+    staging = settings_env["SOFTCART_STAGING_URL"].rsplit("/", 1)[0] + "/no_such_database"
+    out = cli("run", env={**settings_env, "SOFTCART_STAGING_URL": staging}, timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "SOFTCART_STAGING_URL" in out.stdout + out.stderr
+
 def test_check_passes_on_a_ready_source(settings_env: dict[str, str], source: Conn) -> None:
     execute(source, "CREATE TABLE sales_data (rowid INT PRIMARY KEY, price DECIMAL(10,2))")
     out = cli("check", env=settings_env)

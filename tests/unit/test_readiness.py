@@ -31,3 +31,14 @@ def test_a_flush_round_past_every_bound_of_its_waits_makes_the_daemon_unready() 
     assert not ok and why == "flusher stuck: no flush round has ended for 811 s (last error: warehouse dw: timeout)"
     assert not flush_alive(stuck, now, S)
     assert readiness(streaming(now), now, S, None)[0]  # no warehouse: no flusher
+
+
+def test_while_it_can_not_connect_status_and_readyz_say_why() -> None:
+    from cdc.service import status_line
+
+    st = PipelineState(restarts=3,
+                       last_error="source mysql://u@h:3306/db: connection refused; check SOFTCART_SOURCE_URL")
+    line = status_line(st, 1_000_000.0, S)  # systemctl status shows it while the start waits
+    assert line.startswith("reconnecting (restart 3): source mysql://u@h:3306/db") and "SOFTCART_SOURCE_URL" in line
+    ok, why = readiness(st, 1_000_000.0, S)
+    assert not ok and "SOFTCART_SOURCE_URL" in why
