@@ -526,27 +526,30 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def metrics_registry(report: Report) -> CollectorRegistry:
-    """The run's metrics (gauges: a cron job's last run, not counters of a process)."""
+def metrics_registry(report: Report, pipeline: str = "default") -> CollectorRegistry:
+    """The run's metrics (gauges: a cron job's last run, not counters of a process), labelled with
+    the pipeline, so the textfiles of several instances on one host don't clash."""
     reg = CollectorRegistry()
-    labels = ("level", "table")
-    Gauge("softcart_reconcile_last_run_timestamp_seconds", "When the last reconcile finished",
-          registry=reg).set(time.time())
-    Gauge("softcart_reconcile_completed", "1 when the last reconcile completed, 0 when it could not",
-          registry=reg).set(0 if report.error else 1)
-    Gauge("softcart_reconcile_exit_code", "Exit code of the last reconcile (0 agreed, 1 drift, 2 incomplete)",
-          registry=reg).set(report.exit_code)
-    Gauge("softcart_reconcile_duration_seconds", "How long the last reconcile took", registry=reg).set(report.seconds)
+    one = ("pipeline",)
+    labels = ("pipeline", "level", "table")
+    Gauge("softcart_reconcile_last_run_timestamp_seconds", "When the last reconcile finished", one,
+          registry=reg).labels(pipeline).set(time.time())
+    Gauge("softcart_reconcile_completed", "1 when the last reconcile completed, 0 when it could not", one,
+          registry=reg).labels(pipeline).set(0 if report.error else 1)
+    Gauge("softcart_reconcile_exit_code", "Exit code of the last reconcile (0 agreed, 1 drift, 2 incomplete)", one,
+          registry=reg).labels(pipeline).set(report.exit_code)
+    Gauge("softcart_reconcile_duration_seconds", "How long the last reconcile took", one,
+          registry=reg).labels(pipeline).set(report.seconds)
     rows = Gauge("softcart_reconcile_rows", "Rows compared (the larger side)", labels, registry=reg)
     found = Gauge("softcart_reconcile_differences", "Differences found by the last reconcile", labels, registry=reg)
     fixed = Gauge("softcart_reconcile_repaired", "Rows repaired by the last reconcile", labels, registry=reg)
     moving = Gauge("softcart_reconcile_unsettled", "Keys that kept changing, left to the stream", labels,
                    registry=reg)
     for t in report.tables:
-        rows.labels(t.level, t.table).set(max(t.rows_origin, t.rows_copy))
-        found.labels(t.level, t.table).set(len(t.differences))
-        fixed.labels(t.level, t.table).set(t.repaired)
-        moving.labels(t.level, t.table).set(t.unsettled)
+        rows.labels(pipeline, t.level, t.table).set(max(t.rows_origin, t.rows_copy))
+        found.labels(pipeline, t.level, t.table).set(len(t.differences))
+        fixed.labels(pipeline, t.level, t.table).set(t.repaired)
+        moving.labels(pipeline, t.level, t.table).set(t.unsettled)
     return reg
 
 
@@ -555,7 +558,7 @@ def export_metrics(settings: Settings, report: Report) -> list[str]:
     Pushgateway, as configured; returns what went wrong (the run's exit code stays)."""
     if settings.reconcile_textfile is None and not settings.reconcile_pushgateway:
         return []
-    reg = metrics_registry(report)
+    reg = metrics_registry(report, settings.pipeline_name)
     problems = []
     if settings.reconcile_textfile is not None:
         try:

@@ -286,7 +286,7 @@ def test_cli_exit_codes_json_and_textfile(streaming: None, source: Conn, staging
     ok = cli("reconcile", env=env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "0 difference(s) found" in ok.stdout
-    assert "softcart_reconcile_completed 1.0" in prom.read_text()
+    assert 'softcart_reconcile_completed{pipeline="default"} 1.0' in prom.read_text()
 
     staging.execute("DELETE FROM staging.pairs WHERE region = 'beta' AND code = 'B03'")
     dry = cli("reconcile", "--dry-run", "--json", env=env)
@@ -314,7 +314,7 @@ def test_cannot_complete_when_staging_is_not_applying(source: Conn, staging: PG,
                                 "SOFTCART_RECONCILE_TEXTFILE": str(prom)})
     assert out.returncode == 2, out.stdout + out.stderr
     assert "could not complete" in out.stdout and "SOFTCART_RECONCILE_WAIT_SECONDS" in out.stdout
-    assert "softcart_reconcile_completed 0.0" in prom.read_text()
+    assert 'softcart_reconcile_completed{pipeline="default"} 0.0' in prom.read_text()
 
 
 
