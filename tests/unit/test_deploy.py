@@ -23,10 +23,12 @@ def verify(folder: Path, unit: str) -> str:
 def install(tmp_path: Path) -> Path:
     exe = Path(sys.executable).with_name("softcart-sync")
     for unit in [*DEPLOY.glob("*.service"), *DEPLOY.glob("*.timer")]:
-        text = unit.read_text().replace("/opt/softcart-sync/.venv/bin/softcart-sync", str(exe))
+        text = unit.read_text().replace("/opt/softcart-sync/bin/softcart-sync", str(exe))
         text = text.replace("/usr/bin/flock", shutil.which("flock") or "/usr/bin/flock")
         (tmp_path / unit.name).write_text(text)
     (tmp_path / "softcart-sync@sales.service").symlink_to(tmp_path / "softcart-sync@.service")
+    (tmp_path / "softcart-sync-reconcile@sales.service").symlink_to(tmp_path / "softcart-sync-reconcile@.service")
+    (tmp_path / "softcart-sync-reconcile@sales.timer").symlink_to(tmp_path / "softcart-sync-reconcile@.timer")
     return tmp_path
 
 
@@ -37,6 +39,8 @@ def test_units_verify_clean(tmp_path: Path) -> None:
     assert verify(folder, "softcart-sync@sales.service") == ""
     assert verify(folder, "softcart-sync-reconcile.timer") == ""
     assert verify(folder, "softcart-sync-reconcile.service") == ""
+    assert verify(folder, "softcart-sync-reconcile@sales.timer") == ""
+    assert verify(folder, "softcart-sync-reconcile@sales.service") == ""
 
 
 @needs_analyze
@@ -90,9 +94,22 @@ def test_alerts_and_dashboard_only_use_metrics_we_export() -> None:
     assert used and used <= exported, used - exported
 
 
-def test_cron_file_runs_the_reconcile_under_flock() -> None:
+def test_cron_file_starts_the_reconcile_unit_which_runs_under_flock() -> None:
+    # cron starts the same unit as the timer (its settings, credentials, user, spool, textfile), as
+    # root, whom every host has (it used to name a user `softcart` that nothing creates)
     line = next(ln for ln in (DEPLOY.parent / "cron" / "softcart-sync").read_text().splitlines()
                 if ln and not ln.startswith("#") and "=" not in ln.split()[0])
     fields = line.split()
     assert len(fields[:5]) == 5 and all(f.replace("*", "0").isdigit() for f in fields[:5]), "five time fields"
-    assert fields[5] == "softcart" and fields[6] == "flock" and "reconcile" in fields
+    assert fields[5:] == ["root", "systemctl", "start", "softcart-sync-reconcile.service"]
+    unit = (DEPLOY / "softcart-sync-reconcile.service").read_text()
+    assert "ExecStart=/usr/bin/flock --nonblock /run/lock/softcart-sync-reconcile.lock " in unit
+
+
+def test_bootstrap_is_for_development_and_points_a_production_install_at_install_sh() -> None:
+    out = subprocess.run(["bash", str(DEPLOY.parent / "bootstrap.sh"), "--no-test-tools"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "deploy/install.sh" in out.stderr
+    install = subprocess.run(["bash", str(DEPLOY.parent / "install.sh"), "--help"], capture_output=True, text=True,
+                             timeout=60)
+    assert install.returncode == 0 and "/opt/softcart-sync" in install.stdout and "--instance" in install.stdout
