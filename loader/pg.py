@@ -52,7 +52,8 @@ def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Conne
                 or "server closed the connection unexpectedly" in full:
             raise TransientError(f"staging {ep.display}: the server there does not speak PostgreSQL's protocol (is it"
                                  " MySQL/MariaDB?); check the host and port in SOFTCART_STAGING_URL") from None
-        for reason in ("Connection refused", "could not translate host name", "timeout expired", "No route to host"):
+        for reason in ("Connection refused", "could not translate host name", "failed to resolve host",
+                       "timeout expired", "No route to host"):
             if reason in full:
                 raise TransientError(f"staging {ep.display}: can't connect ({reason}); check the host and port in "
                                      "SOFTCART_STAGING_URL and that the server is up") from None

@@ -243,3 +243,15 @@ def test_urls_pointing_at_the_other_kind_of_server_are_named(settings_env: dict[
     assert out.returncode == 1
     assert re.search(r"FAIL .*sent no MySQL/MariaDB greeting .*SOFTCART_SOURCE_URL", out.stdout), out.stdout
     assert re.search(r"FAIL .*does not speak PostgreSQL's protocol .*SOFTCART_STAGING_URL", out.stdout), out.stdout
+
+
+def test_an_unresolvable_host_is_named_with_its_setting() -> None:
+    env = {"SOFTCART_SOURCE_URL": "mysql://u@no-such-host.invalid/sales",
+           "SOFTCART_STAGING_URL": "postgresql://u@no-such-host.invalid/db", "SOFTCART_CONNECT_TIMEOUT_SECONDS": "3"}
+    out = cli("check", env=env, timeout=60)
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    source = next(ln for ln in lines if "connect to the source" in ln)
+    staging = next(ln for ln in lines if "connect to staging" in ln)
+    assert source.startswith("FAIL") and "SOFTCART_SOURCE_URL" in source, source
+    assert staging.startswith("FAIL") and "SOFTCART_STAGING_URL" in staging, staging
