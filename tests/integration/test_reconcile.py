@@ -296,7 +296,7 @@ def test_cli_exit_codes_json_and_textfile(streaming: None, source: Conn, staging
     pairs = next(t for t in report["tables"] if t["level"] == "source" and t["table"] == "pairs")
     assert pairs["differences"] == [{"kind": "missing", "key": ["beta", "B03"],
                                      "what": "in the source, not in the staging"}]
-    assert 'softcart_reconcile_differences{level="source",table="pairs"} 1.0' in prom.read_text()
+    assert 'softcart_reconcile_differences{level="source",pipeline="default",table="pairs"} 1.0' in prom.read_text()
 
     fixed = cli("reconcile", env=env)
     assert fixed.returncode == 1 and "1 difference(s) found, 1 repaired" in fixed.stdout, fixed.stdout
@@ -416,8 +416,8 @@ def test_metrics_are_pushed_to_a_pushgateway(settings_env: dict[str, str]) -> No
         server.shutdown()
     [(method, path, body)] = got
     assert method == "PUT" and path == "/metrics/job/softcart_reconcile/pipeline/sales"
-    assert b'softcart_reconcile_differences{level="source",table="sales_data"} 1.0' in body
-    assert b"softcart_reconcile_exit_code 1.0" in body
+    assert b'softcart_reconcile_differences{level="source",pipeline="sales",table="sales_data"} 1.0' in body
+    assert b'softcart_reconcile_exit_code{pipeline="sales"} 1.0' in body
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("SOFTCART_TEST_DB2_DSN"),
