@@ -154,7 +154,9 @@ class Container:
                *(f"{k}={v}" for k, v in (env or {}).items()), "bash", "-c", script]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if check and out.returncode != 0:
-            raise AssertionError(f"in the container: {script}\nexit {out.returncode}\n{out.stdout}\n{out.stderr}")
+            # The end of stdout last: a report that keeps only the ends of a long message shows it.
+            raise AssertionError(f"in the container: {script}\nexit {out.returncode}\n{out.stdout}\n{out.stderr}\n"
+                                 f"the last lines of stdout:\n{out.stdout[-3000:]}")
         return out
 
     def stop(self, timeout: float = 60.0) -> None:

@@ -30,6 +30,7 @@ from tests.system.nspawn import Container, booted, why_not
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(why_not() is not None, reason=f"no booted systemd here: {why_not()}")
 SOURCE_PASSWORD = "Src-Pa55-in-a-credential"
+SOURCE_USER = "softcart_sys_cdc"
 ETC = "/etc/softcart-sync"
 CLI = "/opt/softcart-sync/bin/softcart-sync"
 
@@ -114,10 +115,13 @@ def source_database(mariadb: MariaDBServer, name: str) -> Iterator[Source]:
     conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}`")
-        cur.execute("CREATE USER IF NOT EXISTS 'softcart_cdc'@'%%' IDENTIFIED BY %s", (SOURCE_PASSWORD,))
+        # An account of our own: the MariaDB server is shared with the other tests, and one of them
+        # makes a softcart_cdc with a password of its own (IF NOT EXISTS would keep that one).
+        cur.execute(f"CREATE USER IF NOT EXISTS '{SOURCE_USER}'@'%%' IDENTIFIED BY %s", (SOURCE_PASSWORD,))
+        cur.execute(f"ALTER USER '{SOURCE_USER}'@'%%' IDENTIFIED BY %s", (SOURCE_PASSWORD,))
         # deploy/sql/source-and-staging-grants.sql
-        cur.execute("GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'softcart_cdc'@'%'")
-        cur.execute(f"GRANT SELECT ON `{name}`.* TO 'softcart_cdc'@'%'")
+        cur.execute(f"GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{SOURCE_USER}'@'%'")
+        cur.execute(f"GRANT SELECT ON `{name}`.* TO '{SOURCE_USER}'@'%'")
     source = Source(mariadb, name)
     source.execute(SALES_DDL)
     try:
@@ -145,7 +149,7 @@ def host(mariadb: MariaDBServer, postgres: PostgresServer, tmp_path_factory: pyt
         box = stack.enter_context(booted(ROOT, work))
         port = free_port()
         block = with_urls(readme_install_block(), {
-            "SOFTCART_SOURCE_URL": f"mysql://softcart_cdc@127.0.0.1:{mariadb.port}/{source.database}",
+            "SOFTCART_SOURCE_URL": f"mysql://{SOURCE_USER}@127.0.0.1:{mariadb.port}/{source.database}",
             "SOFTCART_STAGING_URL": postgres.url(staging),
             "SOFTCART_WAREHOUSE_URL": postgres.url(warehouse)})
         settings = {"SOFTCART_SERVER_ID": "7101", "SOFTCART_METRICS_LISTEN": f"127.0.0.1:{port}",
@@ -279,7 +283,7 @@ def test_two_template_instances_run_side_by_side(host: Host) -> None:
             staging = stack.enter_context(host.make_pg(f"sys_staging_{name}"))  # type: ignore[operator]
             port = free_port()
             source.insert(1, 100 + n)
-            env = {"SOFTCART_SOURCE_URL": f"mysql://softcart_cdc@127.0.0.1:{source.mariadb.port}/{source.database}",
+            env = {"SOFTCART_SOURCE_URL": f"mysql://{SOURCE_USER}@127.0.0.1:{source.mariadb.port}/{source.database}",
                    "SOFTCART_STAGING_URL": host.postgres.url(staging), "SOFTCART_SERVER_ID": str(7201 + n),
                    "SOFTCART_METRICS_LISTEN": f"127.0.0.1:{port}", "SOFTCART_SOURCE_PASSWORD": SOURCE_PASSWORD}
             host.box.run(f"cd /src && deploy/install.sh --instance {name}", env=env, timeout=600)
