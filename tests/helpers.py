@@ -6,23 +6,28 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pymysql
+from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.localservers import PostgresServer
 from cdc.mysql import read_table
 from cdc.pipeline import Pipeline
 from cdc.settings import Settings
 from cdc.snapshot import quote_mysql, select_list
+from loader.warehouse import TABLES
 from transform.schema import Table
 from transform.values import RowConverter
 
@@ -260,6 +265,19 @@ class Daemon:
         return self.proc.pid
 
 
+@contextlib.contextmanager
+def running_daemon(env: dict[str, str], log: Path) -> Iterator[Daemon]:
+    """A daemon started and streaming; killed on the way out if the test did not stop it."""
+    daemon = Daemon(env, log)
+    daemon.start()
+    try:
+        daemon.wait_streaming()
+        yield daemon
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill()
+
+
 class PausableProxy:
     """A TCP proxy on loopback that can stop forwarding without closing anything: to the daemon
     it looks like a network that silently went dark."""
@@ -280,6 +298,14 @@ class PausableProxy:
 
     def pause(self) -> None:
         self._flowing.clear()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
 
     def resume(self) -> None:
         self._flowing.set()
@@ -322,3 +348,90 @@ class PausableProxy:
         for s in (src, dst):
             with contextlib.suppress(OSError):
                 s.close()
+
+
+class NotifySocket:
+    """The datagram socket systemd would own; collects what the daemon says."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                break
+            self.messages.append((time.monotonic(), data.decode()))
+        return [m for _, m in self.messages]
+
+    def fields(self) -> list[str]:
+        return [f for m in self.drain() for f in m.split("\n")]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def metrics_port(daemon: Daemon) -> int:
+    def port() -> int | None:
+        for line in daemon.log.read_text().splitlines():
+            if '"metrics_listening"' in line:
+                return int(json.loads(line)["address"].rsplit(":", 1)[1])
+        return None
+
+    found: int = wait_until(port, 30, "the metrics listener")
+    return found
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def sample(port: int, name: str, **labels: str) -> float:
+    _, text = get(port, "/metrics")
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+def rows(conn: psycopg.Connection[Any], table: str, schema: str = "public") -> list[tuple[Any, ...]]:
+    spec = next(t for t in TABLES if t.name == table)
+    cols = ", ".join(spec.columns)
+    return sorted(conn.execute(f"SELECT {cols} FROM {schema}.{table}").fetchall())
+
+
+def assert_warehouse_equals_star(staging: psycopg.Connection[Any], warehouse: psycopg.Connection[Any]) -> int:
+    n = 0
+    for t in TABLES:
+        want, got = rows(staging, t.name, "star"), rows(warehouse, t.name)
+        assert got == want, f"{t.name}: star {len(want)} rows, warehouse {len(got)}"
+        n += len(want)
+    return n
+
+
+def cluster_pids(server: PostgresServer) -> list[int]:
+    assert server.proc is not None
+    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True)
+    return [server.proc.pid, *(int(p) for p in out.stdout.split())]
+
+
+@contextlib.contextmanager
+def paused(server: PostgresServer) -> Iterator[None]:
+    pids = cluster_pids(server)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)

@@ -118,7 +118,7 @@ def test_random_faults_under_load_end_with_every_copy_equal(
             daemon.wait_streaming(120)
 
             def all_equal() -> bool:
-                from tests.integration.test_flush import assert_warehouse_equals_star
+                from tests.helpers import assert_warehouse_equals_star
 
                 with source.cursor() as cur:
                     cur.execute("SHOW MASTER STATUS")

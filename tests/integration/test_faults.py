@@ -133,8 +133,7 @@ def test_postgres_killed_mid_batch_and_restarted_loses_nothing(
 def test_silent_network_cut_to_the_source_is_noticed_and_recovered(
         mariadb: MariaDBServer, source_db: str, source: Conn, staging: PG, settings_env: dict[str, str],
         tmp_path: Path) -> None:
-    from tests.helpers import PausableProxy
-    from tests.integration.test_service import get, metrics_port
+    from tests.helpers import PausableProxy, get, metrics_port
 
     execute(source, "CREATE TABLE counters (id INT PRIMARY KEY, n BIGINT NOT NULL)",
             "INSERT INTO counters VALUES (1, 0)")

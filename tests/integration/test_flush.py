@@ -22,26 +22,10 @@ from cdc.settings import Settings, load_settings
 from loader.backends import open_warehouse
 from loader.db2_warehouse import DB2Warehouse
 from loader.spool import Spool
-from loader.warehouse import TABLES
-from tests.helpers import SALES_DDL, cli, execute, running_pipeline, wait_caught_up
+from tests.helpers import SALES_DDL, assert_warehouse_equals_star, cli, execute, running_pipeline, wait_caught_up
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
-
-
-def rows(conn: PG, table: str, schema: str = "public") -> list[tuple[Any, ...]]:
-    spec = next(t for t in TABLES if t.name == table)
-    cols = ", ".join(spec.columns)
-    return sorted(conn.execute(f"SELECT {cols} FROM {schema}.{table}").fetchall())
-
-
-def assert_warehouse_equals_star(staging: PG, warehouse: PG) -> int:
-    n = 0
-    for t in TABLES:
-        want, got = rows(staging, t.name, "star"), rows(warehouse, t.name)
-        assert got == want, f"{t.name}: star {len(want)} rows, warehouse {len(got)}"
-        n += len(want)
-    return n
 
 
 def mixed_changes(source: Conn, n: int = 300) -> None:
@@ -474,8 +458,7 @@ def test_real_db2_full_reload_merge_deletes_rejects_replay_and_time_limit(tmp_pa
 
 def test_daemon_with_the_warehouse_away_shows_the_backlog_then_drains_it(
         wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG, tmp_path: Path) -> None:
-    from tests.helpers import Daemon, wait_until
-    from tests.integration.test_service import metrics_port, sample
+    from tests.helpers import Daemon, metrics_port, sample, wait_until
 
     execute(source, SALES_DDL)
     assert cli("warehouse", "init", env=wh_env).returncode == 0

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import socket
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,39 +11,25 @@ from typing import Any
 import psycopg
 import pymysql
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.localservers import MariaDBServer, PostgresServer
-from tests.helpers import SALES_DDL, Daemon, assert_same, cli, execute, wait_caught_up, wait_until
+from tests.helpers import (
+    SALES_DDL,
+    Daemon,
+    NotifySocket,
+    assert_same,
+    cli,
+    execute,
+    get,
+    metrics_port,
+    paused,
+    sample,
+    wait_caught_up,
+    wait_until,
+)
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
-
-
-class NotifySocket:
-    """The datagram socket systemd would own; collects what the daemon says."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-
-    def drain(self) -> list[str]:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                break
-            self.messages.append((time.monotonic(), data.decode()))
-        return [m for _, m in self.messages]
-
-    def fields(self) -> list[str]:
-        return [f for m in self.drain() for f in m.split("\n")]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -59,34 +37,6 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     s = NotifySocket(tmp_path / "notify.sock")
     yield s
     s.close()
-
-
-def metrics_port(daemon: Daemon) -> int:
-    def port() -> int | None:
-        for line in daemon.log.read_text().splitlines():
-            if '"metrics_listening"' in line:
-                return int(json.loads(line)["address"].rsplit(":", 1)[1])
-        return None
-
-    found: int = wait_until(port, 30, "the metrics listener")
-    return found
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def sample(port: int, name: str, **labels: str) -> float:
-    _, text = get(port, "/metrics")
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    raise AssertionError(f"no sample {name}{labels}")
 
 
 def test_ready_status_watchdog_and_metrics_under_load(settings_env: dict[str, str], source: Conn, staging: PG,
@@ -162,24 +112,6 @@ def test_sigterm_under_load_exits_0_in_time_and_loses_nothing(mariadb: MariaDBSe
     wait_caught_up(staging, source)
     assert daemon.stop(30) == 0
     assert_same(source, staging, source_db, "sales_data")
-
-
-def cluster_pids(server: PostgresServer) -> list[int]:
-    assert server.proc is not None
-    out = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True)
-    return [server.proc.pid, *(int(p) for p in out.stdout.split())]
-
-
-@contextlib.contextmanager
-def paused(server: PostgresServer) -> Iterator[None]:
-    pids = cluster_pids(server)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
 
 
 def test_stalled_postgres_stops_the_watchdog_and_turns_readyz_unhealthy(
