@@ -6,21 +6,16 @@ the spool meanwhile."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-import psycopg
 import structlog
-from psycopg import sql
 
 from cdc.errors import SoftcartError, TransientError
 from cdc.metrics import Metrics
 from cdc.settings import Settings
 from loader.backends import open_warehouse
-from loader.ddl import META
 from loader.flush import Flusher
 from loader.pg import pg_connect
 from loader.spool import Spool, SpooledBatch
@@ -32,10 +27,10 @@ log = structlog.get_logger(__name__)
 class FlushProgress:
     """What the flush thread shows the service loop (read from another thread): ``alive_at`` moves
     at the end of every round whatever its outcome (a round that hangs stops it), ``ok_at`` only
-    when a round flushed without error."""
+    when a round flushed without error (its progress: loaded, or found nothing to load)."""
 
     alive_at: float = field(default_factory=time.time)
-    ok_at: float = 0.0
+    ok_at: float = field(default_factory=time.time)  # from the start: none has had time to fail yet
     error: str = ""
 
 
@@ -51,7 +46,7 @@ def flush_loop(settings: Settings, stop: threading.Event, started: threading.Eve
     """Run until ``stop``; waits for ``started`` (schemas in place) first."""
     progress = progress or FlushProgress()
     while not started.wait(0.5):
-        progress.alive_at = time.time()
+        progress.alive_at = progress.ok_at = time.time()  # nothing to flush before the stream starts
         if stop.is_set():
             return
     delay = 1.0
@@ -66,20 +61,17 @@ def flush_loop(settings: Settings, stop: threading.Event, started: threading.Eve
                 flusher = Flusher(pg_connect(settings, autocommit=True), spool, open_warehouse(settings),
                                   settings.pipeline_name, crash_point, settings.lock_wait_seconds)
             pending = flusher.pending_outbox_rows()
-            metrics.outbox_pending.set(pending)
             if time.monotonic() >= next_flush or pending >= settings.flush_rows:
                 next_flush = time.monotonic() + settings.flush_interval_seconds
                 flusher.create_batch()
                 flusher.load_pending(lambda b, s: _loaded(metrics, b, s))
                 metrics.connected.labels("warehouse").set(1)
-            _spool_metrics(flusher, metrics)
             progress.ok_at, progress.error = time.time(), ""
             delay = 1.0
             stop.wait(1.0)
         except TransientError as exc:
             metrics.connected.labels("warehouse").set(0)
             metrics.errors.labels("transient").inc()
-            _spool_metrics_if_possible(flusher, metrics)
             progress.error = str(exc)
             log.warning("flush_retrying", error=str(exc), retry_in_seconds=delay)
             next_flush = 0.0  # retry the load as soon as the backoff ends
@@ -89,7 +81,6 @@ def flush_loop(settings: Settings, stop: threading.Event, started: threading.Eve
             metrics.errors.labels("fatal").inc()
             progress.error = str(exc)
             log.error("flush_failed", error=str(exc))
-            _spool_metrics_if_possible(flusher, metrics)
             stop.wait(settings.retry_max_seconds)
         except Exception as exc:  # noqa: BLE001 - e.g. the staging connection dropped: start afresh
             progress.error = f"{type(exc).__name__}: {exc}"
@@ -109,26 +100,6 @@ def _loaded(metrics: Metrics, batch: SpooledBatch, seconds: float) -> None:
     metrics.batches_loaded.inc()
     metrics.warehouse_rows.inc(sum(batch.row_counts.values()))
     metrics.last_commit.labels("warehouse").set(time.time())
-
-
-def _spool_metrics(flusher: Flusher, metrics: Metrics) -> None:
-    row: Any = flusher.conn.execute(sql.SQL(
-        "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'failed'),"
-        " COALESCE(EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE state = 'pending')), 0)"
-        " FROM {}.batch WHERE pipeline = %s").format(sql.Identifier(META)), (flusher.pipeline,)).fetchone()
-    metrics.spool_pending.set(row[0])
-    metrics.spool_failed.set(row[1])
-    metrics.spool_oldest_age.set(float(row[2]))
-    attempts, failing = flusher.retrying()
-    metrics.batch_attempts.set(attempts)
-    metrics.batch_failing.set(failing)
-
-
-def _spool_metrics_if_possible(flusher: Flusher | None, metrics: Metrics) -> None:
-    """In an error's handling: the staging connection may be the thing that broke."""
-    if flusher is not None:
-        with contextlib.suppress(psycopg.Error):
-            _spool_metrics(flusher, metrics)
 
 
 def _close(flusher: Flusher) -> None:

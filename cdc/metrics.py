@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 PREFIX = "softcart_"
+log = structlog.get_logger(__name__)
 
 
 def version() -> str:
@@ -64,17 +72,6 @@ class Metrics:
                                    "Sequence number of the binlog file of the applied position", registry=r)
         self.position_offset = Gauge(p + "source_position_offset_bytes",
                                      "Offset in that binlog file of the applied position", registry=r)
-        self.outbox_pending = Gauge(p + "outbox_pending_rows", "Star-schema changes not yet in a batch", registry=r)
-        self.spool_pending = Gauge(p + "spool_pending_batches", "Batches waiting to be loaded into the warehouse",
-                                   registry=r)
-        self.spool_failed = Gauge(p + "spool_failed_batches", "Batches the warehouse refused (need an operator)",
-                                  registry=r)
-        self.spool_oldest_age = Gauge(p + "spool_oldest_pending_age_seconds", "Age of the oldest pending batch",
-                                      registry=r)
-        self.batch_attempts = Gauge(p + "warehouse_batch_attempts", "Load attempts of the pending batch failing "
-                                    "longest (0: none failing)", registry=r)
-        self.batch_failing = Gauge(p + "warehouse_batch_failing_seconds", "Seconds since the first failed load of "
-                                   "the pending batch failing longest (0: none failing)", registry=r)
         self.flush_seconds = Histogram(p + "warehouse_flush_duration_seconds", "Time to load one batch", registry=r,
                                        buckets=(0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
         self.warehouse_rows = Counter(p + "warehouse_rows_loaded_total", "Rows loaded into the warehouse",
@@ -87,9 +84,121 @@ class Metrics:
         self.binlog_purged = Gauge(p + "binlog_position_purged", "1 when the saved position is no longer in the "
                                    "source's binlog (needs `softcart-sync resnapshot`)", registry=r)
         self.ready = Gauge(p + "ready", "1 when streaming and not stalled (what /readyz says)", registry=r)
+        self.backlog = BacklogCollector()  # the warehouse backlog, read at each scrape once attached
+        self.stages = StageCollector()  # each stage's stall, computed at each scrape
+        r.register(self.backlog)
+        r.register(self.stages)
         for endpoint in ("source", "staging", "warehouse"):
             self.connected.labels(endpoint).set(0)
         for kind in ("value", "fact"):
             self.dead_letters.labels(kind)
         for kind in ("transient", "fatal", "unexpected"):
             self.errors.labels(kind)
+
+
+#: The warehouse backlog's gauges: (name, help, field of loader.flush.Backlog).
+BACKLOG = (
+    ("outbox_pending_rows", "Star-schema changes not yet in a batch", "outbox_rows"),
+    ("spool_pending_batches", "Batches waiting to be loaded into the warehouse", "pending"),
+    ("spool_failed_batches", "Batches the warehouse refused (need an operator)", "failed"),
+    ("spool_oldest_pending_age_seconds", "Age of the oldest pending batch", "oldest_pending_seconds"),
+    ("warehouse_batch_attempts", "Load attempts of the pending batch failing longest (0: none failing)", "attempts"),
+    ("warehouse_batch_failing_seconds", "Seconds since the first failed load of the pending batch failing longest"
+     " (0: none failing)", "failing_seconds"),
+)
+
+
+class BacklogCollector(Collector):
+    """The backlog gauges, read from staging by whoever scrapes, on a connection of their own: the
+    flush thread never sets them, so a flush thread that hangs can't freeze them (the backlog keeps
+    growing on /metrics and its alerts fire). ``read`` runs the query on a connection ``connect``
+    made (its connect and statement times are bounded); after a failure the next scrapes report
+    ``softcart_backlog_known 0`` without trying again for ``retry_seconds``, so a staging that is
+    down doesn't slow every scrape by a connect timeout."""
+
+    def __init__(self, retry_seconds: float = 10.0) -> None:
+        self._connect: Callable[[], Any] | None = None
+        self._read: Callable[[Any], Any] = lambda conn: None
+        self._retry = retry_seconds
+        self._conn: Any = None
+        self._failed_at = -float("inf")
+        self._lock = threading.Lock()
+
+    def attach(self, connect: Callable[[], Any], read: Callable[[Any], Any]) -> None:
+        """Start reading the backlog at scrapes (only with a warehouse: there is none without)."""
+        self._connect, self._read = connect, read
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families(None, False)
+
+    def collect(self) -> Iterator[Metric]:
+        attached = self._connect is not None
+        yield from self._families(self._sample() if attached else None, attached)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _sample(self) -> Any:
+        with self._lock:
+            if time.monotonic() - self._failed_at < self._retry:
+                return None
+            try:
+                if self._conn is None:
+                    assert self._connect is not None
+                    self._conn = self._connect()
+                return self._read(self._conn)
+            except Exception as exc:  # noqa: BLE001 - a scrape reports what it can't read, never fails
+                log.warning("backlog_unknown", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                self._drop()
+                self._failed_at = time.monotonic()
+                return None
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    @staticmethod
+    def _families(backlog: Any, attached: bool) -> Iterator[Metric]:
+        known = GaugeMetricFamily(PREFIX + "backlog_known", "1 when the backlog gauges could be read from staging"
+                                  " at this scrape (0: staging unreachable; they are left out)")
+        if attached:
+            known.add_metric([], 0 if backlog is None else 1)
+        yield known
+        for name, text, attr in BACKLOG:
+            family = GaugeMetricFamily(PREFIX + name, text)
+            if backlog is not None:
+                family.add_metric([], float(getattr(backlog, attr)))
+            yield family
+
+
+class StageCollector(Collector):
+    """Each stage's stall, computed at scrape from the clocks the stages keep (``views``: objects
+    with stage, seconds, limit and stalled, see cdc.stages): a stage that hangs can't freeze them."""
+
+    def __init__(self) -> None:
+        self.views: Callable[[], list[Any]] = list
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families([])
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self.views())
+
+    @staticmethod
+    def _families(views: list[Any]) -> Iterator[Metric]:
+        seconds = GaugeMetricFamily(PREFIX + "stage_seconds_since_progress", "Seconds since the stage last moved"
+                                    " rows or positions or proved itself idle and healthy (reader: seconds"
+                                    " waiting for the source)", labels=["stage"])
+        limit = GaugeMetricFamily(PREFIX + "stage_stall_limit_seconds", "Past this without progress the stage is"
+                                  " stalled", labels=["stage"])
+        stalled = GaugeMetricFamily(PREFIX + "stage_stalled", "1 when the stage is stalled (/readyz names it)",
+                                    labels=["stage"])
+        for v in views:
+            seconds.add_metric([v.stage], round(v.seconds, 3))
+            limit.add_metric([v.stage], v.limit)
+            stalled.add_metric([v.stage], 1 if v.stalled else 0)
+        yield from (seconds, limit, stalled)

@@ -51,7 +51,14 @@ class PipelineState:
     last_commit_at: float = 0.0
     last_event_time: float = 0.0  # source commit time of the last applied change
     caught_up_at: float = 0.0  # last heartbeat that found the writer idle with nothing queued
-    progress_at: float = field(default_factory=time.time)  # anything moved: commit, heartbeat, snapshot, retry
+    # The writer's clocks. progress: rows or positions moved (a commit, a snapshot's rows, a
+    # heartbeat that found it idle with nothing queued); never a retry. alive: its loop turned (an
+    # item or an empty feed's timeout, a retry on schedule, a lock wait the guard saw bounded): a
+    # stage that retries or waits in a bounded wait is alive without progress.
+    progress_at: float = field(default_factory=time.time)
+    alive_at: float = field(default_factory=time.time)
+    starved_since: float = 0.0  # the writer waits on an empty feed since (0: items come)
+    writer_wait: str = ""  # what the writer's statement waits for, when the guard found out
     rows_applied: int = 0
     transactions_applied: int = 0
     batches_committed: int = 0
@@ -74,8 +81,13 @@ class PipelineState:
         return max(0.0, now - newest) if newest else 0.0
 
     def healthy(self, now: float, stall_seconds: float) -> bool:
-        """Making progress, or idle and healthy: what the watchdog and /readyz ask."""
+        """Making progress, or idle and healthy (what /readyz asks)."""
         return now - self.progress_at < stall_seconds
+
+    def alive(self, now: float, stall_seconds: float) -> bool:
+        """Making progress, or turning: retrying on schedule, waiting in a bounded wait (what the
+        watchdog asks: a restart can't end an outage, only a hang)."""
+        return now - max(self.progress_at, self.alive_at) < stall_seconds
 
 
 def star_schema(settings: Settings, tables: dict[str, Table]) -> StarSchema | None:
@@ -145,7 +157,7 @@ class Pipeline:
                 self.state.streaming = False
                 self.state.restarts += 1
                 self.state.last_error = str(exc)
-                self.state.progress_at = time.time()  # retrying on schedule is not being stuck
+                self.state.alive_at = time.time()  # retrying on schedule: alive, not progress
                 self.metrics.errors.labels("transient").inc()
                 self.metrics.restarts.inc()
                 if time.monotonic() - started > 60:
@@ -189,7 +201,7 @@ class Pipeline:
                 log.error("table_stopped", table=name, reason=reason,
                           fix="its rows are skipped; `softcart-sync resnapshot` takes it again")
             self.state.started = True
-            self.state.progress_at = time.time()
+            self.state.alive_at = time.time()
             why: str | None = None  # the saved position can't be resumed here
             try:
                 resume = self._identify(pg, writer, flavor, position)
@@ -319,10 +331,21 @@ class Pipeline:
         network gone silent (a middlebox that acknowledges but never delivers defeats TCP's own
         timeouts): shut the socket, so the writer fails, and the supervisor reconnects."""
         busy = self.state.writer_busy_since
-        if not busy or time.monotonic() - busy < self.settings.read_timeout_seconds:
+        if not busy:
+            self.state.writer_wait, self._lock_wait_logged, self._lock_asked_at = "", False, 0.0
+            return
+        limit = self.settings.read_timeout_seconds
+        waited = time.monotonic() - busy
+        if waited < min(limit, self.settings.stall_seconds / 2):
             return
         if self._waiting_for_a_lock(writer):
-            return  # staging answers: the writer waits for a lock (bounded by SOFTCART_LOCK_WAIT_SECONDS)
+            # staging answers: the writer waits for a lock (bounded by SOFTCART_LOCK_WAIT_SECONDS)
+            self.state.alive_at = time.time()
+            self.state.writer_wait = ("waiting for a lock in staging (a rebuild, a repair or another session"
+                                      " holds it; bounded by SOFTCART_LOCK_WAIT_SECONDS)")
+            return
+        if waited < limit:
+            return
         self.state.writer_busy_since = 0.0
         log.warning("staging_unresponsive", seconds=round(time.monotonic() - busy, 1),
                     position=str(self.state.position))
@@ -335,14 +358,15 @@ class Pipeline:
         """Is the writer's session waiting for a lock (a rebuild or a repair holding the apply lock)?
         Asked on a connection of its own (at most every 2 s): a staging that answers is no silent
         network."""
-        if self._lock_wait_logged and time.monotonic() - self._lock_asked_at < 2.0:
-            return True
+        if time.monotonic() - self._lock_asked_at < 2.0:
+            return self._lock_wait_logged
         self._lock_asked_at = time.monotonic()
         try:
             with pg_connect(self.settings, autocommit=True) as other:
                 row = other.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
                                     (writer.conn.info.backend_pid,)).fetchone()
         except (SoftcartError, psycopg.Error):
+            self._lock_wait_logged = False
             return False
         waiting = bool(row and row[0] == "Lock")
         if waiting and not self._lock_wait_logged:
@@ -380,7 +404,8 @@ class Pipeline:
         for t in threads:
             t.start()
         self.state.streaming = True
-        self.state.progress_at = time.time()
+        self.state.alive_at = time.time()
+        self.state.starved_since = 0.0
         self.metrics.connected.labels("source").set(1)
         log.info("streaming", position=str(position), source=flavor.name)
         lag_probe = LagProbe(self.settings)
@@ -464,13 +489,18 @@ class Pipeline:
             log.debug("batch_committed", rows=batch_rows, transactions=txns, position=str(commit.commit))
             batch_rows, txns, commit = 0, 0, None
 
+        st = self.state
         while not stop.is_set():
             try:
                 item = q.get(timeout=0.05 if commit is not None else 0.5)
             except queue.Empty:
+                st.alive_at = now = time.time()
+                if not st.starved_since:
+                    st.starved_since = now
                 if commit is not None and not partial:
                     do_commit()
                 continue
+            st.alive_at, st.starved_since = time.time(), 0.0
             if isinstance(item, SchemaChange):
                 if commit is not None:
                     do_commit()  # everything before the statement, under the old definitions

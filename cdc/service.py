@@ -2,8 +2,9 @@
 
 The pipeline runs in a thread; the main thread is the service loop: it answers signals, serves
 /metrics, /healthz and /readyz, tells systemd READY once started, keeps STATUS current, and pings
-the watchdog only while the pipeline makes progress (or is idle and healthy), so a stuck stage
-gets the daemon restarted.
+the watchdog only while every stage turns (makes progress, is idle and healthy, or retries on
+schedule), so a hung stage gets the daemon restarted; a stage that turns without progress is a
+stall, named by /readyz and the metrics (cdc.stages), which a restart would not end.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import Any
 
+import psycopg
 import structlog
 
 from cdc.errors import ConfigError, FatalError, SoftcartError
@@ -22,7 +25,10 @@ from cdc.http import HealthServer
 from cdc.metrics import Metrics
 from cdc.pipeline import Pipeline, PipelineState
 from cdc.settings import Settings
+from cdc.stages import describe, stage_views
 from cdc.systemd import Notifier
+from loader.flush import read_backlog
+from loader.pg import pg_connect
 
 log = structlog.get_logger("softcart")
 
@@ -43,13 +49,16 @@ def status_line(state: PipelineState, now: float, settings: Settings) -> str:
 
 def readiness(state: PipelineState, now: float, settings: Settings,
               flush: FlushProgress | None = None) -> tuple[bool, str]:
+    """What /readyz answers: ready only while streaming with no stage stalled (see cdc.stages);
+    otherwise the first reason, naming the stage."""
     if not state.streaming:
         return False, "not streaming: " + status_line(state, now, settings)
-    if not state.healthy(now, settings.stall_seconds):
-        return False, f"stalled: no progress for {now - state.progress_at:.0f} s"
     if flush is not None and not flush_alive(flush, now, settings):
         return False, (f"flusher stuck: no flush round has ended for {now - flush.alive_at:.0f} s"
                        + (f" (last error: {flush.error})" if flush.error else ""))
+    for view in stage_views(state, flush, now, settings):
+        if view.stalled:
+            return False, describe(view, settings)
     return True, status_line(state, now, settings)
 
 
@@ -57,6 +66,20 @@ def flush_alive(flush: FlushProgress, now: float, settings: Settings) -> bool:
     """The flush thread's rounds keep ending (a warehouse that refuses or is down is an error it
     reports and retries, not a hang); a round past every bound of its waits is a hang."""
     return now - flush.alive_at < flush_stall_seconds(settings)
+
+
+def watch_backlog(settings: Settings, metrics: Metrics) -> None:
+    """The warehouse backlog on /metrics, read by each scrape on a staging session of its own
+    (connect within 3 s, a statement within 5 s), not by the flush thread it watches."""
+    quick = settings.model_copy(update={"connect_timeout_seconds": min(settings.connect_timeout_seconds, 3.0),
+                                        "read_timeout_seconds": min(settings.read_timeout_seconds, 10.0)})
+
+    def connect() -> psycopg.Connection[Any]:
+        conn = pg_connect(quick, autocommit=True)
+        conn.execute("SET statement_timeout = 5000")
+        return conn
+
+    metrics.backlog.attach(connect, lambda conn: read_backlog(conn, settings.pipeline_name))
 
 
 def run_service(settings: Settings, notifier: Notifier | None = None, crash_point: str = "") -> int:
@@ -75,6 +98,9 @@ def run_service(settings: Settings, notifier: Notifier | None = None, crash_poin
     signal.signal(signal.SIGINT, on_signal)
     host, port = settings.metrics_address
     flush_progress = FlushProgress() if settings.warehouse_url is not None else None
+    if flush_progress is not None:
+        watch_backlog(settings, metrics)
+    metrics.stages.views = lambda: stage_views(pipeline.state, flush_progress, time.time(), settings)
     http = HealthServer(host, port, metrics.registry,
                         lambda: readiness(pipeline.state, time.time(), settings, flush_progress))
     http.start()
@@ -110,6 +136,7 @@ def run_service(settings: Settings, notifier: Notifier | None = None, crash_poin
         if flusher is not None:
             flusher.join(settings.shutdown_timeout_seconds)
         http.stop()
+        metrics.backlog.close()
     if errors:
         log.error("fatal", error=str(errors[0]), position=str(pipeline.state.position))
         # a wrong setting is exit 2, like one found at start: systemd doesn't restart it (a restart
@@ -149,7 +176,7 @@ def _loop(settings: Settings, pipeline: Pipeline, metrics: Metrics, notifier: No
             last_status = now
         interval = notifier.watchdog_interval
         flusher_ok = flush is None or flush_alive(flush, now, settings)
-        if interval is not None and state.healthy(now, settings.stall_seconds) and flusher_ok \
+        if interval is not None and state.alive(now, settings.stall_seconds) and flusher_ok \
                 and now - last_ping >= interval:
             notifier.watchdog()
             last_ping = now

@@ -154,7 +154,8 @@ class Settings(BaseSettings):
     lock_wait_seconds: float = Field(
         120.0, gt=0, description="longest wait for the warehouse loader's lock (held by another flush, a reconcile, "
         "`batches retry`): past it the flush fails naming the session that holds it, and is retried")
-    stall_seconds: float = Field(60.0, gt=0, description="no progress for this long is a stall (/readyz, watchdog)")
+    stall_seconds: float = Field(60.0, gt=0, description="no progress for this long is a stall (/readyz,"
+                                 " softcart_stage_stalled); not turning for this long is a hang (the watchdog stops)")
     auto_resnapshot: bool = Field(False, description="when the saved position was purged from the source's "
                                   "binlog, take a new snapshot instead of stopping")
     shutdown_timeout_seconds: float = Field(30.0, gt=0, description="longest a clean shutdown may take")

@@ -101,6 +101,33 @@ def retrying_batch(conn: Conn, pipeline: str) -> Retrying | None:
     return Retrying(int(row[0]), int(row[1]), row[2], float(row[3]), str(row[4] or "")) if row else None
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """What waits to reach the warehouse: star-schema changes not yet in a batch, batches pending
+    and failed, the oldest pending batch's age, and the batch failing longest (attempts, seconds)."""
+
+    outbox_rows: int
+    pending: int
+    failed: int
+    oldest_pending_seconds: float
+    attempts: int
+    failing_seconds: float
+
+
+def read_backlog(conn: Conn, pipeline: str) -> Backlog:
+    """One query, from any session (what a scrape runs: it can't freeze with the flusher)."""
+    row: Any = conn.execute(sql.SQL(
+        "SELECT (SELECT count(*) FROM {m}.outbox WHERE id > COALESCE((SELECT last_outbox_id FROM {m}.flush_state"
+        "  WHERE pipeline = %(p)s), 0)),"
+        " count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'failed'),"
+        " COALESCE(EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE state = 'pending')), 0),"
+        " COALESCE((array_agg(attempts ORDER BY first_failed_at) FILTER (WHERE state = 'pending'"
+        "  AND first_failed_at IS NOT NULL))[1], 0),"
+        " COALESCE(EXTRACT(EPOCH FROM now() - min(first_failed_at) FILTER (WHERE state = 'pending')), 0)"
+        " FROM {m}.batch WHERE pipeline = %(p)s").format(m=sql.Identifier(META)), {"p": pipeline}).fetchone()
+    return Backlog(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4]), float(row[5]))
+
+
 #: one loader at a time per pipeline (a session advisory lock)
 FLUSH_LOCK = "hashtext('softcart-sync flush ' || %s)"
 
@@ -354,12 +381,6 @@ class Flusher:
     def _note_failure(self, batch_id: int, error: str) -> None:
         self.conn.execute(sql.SQL("UPDATE {}.batch SET error = %s, first_failed_at = COALESCE(first_failed_at, now())"
                                   " WHERE id = %s").format(sql.Identifier(META)), (error[:2000], batch_id))
-
-    def retrying(self) -> tuple[int, float]:
-        """(attempts, seconds since its first failure) of the pending batch failing longest; (0, 0)
-        when none is failing."""
-        row = retrying_batch(self.conn, self.pipeline)
-        return (row.attempts, row.seconds) if row else (0, 0.0)
 
     def _mark_loaded(self, batch: SpooledBatch) -> None:
         self.conn.execute(sql.SQL("UPDATE {}.batch SET state = 'loaded', loaded_at = now(), error = NULL,"

@@ -1,0 +1,215 @@
+"""No silent stall: for each wait a stage can get stuck in, on real servers, the stall is seen
+within its limit (/readyz names the stage, `softcart_stage_stalled{stage}` is 1, the backlog on
+/metrics keeps growing while the stream goes on) and, once the fault ends, everything catches up:
+source = staging = star rebuild = warehouse.
+
+The alert each stall fires (SoftcartStageStalled with the stage's label) is tested by promtool in
+tests/unit/test_deploy.py on the same metric."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+import pytest
+
+from cdc.localservers import PostgresServer
+from loader.staging import lock_apply
+from tests.helpers import (
+    SALES_DDL,
+    NotifySocket,
+    PausableProxy,
+    assert_same,
+    assert_warehouse_equals_star,
+    cli,
+    execute,
+    get,
+    metrics_port,
+    paused,
+    pg_database,
+    running_daemon,
+    sample,
+    wait_caught_up,
+    wait_until,
+)
+
+Conn = pymysql.connections.Connection
+PG = psycopg.Connection[Any]
+
+#: Short limits, so that each stall shows in seconds: the flusher's limit is the sum of its waits'
+#: bounds (lock 2 s + warehouse reply 3 s + backoff 1 s + stall 3 s = 9 s).
+QUICK = {"SOFTCART_STALL_SECONDS": "3", "SOFTCART_LOCK_WAIT_SECONDS": "2", "SOFTCART_RETRY_MAX_SECONDS": "1",
+         "SOFTCART_WAREHOUSE_RECEIVE_TIMEOUT_SECONDS": "3", "SOFTCART_FLUSH_INTERVAL_SECONDS": "0.5",
+         "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2"}
+
+
+def sale(source: Conn, n: int) -> None:
+    execute(source, f"INSERT INTO sales_data VALUES ({n}, {n % 7 + 1}, 1, {n}.50, {n % 3 + 1},"
+                    f" '2024-0{n % 9 + 1}-1{n % 9} 10:00:00')")
+
+
+def stalled(port: int, stage: str) -> bool:
+    return sample(port, "softcart_stage_stalled", stage=stage) == 1
+
+
+def caught_up_everywhere(source: Conn, source_db: str, staging: PG, warehouse: PG, env: dict[str, str],
+                         port: int) -> None:
+    wait_caught_up(staging, source, timeout=60)
+    wait_until(lambda: sample(port, "softcart_outbox_pending_rows") == 0
+               and sample(port, "softcart_spool_pending_batches") == 0, 60, "the warehouse to catch up")
+    assert_same(source, staging, source_db, "sales_data")
+    check = cli("rebuild", "--check", env=env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert assert_warehouse_equals_star(staging, warehouse) > 0
+
+
+@pytest.fixture(scope="module")
+def wh_server(server_root: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL of its own for the warehouse, to stop without stopping staging."""
+    server = PostgresServer(server_root / "postgres-warehouse")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("fault", ["sigstop", "silent-cut"])
+def test_a_warehouse_that_stops_answering_mid_load_is_a_flusher_stall_while_the_stream_goes_on(
+        fault: str, wh_server: PostgresServer, settings_env: dict[str, str], source_db: str, source: Conn,
+        staging: PG, tmp_path: Path) -> None:
+    execute(source, SALES_DDL)
+    server = wh_server
+    with pg_database(server, f"dw_{fault.replace('-', '_')}") as dw, \
+            psycopg.connect(server.url(dw), autocommit=True) as warehouse:
+        proxy = PausableProxy(server.port)
+        env = {**settings_env, **QUICK, "SOFTCART_SPOOL_DIR": str(tmp_path / "spool"),
+               "SOFTCART_WAREHOUSE_URL": f"postgresql://postgres@127.0.0.1:{proxy.port}/{dw}"}
+        try:
+            assert cli("warehouse", "init", env=env).returncode == 0
+            with running_daemon(env, tmp_path / "daemon.log") as daemon:
+                port = metrics_port(daemon)
+                for n in range(1, 21):
+                    sale(source, n)
+                wait_until(lambda: sample(port, "softcart_warehouse_batches_loaded_total") >= 1, 60, "a first load")
+                with paused(server) if fault == "sigstop" else proxy.paused():
+                    for n in range(21, 41):
+                        sale(source, n)
+                    wait_caught_up(staging, source, timeout=30)  # the stream goes on
+                    # the backlog grows on /metrics (read at scrape, not by the stuck flush thread)
+                    wait_until(lambda: sample(port, "softcart_outbox_pending_rows")
+                               + sample(port, "softcart_spool_pending_batches") > 0, 30, "the backlog to show")
+                    wait_until(lambda: stalled(port, "flusher"), 30, "the flusher's stall to show")
+                    code, why = get(port, "/readyz")
+                    assert code == 503 and why.startswith("flusher stalled: no flush round succeeded"), why
+                    assert not stalled(port, "writer") and not stalled(port, "reader")
+                    assert sample(port, "softcart_backlog_known") == 1
+                wait_until(lambda: get(port, "/readyz")[0] == 200, 60, "ready again")
+                assert not stalled(port, "flusher")
+                caught_up_everywhere(source, source_db, staging, warehouse, env, port)
+                assert daemon.stop(30) == 0
+        finally:
+            proxy.close()
+
+
+def test_a_loader_lock_held_by_another_session_is_a_flusher_stall_naming_the_holder(
+        wh_env: dict[str, str], source_db: str, source: Conn, staging: PG, warehouse: PG, tmp_path: Path) -> None:
+    execute(source, SALES_DDL)
+    env = {**wh_env, **QUICK}
+    assert cli("warehouse", "init", env=env).returncode == 0
+    with running_daemon(env, tmp_path / "daemon.log") as daemon:
+        port = metrics_port(daemon)
+        holder = psycopg.connect(staging.info.dsn, autocommit=True, application_name="stuck-loader")
+        try:
+            holder.execute("SELECT pg_advisory_lock(hashtext('softcart-sync flush ' || %s))", ("default",))
+            (pid,) = holder.execute("SELECT pg_backend_pid()").fetchone() or (0,)
+            for n in range(1, 11):
+                sale(source, n)
+            wait_caught_up(staging, source, timeout=30)
+            wait_until(lambda: stalled(port, "flusher"), 30, "the flusher's stall to show")
+            code, why = get(port, "/readyz")
+            assert code == 503 and "flusher stalled" in why and f"pid {pid} (stuck-loader" in why, why
+            assert f"pg_terminate_backend({pid})" in why
+            assert sample(port, "softcart_outbox_pending_rows") > 0
+        finally:
+            holder.close()
+        wait_until(lambda: get(port, "/readyz")[0] == 200, 60, "ready again")
+        caught_up_everywhere(source, source_db, staging, warehouse, env, port)
+        assert daemon.stop(30) == 0
+
+
+def test_an_apply_lock_held_by_a_long_rebuild_is_a_writer_stall_that_keeps_the_watchdog_fed(
+        wh_env: dict[str, str], source_db: str, source: Conn, staging: PG, warehouse: PG, tmp_path: Path) -> None:
+    """A bounded wait is no hang (a restart would not end it): the watchdog is fed while /readyz
+    and the metric name the writer's stall."""
+    execute(source, SALES_DDL)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    env = {**wh_env, **QUICK, "SOFTCART_LOCK_WAIT_SECONDS": "30", "NOTIFY_SOCKET": str(notify.path),
+           "WATCHDOG_USEC": "1000000"}
+    assert cli("warehouse", "init", env=env).returncode == 0
+    try:
+        with running_daemon(env, tmp_path / "daemon.log") as daemon:
+            port = metrics_port(daemon)
+            sale(source, 1)
+            wait_caught_up(staging, source, timeout=30)
+            holder = psycopg.connect(staging.info.dsn, autocommit=True, application_name="long-rebuild")
+            try:
+                holder.execute("BEGIN")
+                lock_apply(holder, "default")  # what `rebuild` holds for its whole transaction
+                for n in range(2, 12):
+                    sale(source, n)
+                wait_until(lambda: stalled(port, "writer"), 30, "the writer's stall to show")
+                code, why = get(port, "/readyz")
+                assert code == 503 and why.startswith("writer stalled: nothing committed to staging"), why
+                assert "waiting for a lock in staging" in why, why
+                assert not stalled(port, "reader")
+                mark = time.monotonic()
+
+                def pinged() -> bool:
+                    notify.drain()
+                    return any("WATCHDOG=1" in m for t, m in notify.messages if t > mark)
+
+                wait_until(pinged, 10, "a watchdog ping during the bounded wait")
+                assert stalled(port, "writer")  # still waiting: the pings were not progress
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            wait_until(lambda: get(port, "/readyz")[0] == 200, 60, "ready again")
+            caught_up_everywhere(source, source_db, staging, warehouse, env, port)
+            assert daemon.stop(30) == 0
+    finally:
+        notify.close()
+
+
+def test_a_pipeline_lock_held_by_a_foreign_idle_session_stalls_reader_and_writer_and_names_the_way_out(
+        settings_env: dict[str, str], source_db: str, source: Conn, staging: PG, tmp_path: Path) -> None:
+    from cdc.pipeline import hold_pipeline_lock
+    from tests.helpers import Daemon
+
+    execute(source, SALES_DDL)
+    sale(source, 1)
+    env = {**settings_env, **QUICK, "SOFTCART_STAR_TABLE": ""}
+    foreign = psycopg.connect(staging.info.dsn, autocommit=True, application_name="softcart-sync deadhost:4242")
+    daemon = Daemon(env, tmp_path / "daemon.log")
+    try:
+        hold_pipeline_lock(foreign, "default")
+        (pid,) = foreign.execute("SELECT pg_backend_pid()").fetchone() or (0,)
+        daemon.start()
+        port = metrics_port(daemon)
+        wait_until(lambda: stalled(port, "writer") and stalled(port, "reader"), 30, "the stall to show")
+        code, why = get(port, "/readyz")
+        assert code == 503 and "another softcart-sync is running pipeline 'default'" in why, why
+        assert f"SELECT pg_terminate_backend({pid})" in why, why
+        staging.execute("SELECT pg_terminate_backend(%s)", (pid,))  # what the message says to do
+        daemon.wait_streaming()
+        wait_until(lambda: get(port, "/readyz")[0] == 200, 60, "ready once the foreign session is gone")
+        wait_caught_up(staging, source, timeout=60)
+        assert_same(source, staging, source_db, "sales_data")
+        assert daemon.stop(30) == 0
+    finally:
+        if not foreign.closed:
+            foreign.close()
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill()
