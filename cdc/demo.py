@@ -153,7 +153,7 @@ def _watch(maria: MariaDBServer, settings: object, pipeline: Pipeline, counts: d
             started.set()
         staging_rows, facts, loaded = _count(settings, "softcart", "staging.sales_data"), \
             _count(settings, "softcart", "star.factsales"), _count(settings, "warehouse", "factsales")
-        lag = f"{max(0.0, time.time() - st.last_event_time):.1f}s" if st.last_event_time else "-"
+        lag = f"{st.lag_seconds(time.time(), settings.heartbeat_seconds):.2f}s" if st.streaming else "-"
         made = f"{counts['insert']}/{counts['update']}/{counts['delete']}"
         _say(f"{time.monotonic() - began:6.0f} {source_rows:>12} {staging_rows:>13} {made:>17}  {lag:>6}  "
              f"{facts:>10}  {loaded:>15}  {st.position or 'snapshotting...'}")

@@ -46,8 +46,9 @@ class Metrics:
         self.batch_seconds = Histogram(p + "batch_duration_seconds", "Time to apply and commit a micro-batch",
                                        registry=r, buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.lag_seconds = Gauge(p + "replication_lag_seconds",
-                                 "Source commit time of the last applied change vs now; 0 when idle and "
-                                 "caught up (heartbeats), growing when stalled", registry=r)
+                                 "Age of the oldest transaction received and not yet committed to staging"
+                                 " (from our receipt or its binlog second, the earlier); 0 when idle and caught"
+                                 " up (heartbeats), growing when stalled", registry=r)
         self.lag_bytes = Gauge(p + "replication_lag_bytes", "Binlog bytes between the applied position and "
                                "the source's current position", registry=r)
         self.queue_depth = Gauge(p + "queue_depth_chunks", "Slices waiting between reader and writer", registry=r)

@@ -82,6 +82,8 @@ class TxnChunk:
     commit: Position | None
     event_time: float = 0.0
     rows: int = field(default=0)
+    #: when our reader had it (this host's clock, sub-second; 0: not stamped): see :meth:`origin`
+    received_at: float = 0.0
     #: the changes belong to an XA transaction that is being prepared: kept in staging, not
     #: applied, until its XA COMMIT (or dropped at its XA ROLLBACK)
     hold: bool = False
@@ -98,6 +100,18 @@ class TxnChunk:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", len(self.changes))
+
+    def origin(self) -> float:
+        """Our best estimate of when the source committed it, for the lag. The binlog's timestamp
+        has one-second resolution: the commit was in [event_time, event_time + 1), and before we
+        received it. A transaction read as it was written (caught up) is bounded by its receipt,
+        so the error is our transport's latency, not a second; one read late (catching up) by
+        event_time + 1, so the error is under a second of a lag that is larger."""
+        if not self.received_at:
+            return self.event_time
+        if not self.event_time:
+            return self.received_at
+        return min(self.received_at, self.event_time + 1.0)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,10 @@ class PipelineState:
     progress_at: float = field(default_factory=time.time)
     alive_at: float = field(default_factory=time.time)
     starved_since: float = 0.0  # the writer waits on an empty feed since (0: items come)
+    # The lag's clocks: when the writer last had anything from the reader (a heartbeat included),
+    # and the origin (TxnChunk.origin) of the oldest transaction it holds uncommitted (0: none).
+    heard_at: float = field(default_factory=time.time)
+    open_origin: float = 0.0
     writer_wait: str = ""  # what the writer's statement waits for, when the guard found out
     rows_applied: int = 0
     transactions_applied: int = 0
@@ -72,13 +76,16 @@ class PipelineState:
     last_error: str = ""  # why the last attempt to connect or stream failed (STATUS, /readyz)
 
     def lag_seconds(self, now: float, heartbeat: float) -> float:
-        """Source commit time of the last applied change vs now. Idle and caught up (a heartbeat
-        found nothing to do within two periods) is 0, so idle never looks like lag; a stall gets
-        no heartbeats, so its lag keeps growing."""
-        if self.caught_up_at and now - self.caught_up_at < 2 * heartbeat and self.caught_up_at >= self.last_commit_at:
-            return 0.0
-        newest = max(self.last_event_time, self.caught_up_at)
-        return max(0.0, now - newest) if newest else 0.0
+        """How late staging is: the age of the oldest transaction received and not yet committed
+        (its origin is within our transport's latency of its commit when we read it as it was
+        written, within a second when we catch up: see TxnChunk.origin), so its error is well under
+        the freshness it reports, not the binlog timestamp's second. Nothing held: 0 while the
+        reader keeps bringing items (an idle source sends a heartbeat every period); after two
+        periods of silence, the silence, so a stalled reader or writer shows a growing lag."""
+        if self.open_origin:
+            return max(0.0, now - self.open_origin)
+        silence = now - self.heard_at
+        return silence if silence >= 2 * heartbeat else 0.0
 
     def healthy(self, now: float, stall_seconds: float) -> bool:
         """Making progress, or idle and healthy (what /readyz asks)."""
@@ -137,6 +144,8 @@ class Pipeline:
         self.state = PipelineState()
         self.metrics = metrics or Metrics()
         self.metrics.queue_capacity.set(settings.queue_chunks)
+        # computed at each scrape: a stalled writer's lag grows on /metrics though nothing sets it
+        self.metrics.lag_seconds.set_function(lambda: self.state.lag_seconds(time.time(), settings.heartbeat_seconds))
         self._binlogs: list[tuple[str, int]] = []
         self._lock_wait_logged = False
         self._lock_asked_at = 0.0
@@ -420,7 +429,6 @@ class Pipeline:
                     break
                 self.metrics.queue_depth.set(feed.qsize())
                 self._guard_writer(writer)
-                self.metrics.lag_seconds.set(self.state.lag_seconds(time.time(), self.settings.heartbeat_seconds))
                 if self.state.position is not None:
                     self.state.lag_bytes = lag_probe.lag_bytes(self.state.position)
                     if self.state.lag_bytes is not None:
@@ -471,6 +479,7 @@ class Pipeline:
             now = time.time()
             self._observe_position(commit.commit)
             st.last_commit_at = st.progress_at = now
+            st.open_origin = 0.0
             if commit.event_time:
                 st.last_event_time = commit.event_time
             st.rows_applied += batch_rows
@@ -500,7 +509,8 @@ class Pipeline:
                 if commit is not None and not partial:
                     do_commit()
                 continue
-            st.alive_at, st.starved_since = time.time(), 0.0
+            st.alive_at = st.heard_at = time.time()
+            st.starved_since = 0.0
             if isinstance(item, SchemaChange):
                 if commit is not None:
                     do_commit()  # everything before the statement, under the old definitions
@@ -513,6 +523,8 @@ class Pipeline:
                 continue
             if batch_rows == 0 and commit is None and not partial:
                 batch_started = time.monotonic()
+            if not st.open_origin:
+                st.open_origin = item.origin() or st.heard_at
             for ch in item.changes:
                 m.events_read.labels(ch.table, ch.op.value).inc()
             if item.hold:  # a prepared XA transaction's rows: kept, counted when its XA COMMIT applies them
@@ -544,6 +556,7 @@ class Pipeline:
             do_commit()
         else:
             writer.rollback()
+            self.state.open_origin = 0.0
 
 
     def _transaction_control(self, writer: StagingWriter, item: TxnChunk, at: Position) -> int:

@@ -10,6 +10,7 @@ import codecs
 import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,8 +162,15 @@ class BinlogSource:
                 changes: list[RowChange] = []
                 self._rows(event, changes)
                 items = asm.rows(changes, when, Position(file, int(reader.log_pos), gtid) if asm.fences else None)
-            for item in items:
-                yield self._ddl(item) if isinstance(item, Ddl) else item
+            if items:
+                now = time.time()
+                for item in items:
+                    if isinstance(item, Ddl):
+                        yield self._ddl(item)
+                    elif isinstance(item, TxnChunk):
+                        yield dataclasses.replace(item, received_at=now)
+                    else:
+                        yield item
 
     def _ddl(self, ddl: Ddl) -> SchemaChange:
         """A statement on followed tables: their definitions are read again from the source (rows
