@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     warehouse_receive_timeout_seconds: float = Field(
         3600.0, gt=0, description="longest wait for one reply from the warehouse: a silent one is an error after "
         "this; sized for a MERGE or a full reload's DELETE of millions of rows (Db2 ReceiveTimeout; PostgreSQL "
-        "keepalives notice a dead peer sooner)")
+        "keepalives notice a dead peer sooner, a guard cuts a connection whose peer acks but never answers)")
     warehouse_statement_timeout_seconds: float = Field(
         0.0, ge=0, description="longest one statement may run in the warehouse, 0 for no limit (Db2 "
         "QueryTimeout, PostgreSQL statement_timeout); a statement cut off is retried, and seen")

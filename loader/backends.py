@@ -18,4 +18,5 @@ def open_warehouse(settings: Settings) -> Warehouse:
                             settings.warehouse_receive_timeout_seconds, settings.warehouse_statement_timeout_seconds,
                             settings.warehouse_schema)
     return PostgresWarehouse(ep, settings.pipeline_name, settings.connect_timeout_seconds,
-                             settings.warehouse_statement_timeout_seconds, settings.warehouse_schema)
+                             settings.warehouse_statement_timeout_seconds, settings.warehouse_schema,
+                             settings.warehouse_receive_timeout_seconds)

@@ -3,6 +3,10 @@ MERGE, ledger row, one transaction. The demo's default and what the end-to-end t
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -54,12 +58,48 @@ def ddl() -> list[str]:
     return out
 
 
+class _ReplyGuard:
+    """Shuts the connection's socket when one wait for the warehouse outlasts ``seconds``
+    (SOFTCART_WAREHOUSE_RECEIVE_TIMEOUT_SECONDS), as Db2's ReceiveTimeout does: a network that
+    acknowledges but never delivers (a middlebox, a paused peer) defeats keepalives and TCP's own
+    timeouts, and would hold the load, and the loader lock, forever. ``feed`` after each reply."""
+
+    def __init__(self, conn: psycopg.Connection[Any], seconds: float) -> None:
+        self._conn, self._seconds = conn, seconds
+        self._deadline = time.monotonic() + seconds
+        self._done = threading.Event()
+        self.fired = False
+        self._thread = threading.Thread(target=self._watch, name="warehouse-reply-guard", daemon=True)
+
+    def __enter__(self) -> _ReplyGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(5)
+
+    def feed(self) -> None:
+        self._deadline = time.monotonic() + self._seconds
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, max(0.05, self._deadline - time.monotonic()))):
+            if time.monotonic() >= self._deadline:
+                self.fired = True
+                with contextlib.suppress(OSError, psycopg.Error):
+                    sock = socket.fromfd(self._conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)
+                    sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+                return
+
+
 class PostgresWarehouse:
     dialect = Dialect.POSTGRES
 
     def __init__(self, endpoint: Endpoint, pipeline: str, connect_timeout: float,
-                 statement_timeout: float = 0.0, schema: str = "") -> None:
+                 statement_timeout: float = 0.0, schema: str = "", receive_timeout: float = 3600.0) -> None:
         self._ep = endpoint
+        self._receive_timeout = receive_timeout
         self._schema = schema
         self._pipeline = pipeline
         self._timeout = connect_timeout
@@ -100,27 +140,34 @@ class PostgresWarehouse:
     def load(self, batch: SpooledBatch) -> bool:
         conn = self._connect()
         step = "data"
+        guard = _ReplyGuard(conn, self._receive_timeout)
         try:
-            with conn.transaction():
+            with guard, conn.transaction():
                 held = conn.execute(f"SELECT batch_uid FROM {LEDGER} WHERE batch_id = %s", (batch.batch_id,)).fetchone()
                 if held is not None and already_loaded(held[0], batch):
                     return False
                 total = sum(batch.row_counts.values())  # rows of the batch's files, as on Db2
-                staged = {t.name: self._stage(conn, t, batch) for t in TABLES}
+                staged = {t.name: self._stage(conn, t, batch, guard) for t in TABLES}
                 full = bool(batch.manifest.get("full_reload"))
                 if full:
                     conn.execute("DELETE FROM sales_by_day; DELETE FROM factsales; DELETE FROM dimdate")
+                    guard.feed()
                 for t, op in load_steps():
                     if op == "D":
                         conn.execute(sql.SQL("DELETE FROM {} t USING {} s WHERE s.op = 'D' AND {}").format(
                             sql.Identifier(t.name), sql.Identifier(staged[t.name]), _match(t)))
                     else:  # into emptied tables (a full reload) a plain insert: nothing to match
                         conn.execute((_insert if full else _merge)(t, staged[t.name]))
+                    guard.feed()
                 step = "ledger"
                 conn.execute(f"INSERT INTO {LEDGER} (batch_id, pipeline, rows_loaded, batch_uid)"
                              " VALUES (%s, %s, %s, %s)", (batch.batch_id, self._pipeline, total, batch.uid))
+                guard.feed()
             return True
         except psycopg.Error as exc:
+            if guard.fired:
+                self.close()
+                raise TransientError(self._no_reply() + "; the batch is loaded again") from None
             state = exc.sqlstate or ""
             if step == "ledger" and sqlstate.is_duplicate_key(state):
                 return False  # another loader committed this batch first
@@ -137,15 +184,18 @@ class PostgresWarehouse:
         row = self.fetch(f"SELECT COALESCE(max(batch_id), 0) FROM {LEDGER}", ())
         return int(row[0][0]) if row else 0
 
-    def _stage(self, conn: psycopg.Connection[Any], t: WTable, batch: SpooledBatch) -> str:
+    def _stage(self, conn: psycopg.Connection[Any], t: WTable, batch: SpooledBatch, guard: _ReplyGuard) -> str:
         temp = f"_load_{t.name}"
         conn.execute(sql.SQL("CREATE TEMP TABLE {} (op char(1) NOT NULL, {}) ON COMMIT DROP").format(
             sql.Identifier(temp), sql.SQL(", ").join(
                 sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_TYPES[c])) for c in t.columns)))
+        guard.feed()
         with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(
                 sql.Identifier(temp))) as copy:
             for chunk in batch.chunks(t.name):  # the file as it is: PostgreSQL parses the CSV
                 copy.write(chunk)
+                guard.feed()
+        guard.feed()
         return temp
 
     def check(self) -> list[tuple[bool, str, str]]:
@@ -170,14 +220,23 @@ class PostgresWarehouse:
 
     def fetch(self, text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Run a read-only query (the reconcile's checksums)."""
+        conn = self._connect()
+        guard = _ReplyGuard(conn, self._receive_timeout)
         try:
-            return self._connect().execute(text.encode(), list(params)).fetchall()
+            with guard:
+                return conn.execute(text.encode(), list(params)).fetchall()
         except psycopg.errors.UndefinedTable as exc:
             raise ConfigError(f"warehouse {self._ep.display}: {exc.diag.message_primary}; run"
                               " `softcart-sync warehouse init`") from None
         except psycopg.OperationalError as exc:
             self.close()
-            raise TransientError(f"warehouse {self._ep.display}: {str(exc).strip()}") from None
+            raise TransientError(self._no_reply() if guard.fired else
+                                 f"warehouse {self._ep.display}: {str(exc).strip()}") from None
+
+    def _no_reply(self) -> str:
+        return (f"warehouse {self._ep.display}: no reply within {self._receive_timeout:g} s"
+                " (SOFTCART_WAREHOUSE_RECEIVE_TIMEOUT_SECONDS): a network gone silent, or a statement that takes"
+                " longer")
 
     def close(self) -> None:
         if self._conn is not None:

@@ -101,6 +101,9 @@ def test_a_warehouse_that_stops_answering_mid_load_is_a_flusher_stall_while_the_
                     # the backlog grows on /metrics (read at scrape, not by the stuck flush thread)
                     wait_until(lambda: sample(port, "softcart_outbox_pending_rows")
                                + sample(port, "softcart_spool_pending_batches") > 0, 30, "the backlog to show")
+                    # the load's wait is bounded (no keepalive notices a peer whose kernel still acks)
+                    wait_until(lambda: "no reply within 3 s (SOFTCART_WAREHOUSE_RECEIVE_TIMEOUT_SECONDS)"
+                               in daemon.log.read_text(), 30, "the reply guard to end the load's wait")
                     wait_until(lambda: stalled(port, "flusher"), 30, "the flusher's stall to show")
                     code, why = get(port, "/readyz")
                     assert code == 503 and why.startswith("flusher stalled: no flush round succeeded"), why
