@@ -146,9 +146,19 @@ class Pipeline:
         self.metrics.queue_capacity.set(settings.queue_chunks)
         # computed at each scrape: a stalled writer's lag grows on /metrics though nothing sets it
         self.metrics.lag_seconds.set_function(lambda: self.state.lag_seconds(time.time(), settings.heartbeat_seconds))
+        self._feed: SourceFeed | None = None
+        self.metrics.queue_depth.set_function(self._queue_depth)
         self._binlogs: list[tuple[str, int]] = []
         self._lock_wait_logged = False
         self._lock_asked_at = 0.0
+
+    def _queue_depth(self) -> float:
+        """Slices waiting for the writer, counted by whoever scrapes (a stuck stage can't freeze it)."""
+        feed = self._feed
+        try:
+            return feed.qsize() if feed is not None else 0
+        except (OSError, ValueError):  # closed while we looked
+            return 0
 
     # Supervisor --------------------------------------------------------------------------------
 
@@ -399,6 +409,7 @@ class Pipeline:
             log.info("tables_fenced", tables={t: str(p) for t, p in fenced.items()},
                      note="copied past the stream's position: their events up to it are in the copy")
         feed = SourceFeed(self.settings, tables, flavor, position, fenced)
+        self._feed = feed
 
         def writer_loop() -> None:
             structlog.contextvars.bind_contextvars(position=str(position))
@@ -427,7 +438,6 @@ class Pipeline:
                     if not errors:
                         errors.append(TransientError("the binlog reader ended unexpectedly"))
                     break
-                self.metrics.queue_depth.set(feed.qsize())
                 self._guard_writer(writer)
                 if self.state.position is not None:
                     self.state.lag_bytes = lag_probe.lag_bytes(self.state.position)
@@ -436,6 +446,7 @@ class Pipeline:
         finally:
             inner.set()
             feed.close()
+            self._feed = None
             lag_probe.close()
             for t in threads:
                 t.join(self.settings.shutdown_timeout_seconds)

@@ -67,7 +67,7 @@ def test_lag_under_a_light_load_is_milliseconds_not_the_binlog_second(
         wait_until(lambda: lag(p) == 0, 30, "lag 0 when idle and caught up")
 
 
-def test_lag_grows_while_the_writer_waits_and_drops_once_it_commits(
+def test_lag_and_queue_depth_grow_while_the_writer_waits_and_drop_once_it_commits(
         settings: Settings, source: Conn, staging: PG) -> None:
     execute(source, SALES_DDL)
     s = settings.model_copy(update={"lock_wait_seconds": 60.0})
@@ -81,6 +81,11 @@ def test_lag_grows_while_the_writer_waits_and_drops_once_it_commits(
             execute(source, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2024-01-01 10:00:00')")
             wait_until(lambda: lag(p) >= 3, 30, "the lag to grow while the writer waits")
             assert lag(p) <= time.monotonic() - held + 1.5  # and not more than it has waited
+            for n in range(2, 6):
+                execute(source, f"INSERT INTO sales_data VALUES ({n}, 1, 1, 1.00, 1, '2024-01-01 10:00:00')")
+            # the queue's depth is counted at scrape too: it shows the backlog behind the waiting writer
+            wait_until(lambda: (p.metrics.registry.get_sample_value("softcart_queue_depth_chunks") or 0) >= 1, 30,
+                       "the queue depth to show the waiting transactions")
         finally:
             holder.execute("ROLLBACK")
             holder.close()
