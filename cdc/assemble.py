@@ -30,7 +30,7 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from cdc.model import Position, RowChange, TxnChunk
+from transform.model import Position, RowChange, TxnChunk
 from transform.statements import classify, ours
 
 #: MariaDB's GTID event flags (sql/log_event.h)

@@ -7,19 +7,18 @@ import json
 
 from psycopg import sql
 
-from cdc.errors import ConfigError
+from cdc.flushing import open_flusher
 from cdc.settings import Settings
-from loader.backends import open_warehouse
 from loader.ddl import META
-from loader.flush import Flusher
 from loader.pg import pg_connect
 from loader.spool import Spool
 from loader.warehouse import BatchIdTaken
+from transform.errors import ConfigError
 
 
 def run_batches(settings: Settings, args: argparse.Namespace) -> int:
     spool = Spool(settings.spool_dir)
-    with pg_connect(settings, autocommit=True) as conn:
+    with pg_connect(settings.staging_config, autocommit=True) as conn:
         if args.batches_command == "list":
             where = sql.SQL("AND state = %s") if args.state else sql.SQL("")
             params = [settings.pipeline_name, *([args.state] if args.state else []), args.limit]
@@ -43,24 +42,23 @@ def run_batches(settings: Settings, args: argparse.Namespace) -> int:
                               "folder": str(batch.path) if batch else None,
                               "manifest": batch.manifest if batch else None}, indent=2, default=str))
             return 0
-        warehouse = open_warehouse(settings)
-        try:
-            flusher = Flusher(conn, spool, warehouse, settings.pipeline_name,
-                              lock_wait_seconds=settings.lock_wait_seconds)
-            if args.batches_command == "retry":
-                if row[0] != "failed":
-                    raise ConfigError(f"batch {args.batch_id} is {row[0]}, not failed")
-                flusher.retry(args.batch_id)
-                loaded, skipped, failed, waiting = flusher.load_pending()
-            else:  # replay
-                if batch is None:
-                    raise ConfigError(f"batch {args.batch_id}: its spool folder is gone")
-                try:
-                    fresh = warehouse.load(batch)
-                except BatchIdTaken as exc:
-                    raise ConfigError(f"{exc}: the next `softcart-sync flush` numbers pending batches anew") from None
-                loaded, skipped, failed, waiting = int(fresh), int(not fresh), 0, 0
-        finally:
-            warehouse.close()
+    flusher = open_flusher(settings)
+    warehouse = flusher.warehouse
+    try:
+        if args.batches_command == "retry":
+            if row[0] != "failed":
+                raise ConfigError(f"batch {args.batch_id} is {row[0]}, not failed")
+            flusher.retry(args.batch_id)
+            loaded, skipped, failed, waiting = flusher.load_pending()
+        else:  # replay
+            if batch is None:
+                raise ConfigError(f"batch {args.batch_id}: its spool folder is gone")
+            try:
+                fresh = warehouse.load(batch)
+            except BatchIdTaken as exc:
+                raise ConfigError(f"{exc}: the next `softcart-sync flush` numbers pending batches anew") from None
+            loaded, skipped, failed, waiting = int(fresh), int(not fresh), 0, 0
+    finally:
+        flusher.close()
     print(f"loaded {loaded}, already in the warehouse {skipped}, failed {failed}, still waiting {waiting}")
     return 0 if not failed and not waiting else 1

@@ -14,10 +14,10 @@ import pymysql
 import structlog
 
 from cdc import mysql
-from cdc.errors import ConfigError, FatalError, SoftcartError
 from cdc.flavor import Flavor
 from cdc.settings import Settings
 from loader.pg import pg_connect
+from transform.errors import ConfigError, FatalError, SoftcartError
 
 log = structlog.get_logger(__name__)
 
@@ -194,7 +194,7 @@ def _check_warehouse(settings: Settings) -> list[Finding]:
         return [Finding(True, "no warehouse configured (SOFTCART_WAREHOUSE_URL): the star schema stays in staging")]
     from loader.backends import open_warehouse
 
-    warehouse = open_warehouse(settings)
+    warehouse = open_warehouse(settings.warehouse_config)
     try:
         found = warehouse.check()
     except SoftcartError as exc:
@@ -208,7 +208,7 @@ def _check_warehouse(settings: Settings) -> list[Finding]:
 
 def _check_staging(settings: Settings) -> Finding:
     try:
-        pg = pg_connect(settings, autocommit=True)
+        pg = pg_connect(settings.staging_config, autocommit=True)
     except SoftcartError as exc:
         return Finding(False, "connect to staging", str(exc))
     try:

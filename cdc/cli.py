@@ -9,10 +9,10 @@ from pathlib import Path
 
 import structlog
 
-from cdc.errors import ConfigError, SoftcartError
 from cdc.logs import configure
 from cdc.metrics import version
 from cdc.settings import Settings, as_toml, effective, load_settings, settings_help
+from transform.errors import ConfigError, SoftcartError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -197,7 +197,7 @@ def _setup_source(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
-    from loader.star_ops import check_star, rebuild_star
+    from cdc.star_ops import check_star, rebuild_star
 
     if args.check:
         diffs = check_star(settings)
@@ -227,21 +227,14 @@ def _resnapshot(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _flush(settings: Settings, args: argparse.Namespace) -> int:
-    from loader.backends import open_warehouse
-    from loader.flush import Flusher
-    from loader.pg import pg_connect
-    from loader.spool import Spool
+    from cdc.flushing import open_flusher
 
-    spool = Spool(settings.spool_dir)
-    spool.prepare()
-    warehouse = open_warehouse(settings)
     crash_point = os.environ.get("SOFTCART_TEST_CRASH_POINT", "")  # fault-injection tests only
-    with pg_connect(settings, autocommit=True) as conn:
-        try:
-            result = Flusher(conn, spool, warehouse, settings.pipeline_name, crash_point,
-                             settings.lock_wait_seconds).flush()
-        finally:
-            warehouse.close()
+    flusher = open_flusher(settings, crash_point)
+    try:
+        result = flusher.flush()
+    finally:
+        flusher.close()
     made = f"created batch {result.created}" if result.created else "nothing new to batch"
     print(f"{made}; loaded {result.loaded}, already in the warehouse {result.skipped}, failed {result.failed}, "
           f"waiting behind a failed batch {result.waiting}")
@@ -251,7 +244,7 @@ def _flush(settings: Settings, args: argparse.Namespace) -> int:
 def _warehouse(settings: Settings, args: argparse.Namespace) -> int:
     from loader.backends import open_warehouse
 
-    warehouse = open_warehouse(settings)
+    warehouse = open_warehouse(settings.warehouse_config)
     try:
         warehouse.init()
     finally:

@@ -58,7 +58,7 @@ def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
         _say(f"2. Starting a private PostgreSQL (the staging warehouse) in {pg.base}")
         pg.start()
         _say(f"   listening on 127.0.0.1:{pg.port}")
-        admin = pg_connect(load_settings(source_url=maria.url(), staging_url=pg.url()), autocommit=True)
+        admin = pg_connect(load_settings(source_url=maria.url(), staging_url=pg.url()).staging_config, autocommit=True)
         for db in ("softcart", "warehouse"):
             if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
                 admin.execute(f"CREATE DATABASE {db}")
@@ -66,7 +66,7 @@ def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
         settings = load_settings(source_url=maria.url(), staging_url=pg.url("softcart"),
                                  warehouse_url=pg.url("warehouse"), spool_dir=base / "spool",
                                  flush_interval_seconds=5, log_level="warning", metrics_listen="127.0.0.1:0")
-        warehouse = open_warehouse(settings)
+        warehouse = open_warehouse(settings.warehouse_config)
         warehouse.init()
         warehouse.close()
         old, new = base / "sales_old.csv", base / "sales_new.csv"

@@ -23,11 +23,11 @@ from typing import Any, cast
 
 import pymysql
 
-from cdc.errors import TransientError
 from cdc.flavor import Flavor, snapshot_position
-from cdc.model import Position
 from cdc.settings import Settings
+from transform.errors import TransientError
 from transform.extract import INTEGER_TYPES, copy_text_select, refusal, unescape
+from transform.model import Position
 from transform.schema import Table
 
 _BLOCK = 1 << 20

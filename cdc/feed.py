@@ -32,10 +32,10 @@ from typing import Any
 
 import structlog
 
-from cdc.errors import TransientError
 from cdc.flavor import Flavor
-from cdc.model import Heartbeat, Position, SchemaChange, TxnChunk
 from cdc.settings import Settings
+from transform.errors import TransientError
+from transform.model import Heartbeat, Position, SchemaChange, TxnChunk
 from transform.schema import Table
 
 Item = TxnChunk | Heartbeat | SchemaChange

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from cdc.errors import SoftcartError, TransientError
 from cdc.metrics import Metrics
 from cdc.settings import Settings
 from loader.backends import open_warehouse
 from loader.flush import Flusher
 from loader.pg import pg_connect
 from loader.spool import Spool, SpooledBatch
+from transform.errors import SoftcartError, TransientError
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,21 @@ def flush_stall_seconds(settings: Settings) -> float:
             + settings.stall_seconds)
 
 
+def open_flusher(settings: Settings, crash_point: str = "") -> Flusher:
+    """The one way the program makes a Flusher: the spool folder prepared, the warehouse opened
+    from the settings, a staging session of its own, the loader lock's wait bounded by
+    SOFTCART_LOCK_WAIT_SECONDS. ``Flusher.close`` ends the warehouse connection and the session."""
+    spool = Spool(settings.spool_dir)
+    spool.prepare()
+    warehouse = open_warehouse(settings.warehouse_config)
+    try:
+        conn = pg_connect(settings.staging_config, autocommit=True)
+    except BaseException:
+        warehouse.close()
+        raise
+    return Flusher(conn, spool, warehouse, settings.pipeline_name, crash_point, settings.lock_wait_seconds)
+
+
 def flush_loop(settings: Settings, stop: threading.Event, started: threading.Event, metrics: Metrics,
                crash_point: str = "", progress: FlushProgress | None = None) -> None:
     """Run until ``stop``; waits for ``started`` (schemas in place) first."""
@@ -56,10 +71,7 @@ def flush_loop(settings: Settings, stop: threading.Event, started: threading.Eve
         progress.alive_at = time.time()
         try:
             if flusher is None:
-                spool = Spool(settings.spool_dir)
-                spool.prepare()
-                flusher = Flusher(pg_connect(settings, autocommit=True), spool, open_warehouse(settings),
-                                  settings.pipeline_name, crash_point, settings.lock_wait_seconds)
+                flusher = open_flusher(settings, crash_point)
             pending = flusher.pending_outbox_rows()
             if time.monotonic() >= next_flush or pending >= settings.flush_rows:
                 next_flush = time.monotonic() + settings.flush_interval_seconds
@@ -87,12 +99,12 @@ def flush_loop(settings: Settings, stop: threading.Event, started: threading.Eve
             metrics.errors.labels("unexpected").inc()
             log.warning("flush_restarting", error=progress.error)
             if flusher is not None:
-                _close(flusher)
+                flusher.close()
             flusher = None
             stop.wait(delay)
             delay = min(delay * 2, settings.retry_max_seconds)
     if flusher is not None:
-        _close(flusher)
+        flusher.close()
 
 
 def _loaded(metrics: Metrics, batch: SpooledBatch, seconds: float) -> None:
@@ -100,8 +112,3 @@ def _loaded(metrics: Metrics, batch: SpooledBatch, seconds: float) -> None:
     metrics.batches_loaded.inc()
     metrics.warehouse_rows.inc(sum(batch.row_counts.values()))
     metrics.last_commit.labels("warehouse").set(time.time())
-
-
-def _close(flusher: Flusher) -> None:
-    flusher.warehouse.close()
-    flusher.conn.close()

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cdc.errors import FatalError
+from transform.errors import FatalError
 
 
 def free_port() -> int:

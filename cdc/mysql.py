@@ -8,11 +8,11 @@ from typing import Any
 import pymysql
 import pymysql.cursors
 
-from cdc.errors import ConfigError, FatalError, TransientError
 from cdc.flavor import Flavor
-from cdc.model import Position
 from cdc.positions import SourceFacts, mariadb_gtid_contains
-from cdc.settings import Endpoint, Settings
+from cdc.settings import Settings
+from transform.errors import ConfigError, FatalError, TransientError
+from transform.model import Endpoint, Position
 from transform.schema import Column, Table, UnsupportedType, pg_type
 
 #: pymysql error codes that mean the server or the network, not us (retry later).

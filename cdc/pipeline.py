@@ -23,11 +23,9 @@ import structlog
 
 from cdc import mysql
 from cdc.check import refuse_unready_source
-from cdc.errors import ConfigError, FatalError, SoftcartError, TransientError
 from cdc.feed import SourceFeed
 from cdc.flavor import Flavor
 from cdc.metrics import Metrics
-from cdc.model import Heartbeat, Position, RowChange, SchemaChange, TxnChunk
 from cdc.positions import Resume, resume_from, unavailable
 from cdc.settings import Settings
 from cdc.snapshot import quote_mysql, select_list, take_snapshot
@@ -35,6 +33,8 @@ from loader.ddl import ensure_schema, forget_tables, load_definitions, snapshot_
 from loader.pg import INSTANCE, holders_text, lock_holders, pg_connect
 from loader.staging import StagingWriter, load_position, load_source, lock_apply
 from loader.star import StarSchema
+from transform.errors import ConfigError, FatalError, SoftcartError, TransientError
+from transform.model import Heartbeat, Position, RowChange, SchemaChange, TxnChunk
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
 
@@ -205,7 +205,7 @@ class Pipeline:
 
     def run_once(self, stop: threading.Event) -> None:
         tables, flavor = self.prepare()
-        pg = pg_connect(self.settings, autocommit=True)
+        pg = pg_connect(self.settings.staging_config, autocommit=True)
         self.metrics.connected.labels("staging").set(1)
         try:
             hold_pipeline_lock(pg, self.settings.pipeline_name)
@@ -320,7 +320,7 @@ class Pipeline:
         """Take a new snapshot now (the daemon must be stopped): staging, star schema and position
         are replaced in one PostgreSQL transaction, and the warehouse gets a full reload."""
         tables, flavor = self.prepare()
-        with pg_connect(self.settings, autocommit=True) as pg:
+        with pg_connect(self.settings.staging_config, autocommit=True) as pg:
             try:
                 hold_pipeline_lock(pg, self.settings.pipeline_name)
             except TransientError:
@@ -381,7 +381,7 @@ class Pipeline:
             return self._lock_wait_logged
         self._lock_asked_at = time.monotonic()
         try:
-            with pg_connect(self.settings, autocommit=True) as other:
+            with pg_connect(self.settings.staging_config, autocommit=True) as other:
                 row = other.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
                                     (writer.conn.info.backend_pid,)).fetchone()
         except (SoftcartError, psycopg.Error):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cdc.errors import FatalError
-from cdc.model import Position
+from transform.errors import FatalError
+from transform.model import Position
 
 
 def unavailable(position: Position, logs: list[tuple[str, int]]) -> str | None:

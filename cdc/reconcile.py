@@ -43,8 +43,6 @@ from psycopg import sql
 
 from cdc import mysql
 from cdc.compare import CanonKey, Comparison, Difference, Limits, Side, compare_table
-from cdc.errors import ConfigError, SoftcartError, TransientError
-from cdc.model import Op, Position, RowChange
 from cdc.settings import Settings
 from cdc.snapshot import open_snapshot, quote_mysql, select_list
 from loader.ddl import META, STAGING
@@ -52,7 +50,9 @@ from loader.pg import pg_connect
 from loader.staging import StagingWriter, load_position, lock_apply
 from loader.star import STAR, STAR_TABLES, StarSchema, enqueue
 from loader.warehouse import TABLES as WAREHOUSE_TABLES
+from transform.errors import ConfigError, SoftcartError, TransientError
 from transform.fingerprint import Col, Dialect, Kind, TableSpec, canonical, col_of, quote
+from transform.model import Op, Position, RowChange
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
 
@@ -236,8 +236,8 @@ class Reconciler:
 
     def _source_level(self) -> None:
         src = mysql.connect(self.s)
-        pg = pg_connect(self.s, autocommit=True)
-        watch = pg_connect(self.s, autocommit=True)
+        pg = pg_connect(self.s.staging_config, autocommit=True)
+        watch = pg_connect(self.s.staging_config, autocommit=True)
         try:
             flavor = mysql.flavor(src)
             stopped = {str(r[0]): str(r[1]) for r in pg.execute(
@@ -315,7 +315,7 @@ class Reconciler:
                        drift: dict[str, list[Difference]], reports: dict[str, TableReport]) -> None:
         from cdc.pipeline import star_schema
 
-        with pg_connect(self.s, autocommit=True) as pg:
+        with pg_connect(self.s.staging_config, autocommit=True) as pg:
             writer = StagingWriter(pg, tables, self.s.pipeline_name, star_schema(self.s, tables))
             for t, diffs in drift.items():
                 table = tables[t]
@@ -339,9 +339,9 @@ class Reconciler:
         if not self.s.star_table:
             self.report.notes.append("the star schema is turned off (SOFTCART_STAR_TABLE is empty): level skipped")
             return
-        from loader.star_ops import _sales_table
+        from cdc.star_ops import _sales_table
 
-        with pg_connect(self.s, autocommit=True) as pg:
+        with pg_connect(self.s.staging_config, autocommit=True) as pg:
             star = _sales_table(pg, self.s)
             started = time.monotonic()
             with _pg_snapshot(pg, read_only=False):
@@ -380,18 +380,16 @@ class Reconciler:
             return
         if not self.s.star_table:
             return
-        from loader.backends import open_warehouse
-        from loader.flush import Flusher
-        from loader.spool import Spool
+        from cdc.flushing import open_flusher
 
-        spool = Spool(self.s.spool_dir)
-        spool.prepare()
-        warehouse = open_warehouse(self.s)
-        pg = pg_connect(self.s, autocommit=True)
-        flush_conn = pg_connect(self.s, autocommit=True)
+        flusher = open_flusher(self.s)
+        warehouse, flush_conn = flusher.warehouse, flusher.conn
         try:
-            flusher = Flusher(flush_conn, spool, warehouse, self.s.pipeline_name,
-                              lock_wait_seconds=self.s.lock_wait_seconds)
+            pg = pg_connect(self.s.staging_config, autocommit=True)
+        except BaseException:
+            flusher.close()
+            raise
+        try:
             flusher.flush()  # what is in flight now, first
             dialect = warehouse.dialect
             sides: dict[str, tuple[Side, Side]] = {}
@@ -440,9 +438,8 @@ class Reconciler:
                     reports[n].repaired = len(ds)
                 log.info("reconcile_repaired", level="warehouse", keys={n: len(d) for n, d in drift.items()})
         finally:
-            warehouse.close()
+            flusher.close()
             pg.close()
-            flush_conn.close()
 
 
 _WAREHOUSE_KINDS: dict[str, tuple[Kind] | tuple[Kind, int]] = {

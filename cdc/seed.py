@@ -17,10 +17,10 @@ from typing import Any
 
 import pymysql
 
-from cdc.errors import ConfigError
 from cdc.mysql import connect
 from cdc.settings import Settings
 from cdc.snapshot import quote_mysql
+from transform.errors import ConfigError
 
 SALES_TABLE = "sales_data"
 

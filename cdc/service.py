@@ -9,6 +9,7 @@ stall, named by /readyz and the metrics (cdc.stages), which a restart would not 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -19,7 +20,6 @@ from typing import Any
 import psycopg
 import structlog
 
-from cdc.errors import ConfigError, FatalError, SoftcartError
 from cdc.flushing import FlushProgress, flush_loop, flush_stall_seconds
 from cdc.http import HealthServer
 from cdc.metrics import Metrics
@@ -29,6 +29,7 @@ from cdc.stages import describe, stage_views
 from cdc.systemd import Notifier
 from loader.flush import read_backlog
 from loader.pg import pg_connect
+from transform.errors import ConfigError, FatalError, SoftcartError
 
 log = structlog.get_logger("softcart")
 
@@ -71,8 +72,9 @@ def flush_alive(flush: FlushProgress, now: float, settings: Settings) -> bool:
 def watch_backlog(settings: Settings, metrics: Metrics) -> None:
     """The warehouse backlog on /metrics, read by each scrape on a staging session of its own
     (connect within 3 s, a statement within 5 s), not by the flush thread it watches."""
-    quick = settings.model_copy(update={"connect_timeout_seconds": min(settings.connect_timeout_seconds, 3.0),
-                                        "read_timeout_seconds": min(settings.read_timeout_seconds, 10.0)})
+    quick = dataclasses.replace(settings.staging_config,
+                                connect_timeout_seconds=min(settings.connect_timeout_seconds, 3.0),
+                                read_timeout_seconds=min(settings.read_timeout_seconds, 10.0))
 
     def connect() -> psycopg.Connection[Any]:
         conn = pg_connect(quick, autocommit=True)

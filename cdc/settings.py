@@ -13,7 +13,6 @@ import difflib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -28,28 +27,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from cdc.errors import ConfigError
+from transform.errors import ConfigError
+from transform.model import Endpoint, StagingConfig, WarehouseConfig
 
 ENV_PREFIX = "SOFTCART_"
 #: Environment variables with our prefix that are not settings (test harness knobs).
 _NOT_SETTINGS = ("SOFTCART_TEST_",)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A parsed database URL. ``password`` is secret; ``display`` is safe to log."""
-
-    scheme: str
-    host: str
-    port: int
-    user: str
-    password: SecretStr
-    database: str
-    query: str = ""
-
-    @property
-    def display(self) -> str:
-        return f"{self.scheme}://{self.user}@{self.host}:{self.port}/{self.database}"
 
 
 _DEFAULT_PORTS = {"mysql": 3306, "mariadb": 3306, "postgresql": 5432, "postgres": 5432, "db2": 50000}
@@ -252,6 +235,22 @@ class Settings(BaseSettings):
         return _with_password(parse_url("warehouse_url", self.warehouse_url.get_secret_value(),
                                         ("db2", "postgresql", "postgres")),
                               self.warehouse_password, self.warehouse_password_file, "warehouse")
+
+    @property
+    def staging_config(self) -> StagingConfig:
+        """What the loader needs of these settings to reach staging."""
+        return StagingConfig(self.staging, self.connect_timeout_seconds, self.read_timeout_seconds,
+                             self.staging_tls, self.staging_tls_ca)
+
+    @property
+    def warehouse_config(self) -> WarehouseConfig | None:
+        """What the loader needs of these settings to reach the warehouse (None: none configured)."""
+        ep = self.warehouse
+        if ep is None:
+            return None
+        return WarehouseConfig(ep, self.pipeline_name, self.connect_timeout_seconds,
+                               self.warehouse_receive_timeout_seconds, self.warehouse_statement_timeout_seconds,
+                               self.warehouse_schema)
 
     @property
     def zone(self) -> ZoneInfo:

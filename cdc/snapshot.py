@@ -16,15 +16,15 @@ import pymysql.cursors
 import structlog
 from psycopg import sql
 
-from cdc.errors import ConfigError, TransientError
 from cdc.extract import ClientReader, client_reader
 from cdc.flavor import Flavor, snapshot_position
-from cdc.model import Position
 from cdc.mysql import connect, read_table
 from cdc.settings import Settings
 from loader.ddl import META, STAGING, save_definitions
 from loader.staging import StagingWriter
+from transform.errors import ConfigError, TransientError
 from transform.fingerprint import Dialect, quote
+from transform.model import Position
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
 

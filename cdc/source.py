@@ -30,9 +30,7 @@ from pymysqlreplication.row_event import DeleteRowsEvent, RowsEvent, UpdateRowsE
 
 from cdc import binlog_fixes
 from cdc.assemble import Assembler, Ddl, xid_text
-from cdc.errors import FatalError, TransientError
 from cdc.flavor import Flavor, gtid_advance
-from cdc.model import Heartbeat, Op, Position, RowChange, SchemaChange, TxnChunk
 from cdc.mysql import (
     classify,
     connect,
@@ -43,6 +41,8 @@ from cdc.mysql import (
     server_variables,
 )
 from cdc.settings import Settings
+from transform.errors import FatalError, TransientError
+from transform.model import Heartbeat, Op, Position, RowChange, SchemaChange, TxnChunk
 from transform.rowcodec import BinlogColumn, RowsDecoder, compile_decoder
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable

@@ -16,7 +16,7 @@ from loader.pg import pg_connect
 
 
 def read_status(settings: Settings) -> dict[str, Any]:
-    with pg_connect(settings, autocommit=True) as conn:
+    with pg_connect(settings.staging_config, autocommit=True) as conn:
         have_meta = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META}.position",)).fetchone()
         if not have_meta or not have_meta[0]:
             return {"pipeline": settings.pipeline_name, "state": "not started (no position stored yet)",

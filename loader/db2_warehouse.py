@@ -13,12 +13,12 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cdc.errors import ConfigError, SoftcartError, TransientError
-from cdc.settings import Endpoint
 from loader.spool import SpooledBatch
 from loader.warehouse import LEDGER, TABLES, BatchIdTaken, BatchRejected, WTable, already_loaded, load_steps
 from transform import sqlstate
+from transform.errors import ConfigError, SoftcartError, TransientError
 from transform.fingerprint import Dialect, quote
+from transform.model import Endpoint
 
 DB2_TYPES = {"dateid": "INTEGER", "date": "DATE", "year": "SMALLINT", "quarter": "SMALLINT",
              "quartername": "VARCHAR(2)", "month": "SMALLINT", "monthname": "VARCHAR(9)", "day": "SMALLINT",

@@ -27,13 +27,13 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from cdc.errors import ConfigError, TransientError
 from loader.ddl import META
 from loader.pg import holders_text, lock_holders, lock_wait_limit
 from loader.spool import Spool, SpooledBatch
 from loader.staging import APPLY_LOCK
 from loader.star import STAR
 from loader.warehouse import TABLES, BatchIdTaken, BatchRejected, Warehouse, WTable
+from transform.errors import ConfigError, TransientError
 
 log = structlog.get_logger(__name__)
 Conn = psycopg.Connection[Any]
@@ -143,6 +143,13 @@ class Flusher:
         self.pipeline = pipeline
         self._crash_point = crash_point  # test hook: die at that point, as SIGKILL would
         self._lock_wait = lock_wait_seconds
+
+    def close(self) -> None:
+        """End the warehouse connection and the staging session."""
+        try:
+            self.warehouse.close()
+        finally:
+            self.conn.close()
 
     def pending_outbox_rows(self) -> int:
         row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}.outbox WHERE id > COALESCE((SELECT last_outbox_id"

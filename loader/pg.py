@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 
-from cdc.errors import ConfigError, TransientError
-from cdc.settings import Settings
+from transform.errors import ConfigError, TransientError
+from transform.model import StagingConfig
 
 #: This process's connections say who they are: a session of ours left behind by a network that
 #: went silent can be told apart from another daemon's (see cdc.pipeline.hold_pipeline_lock).
@@ -23,17 +23,17 @@ INSTANCE = f"softcart-sync {socket.gethostname()[:30]}:{os.getpid()}"
 ISO_DATES = "-c DateStyle=ISO,YMD"
 
 
-def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection[tuple[Any, ...]]:
-    ep = settings.staging
+def pg_connect(config: StagingConfig, *, autocommit: bool = False) -> psycopg.Connection[tuple[Any, ...]]:
+    ep = config.endpoint
     try:
         return psycopg.connect(
             host=ep.host, port=ep.port, user=ep.user, password=ep.password.get_secret_value() or None,
-            dbname=ep.database, connect_timeout=max(1, int(settings.connect_timeout_seconds)),
+            dbname=ep.database, connect_timeout=max(1, int(config.connect_timeout_seconds)),
             autocommit=autocommit, application_name=INSTANCE, options=ISO_DATES,
             # A network that goes silent is an error after about SOFTCART_READ_TIMEOUT_SECONDS, not a hang.
-            keepalives=1, keepalives_idle=max(1, int(settings.read_timeout_seconds / 2)), keepalives_interval=2,
-            keepalives_count=3, tcp_user_timeout=int(settings.read_timeout_seconds * 1000),
-            sslmode=settings.staging_tls, sslrootcert=str(settings.staging_tls_ca or "") or None)
+            keepalives=1, keepalives_idle=max(1, int(config.read_timeout_seconds / 2)), keepalives_interval=2,
+            keepalives_count=3, tcp_user_timeout=int(config.read_timeout_seconds * 1000),
+            sslmode=config.tls, sslrootcert=str(config.tls_ca or "") or None)
     except psycopg.OperationalError as exc:
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else "connection failed"
         if "certificate verify failed" in message or "root certificate file" in message:
@@ -41,7 +41,7 @@ def pg_connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Conne
                               "SOFTCART_STAGING_TLS_CA, or SOFTCART_STAGING_TLS if the host name differs") from None
         if "server does not support SSL" in message:
             raise ConfigError(f"staging {ep.display} does not offer TLS, but SOFTCART_STAGING_TLS="
-                              f"{settings.staging_tls}: enable ssl on the server, or lower the setting") from None
+                              f"{config.tls}: enable ssl on the server, or lower the setting") from None
         if "password authentication failed" in message or "no password supplied" in message:
             raise ConfigError(f"staging {ep.display}: authentication failed; check SOFTCART_STAGING_PASSWORD "
                               "(or SOFTCART_STAGING_PASSWORD_FILE)") from None

@@ -15,13 +15,13 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from cdc.errors import ConfigError, TransientError
-from cdc.settings import Endpoint
 from loader.pg import ISO_DATES
 from loader.spool import SpooledBatch
 from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, already_loaded, load_steps
 from transform import sqlstate
+from transform.errors import ConfigError, TransientError
 from transform.fingerprint import Dialect
+from transform.model import Endpoint
 
 _TYPES = {"dateid": "integer", "date": "date", "year": "smallint", "quarter": "smallint", "quartername": "varchar(2)",
           "month": "smallint", "monthname": "varchar(9)", "day": "smallint", "weekday": "smallint",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdc.errors import FatalError, TransientError
+from transform.errors import FatalError, TransientError
 
 STATES = ("pending", "loaded", "failed")
 

@@ -23,14 +23,14 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from cdc.errors import FatalError, TransientError
-from cdc.model import Position, RowChange, SchemaChange
 from loader.ddl import META, STAGING, save_definitions
 from loader.pg import holders_text, lock_holders, lock_wait_limit
 from loader.star import StarSchema
 from transform.changes import Key, NetChanges, Row, net_changes
 from transform.ddl import SchemaPlan
 from transform.ddl import plan as ddl_plan
+from transform.errors import FatalError, TransientError
+from transform.model import Position, RowChange, SchemaChange
 from transform.schema import Table, pg_type
 from transform.star import StarDelta
 

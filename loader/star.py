@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg import sql
 
-from cdc.errors import FatalError
 from loader.ddl import META, STAGING
 from transform.changes import NetChanges
+from transform.errors import FatalError
 from transform.schema import Table
 from transform.star import (
     MONEY_DIGITS,

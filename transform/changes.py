@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cdc.model import Op, RowChange
+from transform.model import Op, RowChange
 
 Key = tuple[Any, ...]
 Row = tuple[Any, ...]

@@ -37,11 +37,11 @@ def decode_only(env: dict[str, str], pg_url: str) -> tuple[int, float]:
     import threading
 
     from cdc import mysql
-    from cdc.model import TxnChunk
     from cdc.pipeline import Pipeline
     from cdc.settings import load_settings
     from cdc.source import BinlogSource
     from loader.staging import load_position
+    from transform.model import TxnChunk
 
     os.environ.update(env)
     settings = load_settings()

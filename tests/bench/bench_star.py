@@ -20,10 +20,10 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from cdc.localservers import PostgresServer
-from cdc.model import Op, Position, RowChange
 from loader.ddl import ensure_schema
 from loader.staging import StagingWriter
 from loader.star import StarSchema
+from transform.model import Op, Position, RowChange
 from transform.schema import Column, Table
 
 SALES = Table("sales_data", (

@@ -16,7 +16,7 @@ import pytest
 
 from cdc.localservers import MariaDBServer, PostgresServer
 from cdc.settings import load_settings
-from loader.star_ops import check_star
+from cdc.star_ops import check_star
 from tests.helpers import SALES_DDL, Daemon, execute, pg_database, source_rows, staging_rows, wait_until
 
 Conn = pymysql.connections.Connection
@@ -84,7 +84,7 @@ def test_random_faults_under_load_end_with_every_copy_equal(
         settings = load_settings(environ={}, **{k.removeprefix("SOFTCART_").lower(): v for k, v in env.items()})
         from loader.backends import open_warehouse
 
-        wh = open_warehouse(settings)
+        wh = open_warehouse(settings.warehouse_config)
         wh.init()
         wh.close()
         daemon = Daemon(env, tmp_path / "daemon.log")

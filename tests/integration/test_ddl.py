@@ -10,14 +10,14 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.errors import TransientError
 from cdc.pipeline import Pipeline
 from cdc.reconcile import Reconciler
 from cdc.settings import Settings
 from cdc.snapshot import take_snapshot
+from cdc.star_ops import check_star
 from loader.pg import pg_connect
-from loader.star_ops import check_star
 from tests.helpers import SALES_DDL, assert_same, cli, execute, running_pipeline, wait_caught_up
+from transform.errors import TransientError
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -173,7 +173,7 @@ def test_a_table_altered_as_the_snapshot_opens_is_copied_with_the_definition_in_
     pipeline = Pipeline(s)
     tables, flavor = pipeline.prepare()  # the definitions, read before the snapshot opens
     execute(source, "ALTER TABLE items ADD COLUMN w INT DEFAULT 4")  # its statement lies before the snapshot
-    with pg_connect(s, autocommit=True) as pg:
+    with pg_connect(s.staging_config, autocommit=True) as pg:
         writer, _ = pipeline.open_writer(pg, tables)
         with pytest.raises(TransientError, match="definition of source table items changed"):
             take_snapshot(s, tables, flavor, writer)

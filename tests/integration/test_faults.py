@@ -206,9 +206,9 @@ def test_our_own_stale_session_holding_the_pipeline_lock_is_taken_over(postgres:
     lock is respected."""
     import pytest
 
-    from cdc.errors import TransientError
     from cdc.pipeline import hold_pipeline_lock
     from loader.pg import INSTANCE
+    from transform.errors import TransientError
 
     url = postgres.url(staging_db)
     stale = psycopg.connect(url, autocommit=True, application_name=INSTANCE)
@@ -229,9 +229,9 @@ def test_a_pipeline_lock_held_by_a_foreign_session_is_named_with_the_way_to_end_
         postgres: Any, staging_db: str) -> None:
     import pytest
 
-    from cdc.errors import TransientError
     from cdc.pipeline import hold_pipeline_lock
     from loader.pg import INSTANCE
+    from transform.errors import TransientError
 
     url = postgres.url(staging_db)
     with psycopg.connect(url, autocommit=True, application_name="softcart-sync deadhost:4242") as foreign:

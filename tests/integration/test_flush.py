@@ -16,13 +16,13 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.errors import FatalError, TransientError
 from cdc.localservers import free_port
 from cdc.settings import Settings, load_settings
 from loader.backends import open_warehouse
 from loader.db2_warehouse import DB2Warehouse
 from loader.spool import Spool
 from tests.helpers import SALES_DDL, assert_warehouse_equals_star, cli, execute, running_pipeline, wait_caught_up
+from transform.errors import FatalError, TransientError
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -154,7 +154,7 @@ def test_batches_are_iso_csv_whatever_the_staging_servers_date_style(
 
 def test_a_batch_file_changed_on_disk_is_refused_before_anything_commits(
         wh_settings: Settings, tmp_path: Path, warehouse: PG) -> None:
-    wh = open_warehouse(wh_settings)
+    wh = open_warehouse(wh_settings.warehouse_config)
     wh.init()
     spool = Spool(tmp_path / "spool")
     spool.prepare()
@@ -520,8 +520,8 @@ def test_unwritable_spool_is_a_clear_error_and_the_outbox_keeps_its_rows(
     spool.prepare()
     shutil.rmtree(spool.root / "tmp")
     (spool.root / "tmp").write_text("no room")
-    with pg_connect(wh_settings, autocommit=True) as conn:
-        flusher = Flusher(conn, spool, open_warehouse(wh_settings), "default")
+    with pg_connect(wh_settings.staging_config, autocommit=True) as conn:
+        flusher = Flusher(conn, spool, open_warehouse(wh_settings.warehouse_config), "default")
         with pytest.raises(TransientError, match="cannot write batch"):
             flusher.create_batch()
     assert staging.execute("SELECT count(*) FROM softcart.outbox").fetchone() == outbox_before

@@ -14,7 +14,6 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from cdc.errors import TransientError
 from cdc.settings import Settings
 from loader.backends import open_warehouse
 from loader.ddl import ensure_schema
@@ -23,6 +22,7 @@ from loader.spool import Spool
 from loader.staging import StagingWriter, lock_apply
 from loader.star import StarSchema, enqueue
 from tests.helpers import SALES_DDL, execute, running_pipeline, wait_caught_up, wait_until
+from transform.errors import TransientError
 from transform.schema import Column, Table
 from transform.star import SALES_COLUMNS
 
@@ -70,7 +70,7 @@ def test_every_staging_write_transaction_waits_for_the_apply_lock(staging: PG, s
 def test_a_warehouse_load_waits_for_the_flush_lock(staging: PG, wh_settings: Settings, tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     spool.prepare()
-    warehouse = open_warehouse(wh_settings)
+    warehouse = open_warehouse(wh_settings.warehouse_config)
 
     ensure_schema(staging, {})
 
@@ -92,7 +92,7 @@ def _flusher(staging: PG, wh_settings: Settings, tmp_path: Path) -> Flusher:
     spool = Spool(tmp_path / "spool")
     spool.prepare()
     conn = psycopg.connect(staging.info.dsn, autocommit=True)
-    return Flusher(conn, spool, open_warehouse(wh_settings), wh_settings.pipeline_name)
+    return Flusher(conn, spool, open_warehouse(wh_settings.warehouse_config), wh_settings.pipeline_name)
 
 
 def test_a_batch_waits_for_outbox_writers_in_flight_and_takes_their_rows(staging: PG, wh_settings: Settings,
@@ -162,7 +162,8 @@ def test_a_loader_lock_held_too_long_is_a_named_error_not_an_endless_wait(
     (pid,) = holder.execute("SELECT pg_backend_pid()").fetchone() or (0,)
     conn = psycopg.connect(staging.info.dsn, autocommit=True)
     try:
-        flusher = Flusher(conn, spool, open_warehouse(wh_settings), wh_settings.pipeline_name, lock_wait_seconds=1)
+        flusher = Flusher(conn, spool, open_warehouse(wh_settings.warehouse_config), wh_settings.pipeline_name,
+                          lock_wait_seconds=1)
         with pytest.raises(TransientError) as err:
             flusher.load_pending()
         text = str(err.value)

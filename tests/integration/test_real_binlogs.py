@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from cdc.localservers import MariaDBServer
 from cdc.settings import Settings
-from loader.star_ops import check_star
+from cdc.star_ops import check_star
 from loader.warehouse import TABLES
 from tests.helpers import SALES_DDL, assert_same, cli, execute, running_pipeline, wait_caught_up, wait_until
 

@@ -17,8 +17,8 @@ import pytest
 
 from cdc.reconcile import Reconciler, Report
 from cdc.settings import Settings, load_settings
+from cdc.star_ops import check_star
 from loader.backends import open_warehouse
-from loader.star_ops import check_star
 from loader.warehouse import TABLES
 from tests.helpers import SALES_DDL, assert_same, cli, execute, running_pipeline, wait_caught_up, wait_until
 
@@ -105,7 +105,7 @@ def assert_all_agree(source: Conn, staging: PG, warehouse: PG, settings: Setting
 @pytest.fixture
 def streaming(source: Conn, staging: PG, rc_settings: Settings) -> Iterator[None]:
     _fill(source)
-    wh = open_warehouse(rc_settings)
+    wh = open_warehouse(rc_settings.warehouse_config)
     wh.init()
     wh.close()
     with running_pipeline(rc_settings):

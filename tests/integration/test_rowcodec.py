@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from cdc import mysql
 from cdc.binlog_fixes import MYSQL_LATIN1
 from cdc.flavor import Flavor
-from cdc.model import Heartbeat, Position, RowChange, TxnChunk
 from cdc.settings import Settings
 from cdc.source import BinlogSource
 from tests.helpers import execute
+from transform.model import Heartbeat, Position, RowChange, TxnChunk
 
 Conn = pymysql.connections.Connection
 

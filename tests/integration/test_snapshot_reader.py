@@ -13,12 +13,12 @@ import pymysql
 import pytest
 from structlog.testing import capture_logs
 
-from cdc.errors import ConfigError
 from cdc.localservers import PostgresServer
 from cdc.mysql import read_table
 from cdc.pipeline import Pipeline
 from cdc.settings import Settings
 from tests.helpers import execute, pg_database, source_rows, staging_rows, wait_until
+from transform.errors import ConfigError
 
 Conn = pymysql.connections.Connection
 

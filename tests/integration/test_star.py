@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdc.settings import Settings
-from loader.star_ops import check_star
+from cdc.star_ops import check_star
 from tests.helpers import SALES_DDL, cli, execute, running_pipeline, wait_caught_up
 
 Conn = pymysql.connections.Connection

@@ -9,12 +9,12 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.errors import FatalError
 from cdc.pipeline import Pipeline
 from cdc.settings import Settings
 from loader.ddl import ensure_schema
 from loader.pg import pg_connect
 from tests.helpers import SALES_DDL, assert_same, execute, running_pipeline, wait_caught_up
+from transform.errors import FatalError
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -131,7 +131,7 @@ def test_staging_schema_creation_is_idempotent_and_adds_new_columns(settings: Se
     seed_sales(source, 1)
     pipeline = Pipeline(settings)
     tables, _ = pipeline.prepare()
-    with pg_connect(settings) as pg:
+    with pg_connect(settings.staging_config) as pg:
         ensure_schema(pg, tables)
         ensure_schema(pg, tables)
         execute(source, "ALTER TABLE sales_data ADD COLUMN note VARCHAR(20)")
@@ -147,8 +147,8 @@ def test_staging_schema_creation_is_idempotent_and_adds_new_columns(settings: Se
 
 
 def test_star_table_named_but_not_synced_is_refused(settings: Settings, source: Conn) -> None:
-    from cdc.errors import ConfigError
     from cdc.pipeline import star_schema
+    from transform.errors import ConfigError
 
     execute(source, "CREATE TABLE other (id INT PRIMARY KEY)")
     explicit = settings.model_copy(update={"source_tables": ["other"], "star_table": "sales_data"})

@@ -13,11 +13,11 @@ import pymysql
 import pytest
 
 from cdc import mysql
-from cdc.errors import ConfigError
 from cdc.localservers import MariaDBServer, PostgresServer
 from cdc.settings import Settings, load_settings
 from loader.pg import pg_connect
 from tests.helpers import SALES_DDL, assert_same, cli, execute, pg_database, running_pipeline, wait_caught_up
+from transform.errors import ConfigError
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -97,7 +97,7 @@ def test_the_stream_runs_over_verified_tls(tls_mariadb: MariaDBServer, tls_postg
             cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
             assert cur.fetchone()[1]  # type: ignore[index]
         conn.close()
-        staging = pg_connect(settings, autocommit=True)
+        staging = pg_connect(settings.staging_config, autocommit=True)
         assert staging.pgconn.ssl_in_use
         with running_pipeline(settings):
             execute(root, "INSERT INTO tls_sales.sales_data VALUES (2, 2, 2, 1.50, 3, '2024-01-02 10:00:00')")
@@ -113,7 +113,7 @@ def test_required_tls_refuses_servers_without_it(mariadb: MariaDBServer, postgre
     with pytest.raises(ConfigError, match="does not offer TLS, but SOFTCART_SOURCE_TLS=required"):
         mysql.connect(_settings(**settings_env, SOFTCART_SOURCE_TLS="required"))
     with pytest.raises(ConfigError, match="does not offer TLS, but SOFTCART_STAGING_TLS=require"):
-        pg_connect(_settings(**settings_env, SOFTCART_STAGING_TLS="require"))
+        pg_connect(_settings(**settings_env, SOFTCART_STAGING_TLS="require").staging_config)
     out = cli("check", env={**settings_env, "SOFTCART_SOURCE_TLS": "required"})
     assert out.returncode != 0 and "SOFTCART_SOURCE_TLS" in out.stdout + out.stderr
 
@@ -125,10 +125,11 @@ def test_verify_refuses_a_certificate_from_another_ca(tls_mariadb: MariaDBServer
     with pytest.raises(ConfigError, match=r"TLS certificate is not trusted.*SOFTCART_SOURCE_TLS_CA"):
         mysql.connect(_settings(**env, SOFTCART_SOURCE_TLS="verify-ca", SOFTCART_SOURCE_TLS_CA=str(certs["other"])))
     with pytest.raises(ConfigError, match=r"TLS certificate is not trusted.*SOFTCART_STAGING_TLS_CA"):
-        pg_connect(_settings(**env, SOFTCART_STAGING_TLS="verify-ca", SOFTCART_STAGING_TLS_CA=str(certs["other"])))
+        pg_connect(_settings(**env, SOFTCART_STAGING_TLS="verify-ca",
+                             SOFTCART_STAGING_TLS_CA=str(certs["other"])).staging_config)
     # The right CA passes; without verification any certificate does (and it is still TLS).
     mysql.connect(_settings(**env, SOFTCART_SOURCE_TLS="verify-ca", SOFTCART_SOURCE_TLS_CA=str(certs["ca"]))).close()
-    assert pg_connect(_settings(**env, SOFTCART_STAGING_TLS="require")).pgconn.ssl_in_use
+    assert pg_connect(_settings(**env, SOFTCART_STAGING_TLS="require").staging_config).pgconn.ssl_in_use
 
 
 def test_verify_without_a_ca_is_a_settings_error(settings_env: dict[str, str]) -> None:

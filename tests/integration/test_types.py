@@ -159,8 +159,8 @@ def test_row_postgresql_refuses_is_isolated_and_the_rest_of_the_batch_lands(
 
 def test_batch_where_every_row_fails_the_same_way_is_fatal_not_dead_letters(
         typed: Settings, source: Conn, staging: PG) -> None:
-    from cdc.errors import FatalError
     from loader.pg import INSTANCE
+    from transform.errors import FatalError
 
     fatal = pytest.raises(FatalError, match=r"every one of 3 changes to all_types failed the same way .*vc")
     with fatal, running_pipeline(typed) as pipeline:

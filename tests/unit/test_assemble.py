@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdc.assemble import FL_COMPLETED_XA, FL_PREPARED_XA, FL_STANDALONE, Assembler, Ddl, xid_text
-from cdc.model import Op, Position, RowChange, TxnChunk
+from transform.model import Op, Position, RowChange, TxnChunk
 
 MARIA_TXN = 4 | 8  # FL_TRANSACTIONAL | FL_ALLOW_PARALLEL
 MARIA_DDL = FL_STANDALONE | 8 | 32

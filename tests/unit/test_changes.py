@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.model import Op, RowChange
 from transform.changes import net_changes
+from transform.model import Op, RowChange
 
 KEYS = st.integers(0, 5)
 

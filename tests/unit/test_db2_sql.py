@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from cdc.settings import Endpoint
 from loader.db2_warehouse import connection_string, create_table_sql, declare_sql, delete_sql, merge_sql, q
 from loader.spool import parse_csv
 from loader.warehouse import DIMDATE, FACTSALES, SALES_BY_DAY
+from transform.model import Endpoint
 
 EP = Endpoint("db2", "dw.example", 50000, "loader", SecretStr("p4ss"), "SALESDW")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pymysql
 
-from cdc.errors import ConfigError, FatalError, TransientError
 from cdc.pipeline import _as_ours
+from transform.errors import ConfigError, FatalError, TransientError
 
 
 def test_lost_connections_are_transient() -> None:

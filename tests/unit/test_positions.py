@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cdc.errors import FatalError
-from cdc.model import Position
 from cdc.positions import SourceFacts, mariadb_gtid_contains, resume_from, unavailable
+from transform.errors import FatalError
+from transform.model import Position
 
 LOGS = [("mysql-bin.000007", 1000), ("mysql-bin.000008", 500)]
 

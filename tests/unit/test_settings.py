@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cdc.errors import ConfigError
 from cdc.settings import load_settings
+from transform.errors import ConfigError
 
 CANARY = "Canary-Pa55word-7731"
 BASE = {"SOFTCART_SOURCE_URL": f"mysql://repl:{CANARY}@db.example:3307/sales",

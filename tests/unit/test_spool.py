@@ -9,8 +9,8 @@ import pytest
 
 
 def test_a_batch_file_is_read_in_chunks_and_still_checked_against_its_sha256(tmp_path: Any) -> None:
-    from cdc.errors import FatalError
     from loader.spool import Spool
+    from transform.errors import FatalError
 
     spool = Spool(tmp_path)
     spool.prepare()

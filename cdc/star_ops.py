@@ -7,12 +7,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc.errors import ConfigError
 from cdc.settings import Settings
 from loader.ddl import STAGING
 from loader.pg import pg_connect
 from loader.staging import lock_apply
 from loader.star import STAR, StarSchema
+from transform.errors import ConfigError
 from transform.schema import Column, Table
 
 
@@ -30,7 +30,7 @@ def _sales_table(conn: psycopg.Connection[Any], settings: Settings) -> StarSchem
 
 
 def rebuild_star(settings: Settings) -> tuple[int, int]:
-    with pg_connect(settings, autocommit=True) as conn:
+    with pg_connect(settings.staging_config, autocommit=True) as conn:
         star = _sales_table(conn, settings)
         with conn.transaction():
             # Writers wait (the daemon's next batch blocks), readers carry on.
@@ -42,7 +42,7 @@ def rebuild_star(settings: Settings) -> tuple[int, int]:
 
 
 def check_star(settings: Settings, limit: int = 20) -> list[str]:
-    with pg_connect(settings, autocommit=True) as conn:
+    with pg_connect(settings.staging_config, autocommit=True) as conn:
         star = _sales_table(conn, settings)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")  # rolled back below
         try:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from transform.schema import Table
 
@@ -135,3 +138,43 @@ class SchemaChange:
     position: Position
     event_time: float
     tables: tuple[tuple[str, Table | None], ...]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A parsed database URL. ``password`` is secret; ``display`` is safe to log."""
+
+    scheme: str
+    host: str
+    port: int
+    user: str
+    password: SecretStr
+    database: str
+    query: str = ""
+
+    @property
+    def display(self) -> str:
+        return f"{self.scheme}://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+@dataclass(frozen=True)
+class StagingConfig:
+    """What the loader needs to reach staging (built by cdc.settings.Settings.staging_config)."""
+
+    endpoint: Endpoint
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 30.0
+    tls: str = "prefer"
+    tls_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class WarehouseConfig:
+    """What the loader needs to reach the warehouse (built by cdc.settings.Settings.warehouse_config)."""
+
+    endpoint: Endpoint
+    pipeline: str = "default"
+    connect_timeout_seconds: float = 10.0
+    receive_timeout_seconds: float = 3600.0
+    statement_timeout_seconds: float = 0.0
+    schema: str = ""

@@ -1,0 +1,38 @@
+"""The layers point one way along the data flow: transform <- loader <- cdc (see
+../shared/CONVENTIONS.md, "Layers"): transform/ imports only itself, loader/ only transform/."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FORBIDDEN = {"transform": ("loader", "cdc"), "loader": ("cdc",)}
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """Every module ``path`` imports, at the top or inside a function."""
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.append((node.lineno, node.module))
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_a_layer_imports_nothing_above_it(package: str) -> None:
+    wrong = [f"{path.relative_to(ROOT)}:{line} imports {module}"
+             for path in sorted((ROOT / package).rglob("*.py"))
+             for line, module in imports(path)
+             if module.split(".")[0] in FORBIDDEN[package]]
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_the_check_sees_an_import_inside_a_function(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from cdc.settings import Settings\n    import cdc.errors\n")
+    assert imports(module) == [(2, "cdc.settings"), (3, "cdc.errors")]
