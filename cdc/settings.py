@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(30.0, gt=0, description="longest a clean shutdown may take")
     star_table: str = Field("sales_data", description="source table the star schema is built from ('' turns it off)")
     business_timezone: str = Field("UTC", description="IANA time zone that decides a sale's date (DimDate)")
+    star_deltas: Literal["sql", "python"] = Field(
+        "sql", description="where each batch's star-schema delta is computed: sql (set-based inside PostgreSQL,"
+        " where the column types allow) or python (row by row, the reference rules)")
     reconcile_segment_rows: int = Field(10000, ge=2, description="reconcile: rows per top-level segment checksum")
     reconcile_fanout: int = Field(16, ge=2, le=1000, description="reconcile: parts a differing segment is cut into")
     reconcile_fetch_rows: int = Field(1000, ge=1, description="reconcile: at most this many rows in a differing "

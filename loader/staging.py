@@ -25,14 +25,13 @@ from psycopg import sql
 
 from loader.ddl import META, STAGING, save_definitions
 from loader.pg import holders_text, lock_holders, lock_wait_limit
-from loader.star import StarSchema
+from loader.star import Applied, StarSchema
 from transform.changes import Key, NetChanges, Row, net_changes
 from transform.ddl import SchemaPlan
 from transform.ddl import plan as ddl_plan
 from transform.errors import FatalError, TransientError
 from transform.model import Position, RowChange, SchemaChange
 from transform.schema import Table, pg_type
-from transform.star import StarDelta
 
 log = structlog.get_logger(__name__)
 
@@ -225,9 +224,13 @@ class StagingWriter:
         star = self._star_for(table)
         try:
             with self.conn.transaction(), self.conn.cursor() as cur:
-                old = star.read_old(cur, [k[0] for k in net.keys]) if star else {}
+                in_sql = star.sql_delta(self.conn, self._temp_tables(cur, table)) if star else None
+                old = star.read_old(cur, [k[0] for k in net.keys]) if star and in_sql is None else {}
                 self._apply_set(cur, table, net)
-                delta = star.apply(cur, old, net) if star else None
+                delta: Applied | None = None
+                if star is not None:
+                    delta = star.apply_in_sql(cur, in_sql, net) if in_sql is not None \
+                        else Applied.of(star.apply(cur, old, net))
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             log.warning("batch_rejected_isolating_rows", table=table.name, error=_pg_error(exc))
             self._apply_rows(table, net)
@@ -236,8 +239,8 @@ class StagingWriter:
             self._invalid_facts(table, net, delta)
         return len(net.upserts) + len(net.deletes)
 
-    def _invalid_facts(self, table: Table, net: NetChanges, delta: StarDelta) -> None:
-        self._star_pending += len(delta.fact_upserts) + len(delta.fact_deletes)
+    def _invalid_facts(self, table: Table, net: NetChanges, delta: Applied) -> None:
+        self._star_pending += delta.upserts + delta.deletes
         for rowid, reason in delta.invalid.items():
             row = net.upserts[(rowid,)]
             self._dead.append(DeadLetter(table.name, key_text((rowid,)), f"no valid fact: {reason}",
@@ -275,7 +278,7 @@ class StagingWriter:
                         cur.execute(delete_one_sql(table), key)
                     else:
                         cur.execute(upsert_one_sql(table), row)
-                    delta = star.apply(cur, old, one) if star else None
+                    delta = Applied.of(star.apply(cur, old, one)) if star else None
                 if delta is not None:
                     self._invalid_facts(table, one, delta)
             except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
@@ -323,7 +326,7 @@ class StagingWriter:
                 p = ddl_plan(STAGING, old, new, change.statement)
                 if p.stop is None and self.star is not None and self.star.table.name == name:
                     try:
-                        star = StarSchema(new, self.star.zone)
+                        star = StarSchema(new, self.star.zone, self.star.deltas_in_sql)
                     except FatalError as exc:
                         p = SchemaPlan(stop=str(exc))
                 if p.stop is not None:

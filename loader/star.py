@@ -29,6 +29,7 @@ from transform.star import (
     star_delta,
     try_fact,
 )
+from transform.star_sql import DeltaStatements, SqlRules, changed_dates, delta_statements, sql_rules
 
 STAR = "star"
 Cursor = psycopg.Cursor[Any]
@@ -82,7 +83,7 @@ def _ids(cols: Iterable[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(c) for c in cols)
 
 
-UPSERT_DIMDATE = sql.SQL("INSERT INTO {}.dimdate ({}) {} ON CONFLICT (dateid) DO NOTHING").format(
+UPSERT_DIMDATE = sql.SQL("INSERT INTO {}.dimdate ({}) {} ON CONFLICT (dateid) DO NOTHING RETURNING dateid").format(
     sql.Identifier(STAR), _ids(DIMDATE_COLS), _unnest(DIMDATE_COLS))
 UPSERT_FACTS = sql.SQL(
     "INSERT INTO {0}.factsales ({1}) SELECT {1} FROM _star_factsales ON CONFLICT (rowid) DO UPDATE SET {2},"
@@ -103,20 +104,34 @@ DROP_UNUSED_DATES = sql.SQL(
     "DELETE FROM {0}.dimdate d WHERE d.dateid = ANY(%s::integer[])"
     " AND NOT EXISTS (SELECT 1 FROM {0}.sales_by_day s WHERE s.dateid = d.dateid)").format(sql.Identifier(STAR))
 #: The warehouse keys a batch changed: upserted and deleted facts, changed aggregates, and the dates
-#: of changed aggregates (every date that came or may have gone has an aggregate delta).
+#: it added or that may have gone (transform.star_sql.changed_dates).
 OUTBOX_INSERT = sql.SQL(
     "INSERT INTO {}.outbox (tbl, k1, k2)"
     " SELECT 'factsales', rowid, NULL::bigint FROM _star_factsales"
-    " UNION ALL SELECT 'factsales', r, NULL FROM unnest(%s::bigint[]) AS r"
+    " UNION ALL SELECT 'factsales', r, NULL FROM unnest(%(deleted)s::bigint[]) AS r"
     " UNION ALL SELECT 'sales_by_day', dateid, product_id FROM _star_sales_by_day"
-    " UNION ALL SELECT DISTINCT 'dimdate', dateid, NULL::bigint FROM _star_sales_by_day").format(
-    sql.Identifier(META))
+    " UNION ALL SELECT 'dimdate', dateid, NULL::bigint FROM ({}) d").format(
+    sql.Identifier(META), changed_dates(sql.Identifier("_star_sales_by_day")))
 OUTBOX_FULL = sql.SQL("INSERT INTO {}.outbox (tbl) VALUES ('*')").format(sql.Identifier(META))
 
 
 RESOLVE_DEAD_LETTERS = sql.SQL(
     "UPDATE {}.dead_letter SET resolved_at = now() WHERE kind = 'fact' AND source_table = %s"
     " AND row_key = ANY(%s::text[]) AND resolved_at IS NULL").format(sql.Identifier(META))
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a batch did to the star schema: facts upserted and deleted, and the rows that make no
+    fact with Python's reason (rowid -> reason)."""
+
+    upserts: int
+    deletes: int
+    invalid: Mapping[Any, str]
+
+    @classmethod
+    def of(cls, delta: StarDelta) -> Applied:
+        return cls(len(delta.fact_upserts), len(delta.fact_deletes), delta.invalid)
 
 
 @dataclass
@@ -127,61 +142,21 @@ class Built:
     invalid: list[tuple[Any, str]] = field(default_factory=list)
 
 
-_BIGINT_RANGE = sql.SQL("BETWEEN -9223372036854775808 AND 9223372036854775807")
-_INTEGERS = ("smallint", "integer", "bigint")
-
-
-@dataclass(frozen=True)
-class _SqlRules:
-    """``transform.star.fact_from_values`` as SQL over a staging table, for the rows it can vouch
-    for: ``valid`` holds only where the Python rule makes a fact with these very values (every
-    other row is left to Python), ``dateid`` is the sale's date in the business time zone."""
-
-    valid: sql.Composable
-    dateid: sql.Composable
-
-    @classmethod
-    def for_table(cls, conn: psycopg.Connection[Any], table: str, zone: ZoneInfo) -> _SqlRules | None:
-        """The rules for the table's column types, or None where they'd differ from Python's
-        (a float price is exact binary in Python; a zone PostgreSQL doesn't know)."""
-        types = dict(conn.execute(
-            "SELECT attname, atttypid::regtype::text FROM pg_attribute WHERE attrelid = %s::regclass"
-            " AND attnum > 0 AND NOT attisdropped", (f"{STAGING}.{table}",)).fetchall())
-        numbers = (*_INTEGERS, "numeric")
-        if any(types.get(c) not in numbers for c in ("rowid", "product_id", "customer_id", "price", "quantity")):
-            return None
-        if not conn.execute("SELECT EXISTS (SELECT FROM pg_timezone_names WHERE name = %s)", (zone.key,)).fetchone():
-            return None
-        ts, tz = sql.Identifier("timestamp"), sql.Literal(zone.key)
-        day: sql.Composable
-        if types.get("timestamp") == "timestamp with time zone":
-            day = sql.SQL("({} AT TIME ZONE {})::date").format(ts, tz)
-        elif types.get("timestamp") == "timestamp without time zone":  # a DATETIME: UTC, as the reader's
-            day = sql.SQL("(({} AT TIME ZONE 'UTC') AT TIME ZONE {})::date").format(ts, tz)
-        elif types.get("timestamp") == "date":
-            day = ts
-        else:
-            return None
-        checks = [sql.SQL("{} IS NOT NULL").format(ts), sql.SQL("isfinite({})").format(ts),
-                  sql.SQL("product_id IS NOT NULL"), sql.SQL("price IS NOT NULL"), sql.SQL("quantity IS NOT NULL"),
-                  sql.SQL("quantity >= 0"),
-                  sql.SQL("abs(price) < {}").format(sql.Literal(10 ** (MONEY_DIGITS - MONEY_SCALE))),
-                  sql.SQL("price = round(price, {})").format(sql.Literal(MONEY_SCALE)),
-                  sql.SQL("abs(price * quantity) < {}").format(sql.Literal(10 ** (MONEY_DIGITS - MONEY_SCALE)))]
-        for c in ("rowid", "product_id", "customer_id", "quantity"):
-            if types[c] == "numeric":
-                checks.append(sql.SQL("({0} IS NULL OR ({0} {1} AND {0} = trunc({0})))").format(
-                    sql.Identifier(c), _BIGINT_RANGE))
-        checks.append(sql.SQL("{} BETWEEN '0001-01-01' AND '9999-12-31'").format(day))  # Python's dates
-        dateid = sql.SQL("(date_part('year', {0}) * 10000 + date_part('month', {0}) * 100"
-                         " + date_part('day', {0}))::integer").format(day)
-        return cls(sql.SQL(" AND ").join(checks), dateid)
+def sql_rules_for(conn: psycopg.Connection[Any], table: str, zone: ZoneInfo) -> SqlRules | None:
+    """The SQL rules (transform.star_sql) for the staging table's column types, or None where
+    they'd differ from Python's or PostgreSQL doesn't know the zone."""
+    types = dict(conn.execute(
+        "SELECT attname, atttypid::regtype::text FROM pg_attribute WHERE attrelid = %s::regclass"
+        " AND attnum > 0 AND NOT attisdropped", (f"{STAGING}.{table}",)).fetchall())
+    if not conn.execute("SELECT EXISTS (SELECT FROM pg_timezone_names WHERE name = %s)", (zone.key,)).fetchone():
+        return None
+    return sql_rules(types, zone.key)
 
 
 class StarSchema:
     """Maintains ``star`` from the changes of one staging table (``sales_data``)."""
 
-    def __init__(self, table: Table, zone: ZoneInfo) -> None:
+    def __init__(self, table: Table, zone: ZoneInfo, deltas_in_sql: bool = True) -> None:
         missing = [c for c in SALES_COLUMNS if c not in table.column_names]
         if missing:
             raise FatalError(f"the star schema needs columns {', '.join(missing)} in {table.name} "
@@ -190,6 +165,10 @@ class StarSchema:
             raise FatalError(f"the star schema needs {table.name} to have the primary key (rowid)")
         self.table = table
         self.zone = zone
+        #: per-batch deltas computed inside PostgreSQL where the column types allow (SOFTCART_STAR_DELTAS)
+        self.deltas_in_sql = deltas_in_sql
+        self._rules: SqlRules | bool | None = False  # False: not looked up yet
+        self._delta: tuple[str, DeltaStatements] | None = None
         self._values = operator.itemgetter(*(table.column_names.index(c) for c in SALES_COLUMNS))
 
     def ensure_schema(self, cur: Cursor) -> bool:
@@ -226,6 +205,60 @@ class StarSchema:
         self.write(cur, delta)
         return delta
 
+    def sql_delta(self, conn: psycopg.Connection[Any], rows: str) -> DeltaStatements | None:
+        """The per-batch delta's statements over the staging apply's temporary table ``rows``, or
+        None where the Python rules apply (turned off, or column types the SQL can't vouch for)."""
+        if not self.deltas_in_sql:
+            return None
+        if self._rules is False:
+            self._rules = sql_rules_for(conn, self.table.name, self.zone)
+        if not isinstance(self._rules, SqlRules):
+            return None
+        if self._delta is None or self._delta[0] != rows:
+            self._delta = (rows, delta_statements(self._rules, rows, SALES_COLUMNS, STAR, META))
+        return self._delta[1]
+
+    def apply_in_sql(self, cur: Cursor, st: DeltaStatements, net: NetChanges) -> Applied:
+        """What ``net`` (already applied to staging; its upserted rows in the statements' temporary
+        table) does to the star schema, computed inside PostgreSQL: the same as :meth:`apply`, by
+        the rows the SQL rules vouch for, Python judging the others."""
+        keys = [k[0] for k in net.keys]
+        params = {"keys": keys}
+        cur.execute(st.clear)
+        invalid: dict[Any, str] = {}
+        upserts = 0
+        if net.upserts:
+            cur.execute(st.new_facts)
+            upserts = max(0, cur.rowcount)
+            cur.execute(st.odd_rows)
+            odd = []
+            ours = {k[0]: k[0] for k in net.upserts}  # the key as the batch has it (1, not numeric 1)
+            for row in cur.fetchall():
+                fact, reason = try_fact(tuple(row), self.zone)
+                if fact is not None:
+                    odd.append(fact)
+                elif reason is not None:
+                    invalid[ours.get(row[0], row[0])] = reason
+            if odd:
+                _copy(cur, sql.Identifier("_star_factsales"), FACT_COLS, (f.row() for f in odd))
+                upserts += len(odd)
+        cur.execute(st.aggregate_deltas, params)
+        days = [r[0] for r in cur.execute(st.new_dates).fetchall()] if upserts else []
+        if days:
+            cur.execute(UPSERT_DIMDATE, _columns([dim_date(date_of(d)).row() for d in days], len(DIMDATE_COLS)))
+        cur.execute(st.delete_facts, params)
+        if upserts:
+            cur.execute(st.upsert_facts)
+        cur.execute(st.add_aggregates)
+        cur.execute(st.drop_empty_aggregates)
+        cur.execute(st.drop_unused_dates)
+        settled = [k for k in keys if k not in invalid]
+        if settled and self._open_fact_dead_letters(cur):
+            cur.execute(RESOLVE_DEAD_LETTERS, (self.table.name, [f"[{r}]" for r in settled]))
+        if keys:
+            cur.execute(st.outbox, {**params, "dates": days})
+        return Applied(upserts, len(keys) - upserts, invalid)
+
     def prepare_session(self, cur: Cursor) -> None:
         """Create this session's temporary tables, outside any transaction (so no rollback to a
         savepoint can take them away)."""
@@ -247,8 +280,10 @@ class StarSchema:
         self._staged(cur, "factsales", FACT_COLS, (f.row() for f in delta.fact_upserts.values()))
         self._staged(cur, "sales_by_day", AGG_COLS,
                      ((k[0], k[1], a.sales, a.quantity, a.amount) for k, a in delta.aggregates.items()))
+        added: list[int] = []
         if delta.dates:
             cur.execute(UPSERT_DIMDATE, _columns([d.row() for d in delta.dates.values()], len(DIMDATE_COLS)))
+            added = sorted(r[0] for r in cur.fetchall())
         deleted = list(delta.fact_deletes)
         if deleted:
             cur.execute(DELETE_FACTS, (deleted,))
@@ -264,7 +299,7 @@ class StarSchema:
         if delta.settled and self._open_fact_dead_letters(cur):
             cur.execute(RESOLVE_DEAD_LETTERS, (self.table.name, [f"[{r}]" for r in delta.settled]))
         if delta.fact_upserts or deleted or delta.aggregates:
-            cur.execute(OUTBOX_INSERT, (deleted,))
+            cur.execute(OUTBOX_INSERT, {"deleted": deleted, "dates": added})
 
     def _open_fact_dead_letters(self, cur: Cursor) -> bool:
         cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.dead_letter WHERE kind = 'fact' AND source_table = %s"
@@ -285,7 +320,7 @@ class StarSchema:
         def target(name: str) -> sql.Composable:
             return sql.Identifier(f"scratch_{name}") if temp else sql.Identifier(schema, name)
 
-        rules = _SqlRules.for_table(conn, self.table.name, self.zone) if in_sql else None
+        rules = sql_rules_for(conn, self.table.name, self.zone) if in_sql else None
         if rules is None:
             return self._build_in_python(conn, target)
         built = Built()

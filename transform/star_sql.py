@@ -1,0 +1,151 @@
+"""The star schema's rules as set-based SQL (pure: statements built from the staging column types).
+
+``transform.star`` (Python) stays the reference; these statements vouch only for the rows where
+they make the very fact Python makes (:attr:`SqlRules.valid`), and leave every other row to it.
+They serve the from-scratch build (``loader.star.StarSchema.build_into``) and the per-batch delta
+(:func:`delta_statements`): a batch's facts, aggregate deltas, dates, deletes and outbox keys
+computed inside PostgreSQL from the rows the staging apply just wrote, instead of row by row in
+Python. ``tests/integration/test_star_sql.py`` holds the delta equal to the Python rules,
+differentially, for the column types and time zones the from-scratch build's test uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from transform.star import MONEY_DIGITS, MONEY_SCALE
+
+_BIGINT_RANGE = sql.SQL("BETWEEN -9223372036854775808 AND 9223372036854775807")
+_INTEGERS = ("smallint", "integer", "bigint")
+FACT_COLS = ("rowid", "dateid", "product_id", "customer_id", "price", "quantity", "total_price")
+AGG_COLS = ("dateid", "product_id", "sales_count", "quantity_total", "amount_total")
+
+
+def ids(cols: Iterable[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+
+
+@dataclass(frozen=True)
+class SqlRules:
+    """``transform.star.fact_from_values`` as SQL over a relation with the sales table's columns:
+    ``valid`` holds only where the Python rule makes a fact with these very values, ``dateid`` is
+    the sale's date in the business time zone."""
+
+    valid: sql.Composable
+    dateid: sql.Composable
+
+
+def sql_rules(types: Mapping[str, str], zone: str) -> SqlRules | None:
+    """The rules for the staging columns' PostgreSQL types (``types``: name -> regtype text), or
+    None where they'd differ from Python's (a float price is exact binary in Python). ``zone``
+    must be one PostgreSQL knows (the caller asks pg_timezone_names)."""
+    numbers = (*_INTEGERS, "numeric")
+    if any(types.get(c) not in numbers for c in ("rowid", "product_id", "customer_id", "price", "quantity")):
+        return None
+    ts, tz = sql.Identifier("timestamp"), sql.Literal(zone)
+    day: sql.Composable
+    if types.get("timestamp") == "timestamp with time zone":
+        day = sql.SQL("({} AT TIME ZONE {})::date").format(ts, tz)
+    elif types.get("timestamp") == "timestamp without time zone":  # a DATETIME: UTC, as the reader's
+        day = sql.SQL("(({} AT TIME ZONE 'UTC') AT TIME ZONE {})::date").format(ts, tz)
+    elif types.get("timestamp") == "date":
+        day = ts
+    else:
+        return None
+    checks = [sql.SQL("{} IS NOT NULL").format(ts), sql.SQL("isfinite({})").format(ts),
+              sql.SQL("product_id IS NOT NULL"), sql.SQL("price IS NOT NULL"), sql.SQL("quantity IS NOT NULL"),
+              sql.SQL("quantity >= 0"),
+              sql.SQL("abs(price) < {}").format(sql.Literal(10 ** (MONEY_DIGITS - MONEY_SCALE))),
+              sql.SQL("price = round(price, {})").format(sql.Literal(MONEY_SCALE)),
+              sql.SQL("abs(price * quantity) < {}").format(sql.Literal(10 ** (MONEY_DIGITS - MONEY_SCALE)))]
+    for c in ("rowid", "product_id", "customer_id", "quantity"):
+        if types[c] == "numeric":
+            checks.append(sql.SQL("({0} IS NULL OR ({0} {1} AND {0} = trunc({0})))").format(
+                sql.Identifier(c), _BIGINT_RANGE))
+    checks.append(sql.SQL("{} BETWEEN '0001-01-01' AND '9999-12-31'").format(day))  # Python's dates
+    dateid = sql.SQL("(date_part('year', {0}) * 10000 + date_part('month', {0}) * 100"
+                     " + date_part('day', {0}))::integer").format(day)
+    return SqlRules(sql.SQL(" AND ").join(checks), dateid)
+
+
+@dataclass(frozen=True)
+class DeltaStatements:
+    """One batch's star-schema delta, in the order to run them, inside the batch's transaction.
+    The session's temporary ``_star_factsales`` receives the batch's new facts (these statements
+    for the rows the rules vouch for, Python for the others: ``odd_rows``), ``_star_sales_by_day``
+    the aggregate deltas. ``%(keys)s`` is every rowid the batch changed (upserted or deleted)."""
+
+    clear: sql.Composed  # empties both temporary tables
+    new_facts: sql.Composed  # the facts of the upserted rows the rules vouch for
+    odd_rows: sql.Composed  # the upserted rows they don't: Python's to judge
+    aggregate_deltas: sql.Composed  # new facts minus the old ones of the keys, per (date, product), nonzero
+    new_dates: sql.Composed  # the new facts' dateids dimdate lacks (rows made by transform.star.dim_date)
+    delete_facts: sql.Composed  # the keys' facts that have no new one
+    upsert_facts: sql.Composed
+    add_aggregates: sql.Composed
+    drop_empty_aggregates: sql.Composed  # only aggregates that lost sales can be empty now
+    drop_unused_dates: sql.Composed  # and only their dates unused
+    outbox: sql.Composed  # the warehouse keys the batch changed; %(dates)s: the dates it added
+
+
+def changed_dates(aggregate_deltas: sql.Composable) -> sql.Composed:
+    """The dimdate keys a batch changed: the dates it added (``%(dates)s``) and the dates of
+    aggregates that lost sales (only those can have gone). Every other date of the batch was in
+    dimdate, and in the warehouse, already: sending it again cost an outbox row and a warehouse
+    upsert per date of every batch (sales over two years: about 700 dates a batch of 2,000)."""
+    return sql.SQL("SELECT unnest(%(dates)s::integer[]) AS dateid UNION SELECT dateid FROM {}"
+                   " WHERE sales_count < 0").format(aggregate_deltas)
+
+
+def delta_statements(rules: SqlRules, rows: str, sales_columns: tuple[str, ...], star: str = "star",
+                     meta: str = "softcart") -> DeltaStatements:
+    """The statements for upserted rows in the relation ``rows`` (the staging apply's temporary
+    table of the batch's new rows, with the sales table's columns)."""
+    s, m, up = sql.Identifier(star), sql.Identifier(meta), sql.Identifier(rows)
+    facts, aggs = sql.Identifier("_star_factsales"), sql.Identifier("_star_sales_by_day")
+    return DeltaStatements(
+        clear=sql.SQL("TRUNCATE {}, {}").format(facts, aggs),
+        new_facts=sql.SQL("INSERT INTO {} ({}) SELECT rowid, {}, product_id, customer_id, price, quantity,"
+                          " price * quantity FROM {} WHERE {}").format(
+            facts, ids(FACT_COLS), rules.dateid, up, rules.valid),
+        odd_rows=sql.SQL("SELECT {} FROM {} WHERE NOT COALESCE({}, false)").format(
+            ids(sales_columns), up, rules.valid),
+        aggregate_deltas=sql.SQL(
+            "INSERT INTO {aggs} ({cols}) SELECT dateid, product_id, sum(n), sum(q), sum(a) FROM ("
+            "SELECT dateid, product_id, 1 AS n, quantity AS q, total_price AS a FROM {facts}"
+            " UNION ALL SELECT dateid, product_id, -1, -quantity, -total_price FROM {s}.factsales"
+            " WHERE rowid = ANY(%(keys)s::bigint[])) d GROUP BY dateid, product_id"
+            " HAVING sum(n) <> 0 OR sum(q) <> 0 OR sum(a) <> 0").format(
+            aggs=aggs, cols=ids(AGG_COLS), facts=facts, s=s),
+        new_dates=sql.SQL("SELECT DISTINCT dateid FROM {} f WHERE NOT EXISTS (SELECT 1 FROM {}.dimdate d"
+                          " WHERE d.dateid = f.dateid) ORDER BY 1").format(facts, s),
+        delete_facts=sql.SQL("DELETE FROM {}.factsales WHERE rowid = ANY(%(keys)s::bigint[])"
+                             " AND rowid NOT IN (SELECT rowid FROM {})").format(s, facts),
+        upsert_facts=sql.SQL(
+            "INSERT INTO {0}.factsales ({1}) SELECT {1} FROM {2} ON CONFLICT (rowid) DO UPDATE SET {3},"
+            " updated_at = now()").format(
+            s, ids(FACT_COLS), facts,
+            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in FACT_COLS[1:])),
+        add_aggregates=sql.SQL(
+            "INSERT INTO {0}.sales_by_day AS t ({1}) SELECT {1} FROM {2}"
+            " ON CONFLICT (dateid, product_id) DO UPDATE SET sales_count = t.sales_count + EXCLUDED.sales_count,"
+            " quantity_total = t.quantity_total + EXCLUDED.quantity_total,"
+            " amount_total = t.amount_total + EXCLUDED.amount_total").format(s, ids(AGG_COLS), aggs),
+        drop_empty_aggregates=sql.SQL(
+            "DELETE FROM {}.sales_by_day t USING {} d WHERE t.dateid = d.dateid AND t.product_id = d.product_id"
+            " AND d.sales_count < 0 AND t.sales_count = 0").format(s, aggs),
+        drop_unused_dates=sql.SQL(
+            "DELETE FROM {0}.dimdate dd WHERE dd.dateid IN (SELECT dateid FROM {1} WHERE sales_count < 0)"
+            " AND NOT EXISTS (SELECT 1 FROM {0}.sales_by_day t WHERE t.dateid = dd.dateid)").format(s, aggs),
+        outbox=sql.SQL(
+            "INSERT INTO {m}.outbox (tbl, k1, k2)"
+            " SELECT 'factsales', rowid, NULL::bigint FROM {facts}"
+            " UNION ALL SELECT 'factsales', r, NULL FROM unnest(%(keys)s::bigint[]) AS r"
+            " WHERE r NOT IN (SELECT rowid FROM {facts})"
+            " UNION ALL SELECT 'sales_by_day', dateid, product_id FROM {aggs}"
+            " UNION ALL SELECT 'dimdate', dateid, NULL::bigint FROM ({dates}) d").format(
+            m=m, facts=facts, aggs=aggs, dates=changed_dates(aggs)),
+    )
