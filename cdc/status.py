@@ -1,10 +1,12 @@
 """`softcart-sync status`: what the pipeline has done, read from PostgreSQL, so it works whether
-or not the daemon runs."""
+or not the daemon runs; and what the running daemon's /readyz says (each stage's stall)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import urllib.error
+import urllib.request
 from typing import Any
 
 from psycopg import sql
@@ -15,12 +17,31 @@ from loader.flush import retrying_batch
 from loader.pg import pg_connect
 
 
+def ask_daemon(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
+    """What the running daemon's /readyz says (each stage's stall, named), at SOFTCART_METRICS_LISTEN."""
+    host, port = settings.metrics_address
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # noqa: S104 - a wildcard listen: ask loopback
+    at = f"{host}:{port}"
+    if port == 0:
+        return {"answering": False, "at": at, "why": "SOFTCART_METRICS_LISTEN has port 0 (any port): nothing to ask"}
+    try:
+        with urllib.request.urlopen(f"http://{at}/readyz", timeout=timeout) as r:
+            return {"answering": True, "at": at, "ready": True, "says": r.read().decode().strip()}
+    except urllib.error.HTTPError as exc:
+        return {"answering": True, "at": at, "ready": False, "says": exc.read().decode().strip()}
+    except OSError as exc:
+        reason = getattr(exc, "reason", exc)
+        return {"answering": False, "at": at, "why": f"{reason} (not running, or listening elsewhere: check"
+                " SOFTCART_METRICS_LISTEN)"}
+
+
 def read_status(settings: Settings) -> dict[str, Any]:
+    daemon = ask_daemon(settings)
     with pg_connect(settings.staging_config, autocommit=True) as conn:
         have_meta = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META}.position",)).fetchone()
         if not have_meta or not have_meta[0]:
             return {"pipeline": settings.pipeline_name, "state": "not started (no position stored yet)",
-                    "dead_letters": {}, "batches": {}, "snapshot": []}
+                    "daemon": daemon, "dead_letters": {}, "batches": {}, "snapshot": []}
         pos = conn.execute(sql.SQL("SELECT binlog_file, binlog_pos, gtid, event_time, committed_at, now()"
                                    " FROM {}.position WHERE pipeline = %s").format(sql.Identifier(META)),
                            (settings.pipeline_name,)).fetchone()
@@ -34,7 +55,7 @@ def read_status(settings: Settings) -> dict[str, Any]:
         snap = conn.execute(sql.SQL("SELECT source_table, rows_copied, position, finished_at FROM {}.snapshot"
                                     " WHERE pipeline = %s ORDER BY source_table").format(sql.Identifier(META)),
                             (settings.pipeline_name,)).fetchall()
-    out: dict[str, Any] = {"pipeline": settings.pipeline_name}
+    out: dict[str, Any] = {"pipeline": settings.pipeline_name, "daemon": daemon}
     if pos is None:
         out["state"] = "not started (no position stored yet)"
     else:
@@ -60,6 +81,11 @@ def read_status(settings: Settings) -> dict[str, Any]:
 
 def render(status: dict[str, Any]) -> str:
     lines = [f"pipeline       {status['pipeline']}: {status['state']}"]
+    d = status["daemon"]
+    if d["answering"]:
+        lines.append(f"daemon         {'ready' if d['ready'] else 'NOT READY'} ({d['at']}): {d['says']}")
+    else:
+        lines.append(f"daemon         not answering at {d['at']}: {d['why']}")
     if "position" in status:
         p = status["position"]
         lines.append(f"position       {p['file']}:{p['pos']}" + (f"  gtid {p['gtid']}" if p["gtid"] else ""))

@@ -191,6 +191,11 @@ def test_status_reads_postgresql_with_or_without_the_daemon(settings_env: dict[s
     assert status["snapshot"][0]["table"] == "sales_data" and status["snapshot"][0]["rows"] == 1
     human = cli("status", env=settings_env).stdout
     assert "position       mysql-bin." in human and "fact: 1 open of 1" in human
+    from cdc.localservers import free_port
+
+    port = free_port()
+    alone = cli("status", env={**settings_env, "SOFTCART_METRICS_LISTEN": f"127.0.0.1:{port}"}).stdout
+    assert f"daemon         not answering at 127.0.0.1:{port}" in alone and "SOFTCART_METRICS_LISTEN" in alone
 
 
 def test_unreachable_hosts_and_missing_privileges_are_one_clear_line_each(

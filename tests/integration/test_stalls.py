@@ -136,6 +136,9 @@ def test_a_loader_lock_held_by_another_session_is_a_flusher_stall_naming_the_hol
             assert code == 503 and "flusher stalled" in why and f"pid {pid} (stuck-loader" in why, why
             assert f"pg_terminate_backend({pid})" in why
             assert sample(port, "softcart_outbox_pending_rows") > 0
+            # `status` asks the running daemon too, and shows the stall
+            shown = cli("status", env={**env, "SOFTCART_METRICS_LISTEN": f"127.0.0.1:{port}"}).stdout
+            assert f"daemon         NOT READY (127.0.0.1:{port}): flusher stalled" in shown, shown
         finally:
             holder.close()
         wait_until(lambda: get(port, "/readyz")[0] == 200, 60, "ready again")
