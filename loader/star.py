@@ -29,7 +29,8 @@ from transform.star import (
     star_delta,
     try_fact,
 )
-from transform.star_sql import DeltaStatements, SqlRules, changed_dates, delta_statements, sql_rules
+from transform.star_sql import AGG_COLS, FACT_COLS, RowStatements, SqlRules, batch_statements, row_statements, sql_rules
+from transform.star_sql import ids as _ids
 
 STAR = "star"
 Cursor = psycopg.Cursor[Any]
@@ -55,8 +56,6 @@ STAR_DDL = [
 
 DIMDATE_COLS = ("dateid", "date", "year", "quarter", "quartername", "month", "monthname", "day", "weekday",
                 "weekdayname")
-FACT_COLS = ("rowid", "dateid", "product_id", "customer_id", "price", "quantity", "total_price")
-AGG_COLS = ("dateid", "product_id", "sales_count", "quantity_total", "amount_total")
 #: (table, columns compared, key) of the star schema's tables, in load order.
 STAR_TABLES = (("dimdate", DIMDATE_COLS, ("dateid",)), ("factsales", FACT_COLS, ("rowid",)),
                ("sales_by_day", AGG_COLS, ("dateid", "product_id")))
@@ -79,39 +78,11 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [[r[i] for r in rows] for i in range(width)]
 
 
-def _ids(cols: Iterable[str]) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(c) for c in cols)
-
-
 UPSERT_DIMDATE = sql.SQL("INSERT INTO {}.dimdate ({}) {} ON CONFLICT (dateid) DO NOTHING RETURNING dateid").format(
     sql.Identifier(STAR), _ids(DIMDATE_COLS), _unnest(DIMDATE_COLS))
-UPSERT_FACTS = sql.SQL(
-    "INSERT INTO {0}.factsales ({1}) SELECT {1} FROM _star_factsales ON CONFLICT (rowid) DO UPDATE SET {2},"
-    " updated_at = now()").format(
-    sql.Identifier(STAR), _ids(FACT_COLS),
-    sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in FACT_COLS[1:]))
 DELETE_FACTS = sql.SQL("DELETE FROM {}.factsales WHERE rowid = ANY(%s::bigint[])").format(sql.Identifier(STAR))
-ADD_AGGREGATES = sql.SQL(
-    "INSERT INTO {0}.sales_by_day AS s ({1}) SELECT {1} FROM _star_sales_by_day"
-    " ON CONFLICT (dateid, product_id) DO UPDATE SET"
-    " sales_count = s.sales_count + EXCLUDED.sales_count,"
-    " quantity_total = s.quantity_total + EXCLUDED.quantity_total,"
-    " amount_total = s.amount_total + EXCLUDED.amount_total").format(sql.Identifier(STAR), _ids(AGG_COLS))
-DROP_EMPTY_AGGREGATES = sql.SQL(
-    "DELETE FROM {}.sales_by_day WHERE (dateid, product_id) IN (SELECT * FROM unnest(%s::integer[], %s::bigint[]))"
-    " AND sales_count = 0").format(sql.Identifier(STAR))
-DROP_UNUSED_DATES = sql.SQL(
-    "DELETE FROM {0}.dimdate d WHERE d.dateid = ANY(%s::integer[])"
-    " AND NOT EXISTS (SELECT 1 FROM {0}.sales_by_day s WHERE s.dateid = d.dateid)").format(sql.Identifier(STAR))
-#: The warehouse keys a batch changed: upserted and deleted facts, changed aggregates, and the dates
-#: it added or that may have gone (transform.star_sql.changed_dates).
-OUTBOX_INSERT = sql.SQL(
-    "INSERT INTO {}.outbox (tbl, k1, k2)"
-    " SELECT 'factsales', rowid, NULL::bigint FROM _star_factsales"
-    " UNION ALL SELECT 'factsales', r, NULL FROM unnest(%(deleted)s::bigint[]) AS r"
-    " UNION ALL SELECT 'sales_by_day', dateid, product_id FROM _star_sales_by_day"
-    " UNION ALL SELECT 'dimdate', dateid, NULL::bigint FROM ({}) d").format(
-    sql.Identifier(META), changed_dates(sql.Identifier("_star_sales_by_day")))
+#: The batch statements both ways of computing a delta run (transform.star_sql).
+BATCH = batch_statements(STAR, META)
 OUTBOX_FULL = sql.SQL("INSERT INTO {}.outbox (tbl) VALUES ('*')").format(sql.Identifier(META))
 
 
@@ -168,7 +139,7 @@ class StarSchema:
         #: per-batch deltas computed inside PostgreSQL where the column types allow (SOFTCART_STAR_DELTAS)
         self.deltas_in_sql = deltas_in_sql
         self._rules: SqlRules | bool | None = False  # False: not looked up yet
-        self._delta: tuple[str, DeltaStatements] | None = None
+        self._delta: tuple[str, RowStatements] | None = None
         self._values = operator.itemgetter(*(table.column_names.index(c) for c in SALES_COLUMNS))
 
     def ensure_schema(self, cur: Cursor) -> bool:
@@ -205,7 +176,7 @@ class StarSchema:
         self.write(cur, delta)
         return delta
 
-    def sql_delta(self, conn: psycopg.Connection[Any], rows: str) -> DeltaStatements | None:
+    def sql_delta(self, conn: psycopg.Connection[Any], rows: str) -> RowStatements | None:
         """The per-batch delta's statements over the staging apply's temporary table ``rows``, or
         None where the Python rules apply (turned off, or column types the SQL can't vouch for)."""
         if not self.deltas_in_sql:
@@ -215,16 +186,16 @@ class StarSchema:
         if not isinstance(self._rules, SqlRules):
             return None
         if self._delta is None or self._delta[0] != rows:
-            self._delta = (rows, delta_statements(self._rules, rows, SALES_COLUMNS, STAR, META))
+            self._delta = (rows, row_statements(self._rules, rows, SALES_COLUMNS))
         return self._delta[1]
 
-    def apply_in_sql(self, cur: Cursor, st: DeltaStatements, net: NetChanges) -> Applied:
+    def apply_in_sql(self, cur: Cursor, st: RowStatements, net: NetChanges) -> Applied:
         """What ``net`` (already applied to staging; its upserted rows in the statements' temporary
         table) does to the star schema, computed inside PostgreSQL: the same as :meth:`apply`, by
         the rows the SQL rules vouch for, Python judging the others."""
         keys = [k[0] for k in net.keys]
         params = {"keys": keys}
-        cur.execute(st.clear)
+        cur.execute(BATCH.clear)
         invalid: dict[Any, str] = {}
         upserts = 0
         if net.upserts:
@@ -232,31 +203,33 @@ class StarSchema:
             upserts = max(0, cur.rowcount)
             cur.execute(st.odd_rows)
             odd = []
-            ours = {k[0]: k[0] for k in net.upserts}  # the key as the batch has it (1, not numeric 1)
             for row in cur.fetchall():
                 fact, reason = try_fact(tuple(row), self.zone)
                 if fact is not None:
                     odd.append(fact)
                 elif reason is not None:
-                    invalid[ours.get(row[0], row[0])] = reason
+                    invalid[row[0]] = reason
+            if invalid:  # keyed as the batch has them (1, not numeric 1): the dead letters' key text
+                ours = {k[0]: k[0] for k in net.upserts}
+                invalid = {ours.get(k, k): reason for k, reason in invalid.items()}
             if odd:
                 _copy(cur, sql.Identifier("_star_factsales"), FACT_COLS, (f.row() for f in odd))
                 upserts += len(odd)
-        cur.execute(st.aggregate_deltas, params)
-        days = [r[0] for r in cur.execute(st.new_dates).fetchall()] if upserts else []
+        cur.execute(BATCH.aggregate_deltas, params)
+        days = [r[0] for r in cur.execute(BATCH.new_dates).fetchall()] if upserts else []
         if days:
             cur.execute(UPSERT_DIMDATE, _columns([dim_date(date_of(d)).row() for d in days], len(DIMDATE_COLS)))
-        cur.execute(st.delete_facts, params)
+        cur.execute(BATCH.delete_facts, params)
         if upserts:
-            cur.execute(st.upsert_facts)
-        cur.execute(st.add_aggregates)
-        cur.execute(st.drop_empty_aggregates)
-        cur.execute(st.drop_unused_dates)
+            cur.execute(BATCH.upsert_facts)
+        cur.execute(BATCH.add_aggregates)
+        cur.execute(BATCH.drop_empty_aggregates)
+        cur.execute(BATCH.drop_unused_dates)
         settled = [k for k in keys if k not in invalid]
         if settled and self._open_fact_dead_letters(cur):
             cur.execute(RESOLVE_DEAD_LETTERS, (self.table.name, [f"[{r}]" for r in settled]))
         if keys:
-            cur.execute(st.outbox, {**params, "dates": days})
+            cur.execute(BATCH.outbox, {**params, "dates": days})
         return Applied(upserts, len(keys) - upserts, invalid)
 
     def prepare_session(self, cur: Cursor) -> None:
@@ -288,18 +261,16 @@ class StarSchema:
         if deleted:
             cur.execute(DELETE_FACTS, (deleted,))
         if delta.fact_upserts:
-            cur.execute(UPSERT_FACTS)
+            cur.execute(BATCH.upsert_facts)
         if delta.aggregates:
-            cur.execute(ADD_AGGREGATES)
-        if shrunk := delta.shrinking:
-            # Only an aggregate that lost sales can be empty now, and only its date unused: looking
-            # at every touched date instead scanned each one's products (13 ms a batch).
-            cur.execute(DROP_EMPTY_AGGREGATES, ([k[0] for k in shrunk], [k[1] for k in shrunk]))
-            cur.execute(DROP_UNUSED_DATES, (sorted({k[0] for k in shrunk}),))
+            cur.execute(BATCH.add_aggregates)
+        if delta.shrinking:
+            cur.execute(BATCH.drop_empty_aggregates)
+            cur.execute(BATCH.drop_unused_dates)
         if delta.settled and self._open_fact_dead_letters(cur):
             cur.execute(RESOLVE_DEAD_LETTERS, (self.table.name, [f"[{r}]" for r in delta.settled]))
         if delta.fact_upserts or deleted or delta.aggregates:
-            cur.execute(OUTBOX_INSERT, {"deleted": deleted, "dates": added})
+            cur.execute(BATCH.outbox, {"keys": deleted, "dates": added})
 
     def _open_fact_dead_letters(self, cur: Cursor) -> bool:
         cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.dead_letter WHERE kind = 'fact' AND source_table = %s"
@@ -444,7 +415,7 @@ class StarSchema:
             cur.execute(UPSERT_DIMDATE, _columns([d.row() for d in days.values()], len(DIMDATE_COLS)))
         cur.execute(DELETE_FACTS, (rowids,))
         self._staged(cur, "factsales", FACT_COLS, (f.row() for f in facts))
-        cur.execute(UPSERT_FACTS)
+        cur.execute(BATCH.upsert_facts)
         aggs = set(agg_keys) | {f.agg_key for f in old.values()} | {f.agg_key for f in facts}
         pairs = ([k[0] for k in aggs], [k[1] for k in aggs])
         cur.execute(sql.SQL("DELETE FROM {0}.sales_by_day WHERE (dateid, product_id) IN"

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from loader.spool import SpooledBatch
-from loader.star import AGG_COLS, DIMDATE_COLS, FACT_COLS
+from loader.star import DIMDATE_COLS
 from transform.fingerprint import Dialect
+from transform.star_sql import AGG_COLS, FACT_COLS
 
 
 @dataclass(frozen=True)
