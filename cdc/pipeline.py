@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from cdc.positions import Resume, resume_from, unavailable
 from cdc.settings import Settings
 from cdc.snapshot import quote_mysql, select_list, take_snapshot
 from loader.ddl import ensure_schema, forget_tables, load_definitions, snapshot_positions
-from loader.pg import INSTANCE, holders_text, lock_holders, pg_connect
+from loader.pg import INSTANCE, cut, holders_text, lock_holders, pg_connect
 from loader.staging import StagingWriter, load_position, load_source, lock_apply
 from loader.star import StarSchema
 from transform.errors import ConfigError, FatalError, SoftcartError, TransientError
@@ -368,10 +367,7 @@ class Pipeline:
         self.state.writer_busy_since = 0.0
         log.warning("staging_unresponsive", seconds=round(time.monotonic() - busy, 1),
                     position=str(self.state.position))
-        with contextlib.suppress(OSError, psycopg.Error):
-            sock = socket.fromfd(writer.conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)
-            sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+        cut(writer.conn)
 
     def _waiting_for_a_lock(self, writer: StagingWriter) -> bool:
         """Is the writer's session waiting for a lock (a rebuild or a repair holding the apply lock)?

@@ -23,6 +23,16 @@ INSTANCE = f"softcart-sync {socket.gethostname()[:30]}:{os.getpid()}"
 ISO_DATES = "-c DateStyle=ISO,YMD"
 
 
+def cut(conn: psycopg.Connection[Any]) -> None:
+    """Shut a connection's socket from another thread: the call blocked on it fails at once. For a
+    network that acknowledges but never delivers (a middlebox, a stopped peer), which defeats
+    keepalives and TCP's own timeouts."""
+    with contextlib.suppress(OSError, psycopg.Error):
+        sock = socket.fromfd(conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
 def pg_connect(config: StagingConfig, *, autocommit: bool = False) -> psycopg.Connection[tuple[Any, ...]]:
     ep = config.endpoint
     try:

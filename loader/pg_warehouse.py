@@ -3,8 +3,6 @@ MERGE, ledger row, one transaction. The demo's default and what the end-to-end t
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 import urllib.parse
@@ -15,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from loader.pg import ISO_DATES
+from loader.pg import ISO_DATES, cut
 from loader.spool import SpooledBatch
 from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, already_loaded, load_steps
 from transform import sqlstate
@@ -86,10 +84,7 @@ class _ReplyGuard:
         while not self._done.wait(min(1.0, max(0.05, self._deadline - time.monotonic()))):
             if time.monotonic() >= self._deadline:
                 self.fired = True
-                with contextlib.suppress(OSError, psycopg.Error):
-                    sock = socket.fromfd(self._conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)
-                    sock.shutdown(socket.SHUT_RDWR)
-                    sock.close()
+                cut(self._conn)
                 return
 
 
