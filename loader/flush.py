@@ -114,17 +114,22 @@ class Backlog:
     failing_seconds: float
 
 
+#: Outbox rows not yet in a batch (of pipeline %(p)s).
+PENDING_OUTBOX = sql.SQL("SELECT count(*) FROM {m}.outbox WHERE id > COALESCE((SELECT last_outbox_id"
+                         " FROM {m}.flush_state WHERE pipeline = %(p)s), 0)").format(m=sql.Identifier(META))
+
+
 def read_backlog(conn: Conn, pipeline: str) -> Backlog:
     """One query, from any session (what a scrape runs: it can't freeze with the flusher)."""
     row: Any = conn.execute(sql.SQL(
-        "SELECT (SELECT count(*) FROM {m}.outbox WHERE id > COALESCE((SELECT last_outbox_id FROM {m}.flush_state"
-        "  WHERE pipeline = %(p)s), 0)),"
+        "SELECT ({pending}),"
         " count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'failed'),"
         " COALESCE(EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE state = 'pending')), 0),"
         " COALESCE((array_agg(attempts ORDER BY first_failed_at) FILTER (WHERE state = 'pending'"
         "  AND first_failed_at IS NOT NULL))[1], 0),"
         " COALESCE(EXTRACT(EPOCH FROM now() - min(first_failed_at) FILTER (WHERE state = 'pending')), 0)"
-        " FROM {m}.batch WHERE pipeline = %(p)s").format(m=sql.Identifier(META)), {"p": pipeline}).fetchone()
+        " FROM {m}.batch WHERE pipeline = %(p)s").format(pending=PENDING_OUTBOX, m=sql.Identifier(META)),
+        {"p": pipeline}).fetchone()
     return Backlog(int(row[0]), int(row[1]), int(row[2]), float(row[3]), int(row[4]), float(row[5]))
 
 
@@ -152,9 +157,7 @@ class Flusher:
             self.conn.close()
 
     def pending_outbox_rows(self) -> int:
-        row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}.outbox WHERE id > COALESCE((SELECT last_outbox_id"
-                                        " FROM {}.flush_state WHERE pipeline = %s), 0)").format(
-            sql.Identifier(META), sql.Identifier(META)), (self.pipeline,)).fetchone()
+        row = self.conn.execute(PENDING_OUTBOX, {"p": self.pipeline}).fetchone()
         return int(row[0]) if row else 0
 
     def create_batch(self) -> int | None:
