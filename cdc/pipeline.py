@@ -8,11 +8,9 @@ error. Either worker's exception reaches the supervisor.
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -27,73 +25,20 @@ from cdc.flavor import Flavor
 from cdc.metrics import Metrics
 from cdc.positions import Resume, resume_from, unavailable
 from cdc.settings import Settings
-from cdc.snapshot import quote_mysql, select_list, take_snapshot
+from cdc.snapshot import SourceRows, take_snapshot
+from loader.applier import Applier, BatchDone
 from loader.ddl import ensure_schema, forget_tables, load_definitions, snapshot_positions
-from loader.pg import INSTANCE, cut, holders_text, lock_holders, pg_connect
+from loader.pg import INSTANCE, holders_text, lock_holders, pg_connect
 from loader.staging import StagingWriter, load_position, load_source, lock_apply
 from loader.star import StarSchema
 from transform.errors import ConfigError, FatalError, SoftcartError, TransientError
-from transform.model import Heartbeat, Position, RowChange, SchemaChange, TxnChunk
+from transform.model import Position, RowChange
+from transform.progress import PipelineState
 from transform.schema import Table
-from transform.values import RowConverter, Unrepresentable
 
 log = structlog.get_logger(__name__)
 
 _STOP = object()
-
-
-@dataclass
-class PipelineState:
-    """What the pipeline has done, for status, metrics and the demo (read from other threads)."""
-
-    position: Position | None = None
-    last_commit_at: float = 0.0
-    last_event_time: float = 0.0  # source commit time of the last applied change
-    caught_up_at: float = 0.0  # last heartbeat that found the writer idle with nothing queued
-    # The writer's clocks. progress: rows or positions moved (a commit, a snapshot's rows, a
-    # heartbeat that found it idle with nothing queued); never a retry. alive: its loop turned (an
-    # item or an empty feed's timeout, a retry on schedule, a lock wait the guard saw bounded): a
-    # stage that retries or waits in a bounded wait is alive without progress.
-    progress_at: float = field(default_factory=time.time)
-    alive_at: float = field(default_factory=time.time)
-    starved_since: float = 0.0  # the writer waits on an empty feed since (0: items come)
-    # The lag's clocks: when the writer last had anything from the reader (a heartbeat included),
-    # and the origin (TxnChunk.origin) of the oldest transaction it holds uncommitted (0: none).
-    heard_at: float = field(default_factory=time.time)
-    open_origin: float = 0.0
-    writer_wait: str = ""  # what the writer's statement waits for, when the guard found out
-    rows_applied: int = 0
-    transactions_applied: int = 0
-    batches_committed: int = 0
-    restarts: int = 0
-    started: bool = False  # connected, checked, schema in place (READY for systemd)
-    streaming: bool = False
-    snapshotting: bool = False
-    lag_bytes: int | None = None
-    writer_busy_since: float = 0.0  # monotonic start of the writer's current statement to staging
-    snapshot_rows: dict[str, int] = field(default_factory=dict)
-    last_error: str = ""  # why the last attempt to connect or stream failed (STATUS, /readyz)
-
-    def lag_seconds(self, now: float, heartbeat: float) -> float:
-        """How late staging is: the age of the oldest transaction received and not yet committed
-        (its origin is within our transport's latency of its commit when we read it as it was
-        written, within a second when we catch up: see TxnChunk.origin), so its error is well under
-        the freshness it reports, not the binlog timestamp's second. Nothing held: 0 while the
-        reader keeps bringing items (an idle source sends a heartbeat every period); after two
-        periods of silence, the silence, so a stalled reader or writer shows a growing lag."""
-        if self.open_origin:
-            return max(0.0, now - self.open_origin)
-        silence = now - self.heard_at
-        return silence if silence >= 2 * heartbeat else 0.0
-
-    def healthy(self, now: float, stall_seconds: float) -> bool:
-        """Making progress, or idle and healthy (what /readyz asks)."""
-        return now - self.progress_at < stall_seconds
-
-    def alive(self, now: float, stall_seconds: float) -> bool:
-        """Making progress, or turning: retrying on schedule, waiting in a bounded wait (what the
-        watchdog asks: a restart can't end an outage, only a hang)."""
-        return now - max(self.progress_at, self.alive_at) < stall_seconds
 
 
 def star_schema(settings: Settings, tables: dict[str, Table]) -> StarSchema | None:
@@ -334,68 +279,9 @@ class Pipeline:
         self.state.progress_at = time.time()
         self.metrics.snapshot_rows.labels(table).set(rows)
 
-    @contextlib.contextmanager
-    def _guarded(self) -> Iterator[None]:
-        """Statements to staging inside are watched by _guard_writer; a statement that ends (or
-        fails) is no longer in flight."""
-        self.state.writer_busy_since = time.monotonic()
-        try:
-            yield
-        finally:
-            self.state.writer_busy_since = 0.0
-
-    def _guard_writer(self, writer: StagingWriter) -> None:
-        """A statement to staging that takes longer than SOFTCART_READ_TIMEOUT_SECONDS means a
-        network gone silent (a middlebox that acknowledges but never delivers defeats TCP's own
-        timeouts): shut the socket, so the writer fails, and the supervisor reconnects."""
-        busy = self.state.writer_busy_since
-        if not busy:
-            self.state.writer_wait, self._lock_wait_logged, self._lock_asked_at = "", False, 0.0
-            return
-        limit = self.settings.read_timeout_seconds
-        waited = time.monotonic() - busy
-        if waited < min(limit, self.settings.stall_seconds / 2):
-            return
-        if self._waiting_for_a_lock(writer):
-            # staging answers: the writer waits for a lock (bounded by SOFTCART_LOCK_WAIT_SECONDS)
-            self.state.alive_at = time.time()
-            self.state.writer_wait = ("waiting for a lock in staging (a rebuild, a repair or another session"
-                                      " holds it; bounded by SOFTCART_LOCK_WAIT_SECONDS)")
-            return
-        if waited < limit:
-            return
-        self.state.writer_busy_since = 0.0
-        log.warning("staging_unresponsive", seconds=round(time.monotonic() - busy, 1),
-                    position=str(self.state.position))
-        cut(writer.conn)
-
-    def _waiting_for_a_lock(self, writer: StagingWriter) -> bool:
-        """Is the writer's session waiting for a lock (a rebuild or a repair holding the apply lock)?
-        Asked on a connection of its own (at most every 2 s): a staging that answers is no silent
-        network."""
-        if time.monotonic() - self._lock_asked_at < 2.0:
-            return self._lock_wait_logged
-        self._lock_asked_at = time.monotonic()
-        try:
-            with pg_connect(self.settings.staging_config, autocommit=True) as other:
-                row = other.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
-                                    (writer.conn.info.backend_pid,)).fetchone()
-        except (SoftcartError, psycopg.Error):
-            self._lock_wait_logged = False
-            return False
-        waiting = bool(row and row[0] == "Lock")
-        if waiting and not self._lock_wait_logged:
-            log.info("writer_waiting_for_lock", position=str(self.state.position),
-                     limit_seconds=self.settings.lock_wait_seconds)
-        self._lock_wait_logged = waiting
-        return waiting
-
     def _observe_position(self, position: Position) -> None:
         self.state.position = position
-        self.metrics.position_offset.set(position.pos)
-        suffix = position.file.rpartition(".")[2]
-        if suffix.isdigit():
-            self.metrics.position_file.set(int(suffix))
+        _MetricsObserver(self.metrics).position(position)
 
     def _stream(self, stop: threading.Event, tables: dict[str, Table], flavor: Flavor,
                 writer: StagingWriter, position: Position, fenced: dict[str, Position] | None = None) -> None:
@@ -406,11 +292,13 @@ class Pipeline:
                      note="copied past the stream's position: their events up to it are in the copy")
         feed = SourceFeed(self.settings, tables, flavor, position, fenced)
         self._feed = feed
+        applier = Applier(self.settings.apply_config, writer, self.state, _MetricsObserver(self.metrics),
+                          lambda: SourceRows(self.settings))
 
         def writer_loop() -> None:
             structlog.contextvars.bind_contextvars(position=str(position))
             try:
-                self._write(inner, feed, writer)
+                applier.run(inner, feed)
             except BaseException as exc:  # noqa: BLE001 - handed to the supervisor
                 errors.append(exc)
                 inner.set()
@@ -434,7 +322,7 @@ class Pipeline:
                     if not errors:
                         errors.append(TransientError("the binlog reader ended unexpectedly"))
                     break
-                self._guard_writer(writer)
+                applier.guard()
                 if self.state.position is not None:
                     self.state.lag_bytes = lag_probe.lag_bytes(self.state.position)
                     if self.state.lag_bytes is not None:
@@ -451,200 +339,6 @@ class Pipeline:
         if errors:
             raise _as_ours(errors[0])
 
-    # Writer --------------------------------------------------------------------------------------
-
-    def _write(self, stop: threading.Event, q: SourceFeed, writer: StagingWriter) -> None:
-        s = self.settings
-        buffer: list[RowChange] = []
-        batch_rows = 0
-        batch_started = 0.0
-        partial = False  # inside a source transaction whose end we haven't seen
-        commit: TxnChunk | None = None  # last complete transaction in the open batch
-        txns = 0
-
-        def flush() -> None:
-            nonlocal buffer
-            if buffer:
-                with self._guarded():
-                    writer.apply(buffer)
-                if any(ch.absent for ch in buffer):
-                    self._fill_absent(writer, buffer)
-                buffer = []
-                self.state.progress_at = time.time()  # a huge transaction is progress too
-
-        m = self.metrics
-        counted = {"star": writer.star_rows_changed, **writer.dead_letters}  # as of the last commit
-
-        def do_commit() -> None:
-            nonlocal batch_rows, commit, txns
-            assert commit is not None and commit.commit is not None
-            flush()
-            with self._guarded():
-                writer.commit(commit.commit, commit.event_time or None)
-            structlog.contextvars.bind_contextvars(position=str(commit.commit))  # on every later line
-            st = self.state
-            now = time.time()
-            self._observe_position(commit.commit)
-            st.last_commit_at = st.progress_at = now
-            st.open_origin = 0.0
-            if commit.event_time:
-                st.last_event_time = commit.event_time
-            st.rows_applied += batch_rows
-            st.transactions_applied += txns
-            st.batches_committed += 1
-            m.rows_applied.inc(batch_rows)
-            m.transactions_applied.inc(txns)
-            m.batch_rows.observe(batch_rows)
-            m.batch_seconds.observe(time.monotonic() - batch_started)
-            m.last_commit.labels("staging").set(now)
-            m.star_rows.inc(writer.star_rows_changed - counted["star"])
-            counted["star"] = writer.star_rows_changed
-            for kind, n in writer.dead_letters.items():
-                m.dead_letters.labels(kind).inc(n - counted.get(kind, 0))
-                counted[kind] = n
-            log.debug("batch_committed", rows=batch_rows, transactions=txns, position=str(commit.commit))
-            batch_rows, txns, commit = 0, 0, None
-
-        st = self.state
-        while not stop.is_set():
-            try:
-                item = q.get(timeout=0.05 if commit is not None else 0.5)
-            except queue.Empty:
-                st.alive_at = now = time.time()
-                if not st.starved_since:
-                    st.starved_since = now
-                if commit is not None and not partial:
-                    do_commit()
-                continue
-            st.alive_at = st.heard_at = time.time()
-            st.starved_since = 0.0
-            if isinstance(item, SchemaChange):
-                if commit is not None:
-                    do_commit()  # everything before the statement, under the old definitions
-                self._follow_schema(writer, item)
-                continue
-            if isinstance(item, Heartbeat):
-                if commit is None and not partial and not buffer and q.empty():
-                    self.state.caught_up_at = self.state.progress_at = time.time()
-                    self._save_idle_position(writer, item.position)
-                continue
-            if batch_rows == 0 and commit is None and not partial:
-                batch_started = time.monotonic()
-            if not st.open_origin:
-                st.open_origin = item.origin() or st.heard_at
-            for ch in item.changes:
-                m.events_read.labels(ch.table, ch.op.value).inc()
-            if item.hold:  # a prepared XA transaction's rows: kept, counted when its XA COMMIT applies them
-                with self._guarded():
-                    writer.hold(item.changes)
-            else:
-                if writer.unlabeled_held and item.commit is not None and not item.xa_prepared:
-                    flush()  # an XA transaction committed in one phase, its first slices kept
-                    with self._guarded():
-                        batch_rows += writer.apply_held("")
-                buffer.extend(item.changes)
-                batch_rows += item.rows
-            if item.commit is not None and (item.xa_commit or item.xa_rollback or item.xa_prepared or item.stops):
-                flush()
-                batch_rows += self._transaction_control(writer, item, item.commit)
-            if len(buffer) >= s.chunk_rows:
-                flush()
-            if item.commit is None:
-                partial = True
-                continue
-            partial = False
-            commit = item
-            txns += 1
-            if (batch_rows >= s.batch_max_rows or time.monotonic() - batch_started >= s.batch_max_seconds
-                    or q.empty()):
-                do_commit()
-        # Stopping: commit what ends at a transaction boundary, abandon a half-read transaction.
-        if commit is not None and not partial:
-            do_commit()
-        else:
-            writer.rollback()
-            self.state.open_origin = 0.0
-
-
-    def _transaction_control(self, writer: StagingWriter, item: TxnChunk, at: Position) -> int:
-        """XA decisions, XA prepares and tables stopped by the transaction ending at ``at``, in the
-        open batch; returns the rows a decision applied."""
-        applied = 0
-        with self._guarded():
-            if item.xa_prepared:
-                writer.label_held(item.xa_prepared, at)
-            if item.xa_commit:
-                applied = writer.apply_held(item.xa_commit, item.xa_skip)
-            if item.xa_rollback:
-                writer.drop_held(item.xa_rollback)
-            if item.stops:
-                writer.stop_tables(item.stops, at)
-                self.metrics.tables_stopped.set(len(writer.stopped))
-        return applied
-
-    def _follow_schema(self, writer: StagingWriter, change: SchemaChange) -> None:
-        """Staging follows a schema change in one transaction with the statement's position: ALTERs,
-        or a stopped table; a column added gets its existing rows' values from the source (read
-        now: later changes to those rows are replayed on top, with full row images)."""
-        with self._guarded():
-            backfill = writer.apply_schema_change(change)
-        # a backfill streams for as long as the table is big: no guard
-        if backfill:
-            conn = mysql.connect(self.settings)
-            try:
-                for table, columns in backfill:
-                    writer.backfill(table, columns, _source_values(conn, table, columns, writer))
-            finally:
-                conn.close()
-        with self._guarded():
-            writer.commit(change.position, change.event_time or None)
-        self._observe_position(change.position)
-        self.state.last_commit_at = self.state.progress_at = time.time()
-        self.metrics.tables_stopped.set(len(writer.stopped))
-
-    def _fill_absent(self, writer: StagingWriter, changes: list[RowChange]) -> None:
-        """Rows written before a column of the followed definition existed (replayed after a lag
-        across several ALTERs) get that column's value from the source by key, in the open batch,
-        as a column added does for every row: later changes to those rows replay on top."""
-        wanted: dict[str, tuple[set[str], dict[tuple[Any, ...], None]]] = {}
-        for ch in changes:
-            if ch.absent and ch.after is not None and ch.table not in writer.stopped:
-                table = writer.tables[ch.table]
-                cols, keys = wanted.setdefault(ch.table, (set(), {}))
-                cols.update(ch.absent)
-                keys[tuple(ch.after[i] for i in table.key_indexes())] = None
-        conn = mysql.connect(self.settings)
-        try:
-            for name, (cols, keys) in wanted.items():
-                table = writer.tables[name]
-                columns = [c for c in table.column_names if c in cols and c not in table.primary_key]
-                listed = list(keys)
-                try:
-                    rows = [r for i in range(0, len(listed), 1000)
-                            for r in _source_values(conn, table, columns, writer, listed[i:i + 1000])]
-                except pymysql.err.OperationalError as exc:
-                    if exc.args and exc.args[0] == 1054:  # gone from the source since: a later DDL drops it
-                        log.info("absent_columns_gone", table=name, columns=columns)
-                        continue
-                    raise
-                with self._guarded():
-                    writer.backfill(table, columns, rows)
-                log.info("absent_columns_filled", table=name, columns=columns, rows=len(rows))
-        finally:
-            conn.close()
-
-    def _save_idle_position(self, writer: StagingWriter, at: Position | None) -> None:
-        """Idle, with the source's binlog ended past our position by events we don't follow (a
-        rotation, another schema's statements): save that end, so the position shows the truth
-        and a reconcile waiting for staging to reach the source's position gets there."""
-        now = self.state.position
-        if at is None or now is None or (at.file, at.pos) <= (now.file, now.pos):
-            return
-        with self._guarded():  # as every statement to staging
-            writer.commit(at, None)
-        self._observe_position(at)
-        log.debug("idle_position_saved", position=str(at))
-
 
 def fences(pg: psycopg.Connection[Any], pipeline: str, position: Position) -> dict[str, Position]:
     """Tables copied at a position past the stream's (added to the settings while it was behind):
@@ -657,31 +351,35 @@ def fences(pg: psycopg.Connection[Any], pipeline: str, position: Position) -> di
     return out
 
 
-def _source_values(conn: pymysql.connections.Connection, table: Table, columns: list[str],
-                   writer: StagingWriter, keys: list[tuple[Any, ...]] | None = None) -> Iterator[tuple[Any, ...]]:
-    """(key..., columns...) of every source row (or of those with ``keys``), converted; a value
-    with no PostgreSQL form is dead-lettered."""
-    part = Table(table.name, tuple(c for c in table.columns if c.name in table.primary_key or c.name in columns),
-                 table.primary_key)
-    conv = RowConverter(part)
-    names = part.column_names
-    pick = [names.index(k) for k in table.primary_key] + [names.index(c) for c in columns]
-    where: str = ""
-    params: tuple[Any, ...] = ()
-    if keys is not None:
-        key_list = ", ".join(quote_mysql(k) for k in table.primary_key)
-        one = "(" + ", ".join(["%s"] * len(table.primary_key)) + ")"
-        where = f" WHERE ({key_list}) IN ({', '.join([one] * len(keys))})"
-        params = tuple(v for k in keys for v in k)
-    with conn.cursor(pymysql.cursors.SSCursor) as cur:
-        cur.execute(f"SELECT {select_list(part)} FROM {quote_mysql(table.name)}{where}", params)
-        for raw in cur:
-            try:
-                row = conv.from_snapshot(raw)
-            except Unrepresentable as exc:
-                writer.dead_letter(table.name, [raw[i] for i in part.key_indexes()], str(exc), repr(raw)[:10000])
-                continue
-            yield tuple(row[i] for i in pick)
+class _MetricsObserver:
+    """What the applier did, on the program's metrics (loader.applier.ApplyObserver)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def read(self, changes: Sequence[RowChange]) -> None:
+        for ch in changes:
+            self.m.events_read.labels(ch.table, ch.op.value).inc()
+
+    def committed(self, done: BatchDone) -> None:
+        m = self.m
+        m.rows_applied.inc(done.rows)
+        m.transactions_applied.inc(done.transactions)
+        m.batch_rows.observe(done.rows)
+        m.batch_seconds.observe(done.seconds)
+        m.last_commit.labels("staging").set(time.time())
+        m.star_rows.inc(done.star_rows)
+        for kind, n in done.dead_letters.items():
+            m.dead_letters.labels(kind).inc(n)
+
+    def position(self, position: Position) -> None:
+        self.m.position_offset.set(position.pos)
+        suffix = position.file.rpartition(".")[2]
+        if suffix.isdigit():
+            self.m.position_file.set(int(suffix))
+
+    def tables_stopped(self, n: int) -> None:
+        self.m.tables_stopped.set(n)
 
 
 class LagProbe:

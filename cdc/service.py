@@ -23,13 +23,14 @@ import structlog
 from cdc.flushing import FlushProgress, flush_loop, flush_stall_seconds
 from cdc.http import HealthServer
 from cdc.metrics import Metrics
-from cdc.pipeline import Pipeline, PipelineState
+from cdc.pipeline import Pipeline
 from cdc.settings import Settings
 from cdc.stages import describe, stage_views
 from cdc.systemd import Notifier
 from loader.flush import read_backlog
 from loader.pg import pg_connect
 from transform.errors import ConfigError, FatalError, SoftcartError
+from transform.progress import PipelineState
 
 log = structlog.get_logger("softcart")
 

@@ -28,7 +28,7 @@ from pydantic_settings import (
 )
 
 from transform.errors import ConfigError
-from transform.model import Endpoint, StagingConfig, WarehouseConfig
+from transform.model import ApplyConfig, Endpoint, StagingConfig, WarehouseConfig
 
 ENV_PREFIX = "SOFTCART_"
 #: Environment variables with our prefix that are not settings (test harness knobs).
@@ -244,6 +244,12 @@ class Settings(BaseSettings):
         """What the loader needs of these settings to reach staging."""
         return StagingConfig(self.staging, self.connect_timeout_seconds, self.read_timeout_seconds,
                              self.staging_tls, self.staging_tls_ca)
+
+    @property
+    def apply_config(self) -> ApplyConfig:
+        """What the applier (the micro-batch loop) needs of these settings."""
+        return ApplyConfig(self.staging_config, self.pipeline_name, self.batch_max_rows, self.batch_max_seconds,
+                           self.chunk_rows, self.stall_seconds, self.lock_wait_seconds)
 
     @property
     def warehouse_config(self) -> WarehouseConfig | None:

@@ -22,7 +22,7 @@ from cdc.mysql import connect, read_table
 from cdc.settings import Settings
 from loader.ddl import META, STAGING, save_definitions
 from loader.staging import StagingWriter
-from transform.errors import ConfigError, TransientError
+from transform.errors import ConfigError, SourceColumnGone, TransientError
 from transform.fingerprint import Dialect, quote
 from transform.model import Position
 from transform.schema import Table
@@ -43,6 +43,34 @@ def select_list(table: Table) -> str:
     """
     return ", ".join(f"({quote_mysql(c.name)} + 0E0)" if c.data_type == "float" else quote_mysql(c.name)
                      for c in table.columns)
+
+
+class SourceRows:
+    """Rows read from the source by key for a backfill (loader.applier.SourceRows), on a
+    connection of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._conn = connect(settings)
+
+    def select(self, part: Table, keys: list[tuple[Any, ...]] | None) -> Iterator[tuple[Any, ...]]:
+        where: str = ""
+        params: tuple[Any, ...] = ()
+        if keys is not None:
+            key_list = ", ".join(quote_mysql(k) for k in part.primary_key)
+            one = "(" + ", ".join(["%s"] * len(part.primary_key)) + ")"
+            where = f" WHERE ({key_list}) IN ({', '.join([one] * len(keys))})"
+            params = tuple(v for k in keys for v in k)
+        with self._conn.cursor(pymysql.cursors.SSCursor) as cur:
+            try:
+                cur.execute(f"SELECT {select_list(part)} FROM {quote_mysql(part.name)}{where}", params)
+            except pymysql.err.OperationalError as exc:
+                if exc.args and exc.args[0] == 1054:  # unknown column
+                    raise SourceColumnGone(f"{part.name}: {exc.args[1]}") from None
+                raise
+            yield from cur
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def open_snapshot(conn: pymysql.connections.Connection, flavor: Flavor) -> Position:

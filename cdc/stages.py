@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cdc.flushing import FlushProgress, flush_stall_seconds
-from cdc.pipeline import PipelineState
 from cdc.settings import Settings
+from transform.progress import PipelineState
 
 STAGES = ("reader", "writer", "flusher")
 

@@ -17,3 +17,8 @@ class TransientError(SoftcartError):
 
 class FatalError(SoftcartError):
     """A failure that retrying will not fix: stop, log the position, exit non-zero."""
+
+
+class SourceColumnGone(TransientError):
+    """A column asked of the source is no longer there (a later DDL dropped it): what the followed
+    definition still names is read again once the stream reaches that DDL."""

@@ -178,3 +178,16 @@ class WarehouseConfig:
     receive_timeout_seconds: float = 3600.0
     statement_timeout_seconds: float = 0.0
     schema: str = ""
+
+
+@dataclass(frozen=True)
+class ApplyConfig:
+    """What the applier needs (built by cdc.settings.Settings.apply_config)."""
+
+    staging: StagingConfig
+    pipeline: str
+    batch_max_rows: int
+    batch_max_seconds: float
+    chunk_rows: int
+    stall_seconds: float
+    lock_wait_seconds: float

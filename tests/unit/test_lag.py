@@ -8,8 +8,8 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.pipeline import PipelineState
 from transform.model import Position, TxnChunk
+from transform.progress import PipelineState
 
 AT = Position("mysql-bin.000001", 4)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from cdc.flushing import FlushProgress, flush_stall_seconds
-from cdc.pipeline import PipelineState
 from cdc.service import flush_alive, readiness
 from cdc.settings import load_settings
+from transform.progress import PipelineState
 
 S = load_settings(environ={}, source_url="mysql://u@h/db", staging_url="postgresql://u@h/db",
                   warehouse_url="postgresql://u@h/dw", stall_seconds=60, lock_wait_seconds=120,
