@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from cdc.errors import as_ours
 from cdc.metrics import Metrics
 from cdc.settings import Settings
 from loader.backends import open_warehouse
@@ -81,28 +82,30 @@ def flush_loop(settings: Settings, stop: threading.Event, started: threading.Eve
             progress.ok_at, progress.error = time.time(), ""
             delay = 1.0
             stop.wait(1.0)
-        except TransientError as exc:
-            metrics.connected.labels("warehouse").set(0)
-            metrics.errors.labels("transient").inc()
+        except Exception as raw:
+            exc = as_ours(raw)
+            if not isinstance(raw, SoftcartError):
+                if not isinstance(exc, TransientError):
+                    # a fault of ours: to the supervisor, which stops the daemon with it (exit 1)
+                    raise exc from raw
+                # e.g. the staging connection dropped: start afresh
+                metrics.errors.labels("unexpected").inc()
+                log.warning("flush_restarting", error=str(exc))
+                if flusher is not None:
+                    flusher.close()
+                flusher = None
             progress.error = str(exc)
-            log.warning("flush_retrying", error=str(exc), retry_in_seconds=delay)
-            next_flush = 0.0  # retry the load as soon as the backoff ends
-            stop.wait(delay)
-            delay = min(delay * 2, settings.retry_max_seconds)
-        except SoftcartError as exc:  # a set-up error (ConfigError names the fix): retried slowly, loudly
-            metrics.errors.labels("fatal").inc()
-            progress.error = str(exc)
-            log.error("flush_failed", error=str(exc))
-            stop.wait(settings.retry_max_seconds)
-        except Exception as exc:  # noqa: BLE001 - e.g. the staging connection dropped: start afresh
-            progress.error = f"{type(exc).__name__}: {exc}"
-            metrics.errors.labels("unexpected").inc()
-            log.warning("flush_restarting", error=progress.error)
-            if flusher is not None:
-                flusher.close()
-            flusher = None
-            stop.wait(delay)
-            delay = min(delay * 2, settings.retry_max_seconds)
+            if isinstance(exc, TransientError):
+                metrics.connected.labels("warehouse").set(0)
+                metrics.errors.labels("transient").inc()
+                log.warning("flush_retrying", error=str(exc), retry_in_seconds=delay)
+                next_flush = 0.0  # retry the load as soon as the backoff ends
+                stop.wait(delay)
+                delay = min(delay * 2, settings.retry_max_seconds)
+            else:  # a set-up error (ConfigError names the fix): retried slowly, loudly
+                metrics.errors.labels("fatal").inc()
+                log.error("flush_failed", error=str(exc))
+                stop.wait(settings.retry_max_seconds)
     if flusher is not None:
         flusher.close()
 

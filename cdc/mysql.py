@@ -11,13 +11,9 @@ import pymysql.cursors
 from cdc.flavor import Flavor
 from cdc.positions import SourceFacts, mariadb_gtid_contains
 from cdc.settings import Settings
-from transform.errors import ConfigError, FatalError, TransientError
+from transform.errors import ConfigError, FatalError, Kind, TransientError, mysql_kind
 from transform.model import Endpoint, Position
 from transform.schema import Column, Table, UnsupportedType, pg_type
-
-#: pymysql error codes that mean the server or the network, not us (retry later).
-#: 1412: InnoDB's "table definition has changed" in a consistent snapshot older than a DDL.
-_TRANSIENT_CODES = {2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213, 1412}
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -101,7 +97,7 @@ def classify(exc: pymysql.err.MySQLError, settings: Settings) -> Exception:
     if code in (2003, 2005):
         return TransientError(f"source {where}: can't connect ({message}); check the host and port in "
                               "SOFTCART_SOURCE_URL and that the server is up")
-    if code in _TRANSIENT_CODES:
+    if mysql_kind(code) is Kind.TRANSIENT:
         return TransientError(f"source {where}: {message} (code {code})")
     return FatalError(f"source {where}: {message} (code {code})")
 

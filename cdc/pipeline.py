@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-import pymysql
-import pymysql.cursors
 import structlog
 
 from cdc import mysql
 from cdc.check import refuse_unready_source
+from cdc.errors import as_ours
 from cdc.feed import SourceFeed
 from cdc.flavor import Flavor
 from cdc.metrics import Metrics
@@ -115,7 +114,7 @@ class Pipeline:
                 try:
                     self.run_once(stop)
                 except Exception as raw:  # every failure becomes transient or fatal, none escapes unsorted
-                    raise _as_ours(raw) from raw
+                    raise as_ours(raw) from raw
             except TransientError as exc:
                 self.state.streaming = False
                 self.state.restarts += 1
@@ -337,7 +336,7 @@ class Pipeline:
             self.state.streaming = False
             self.metrics.connected.labels("source").set(0)
         if errors:
-            raise _as_ours(errors[0])
+            raise as_ours(errors[0])
 
 
 def fences(pg: psycopg.Connection[Any], pipeline: str, position: Position) -> dict[str, Position]:
@@ -427,13 +426,3 @@ def binlog_bytes_behind(logs: list[tuple[str, int]], position: Position) -> int 
         elif seen:
             total += size
     return total if seen else None
-
-
-def _as_ours(exc: BaseException) -> BaseException:
-    if isinstance(exc, SoftcartError):
-        return exc
-    if isinstance(exc, psycopg.OperationalError):
-        return TransientError(f"staging connection lost: {str(exc).strip()}")
-    if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
-        return TransientError(f"source connection lost: {exc}")
-    return FatalError(f"{type(exc).__name__}: {exc}")

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import structlog
 
+from cdc.errors import as_ours
 from cdc.flushing import FlushProgress, flush_loop, flush_stall_seconds
 from cdc.http import HealthServer
 from cdc.metrics import Metrics
@@ -127,7 +128,7 @@ def run_service(settings: Settings, notifier: Notifier | None = None, crash_poin
             try:
                 flush_loop(settings, stop, started, metrics, crash_point, flush_progress)
             except BaseException as exc:  # noqa: BLE001 - the supervisor stops the daemon with it
-                errors.append(FatalError(f"the flush thread failed: {type(exc).__name__}: {exc}"))
+                errors.append(FatalError(f"the flush thread failed: {as_ours(exc)}"))
                 stop.set()
 
         flusher = threading.Thread(target=flush_target, name="flusher", daemon=True)

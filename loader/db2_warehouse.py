@@ -15,8 +15,15 @@ from typing import Any
 
 from loader.spool import SpooledBatch
 from loader.warehouse import LEDGER, TABLES, BatchIdTaken, BatchRejected, WTable, already_loaded, load_steps
-from transform import sqlstate
-from transform.errors import ConfigError, SoftcartError, TransientError
+from transform.errors import (
+    ConfigError,
+    Kind,
+    SoftcartError,
+    TransientError,
+    is_duplicate_key,
+    sqlstate_fix,
+    sqlstate_kind,
+)
 from transform.fingerprint import Dialect, quote
 from transform.model import Endpoint
 
@@ -60,9 +67,9 @@ def rejected_rows_text(t: WTable, rows: Sequence[Sequence[Any]], culprits: list[
 def load_outcome(state: str, step: str) -> str:
     """What a failed load means (``step``: data, or the ledger insert): loaded (a duplicate
     ledger key: another loader got there first), rejected, config or transient."""
-    if step == "ledger" and sqlstate.is_duplicate_key(state):
+    if step == "ledger" and is_duplicate_key(state):
         return "loaded"
-    return sqlstate.classify(state).value
+    return sqlstate_kind(state).value
 
 
 def q(name: str) -> str:
@@ -276,7 +283,7 @@ class DB2Warehouse:
                         ibm_db.execute_many(ins, tuple(tuple(r) for r in rows))  # text; DB2 casts
                     except Exception as exc:  # a chain's errors: find the rows at fault
                         state = ibm_db.stmt_error(ins) or ""
-                        if sqlstate.classify(state) is not sqlstate.Kind.REJECTED:
+                        if sqlstate_kind(state) is not Kind.REJECTED:
                             raise
                         ibm_db.exec_immediate(conn, declare_sql(t), opts)  # emptied: try the rows one by one
                         culprits = first_failing(rows, functools.partial(_insert_one, ins))
@@ -313,7 +320,7 @@ class DB2Warehouse:
             if outcome == "rejected":
                 raise BatchRejected(f"{state}: {text}") from None
             if outcome == "config":
-                raise ConfigError(f"warehouse {self._ep.display}: {state}: {text}; {sqlstate.fix(state)}") from None
+                raise ConfigError(f"warehouse {self._ep.display}: {state}: {text}; {sqlstate_fix(state)}") from None
             self.close()
             raise TransientError(f"warehouse {self._ep.display}: {text}") from None
 
@@ -328,7 +335,7 @@ class DB2Warehouse:
                 out.append((True, what, ""))
             except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception
                 state = ibm_db.stmt_error() or ""
-                out.append((False, what, f"{state}: {_clean(str(exc), self._ep)[:300]}; {sqlstate.fix(state) or fix}"))
+                out.append((False, what, f"{state}: {_clean(str(exc), self._ep)[:300]}; {sqlstate_fix(state) or fix}"))
         with contextlib.suppress(Exception):
             ibm_db.rollback(conn)
         return out

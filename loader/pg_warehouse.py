@@ -16,8 +16,7 @@ from psycopg.conninfo import make_conninfo
 from loader.pg import ISO_DATES, cut
 from loader.spool import SpooledBatch
 from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, already_loaded, load_steps
-from transform import sqlstate
-from transform.errors import ConfigError, TransientError
+from transform.errors import ConfigError, Kind, TransientError, is_duplicate_key, sqlstate_fix, sqlstate_kind
 from transform.fingerprint import Dialect
 from transform.model import Endpoint
 
@@ -164,14 +163,14 @@ class PostgresWarehouse:
                 self.close()
                 raise TransientError(self._no_reply() + "; the batch is loaded again") from None
             state = exc.sqlstate or ""
-            if step == "ledger" and sqlstate.is_duplicate_key(state):
+            if step == "ledger" and is_duplicate_key(state):
                 return False  # another loader committed this batch first
             text = f"{state}: {exc.diag.message_primary or str(exc).strip()}" if state else str(exc).strip()
-            kind = sqlstate.classify(state)
-            if kind is sqlstate.Kind.REJECTED:
+            kind = sqlstate_kind(state)
+            if kind is Kind.REJECTED:
                 raise BatchRejected(text) from None
-            if kind is sqlstate.Kind.CONFIG:
-                raise ConfigError(f"warehouse {self._ep.display}: {text}; {sqlstate.fix(state)}") from None
+            if kind is Kind.CONFIG:
+                raise ConfigError(f"warehouse {self._ep.display}: {text}; {sqlstate_fix(state)}") from None
             self.close()
             raise TransientError(f"warehouse {self._ep.display}: {text}") from None
 

@@ -328,6 +328,37 @@ def db2_settings(port: int) -> Settings:
                          connect_timeout_seconds=2)
 
 
+def test_a_fault_of_ours_in_the_flush_thread_stops_the_daemon_with_exit_1_naming_it(
+        wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG, tmp_path: Path) -> None:
+    """Not a warehouse error (retried and seen) nor a lost connection (started afresh): an error the
+    classifier calls a fault of ours reaches the supervisor, which stops the daemon (exit 1: systemd
+    restarts it), instead of looping on it with a log line. Here staging's flush state lost a column
+    under the flusher; the next start, with it back, loads what waited."""
+    from tests.helpers import running_daemon, wait_until
+
+    execute(source, SALES_DDL)
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    env = {**wh_env, "SOFTCART_FLUSH_INTERVAL_SECONDS": "1"}
+    log = tmp_path / "daemon.log"
+    with running_daemon(env, log) as daemon:
+        staging.execute("ALTER TABLE softcart.flush_state RENAME COLUMN last_outbox_id TO renamed")
+        try:
+            execute(source, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-01-01 00:00:00')")
+            assert daemon.proc is not None
+            assert daemon.proc.wait(60) == 1
+        finally:
+            staging.execute("ALTER TABLE softcart.flush_state RENAME COLUMN renamed TO last_outbox_id")
+    fatal = [json.loads(line) for line in log.read_text().splitlines()
+             if line.startswith("{") and '"event": "fatal"' in line]
+    assert fatal and "the flush thread failed: UndefinedColumn" in fatal[-1]["error"]
+    with running_daemon(env, tmp_path / "again.log") as again:
+        wait_caught_up(staging, source)
+        wait_until(lambda: warehouse.execute("SELECT count(*) FROM factsales").fetchone() == (1,), 60,
+                   "the waiting change in the warehouse")
+        assert again.stop(30) == 0
+    assert_warehouse_equals_star(staging, warehouse)
+
+
 def test_db2_closed_port_is_a_transient_error_without_the_password(tmp_path: Path) -> None:
     s = db2_settings(free_port())
     assert s.warehouse is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transform.batching import BatchLimits, Batching
+from transform.batching import Batching, BatchLimits
 
 LIMITS = BatchLimits(max_rows=100, max_seconds=1.0, chunk_rows=30)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pymysql
 
-from cdc.pipeline import _as_ours
+from cdc.errors import as_ours as _as_ours
 from transform.errors import ConfigError, FatalError, TransientError
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from transform.sqlstate import Kind, classify, fix, is_duplicate_key
+from transform.errors import Kind, is_duplicate_key
+from transform.errors import sqlstate_fix as fix
+from transform.errors import sqlstate_kind as classify
 
 
 @pytest.mark.parametrize(("state", "kind"), [
