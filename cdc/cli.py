@@ -140,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         print(settings_help())
         return EXIT_OK
     if args.command == "generate-data":
-        from cdc.seed import generate
+        from cdc.dev.seed import generate
 
         generate(args.old, args.new, args.old_rows, args.new_rows, args.seed)
         print(f"wrote {args.old_rows} rows to {args.old} and {args.new_rows} rows to {args.new}")
         return EXIT_OK
     if args.command == "demo":
-        from cdc.demo import run_demo
+        from cdc.dev.demo import run_demo
 
         configure("info", "console" if sys.stderr.isatty() else "json")
         return run_demo(args.dir, args.rows, args.rate, args.duration)
@@ -178,13 +178,13 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.check import run_checks
+    from cdc.ops.check import run_checks
 
     return EXIT_OK if run_checks(settings, print) else EXIT_FAILED
 
 
 def _setup_source(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.seed import MalformedLine, setup_source
+    from cdc.dev.seed import MalformedLine, setup_source
 
     try:
         old, new = setup_source(settings, args.old, args.new)
@@ -197,7 +197,7 @@ def _setup_source(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.star_ops import check_star, rebuild_star
+    from cdc.ops.star_ops import check_star, rebuild_star
 
     if args.check:
         diffs = check_star(settings)
@@ -211,7 +211,7 @@ def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.status import read_status, render, to_json
+    from cdc.ops.status import read_status, render, to_json
 
     status = read_status(settings)
     print(to_json(status) if args.json else render(status))
@@ -254,13 +254,13 @@ def _warehouse(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _batches(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.batches import run_batches
+    from cdc.ops.batches import run_batches
 
     return run_batches(settings, args)
 
 
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.reconcile import LEVELS, Reconciler, export_metrics
+    from cdc.ops.reconcile import LEVELS, Reconciler, export_metrics
 
     levels = tuple(lv for lv in LEVELS if lv in args.level) if args.level else LEVELS
     report = Reconciler(settings, dry_run=args.dry_run, levels=levels).run()

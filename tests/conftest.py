@@ -16,7 +16,7 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.localservers import MariaDBServer, PostgresServer
+from cdc.dev.localservers import MariaDBServer, PostgresServer
 from cdc.settings import Settings, load_settings
 from tests.helpers import pg_database
 

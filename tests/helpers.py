@@ -22,11 +22,11 @@ import psycopg
 import pymysql
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdc.localservers import PostgresServer
-from cdc.mysql import read_table
+from cdc.capture.mysql import read_table
+from cdc.capture.snapshot import quote_mysql, select_list
+from cdc.dev.localservers import PostgresServer
 from cdc.pipeline import Pipeline
 from cdc.settings import Settings
-from cdc.snapshot import quote_mysql, select_list
 from loader.warehouse import TABLES
 from transform.schema import Table
 from transform.values import RowConverter

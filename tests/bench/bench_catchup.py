@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 import pymysql
 
-from cdc.localservers import MariaDBServer, PostgresServer
+from cdc.dev.localservers import MariaDBServer, PostgresServer
 from tests.bench.bench_stages import Daemon, load_source, wait_caught_up, write_changes
 
 
@@ -36,10 +36,10 @@ def decode_only(env: dict[str, str], pg_url: str) -> tuple[int, float]:
     import os
     import threading
 
-    from cdc import mysql
+    from cdc.capture import mysql
+    from cdc.capture.source import BinlogSource
     from cdc.pipeline import Pipeline
     from cdc.settings import load_settings
-    from cdc.source import BinlogSource
     from loader.staging import load_position
     from transform.model import TxnChunk
 

@@ -21,11 +21,11 @@ import psycopg
 import pymysql
 import pymysql.cursors
 
-from cdc.compare import Limits, Side, compare_table
-from cdc.localservers import MariaDBServer, PostgresServer
-from cdc.mysql import read_table
-from cdc.reconcile import _mysql_fetch, _pg_fetch
-from cdc.snapshot import select_list
+from cdc.capture.mysql import read_table
+from cdc.capture.snapshot import select_list
+from cdc.dev.localservers import MariaDBServer, PostgresServer
+from cdc.ops.compare import Limits, Side, compare_table
+from cdc.ops.reconcile import _mysql_fetch, _pg_fetch
 from loader.ddl import ensure_schema
 from transform.fingerprint import Dialect, TableSpec, col_of, quote
 from transform.values import RowConverter

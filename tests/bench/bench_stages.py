@@ -30,7 +30,7 @@ import psycopg
 import pymysql
 import pymysql.cursors
 
-from cdc.localservers import MariaDBServer, PostgresServer
+from cdc.dev.localservers import MariaDBServer, PostgresServer
 from loader.star import StarSchema
 from transform.schema import Column, Table
 

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from cdc.localservers import PostgresServer
+from cdc.dev.localservers import PostgresServer
 from loader.ddl import ensure_schema
 from loader.staging import StagingWriter
 from loader.star import StarSchema

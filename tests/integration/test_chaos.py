@@ -14,9 +14,9 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.localservers import MariaDBServer, PostgresServer
+from cdc.dev.localservers import MariaDBServer, PostgresServer
+from cdc.ops.star_ops import check_star
 from cdc.settings import load_settings
-from cdc.star_ops import check_star
 from tests.helpers import SALES_DDL, Daemon, execute, pg_database, source_rows, staging_rows, wait_until
 
 Conn = pymysql.connections.Connection
@@ -134,7 +134,7 @@ def test_random_faults_under_load_end_with_every_copy_equal(
 
             wait_until(all_equal, 180, "staging and the warehouse to settle")
             assert daemon.stop(30) == 0
-            from cdc.mysql import read_table
+            from cdc.capture.mysql import read_table
 
             want = source_rows(source, source_db, "sales_data")
             got = staging_rows(staging, read_table(source, source_db, "sales_data"))

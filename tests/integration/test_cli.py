@@ -13,9 +13,9 @@ import pymysql
 import pytest
 from prometheus_client import generate_latest
 
-from cdc.localservers import MariaDBServer
+from cdc.dev.localservers import MariaDBServer
+from cdc.dev.seed import generate
 from cdc.metrics import Metrics, version
-from cdc.seed import generate
 from tests.helpers import cli, execute
 
 Conn = pymysql.connections.Connection
@@ -68,7 +68,7 @@ def test_check_names_a_table_without_primary_key(settings_env: dict[str, str], s
 
 
 def test_check_covers_the_warehouse_and_names_what_to_run(wh_env: dict[str, str], source: Conn) -> None:
-    from cdc.localservers import free_port
+    from cdc.dev.localservers import free_port
 
     execute(source, "CREATE TABLE sales_data (rowid INT PRIMARY KEY, price DECIMAL(10,2))")
     out = cli("check", env=wh_env)  # reachable, but never initialised
@@ -191,7 +191,7 @@ def test_status_reads_postgresql_with_or_without_the_daemon(settings_env: dict[s
     assert status["snapshot"][0]["table"] == "sales_data" and status["snapshot"][0]["rows"] == 1
     human = cli("status", env=settings_env).stdout
     assert "position       mysql-bin." in human and "fact: 1 open of 1" in human
-    from cdc.localservers import free_port
+    from cdc.dev.localservers import free_port
 
     port = free_port()
     alone = cli("status", env={**settings_env, "SOFTCART_METRICS_LISTEN": f"127.0.0.1:{port}"}).stdout
@@ -200,7 +200,7 @@ def test_status_reads_postgresql_with_or_without_the_daemon(settings_env: dict[s
 
 def test_unreachable_hosts_and_missing_privileges_are_one_clear_line_each(
         settings_env: dict[str, str], source: Conn, mariadb: MariaDBServer) -> None:
-    from cdc.localservers import free_port
+    from cdc.dev.localservers import free_port
 
     execute(source, "CREATE TABLE sales_data (rowid INT PRIMARY KEY)")
     closed = free_port()

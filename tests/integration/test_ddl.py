@@ -10,11 +10,11 @@ import psycopg
 import pymysql
 import pytest
 
+from cdc.capture.snapshot import take_snapshot
+from cdc.ops.reconcile import Reconciler
+from cdc.ops.star_ops import check_star
 from cdc.pipeline import Pipeline
-from cdc.reconcile import Reconciler
 from cdc.settings import Settings
-from cdc.snapshot import take_snapshot
-from cdc.star_ops import check_star
 from loader.pg import pg_connect
 from tests.helpers import SALES_DDL, assert_same, cli, execute, running_pipeline, wait_caught_up
 from transform.errors import TransientError

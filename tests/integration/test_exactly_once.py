@@ -12,7 +12,7 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.localservers import MariaDBServer
+from cdc.dev.localservers import MariaDBServer
 from tests.helpers import Daemon, assert_fault_free, execute, wait_caught_up, wait_until
 
 Conn = pymysql.connections.Connection

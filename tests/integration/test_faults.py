@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pymysql
 
-from cdc.localservers import MariaDBServer, PostgresServer
+from cdc.dev.localservers import MariaDBServer, PostgresServer
 from tests.helpers import Daemon, assert_fault_free, execute, wait_caught_up, wait_until
 
 Conn = pymysql.connections.Connection

@@ -16,7 +16,7 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.localservers import free_port
+from cdc.dev.localservers import free_port
 from cdc.settings import Settings, load_settings
 from loader.backends import open_warehouse
 from loader.db2_warehouse import DB2Warehouse

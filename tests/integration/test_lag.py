@@ -13,7 +13,7 @@ import psycopg
 import pymysql
 from pydantic import SecretStr
 
-from cdc.localservers import MariaDBServer
+from cdc.dev.localservers import MariaDBServer
 from cdc.pipeline import Pipeline
 from cdc.settings import Settings
 from loader.staging import lock_apply

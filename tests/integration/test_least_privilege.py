@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pymysql
 
-from cdc.localservers import MariaDBServer, PostgresServer
+from cdc.dev.localservers import MariaDBServer, PostgresServer
 from tests.helpers import ROOT, SALES_DDL, Daemon, cli, execute, wait_until
 
 SQL = ROOT / "deploy" / "sql"

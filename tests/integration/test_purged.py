@@ -9,7 +9,7 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.localservers import MariaDBServer
+from cdc.dev.localservers import MariaDBServer
 from cdc.settings import Settings
 from tests.helpers import SALES_DDL, assert_same, cli, execute, running_pipeline, wait_caught_up, wait_until
 

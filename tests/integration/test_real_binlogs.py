@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from cdc.localservers import MariaDBServer
+from cdc.dev.localservers import MariaDBServer
+from cdc.ops.star_ops import check_star
 from cdc.settings import Settings
-from cdc.star_ops import check_star
 from loader.warehouse import TABLES
 from tests.helpers import SALES_DDL, assert_same, cli, execute, running_pipeline, wait_caught_up, wait_until
 

@@ -15,9 +15,9 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.reconcile import Reconciler, Report
+from cdc.ops.reconcile import Reconciler, Report
+from cdc.ops.star_ops import check_star
 from cdc.settings import Settings, load_settings
-from cdc.star_ops import check_star
 from loader.backends import open_warehouse
 from loader.warehouse import TABLES
 from tests.helpers import SALES_DDL, assert_same, cli, execute, running_pipeline, wait_caught_up, wait_until
@@ -391,7 +391,7 @@ def test_metrics_are_pushed_to_a_pushgateway(settings_env: dict[str, str]) -> No
     and pipeline, in the text format."""
     import http.server
 
-    from cdc.reconcile import TableReport, export_metrics
+    from cdc.ops.reconcile import TableReport, export_metrics
 
     got: list[tuple[str, str, bytes]] = []
 
@@ -427,8 +427,8 @@ def test_real_db2_fingerprints_equal_postgresql_ones(staging: PG, tmp_path: Path
     fingerprint and segment checksum as PostgreSQL's for the same warehouse row."""
     import os
 
-    from cdc.compare import Side
-    from cdc.reconcile import _WAREHOUSE_KINDS, _pg_fetch
+    from cdc.ops.compare import Side
+    from cdc.ops.reconcile import _WAREHOUSE_KINDS, _pg_fetch
     from cdc.settings import parse_url
     from loader.db2_warehouse import DB2Warehouse
     from loader.spool import Spool

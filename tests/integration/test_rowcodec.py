@@ -14,11 +14,11 @@ import pymysql
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc import mysql
-from cdc.binlog_fixes import MYSQL_LATIN1
-from cdc.flavor import Flavor
+from cdc.capture import mysql
+from cdc.capture.binlog_fixes import MYSQL_LATIN1
+from cdc.capture.flavor import Flavor
+from cdc.capture.source import BinlogSource
 from cdc.settings import Settings
-from cdc.source import BinlogSource
 from tests.helpers import execute
 from transform.model import Heartbeat, Position, RowChange, TxnChunk
 

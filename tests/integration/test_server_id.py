@@ -12,7 +12,7 @@ import pymysql
 import pytest
 from pymysqlreplication import BinLogStreamReader
 
-from cdc.localservers import MariaDBServer
+from cdc.dev.localservers import MariaDBServer
 from tests.helpers import SALES_DDL, Daemon, cli, execute, wait_until
 
 

@@ -12,7 +12,7 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.localservers import MariaDBServer, PostgresServer
+from cdc.dev.localservers import MariaDBServer, PostgresServer
 from tests.helpers import (
     SALES_DDL,
     Daemon,

@@ -13,8 +13,8 @@ import pymysql
 import pytest
 from structlog.testing import capture_logs
 
-from cdc.localservers import PostgresServer
-from cdc.mysql import read_table
+from cdc.capture.mysql import read_table
+from cdc.dev.localservers import PostgresServer
 from cdc.pipeline import Pipeline
 from cdc.settings import Settings
 from tests.helpers import execute, pg_database, source_rows, staging_rows, wait_until

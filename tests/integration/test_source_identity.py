@@ -15,8 +15,8 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.localservers import MariaDBServer
-from cdc.positions import mariadb_gtid_contains
+from cdc.capture.positions import mariadb_gtid_contains
+from cdc.dev.localservers import MariaDBServer
 from cdc.settings import Settings, load_settings
 from tests.helpers import assert_same, execute, running_pipeline, wait_caught_up, wait_pipeline_died, wait_until
 from transform.errors import FatalError

@@ -17,7 +17,7 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.localservers import PostgresServer
+from cdc.dev.localservers import PostgresServer
 from loader.staging import lock_apply
 from tests.helpers import (
     SALES_DDL,

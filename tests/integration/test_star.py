@@ -11,8 +11,8 @@ import pymysql
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cdc.ops.star_ops import check_star
 from cdc.settings import Settings
-from cdc.star_ops import check_star
 from tests.helpers import SALES_DDL, cli, execute, running_pipeline, wait_caught_up
 
 Conn = pymysql.connections.Connection

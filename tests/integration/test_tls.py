@@ -12,8 +12,8 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from cdc import mysql
-from cdc.localservers import MariaDBServer, PostgresServer
+from cdc.capture import mysql
+from cdc.dev.localservers import MariaDBServer, PostgresServer
 from cdc.settings import Settings, load_settings
 from loader.pg import pg_connect
 from tests.helpers import SALES_DDL, assert_same, cli, execute, pg_database, running_pipeline, wait_caught_up

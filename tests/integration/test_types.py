@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc.mysql import read_table
+from cdc.capture.mysql import read_table
 from cdc.settings import Settings
 from tests.helpers import (
     assert_same,

@@ -22,8 +22,8 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.localservers import MariaDBServer, PostgresServer, free_port
-from cdc.seed import SALES_DDL
+from cdc.dev.localservers import MariaDBServer, PostgresServer, free_port
+from cdc.dev.seed import SALES_DDL
 from tests.helpers import pg_database, wait_until
 from tests.system.nspawn import Container, booted, why_not
 

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.assemble import FL_COMPLETED_XA, FL_PREPARED_XA, FL_STANDALONE, Assembler, Ddl, xid_text
+from cdc.capture.assemble import FL_COMPLETED_XA, FL_PREPARED_XA, FL_STANDALONE, Assembler, Ddl, xid_text
 from transform.model import Op, Position, RowChange, TxnChunk
 
 MARIA_TXN = 4 | 8  # FL_TRANSACTIONAL | FL_ALLOW_PARALLEL

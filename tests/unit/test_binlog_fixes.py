@@ -7,7 +7,7 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.binlog_fixes import decode_time2, time2_size
+from cdc.capture.binlog_fixes import decode_time2, time2_size
 
 MAX = dt.timedelta(hours=838, minutes=59, seconds=59)
 
@@ -62,7 +62,7 @@ def test_small_negative_fractions() -> None:
 
 def test_mysql_latin1_decodes_every_byte_as_the_server_does() -> None:
     """cp1252, with the five bytes it leaves undefined kept as C1 controls (as MySQL converts them)."""
-    from cdc.binlog_fixes import MYSQL_LATIN1, install
+    from cdc.capture.binlog_fixes import MYSQL_LATIN1, install
 
     install()
     text = bytes(range(256)).decode(MYSQL_LATIN1)

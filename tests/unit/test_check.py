@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cdc.check import judge_binlog, judge_session_format, missing_privileges
-from cdc.flavor import Flavor
+from cdc.capture.flavor import Flavor
+from cdc.ops.check import judge_binlog, judge_session_format, missing_privileges
 
 MARIADB = Flavor.from_version("10.11.19-MariaDB")
 MYSQL84 = Flavor.from_version("8.4.2")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.compare import Difference, diff_rows
-from cdc.reconcile import settle
+from cdc.ops.compare import Difference, diff_rows
+from cdc.ops.reconcile import settle
 from transform.fingerprint import Col, Dialect, Kind, TableSpec, canonical, col_of, range_where, row_hash
 from transform.schema import _INT_TYPES, _SIMPLE_TYPES, Column
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.flavor import Flavor, mariadb_gtid_advance, mysql_gtid_advance, snapshot_position
+from cdc.capture.flavor import Flavor, mariadb_gtid_advance, mysql_gtid_advance, snapshot_position
 
 MARIADB = Flavor.from_version("10.11.19-MariaDB-0+deb12u1-log")
 MYSQL80 = Flavor.from_version("8.0.36")

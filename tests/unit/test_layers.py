@@ -1,5 +1,7 @@
 """The layers point one way along the data flow: transform <- loader <- cdc (see
-../shared/CONVENTIONS.md, "Layers"): transform/ imports only itself, loader/ only transform/."""
+../shared/CONVENTIONS.md, "Layers"): transform/ imports only itself, loader/ only transform/. Inside cdc/, the capture side
+(cdc/capture/) imports neither the operator's commands (cdc/ops/) nor the dev tools (cdc/dev/), and
+only the command line reaches the dev tools: the daemon never runs them."""
 
 from __future__ import annotations
 
@@ -30,6 +32,17 @@ def test_a_layer_imports_nothing_above_it(package: str) -> None:
              for line, module in imports(path)
              if module.split(".")[0] in FORBIDDEN[package]]
     assert wrong == [], "\n".join(wrong)
+
+
+def test_the_capture_side_and_the_daemon_keep_to_their_own() -> None:
+    cdc = ROOT / "cdc"
+    wrong = [f"{path.relative_to(ROOT)}:{line} imports {module}"
+             for path in sorted(cdc.rglob("*.py"))
+             for line, module in imports(path)
+             if (module.startswith(("cdc.dev", "cdc.ops")) and path.parent.name == "capture")
+             or (module.startswith("cdc.dev") and path.parent.name != "dev" and path.name != "cli.py")]
+    assert wrong == [], "\n".join(wrong)
+    assert {p.name for p in (cdc / "dev").glob("*.py")} >= {"localservers.py", "seed.py", "demo.py"}
 
 
 def test_the_check_sees_an_import_inside_a_function(tmp_path: Path) -> None:

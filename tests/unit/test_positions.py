@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdc.positions import SourceFacts, mariadb_gtid_contains, resume_from, unavailable
+from cdc.capture.positions import SourceFacts, mariadb_gtid_contains, resume_from, unavailable
 from transform.errors import FatalError
 from transform.model import Position
 

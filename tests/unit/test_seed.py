@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.seed import MalformedLine, generate, read_sales
+from cdc.dev.seed import MalformedLine, generate, read_sales
 
 
 def test_old_and_new_lines_parse(tmp_path: Path) -> None:

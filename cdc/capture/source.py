@@ -28,10 +28,10 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, RowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from cdc import binlog_fixes
-from cdc.assemble import Assembler, Ddl, xid_text
-from cdc.flavor import Flavor, gtid_advance
-from cdc.mysql import (
+from cdc.capture import binlog_fixes
+from cdc.capture.assemble import Assembler, Ddl, xid_text
+from cdc.capture.flavor import Flavor, gtid_advance
+from cdc.capture.mysql import (
     classify,
     connect,
     connection_settings,
@@ -124,7 +124,7 @@ class BinlogSource:
         return {"auto_position": self._start.gtid, "is_mariadb": self._flavor.mariadb}
 
     def _events(self, stop: threading.Event) -> Iterator[TxnChunk | Heartbeat | SchemaChange]:
-        """The binlog's events, grouped into whole transactions by :class:`cdc.assemble.Assembler`."""
+        """The binlog's events, grouped into whole transactions by :class:`cdc.capture.assemble.Assembler`."""
         reader = self._reader
         assert reader is not None
         asm = self._assembler

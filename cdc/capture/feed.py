@@ -3,7 +3,7 @@ of its own, so decoding runs on one core and the writer on another.
 
 Python runs one thread at a time per process: with the reader as a thread, decoding and the
 writer's work (net changes, star deltas, COPY) take turns. Either way the reader runs
-:class:`cdc.source.BinlogSource` and hands items back through a bounded queue:
+:class:`cdc.capture.source.BinlogSource` and hands items back through a bounded queue:
 
 - a reader thread puts each item in a local buffer (it waits while the buffer holds
   ``SOFTCART_CHUNK_ROWS`` rows), a sender thread ships what has gathered, up to that many rows, as
@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from cdc.flavor import Flavor
+from cdc.capture.flavor import Flavor
 from cdc.settings import Settings
 from transform.errors import TransientError
 from transform.model import Heartbeat, Position, SchemaChange, TxnChunk
@@ -123,7 +123,7 @@ def _context() -> multiprocessing.context.ForkServerContext:
     modules, and forks a child per stream in milliseconds."""
     ctx = multiprocessing.get_context("forkserver")
     assert isinstance(ctx, multiprocessing.context.ForkServerContext)
-    ctx.set_forkserver_preload(["cdc.feed", "cdc.source", "cdc.logs"])
+    ctx.set_forkserver_preload(["cdc.capture.feed", "cdc.capture.source", "cdc.logs"])
     return ctx
 
 
@@ -135,7 +135,7 @@ def _die_with_parent() -> None:
 
 def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position, fences: dict[str, Position],
            messages: Any, stop: Any, chunk_rows: int, own_process: bool) -> None:
-    from cdc.source import BinlogSource
+    from cdc.capture.source import BinlogSource
 
     if own_process:
         _die_with_parent()

@@ -17,9 +17,9 @@ from typing import Any
 
 import pymysql
 
-from cdc.mysql import connect
+from cdc.capture.mysql import connect
+from cdc.capture.snapshot import quote_mysql
 from cdc.settings import Settings
-from cdc.snapshot import quote_mysql
 from transform.errors import ConfigError
 
 SALES_TABLE = "sales_data"

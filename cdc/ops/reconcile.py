@@ -4,7 +4,7 @@ repair them where they don't, while the daemon keeps running.
 Three levels, in this order (a repair at one level flows into the next):
 
 1. **source → staging**, per configured table, segment checksums inside MySQL and PostgreSQL
-   (``cdc.compare``). The source is read in a consistent snapshot at binlog position R; staging is
+   (``cdc.ops.compare``). The source is read in a consistent snapshot at binlog position R; staging is
    read only once the daemon has applied up to R (its saved position), in a REPEATABLE READ
    snapshot. A difference found that way is only a candidate: the row may have changed after R.
 2. **star schema → a from-scratch computation from staging**, inside PostgreSQL, in one snapshot
@@ -41,10 +41,10 @@ import structlog
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 from psycopg import sql
 
-from cdc import mysql
-from cdc.compare import CanonKey, Comparison, Difference, Limits, Side, compare_table
+from cdc.capture import mysql
+from cdc.capture.snapshot import open_snapshot, quote_mysql, select_list
+from cdc.ops.compare import CanonKey, Comparison, Difference, Limits, Side, compare_table
 from cdc.settings import Settings
-from cdc.snapshot import open_snapshot, quote_mysql, select_list
 from loader.ddl import META, STAGING
 from loader.pg import pg_connect
 from loader.staging import StagingWriter, load_position, lock_apply
@@ -339,7 +339,7 @@ class Reconciler:
         if not self.s.star_table:
             self.report.notes.append("the star schema is turned off (SOFTCART_STAR_TABLE is empty): level skipped")
             return
-        from cdc.star_ops import _sales_table
+        from cdc.ops.star_ops import _sales_table
 
         with pg_connect(self.s.staging_config, autocommit=True) as pg:
             star = _sales_table(pg, self.s)

@@ -16,11 +16,11 @@ from types import FrameType
 import psycopg
 import pymysql
 
+from cdc.dev.localservers import MariaDBServer, PostgresServer
+from cdc.dev.seed import generate, setup_source
 from cdc.flushing import flush_loop
-from cdc.localservers import MariaDBServer, PostgresServer
 from cdc.metrics import Metrics
 from cdc.pipeline import Pipeline
-from cdc.seed import generate, setup_source
 from cdc.settings import Settings, load_settings
 from loader.backends import open_warehouse
 from loader.pg import pg_connect

@@ -16,9 +16,9 @@ import pymysql.cursors
 import structlog
 from psycopg import sql
 
-from cdc.extract import ClientReader, client_reader
-from cdc.flavor import Flavor, snapshot_position
-from cdc.mysql import connect, read_table
+from cdc.capture.extract import ClientReader, client_reader
+from cdc.capture.flavor import Flavor, snapshot_position
+from cdc.capture.mysql import connect, read_table
 from cdc.settings import Settings
 from loader.ddl import META, STAGING, save_definitions
 from loader.staging import StagingWriter

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pymysql
 import structlog
 
-from cdc import mysql
-from cdc.flavor import Flavor
+from cdc.capture import mysql
+from cdc.capture.flavor import Flavor
 from cdc.settings import Settings
 from loader.pg import pg_connect
 from transform.errors import ConfigError, FatalError, SoftcartError

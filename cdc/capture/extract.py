@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import pymysql
 
-from cdc.flavor import Flavor, snapshot_position
+from cdc.capture.flavor import Flavor, snapshot_position
 from cdc.settings import Settings
 from transform.errors import TransientError
 from transform.extract import INTEGER_TYPES, copy_text_select, refusal, unescape

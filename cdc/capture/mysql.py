@@ -8,8 +8,8 @@ from typing import Any
 import pymysql
 import pymysql.cursors
 
-from cdc.flavor import Flavor
-from cdc.positions import SourceFacts, mariadb_gtid_contains
+from cdc.capture.flavor import Flavor
+from cdc.capture.positions import SourceFacts, mariadb_gtid_contains
 from cdc.settings import Settings
 from transform.errors import ConfigError, FatalError, Kind, TransientError, mysql_kind
 from transform.model import Endpoint, Position
