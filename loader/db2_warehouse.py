@@ -26,13 +26,7 @@ from transform.errors import (
 )
 from transform.fingerprint import Dialect, quote
 from transform.model import Endpoint
-
-DB2_TYPES = {"dateid": "INTEGER", "date": "DATE", "year": "SMALLINT", "quarter": "SMALLINT",
-             "quartername": "VARCHAR(2)", "month": "SMALLINT", "monthname": "VARCHAR(9)", "day": "SMALLINT",
-             "weekday": "SMALLINT", "weekdayname": "VARCHAR(9)", "rowid": "BIGINT", "product_id": "BIGINT",
-             "customer_id": "BIGINT", "price": "DECIMAL(31,4)", "quantity": "BIGINT", "total_price": "DECIMAL(31,4)",
-             "sales_count": "BIGINT", "quantity_total": "BIGINT", "amount_total": "DECIMAL(31,4)"}
-_NULLABLE = {"customer_id"}
+from transform.star_shape import FACT_INDEX, db2_type
 
 
 def statement_options(query_timeout: int) -> dict[int, int]:
@@ -97,14 +91,15 @@ def connection_string(ep: Endpoint, timeout: int, extra: str = "", receive_timeo
 
 
 def create_table_sql(t: WTable) -> str:
-    cols = ", ".join(f"{q(c)} {DB2_TYPES[c]}{'' if c in _NULLABLE else ' NOT NULL'}" for c in t.columns)
-    fk = f", FOREIGN KEY ({q('dateid')}) REFERENCES {q('dimdate')} ({q('dateid')})" if t.name == "factsales" else ""
+    cols = ", ".join(f"{q(c.name)} {db2_type(c.warehouse)}{'' if c.nullable else ' NOT NULL'}" for c in t.schema)
+    fk = "".join(f", FOREIGN KEY ({q(r.column)}) REFERENCES {q(r.table)} ({q(r.target)})" for r in t.references)
     return f"CREATE TABLE {q(t.name)} ({cols}, PRIMARY KEY ({', '.join(q(k) for k in t.key)}){fk})"
 
 
 def index_sql() -> str:
     """The fact table's foreign key column, indexed: deleting a date otherwise scans the facts."""
-    return f"CREATE INDEX {q('factsales_dateid')} ON {q('factsales')} ({q('dateid')})"
+    index, table, column = FACT_INDEX
+    return f"CREATE INDEX {q(index)} ON {q(table)} ({q(column)})"
 
 
 def ledger_sql() -> str:
@@ -175,7 +170,7 @@ def stage_table(t: WTable) -> str:
 
 def declare_sql(t: WTable) -> str:
     """DECLARE GLOBAL TEMPORARY TABLE: per connection, not logged, emptied at each commit."""
-    cols = ", ".join([f"{q('op')} CHAR(1) NOT NULL", *(f"{q(c)} {DB2_TYPES[c]}" for c in t.columns)])
+    cols = ", ".join([f"{q('op')} CHAR(1) NOT NULL", *(f"{q(c.name)} {db2_type(c.warehouse)}" for c in t.schema)])
     return (f"DECLARE GLOBAL TEMPORARY TABLE {stage_table(t)} ({cols})"
             " ON COMMIT DELETE ROWS NOT LOGGED ON ROLLBACK DELETE ROWS WITH REPLACE")
 

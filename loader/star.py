@@ -18,8 +18,6 @@ from transform.changes import NetChanges
 from transform.errors import FatalError
 from transform.schema import Table
 from transform.star import (
-    MONEY_DIGITS,
-    MONEY_SCALE,
     SALES_COLUMNS,
     Fact,
     ScratchBuilder,
@@ -29,41 +27,31 @@ from transform.star import (
     star_delta,
     try_fact,
 )
+from transform.star_shape import DIMDATE, StarTable, staging_types
+from transform.star_shape import FACT_INDEX as INDEX
+from transform.star_shape import TABLES as SHAPE
 from transform.star_sql import AGG_COLS, FACT_COLS, RowStatements, SqlRules, batch_statements, row_statements, sql_rules
 from transform.star_sql import ids as _ids
 
 STAR = "star"
 Cursor = psycopg.Cursor[Any]
 
-_MONEY = f"numeric({MONEY_DIGITS},{MONEY_SCALE})"
-FACT_INDEX = f"CREATE INDEX IF NOT EXISTS factsales_dateid ON {STAR}.factsales (dateid)"
-STAR_DDL = [
-    f"CREATE SCHEMA IF NOT EXISTS {STAR}",
-    f"""CREATE TABLE IF NOT EXISTS {STAR}.dimdate (
-        dateid integer PRIMARY KEY, date date NOT NULL UNIQUE, year smallint NOT NULL, quarter smallint NOT NULL,
-        quartername text NOT NULL, month smallint NOT NULL, monthname text NOT NULL, day smallint NOT NULL,
-        weekday smallint NOT NULL, weekdayname text NOT NULL)""",
-    f"""CREATE TABLE IF NOT EXISTS {STAR}.factsales (
-        rowid bigint PRIMARY KEY, dateid integer NOT NULL REFERENCES {STAR}.dimdate (dateid),
-        product_id bigint NOT NULL, customer_id bigint, price {_MONEY} NOT NULL, quantity bigint NOT NULL,
-        total_price {_MONEY} NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())""",
-    FACT_INDEX,
-    f"""CREATE TABLE IF NOT EXISTS {STAR}.sales_by_day (
-        dateid integer NOT NULL, product_id bigint NOT NULL,
-        sales_count bigint NOT NULL, quantity_total bigint NOT NULL, amount_total numeric(38,{MONEY_SCALE}) NOT NULL,
-        PRIMARY KEY (dateid, product_id))""",
-]
+def _staging_ddl(t: StarTable) -> str:
+    """The staging star schema's table, from the shape (transform/star_shape.py)."""
+    parts = [f"{c.name} {c.staging}" + ("" if c.nullable else " NOT NULL") for c in t.schema]
+    parts += [*t.staging_extra, f"PRIMARY KEY ({', '.join(t.key)})", *(f"UNIQUE ({u})" for u in t.unique)]
+    parts += [f"FOREIGN KEY ({r.column}) REFERENCES {STAR}.{r.table} ({r.target})" for r in t.references]
+    return f"CREATE TABLE IF NOT EXISTS {STAR}.{t.name} ({', '.join(parts)})"
 
-DIMDATE_COLS = ("dateid", "date", "year", "quarter", "quartername", "month", "monthname", "day", "weekday",
-                "weekdayname")
+
+_INDEX, _INDEXED, _INDEX_COLUMN = INDEX
+FACT_INDEX = f"CREATE INDEX IF NOT EXISTS {_INDEX} ON {STAR}.{_INDEXED} ({_INDEX_COLUMN})"
+STAR_DDL = [f"CREATE SCHEMA IF NOT EXISTS {STAR}", *(_staging_ddl(t) for t in SHAPE), FACT_INDEX]
+
+DIMDATE_COLS = DIMDATE.columns
 #: (table, columns compared, key) of the star schema's tables, in load order.
-STAR_TABLES = (("dimdate", DIMDATE_COLS, ("dateid",)), ("factsales", FACT_COLS, ("rowid",)),
-               ("sales_by_day", AGG_COLS, ("dateid", "product_id")))
-_TYPES = {"dateid": "integer", "date": "date", "year": "smallint", "quarter": "smallint", "quartername": "text",
-          "month": "smallint", "monthname": "text", "day": "smallint", "weekday": "smallint", "weekdayname": "text",
-          "rowid": "bigint", "product_id": "bigint", "customer_id": "bigint", "price": _MONEY, "quantity": "bigint",
-          "total_price": _MONEY, "sales_count": "bigint", "quantity_total": "bigint",
-          "amount_total": f"numeric(38,{MONEY_SCALE})"}
+STAR_TABLES = tuple((t.name, t.columns, t.key) for t in SHAPE)
+_TYPES = staging_types()
 
 
 def _unnest(cols: tuple[str, ...]) -> sql.Composed:

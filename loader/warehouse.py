@@ -8,30 +8,15 @@ holds is skipped, so a replay after a crash changes nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from loader.spool import SpooledBatch
-from loader.star import DIMDATE_COLS
 from transform.fingerprint import Dialect
-from transform.star_sql import AGG_COLS, FACT_COLS
+from transform.star_shape import DIMDATE, FACTSALES, SALES_BY_DAY, StarTable
 
-
-@dataclass(frozen=True)
-class WTable:
-    name: str
-    columns: tuple[str, ...]
-    key: tuple[str, ...]
-
-    @property
-    def non_key(self) -> tuple[str, ...]:
-        return tuple(c for c in self.columns if c not in self.key)
-
-
-DIMDATE = WTable("dimdate", DIMDATE_COLS, ("dateid",))
-FACTSALES = WTable("factsales", FACT_COLS, ("rowid",))
-SALES_BY_DAY = WTable("sales_by_day", AGG_COLS, ("dateid", "product_id"))
-#: In load order: dimensions before facts (facts reference dates); deletes run in reverse.
+#: The warehouse's tables are the star schema's shape (transform/star_shape.py), in load order:
+#: dimensions before facts (facts reference dates); deletes run in reverse.
+WTable = StarTable
 TABLES = (DIMDATE, FACTSALES, SALES_BY_DAY)
 LEDGER = "softcart_ledger"
 

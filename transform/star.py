@@ -18,11 +18,13 @@ from decimal import Context, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from transform.star_shape import MONEY_DIGITS as MONEY_DIGITS
+from transform.star_shape import MONEY_SCALE as MONEY_SCALE
+
 #: The columns of sales_data the star schema reads.
 SALES_COLUMNS = ("rowid", "product_id", "customer_id", "price", "quantity", "timestamp")
 
 #: total_price and price are DECIMAL(31,4): DB2's widest decimal, with the scale of money.
-MONEY_DIGITS, MONEY_SCALE = 31, 4
 _MONEY_LIMIT = Decimal(10) ** (MONEY_DIGITS - MONEY_SCALE)
 _BIGINT = 2**63
 #: Money arithmetic is exact: products and sums of DECIMAL(31,4) values need more than the default

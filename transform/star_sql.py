@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from transform.star import MONEY_DIGITS, MONEY_SCALE
+from transform.star_shape import FACTSALES, SALES_BY_DAY
 
 _BIGINT_RANGE = sql.SQL("BETWEEN -9223372036854775808 AND 9223372036854775807")
 _INTEGERS = ("smallint", "integer", "bigint")
-FACT_COLS = ("rowid", "dateid", "product_id", "customer_id", "price", "quantity", "total_price")
-AGG_COLS = ("dateid", "product_id", "sales_count", "quantity_total", "amount_total")
+FACT_COLS = FACTSALES.columns
+AGG_COLS = SALES_BY_DAY.columns
 
 
 def ids(cols: Iterable[str]) -> sql.Composable:

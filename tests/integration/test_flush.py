@@ -72,6 +72,40 @@ def test_stream_then_flush_makes_the_warehouse_equal_to_the_star_schema(
     assert_warehouse_equals_star(staging, warehouse)
 
 
+def test_staging_star_and_warehouse_tables_are_the_one_shape(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
+    """The star schema's shape is defined once (transform/star_shape.py): the tables the daemon
+    makes in staging and `warehouse init` makes in the warehouse have its columns, in its order,
+    with its types, nullability, keys and references, as the catalog reports them."""
+    from transform.star_shape import TABLES
+
+    def catalog(conn: PG, schema: str, table: str) -> list[tuple[str, str, bool]]:
+        return [(r[0], r[1], r[2]) for r in conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), NOT attnotnull FROM pg_attribute"
+            " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (f"{schema}.{table}",))]
+
+    def constraints(conn: PG, schema: str, table: str) -> set[str]:
+        return {r[0].replace(f"{schema}.", "") for r in conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass"
+            " AND contype IN ('p', 'f')", (f"{schema}.{table}",))}
+
+    execute(source, SALES_DDL)
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        wait_caught_up(staging, source)
+    for t in TABLES:
+        want = {f"PRIMARY KEY ({', '.join(t.key)})",
+                *(f"FOREIGN KEY ({r.column}) REFERENCES {r.table}({r.target})" for r in t.references)}
+        staged = catalog(staging, "star", t.name)
+        assert staged[:len(t.schema)] == [(c.name, c.staging, c.nullable) for c in t.schema], t.name
+        assert [c for c, _, _ in staged[len(t.schema):]] == [e.split()[0] for e in t.staging_extra]
+        assert catalog(warehouse, "public", t.name) == [
+            (c.name, c.warehouse.replace("varchar", "character varying"), c.nullable) for c in t.schema], t.name
+        assert constraints(staging, "star", t.name) == want
+        assert constraints(warehouse, "public", t.name) == want
+
+
 def test_a_staging_made_anew_under_an_existing_warehouse_loads_its_batches(
         wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
     execute(source, SALES_DDL)

@@ -89,6 +89,9 @@ def test_deploy_sql_files_hold_what_warehouse_init_creates() -> None:
     pg = (deploy / "postgresql-warehouse.sql").read_text()
     for stmt in ddl():
         assert stmt + ";" in pg
+    from loader.pg_warehouse import dba_script as pg_script
+
+    assert pg == pg_script(), "deploy/sql/postgresql-warehouse.sql: regenerate with `python -m loader.pg_warehouse`"
 
 
 def test_a_ledger_row_is_a_replay_only_for_the_same_batch_or_one_from_before_uids(tmp_path: Any) -> None:

@@ -1,7 +1,8 @@
 """The layers point one way along the data flow: transform <- loader <- cdc (see
-../shared/CONVENTIONS.md, "Layers"): transform/ imports only itself, loader/ only transform/. Inside cdc/, the capture side
-(cdc/capture/) imports neither the operator's commands (cdc/ops/) nor the dev tools (cdc/dev/), and
-only the command line reaches the dev tools: the daemon never runs them."""
+../shared/CONVENTIONS.md, "Layers"): transform/ imports only itself, loader/ only transform/.
+Inside cdc/, the capture side (cdc/capture/) imports neither the operator's commands (cdc/ops/)
+nor the dev tools (cdc/dev/), and only the command line reaches the dev tools: the daemon never
+runs them."""
 
 from __future__ import annotations
 

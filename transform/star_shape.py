@@ -1,0 +1,98 @@
+"""The star schema's shape, defined once: its tables, columns, types, keys and references.
+
+Every place that writes or reads the star schema takes it from here: the staging star schema's DDL
+and bulk statements (loader/star.py), the delta SQL (transform/star_sql.py), both warehouse
+backends' DDL, staging tables and MERGEs (loader/pg_warehouse.py, loader/db2_warehouse.py), the DDL
+files in deploy/sql (generated from these; a test holds them equal) and the reconcile.
+
+A column has two types: in staging (PostgreSQL, where the aggregates may grow past the warehouse's
+precision before a batch folds them) and in the warehouse, spelled as PostgreSQL spells it; Db2's
+spelling is derived (``db2_type``). Money is DECIMAL(31,4): Db2's widest precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MONEY_DIGITS, MONEY_SCALE = 31, 4
+_MONEY = f"numeric({MONEY_DIGITS},{MONEY_SCALE})"
+
+
+@dataclass(frozen=True)
+class StarColumn:
+    name: str
+    staging: str  # the type in the staging star schema (PostgreSQL)
+    warehouse: str  # the type in the warehouse, PostgreSQL's spelling (db2_type gives Db2's)
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class Reference:
+    column: str
+    table: str
+    target: str
+
+
+@dataclass(frozen=True)
+class StarTable:
+    name: str
+    schema: tuple[StarColumn, ...]
+    key: tuple[str, ...]
+    references: tuple[Reference, ...] = ()
+    unique: tuple[str, ...] = ()  # columns unique besides the key (staging only)
+    #: staging-only columns, as DDL (not compared, not loaded)
+    staging_extra: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns compared and loaded, in CSV and load order."""
+        return tuple(c.name for c in self.schema)
+
+    @property
+    def non_key(self) -> tuple[str, ...]:
+        return tuple(c for c in self.columns if c not in self.key)
+
+    def column(self, name: str) -> StarColumn:
+        return next(c for c in self.schema if c.name == name)
+
+
+def _c(name: str, staging: str, warehouse: str | None = None, nullable: bool = False) -> StarColumn:
+    return StarColumn(name, staging, warehouse or staging, nullable)
+
+
+DIMDATE = StarTable("dimdate", (
+    _c("dateid", "integer"), _c("date", "date"), _c("year", "smallint"), _c("quarter", "smallint"),
+    _c("quartername", "text", "varchar(2)"), _c("month", "smallint"), _c("monthname", "text", "varchar(9)"),
+    _c("day", "smallint"), _c("weekday", "smallint"), _c("weekdayname", "text", "varchar(9)"),
+), key=("dateid",), unique=("date",))
+
+FACTSALES = StarTable("factsales", (
+    _c("rowid", "bigint"), _c("dateid", "integer"), _c("product_id", "bigint"),
+    _c("customer_id", "bigint", nullable=True),  # a sale's customer may be unknown
+    _c("price", _MONEY), _c("quantity", "bigint"), _c("total_price", _MONEY),
+), key=("rowid",), references=(Reference("dateid", "dimdate", "dateid"),),
+    staging_extra=("updated_at timestamptz NOT NULL DEFAULT now()",))
+
+SALES_BY_DAY = StarTable("sales_by_day", (
+    _c("dateid", "integer"), _c("product_id", "bigint"), _c("sales_count", "bigint"),
+    _c("quantity_total", "bigint"),
+    # staging sums without the warehouse's bound: a batch's total is checked when it is loaded
+    _c("amount_total", f"numeric(38,{MONEY_SCALE})", _MONEY),
+), key=("dateid", "product_id"))
+
+#: In load order: dimensions before facts (facts reference dates); deletes run in reverse.
+TABLES = (DIMDATE, FACTSALES, SALES_BY_DAY)
+
+#: The fact table's foreign key column, indexed (name, table, column): without it every dimdate row
+#: deleted (a full reload, a date that lost its last sale) scans factsales, and BI joins on it.
+FACT_INDEX = ("factsales_dateid", "factsales", "dateid")
+
+
+def db2_type(warehouse_type: str) -> str:
+    """Db2's spelling of a warehouse type (NUMERIC is DECIMAL there; both take the same arguments)."""
+    return warehouse_type.upper().replace("NUMERIC", "DECIMAL")
+
+
+def staging_types() -> dict[str, str]:
+    """Every star column's staging type, by name (a name has one type in every table)."""
+    return {c.name: c.staging for t in TABLES for c in t.schema}
