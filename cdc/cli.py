@@ -42,12 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML file with settings")
     p.add_argument("--version", action="version", version=f"softcart-sync {version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _daemon_commands(sub)
+    _dev_commands(sub)
+    _state_commands(sub)
+    _warehouse_commands(sub)
+    _reconcile_commands(sub)
+    _config_anywhere(p)
+    return p
+
+
+def _daemon_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Run the daemon and check what it needs."""
     sub.add_parser("run", help="run the daemon: snapshot once, then stream the binlog into staging",
                    description="Run the daemon. With no stored position it takes a consistent snapshot of "
                    "the configured tables, then streams the binlog from exactly that point; with a stored "
                    "position it resumes there. SIGTERM or SIGINT stops it cleanly; a second one at once.")
     sub.add_parser("check", help="validate settings, connections, binlog settings, privileges, tables",
                    description="Check everything `run` needs, one line per check; exit 0 only when all pass.")
+
+
+def _dev_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Seed data and the demo (cdc/dev/)."""
     ss = sub.add_parser("setup-source", help="create sales.sales_data if missing and load the seed CSV files",
                         description="The seed's step 1: create the source database and table if missing "
                         "and load OLD.csv (rowid,product_id,customer_id,price,quantity,timestamp) and NEW.csv "
@@ -69,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=20000, help="rows loaded before streaming starts")
     demo.add_argument("--rate", type=float, default=20.0, help="live source transactions per second")
     demo.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: on Ctrl-C)")
+
+
+def _state_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The star schema, the snapshot, the pipeline's state."""
     rb = sub.add_parser("rebuild", help="recompute the star schema from staging (or --check it)",
                         description="Recompute star.dimdate, star.factsales and star.sales_by_day from staging, "
                         "from scratch, in one transaction (safe while the daemon runs: it waits). With --check, "
@@ -82,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="position, lag, last commit, dead letters, snapshot (from PostgreSQL)",
                         description="What the pipeline has done, read from staging, whether or not the daemon runs.")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _warehouse_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The warehouse and its batches."""
     sub.add_parser("flush", help="run one flush to the warehouse and exit",
                    description="Batch the star schema's pending changes into the spool and load every pending "
                    "batch into the warehouse (SOFTCART_WAREHOUSE_URL), in order. Exit 0 when all loaded, 1 when "
@@ -101,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                          ("replay", "load a batch again (idempotent)")):
         a = btsub.add_parser(action, help=text)
         a.add_argument("batch_id", type=int, metavar="ID")
+
+
+def _reconcile_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The reconcile, and the settings."""
     rc = sub.add_parser(
         "reconcile", help="compare source, staging, star schema and warehouse, and repair drift",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -120,8 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "force (from the environment and --config) as a settings file: what differs from the "
                         "defaults as keys, the rest commented out; URLs without their password, no password.")
     se.add_argument("--toml", action="store_true", help="print the settings in force as a TOML settings file")
-    _config_anywhere(p)
-    return p
 
 
 def _config_anywhere(parser: argparse.ArgumentParser) -> None:
@@ -260,7 +285,8 @@ def _batches(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.ops.reconcile import LEVELS, Reconciler, export_metrics
+    from cdc.ops.reconcile import LEVELS, Reconciler
+    from cdc.ops.reconcile_report import export_metrics
 
     levels = tuple(lv for lv in LEVELS if lv in args.level) if args.level else LEVELS
     report = Reconciler(settings, dry_run=args.dry_run, levels=levels).run()

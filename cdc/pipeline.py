@@ -26,9 +26,10 @@ from cdc.metrics import Metrics
 from cdc.ops.check import refuse_unready_source
 from cdc.settings import Settings
 from loader.applier import Applier, BatchDone
+from loader.checkpoint import load_position, load_source, lock_apply
 from loader.ddl import ensure_schema, forget_tables, load_definitions, snapshot_positions
 from loader.pg import INSTANCE, holders_text, lock_holders, pg_connect
-from loader.staging import StagingWriter, load_position, load_source, lock_apply
+from loader.staging import StagingWriter
 from loader.star import StarSchema
 from transform.errors import ConfigError, FatalError, SoftcartError, TransientError
 from transform.model import Position, RowChange

@@ -27,10 +27,10 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from loader.checkpoint import APPLY_LOCK
 from loader.ddl import META
 from loader.pg import holders_text, lock_holders, lock_wait_limit
 from loader.spool import Spool, SpooledBatch
-from loader.staging import APPLY_LOCK
 from loader.star import STAR
 from loader.warehouse import TABLES, BatchIdTaken, BatchRejected, Warehouse, WTable
 from transform.errors import ConfigError, TransientError

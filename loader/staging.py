@@ -11,8 +11,6 @@ fault, which go to the dead-letter table; the rest lands.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import pickle
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
@@ -23,15 +21,16 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from loader.checkpoint import lock_apply, save_position
 from loader.ddl import META, STAGING, save_definitions
-from loader.pg import holders_text, lock_holders, lock_wait_limit
+from loader.staging_sql import delete_one_sql, delete_sql, ident_list, key_text, upsert_one_sql, upsert_sql
 from loader.star import Applied, StarSchema
 from transform.changes import Key, NetChanges, Row, net_changes
 from transform.ddl import SchemaPlan
 from transform.ddl import plan as ddl_plan
-from transform.errors import FatalError, TransientError
+from transform.errors import FatalError
 from transform.model import Position, RowChange, SchemaChange
-from transform.schema import Table, pg_type
+from transform.schema import Table
 
 log = structlog.get_logger(__name__)
 
@@ -45,65 +44,6 @@ class DeadLetter:
     reason: str
     row: str | None
     kind: str = "value"
-
-
-def _ident_list(names: Iterable[str]) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
-
-
-def _conflict_action(table: Table) -> sql.Composable:
-    non_key = [c for c in table.column_names if c not in table.primary_key]
-    if not non_key:
-        return sql.SQL("DO NOTHING")
-    return sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
-        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in non_key)
-
-
-def upsert_sql(table: Table, temp: str) -> sql.Composed:
-    cols = _ident_list(table.column_names)
-    action = _conflict_action(table)
-    return sql.SQL("INSERT INTO {}.{} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
-        sql.Identifier(STAGING), sql.Identifier(table.name), cols, cols, sql.Identifier(temp),
-        _ident_list(table.primary_key), action)
-
-
-def delete_sql(table: Table) -> sql.Composed:
-    """Delete the rows whose keys come as one array parameter per key column: one round trip, and
-    ``unnest`` of parameters is planned as a few rows, so each key is an index probe (a temporary
-    table of keys, without statistics, got joined by a sequential scan of the whole table)."""
-    types = {c.name: pg_type(c) for c in table.columns}
-    arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(types[k])) for k in table.primary_key)
-    cond = sql.SQL(" AND ").join(
-        sql.SQL("t.{0} = d.{0}").format(sql.Identifier(k)) for k in table.primary_key)
-    return sql.SQL("DELETE FROM {}.{} t USING unnest({}) AS d({}) WHERE {}").format(
-        sql.Identifier(STAGING), sql.Identifier(table.name), arrays, _ident_list(table.primary_key), cond)
-
-
-def upsert_one_sql(table: Table) -> sql.Composed:
-    cols = _ident_list(table.column_names)
-    action = _conflict_action(table)
-    return sql.SQL("INSERT INTO {}.{} ({}) VALUES ({}) ON CONFLICT ({}) {}").format(
-        sql.Identifier(STAGING), sql.Identifier(table.name), cols,
-        sql.SQL(", ").join(sql.Placeholder() for _ in table.column_names),
-        _ident_list(table.primary_key), action)
-
-
-def delete_one_sql(table: Table) -> sql.Composed:
-    cond = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in table.primary_key)
-    return sql.SQL("DELETE FROM {}.{} WHERE {}").format(
-        sql.Identifier(STAGING), sql.Identifier(table.name), cond)
-
-
-def key_text(key: Sequence[Any] | None) -> str:
-    return json.dumps([_jsonable(v) for v in key] if key is not None else None)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, int | float | str | bool) or v is None:
-        return v
-    if isinstance(v, bytes):
-        return v.hex()
-    return str(v)
 
 
 class StagingWriter:
@@ -254,7 +194,7 @@ class StagingWriter:
         if net.upserts:
             cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(up)))
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
-                    sql.Identifier(up), _ident_list(table.column_names))) as copy:
+                    sql.Identifier(up), ident_list(table.column_names))) as copy:
                 for row in net.upserts.values():
                     copy.write_row(row)
             cur.execute(upsert_sql(table, up))
@@ -425,7 +365,7 @@ class StagingWriter:
         n = 0
         with self.conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {}.{} WITH NO DATA").format(
-                temp, _ident_list(keys + columns), sql.Identifier(STAGING), sql.Identifier(table.name)))
+                temp, ident_list(keys + columns), sql.Identifier(STAGING), sql.Identifier(table.name)))
             with cur.copy(sql.SQL("COPY {} FROM STDIN").format(temp)) as copy:
                 for r in rows:
                     copy.write_row(r)
@@ -441,7 +381,7 @@ class StagingWriter:
         self.begin()
         n = 0
         with self.conn.cursor() as cur, cur.copy(sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
-                sql.Identifier(STAGING), sql.Identifier(table.name), _ident_list(table.column_names))) as copy:
+                sql.Identifier(STAGING), sql.Identifier(table.name), ident_list(table.column_names))) as copy:
             for row in rows:
                 copy.write_row(row)
                 n += 1
@@ -460,71 +400,6 @@ class StagingWriter:
         self._dead.append(DeadLetter(table, key_text(key), reason, row, kind))
 
 
-#: The per-pipeline apply lock: every transaction that writes staging, the star schema or the
-#: outbox holds it (``pg_advisory_xact_lock``), so they run one after the other; a flush holds it
-#: (session-level) for the instant it reads the outbox's top id, when no writer is in flight.
-APPLY_LOCK = "hashtext('softcart-sync apply ' || %s)"
-
-
-def lock_apply(conn: Conn, pipeline: str, wait_seconds: float = 0.0) -> None:
-    """Take the pipeline's apply lock for the rest of the open transaction; with ``wait_seconds``,
-    waiting at most that long (TransientError naming the session that holds it)."""
-    if not wait_seconds:
-        conn.execute(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})", (pipeline,))
-        return
-    try:
-        with lock_wait_limit(conn, wait_seconds, in_transaction=True):
-            conn.execute(f"SELECT pg_advisory_xact_lock({APPLY_LOCK})", (pipeline,))
-    except psycopg.errors.LockNotAvailable:
-        raise TransientError(f"the apply lock of pipeline {pipeline!r} was held for over {wait_seconds:g} s"
-                             f" (SOFTCART_LOCK_WAIT_SECONDS) by {_apply_lock_holder(conn, pipeline)} (a rebuild, a"
-                             " reconcile's repair, or a session left behind); retrying") from None
-
-
-def _apply_lock_holder(conn: Conn, pipeline: str) -> str:
-    """Who holds the apply lock, read on a connection of its own (``conn``'s transaction failed)."""
-    try:
-        with psycopg.connect(conn.info.dsn, password=conn.info.password or None, autocommit=True,
-                             connect_timeout=10) as other:
-            holders = lock_holders(other, APPLY_LOCK, (pipeline,))
-    except psycopg.Error:
-        return "a session that could not be asked about"
-    return holders_text(holders) + "".join(f" [running {h.query!r}]" for h in holders[:1] if h.query)
-
-
 def _pg_error(exc: psycopg.Error) -> str:
     diag = exc.diag
     return f"{diag.sqlstate}: {diag.message_primary}" if diag.message_primary else str(exc).strip()
-
-
-def save_position(cur: psycopg.Cursor[Any], pipeline: str, position: Position, event_time: float | None,
-                  source: tuple[int, str] | None = None) -> None:
-    """The position, with the server it was read from (``source``: server_id, server_uuid; None
-    keeps the one saved)."""
-    ts = dt.datetime.fromtimestamp(event_time, dt.UTC) if event_time else None
-    sid, uuid = source if source is not None else (None, None)
-    cur.execute(
-        sql.SQL("INSERT INTO {0}.position (pipeline, binlog_file, binlog_pos, gtid, event_time, committed_at,"
-                " source_server_id, source_uuid) VALUES (%s, %s, %s, %s, %s, now(), %s, %s)"
-                " ON CONFLICT (pipeline) DO UPDATE SET"
-                " binlog_file = EXCLUDED.binlog_file, binlog_pos = EXCLUDED.binlog_pos, gtid = EXCLUDED.gtid,"
-                " event_time = COALESCE(EXCLUDED.event_time, {0}.position.event_time),"
-                " source_server_id = COALESCE(EXCLUDED.source_server_id, {0}.position.source_server_id),"
-                " source_uuid = COALESCE(EXCLUDED.source_uuid, {0}.position.source_uuid),"
-                " committed_at = now()").format(sql.Identifier(META)),
-        (pipeline, position.file, position.pos, position.gtid, ts, sid, uuid))
-
-
-def load_source(conn: Conn, pipeline: str) -> tuple[int, str] | None:
-    """The server the saved position was read from (None: saved before identities were kept)."""
-    row = conn.execute(sql.SQL("SELECT source_server_id, source_uuid FROM {}.position WHERE pipeline = %s")
-                       .format(sql.Identifier(META)), (pipeline,)).fetchone()
-    return (int(row[0]), str(row[1] or "")) if row and row[0] is not None else None
-
-
-def load_position(conn: Conn, pipeline: str) -> Position | None:
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT binlog_file, binlog_pos, gtid FROM {}.position WHERE pipeline = %s")
-                    .format(sql.Identifier(META)), (pipeline,))
-        row = cur.fetchone()
-    return Position(row[0], int(row[1]), row[2]) if row else None

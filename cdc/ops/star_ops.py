@@ -8,9 +8,9 @@ import psycopg
 from psycopg import sql
 
 from cdc.settings import Settings
+from loader.checkpoint import lock_apply
 from loader.ddl import STAGING
 from loader.pg import pg_connect
-from loader.staging import lock_apply
 from loader.star import STAR, StarSchema
 from transform.errors import ConfigError
 from transform.schema import Column, Table

@@ -40,7 +40,7 @@ def decode_only(env: dict[str, str], pg_url: str) -> tuple[int, float]:
     from cdc.capture.source import BinlogSource
     from cdc.pipeline import Pipeline
     from cdc.settings import load_settings
-    from loader.staging import load_position
+    from loader.checkpoint import load_position
     from transform.model import TxnChunk
 
     os.environ.update(env)

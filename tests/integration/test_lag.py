@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from cdc.dev.localservers import MariaDBServer
 from cdc.pipeline import Pipeline
 from cdc.settings import Settings
-from loader.staging import lock_apply
+from loader.checkpoint import lock_apply
 from tests.helpers import SALES_DDL, PausableProxy, execute, running_pipeline, wait_caught_up, wait_until
 
 Conn = pymysql.connections.Connection

@@ -16,10 +16,11 @@ from structlog.testing import capture_logs
 
 from cdc.settings import Settings
 from loader.backends import open_warehouse
+from loader.checkpoint import lock_apply
 from loader.ddl import ensure_schema
 from loader.flush import Flusher
 from loader.spool import Spool
-from loader.staging import StagingWriter, lock_apply
+from loader.staging import StagingWriter
 from loader.star import StarSchema, enqueue
 from tests.helpers import SALES_DDL, execute, running_pipeline, wait_caught_up, wait_until
 from transform.errors import TransientError

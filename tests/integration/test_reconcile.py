@@ -391,7 +391,7 @@ def test_metrics_are_pushed_to_a_pushgateway(settings_env: dict[str, str]) -> No
     and pipeline, in the text format."""
     import http.server
 
-    from cdc.ops.reconcile import TableReport, export_metrics
+    from cdc.ops.reconcile_report import TableReport, export_metrics
 
     got: list[tuple[str, str, bytes]] = []
 

@@ -18,7 +18,7 @@ import pymysql
 import pytest
 
 from cdc.dev.localservers import PostgresServer
-from loader.staging import lock_apply
+from loader.checkpoint import lock_apply
 from tests.helpers import (
     SALES_DDL,
     NotifySocket,

@@ -82,7 +82,7 @@ def test_alerts_and_dashboard_only_use_metrics_we_export() -> None:
     import json
 
     from cdc.metrics import Metrics
-    from cdc.ops.reconcile import Report, TableReport, metrics_registry
+    from cdc.ops.reconcile_report import Report, TableReport, metrics_registry
 
     families = {fam.name for fam in Metrics().registry.collect()}
     report = Report(False, ("source",), [TableReport("source", "sales_data")])
