@@ -36,6 +36,21 @@ class Metrics:
         p = PREFIX
         Info(p + "build", "The running softcart-sync", registry=r).info(
             {"version": version(), "python": platform.python_version()})
+        self._flow(r, p)
+        self._state(r, p)
+        self.backlog = BacklogCollector()  # the warehouse backlog, read at each scrape once attached
+        self.stages = StageCollector()  # each stage's stall, computed at each scrape
+        r.register(self.backlog)
+        r.register(self.stages)
+        for endpoint in ("source", "staging", "warehouse"):
+            self.connected.labels(endpoint).set(0)
+        for kind in ("value", "fact"):
+            self.dead_letters.labels(kind)
+        for kind in ("transient", "fatal", "unexpected"):
+            self.errors.labels(kind)
+
+    def _flow(self, r: CollectorRegistry, p: str) -> None:
+        """The data flow: rows and transactions, batches, lag, the queue."""
         self.events_read = Counter(p + "binlog_row_events_total", "Row changes read from the binlog",
                                    ["table", "operation"], registry=r)
         self.transactions_applied = Counter(p + "transactions_applied_total",
@@ -54,6 +69,9 @@ class Metrics:
         self.queue_depth = Gauge(p + "queue_depth_chunks", "Slices waiting between reader and writer", registry=r)
         self.queue_capacity = Gauge(p + "queue_capacity_chunks", "Capacity of the reader->writer queue",
                                     registry=r)
+
+    def _state(self, r: CollectorRegistry, p: str) -> None:
+        """Connections, commits, errors, the snapshot, the position, the warehouse, readiness."""
         self.connected = Gauge(p + "connected", "1 when connected to the endpoint", ["endpoint"], registry=r)
         self.last_commit = Gauge(p + "last_commit_timestamp_seconds", "Unix time of the last successful commit",
                                  ["stage"], registry=r)
@@ -85,16 +103,6 @@ class Metrics:
         self.binlog_purged = Gauge(p + "binlog_position_purged", "1 when the saved position is no longer in the "
                                    "source's binlog (needs `softcart-sync resnapshot`)", registry=r)
         self.ready = Gauge(p + "ready", "1 when streaming and not stalled (what /readyz says)", registry=r)
-        self.backlog = BacklogCollector()  # the warehouse backlog, read at each scrape once attached
-        self.stages = StageCollector()  # each stage's stall, computed at each scrape
-        r.register(self.backlog)
-        r.register(self.stages)
-        for endpoint in ("source", "staging", "warehouse"):
-            self.connected.labels(endpoint).set(0)
-        for kind in ("value", "fact"):
-            self.dead_letters.labels(kind)
-        for kind in ("transient", "fatal", "unexpected"):
-            self.errors.labels(kind)
 
 
 #: The warehouse backlog's gauges: (name, help, field of loader.flush.Backlog).

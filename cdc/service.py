@@ -122,17 +122,8 @@ def run_service(settings: Settings, notifier: Notifier | None = None, crash_poin
     worker = threading.Thread(target=target, name="pipeline", daemon=True)
     worker.start()
     started = threading.Event()
-    flusher = None
-    if flush_progress is not None:
-        def flush_target() -> None:
-            try:
-                flush_loop(settings, stop, started, metrics, crash_point, flush_progress)
-            except BaseException as exc:  # noqa: BLE001 - the supervisor stops the daemon with it
-                errors.append(FatalError(f"the flush thread failed: {as_ours(exc)}"))
-                stop.set()
-
-        flusher = threading.Thread(target=flush_target, name="flusher", daemon=True)
-        flusher.start()
+    flusher = None if flush_progress is None else \
+        _start_flusher(settings, stop, started, metrics, crash_point, flush_progress, errors)
     try:
         _loop(settings, pipeline, metrics, notifier, stop, worker, started, flush_progress)
     finally:
@@ -148,6 +139,21 @@ def run_service(settings: Settings, notifier: Notifier | None = None, crash_poin
         return 2 if isinstance(errors[0], ConfigError) else 1
     log.info("stopped", position=str(pipeline.state.position))
     return 0
+
+
+def _start_flusher(settings: Settings, stop: threading.Event, started: threading.Event, metrics: Metrics,
+                   crash_point: str, progress: FlushProgress, errors: list[SoftcartError]) -> threading.Thread:
+    """The flush thread; its failure reaches the supervisor, which stops the daemon with it."""
+    def flush_target() -> None:
+        try:
+            flush_loop(settings, stop, started, metrics, crash_point, progress)
+        except BaseException as exc:  # noqa: BLE001 - the supervisor stops the daemon with it
+            errors.append(FatalError(f"the flush thread failed: {as_ours(exc)}"))
+            stop.set()
+
+    flusher = threading.Thread(target=flush_target, name="flusher", daemon=True)
+    flusher.start()
+    return flusher
 
 
 def _loop(settings: Settings, pipeline: Pipeline, metrics: Metrics, notifier: Notifier, stop: threading.Event,

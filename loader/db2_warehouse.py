@@ -226,6 +226,7 @@ class DB2Warehouse:
         self._receive = max(1, int(receive_timeout))
         self._query_timeout = int(statement_timeout)
         self._conn: Any = None
+        self._at_fault: Any = None  # the statement of a load that failed, for its own diagnostics
 
     def _connect(self) -> Any:
         import ibm_db
@@ -257,44 +258,27 @@ class DB2Warehouse:
         import ibm_db
 
         conn = self._connect()
-        step, handle = "data", None  # the statement at fault, for its own diagnostics
+        step = "data"  # the step at fault; self._at_fault: its statement, for its own diagnostics
+        self._at_fault = None
         try:
             opts = statement_options(self._query_timeout)
-            stmt = handle = ibm_db.prepare(conn, f"SELECT {q('batch_uid')} FROM {q(LEDGER)} WHERE {q('batch_id')} = ?",
-                                           opts)
+            stmt = self._at_fault = ibm_db.prepare(
+                conn, f"SELECT {q('batch_uid')} FROM {q(LEDGER)} WHERE {q('batch_id')} = ?", opts)
             ibm_db.execute(stmt, (batch.batch_id,))
             held = ibm_db.fetch_tuple(stmt)
             if held and already_loaded(held[0], batch):
                 ibm_db.rollback(conn)
                 return False
-            total = 0
-            for t in TABLES:
-                handle = None
-                ibm_db.exec_immediate(conn, declare_sql(t), opts)
-                ins = handle = ibm_db.prepare(conn, insert_stage_sql(t), opts)
-                staged = 0
-                for rows in batch.row_chunks(t.name):  # a full reload of millions of rows: never all in memory
-                    try:
-                        ibm_db.execute_many(ins, tuple(tuple(r) for r in rows))  # text; DB2 casts
-                    except Exception as exc:  # a chain's errors: find the rows at fault
-                        state = ibm_db.stmt_error(ins) or ""
-                        if sqlstate_kind(state) is not Kind.REJECTED:
-                            raise
-                        ibm_db.exec_immediate(conn, declare_sql(t), opts)  # emptied: try the rows one by one
-                        culprits = first_failing(rows, functools.partial(_insert_one, ins))
-                        raise BatchRejected(rejected_rows_text(t, rows, culprits, staged) or
-                                            f"{state}: {_clean(str(exc), self._ep)}") from None
-                    total += len(rows)
-                    staged += len(rows)
-            handle = None
+            total = sum(self._stage(conn, t, batch, opts) for t in TABLES)
+            self._at_fault = None
             if batch.manifest.get("full_reload"):
                 for t in reversed(TABLES):
                     ibm_db.exec_immediate(conn, f"DELETE FROM {q(t.name)}", opts)
             for t, op in load_steps():
                 ibm_db.exec_immediate(conn, delete_sql(t) if op == "D" else merge_sql(t), opts)
             step = "ledger"
-            led = handle = ibm_db.prepare(conn, f"INSERT INTO {q(LEDGER)} ({q('batch_id')}, {q('pipeline')},"
-                                       f" {q('rows_loaded')}, {q('batch_uid')}) VALUES (?, ?, ?, ?)", opts)
+            led = self._at_fault = ibm_db.prepare(conn, f"INSERT INTO {q(LEDGER)} ({q('batch_id')}, {q('pipeline')},"
+                                                  f" {q('rows_loaded')}, {q('batch_uid')}) VALUES (?, ?, ?, ?)", opts)
             ibm_db.execute(led, (batch.batch_id, self._pipeline, total, batch.uid))
             ibm_db.commit(conn)
             return True
@@ -304,20 +288,49 @@ class DB2Warehouse:
             raise
         except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception; classify by SQLSTATE
             # the failing statement's own diagnostics; without a handle the connection's last
+            handle = self._at_fault
             state = (ibm_db.stmt_error(handle) if handle is not None else ibm_db.stmt_error()) \
                 or ibm_db.conn_error() or ""
             with contextlib.suppress(Exception):
                 ibm_db.rollback(conn)
-            text = _clean(str(exc), self._ep)
-            outcome = load_outcome(state, step)
-            if outcome == "loaded":
-                return False  # another loader committed this batch first
-            if outcome == "rejected":
-                raise BatchRejected(f"{state}: {text}") from None
-            if outcome == "config":
-                raise ConfigError(f"warehouse {self._ep.display}: {state}: {text}; {sqlstate_fix(state)}") from None
-            self.close()
-            raise TransientError(f"warehouse {self._ep.display}: {text}") from None
+            return self._failed(exc, state, step)
+
+    def _stage(self, conn: Any, t: WTable, batch: SpooledBatch, opts: dict[int, int]) -> int:
+        """The batch's rows of ``t`` into its temporary table, a chunk at a time (a full reload of
+        millions of rows is never all in memory); returns how many. Rows refused: BatchRejected
+        naming them."""
+        import ibm_db
+
+        self._at_fault = None
+        ibm_db.exec_immediate(conn, declare_sql(t), opts)
+        ins = self._at_fault = ibm_db.prepare(conn, insert_stage_sql(t), opts)
+        staged = 0
+        for rows in batch.row_chunks(t.name):
+            try:
+                ibm_db.execute_many(ins, tuple(tuple(r) for r in rows))  # text; DB2 casts
+            except Exception as exc:  # a chain's errors: find the rows at fault
+                state = ibm_db.stmt_error(ins) or ""
+                if sqlstate_kind(state) is not Kind.REJECTED:
+                    raise
+                ibm_db.exec_immediate(conn, declare_sql(t), opts)  # emptied: try the rows one by one
+                culprits = first_failing(rows, functools.partial(_insert_one, ins))
+                raise BatchRejected(rejected_rows_text(t, rows, culprits, staged) or
+                                    f"{state}: {_clean(str(exc), self._ep)}") from None
+            staged += len(rows)
+        return staged
+
+    def _failed(self, exc: Exception, state: str, step: str) -> bool:
+        """What a failed load means, raised as ours (False: another loader committed it first)."""
+        text = _clean(str(exc), self._ep)
+        outcome = load_outcome(state, step)
+        if outcome == "loaded":
+            return False
+        if outcome == "rejected":
+            raise BatchRejected(f"{state}: {text}") from None
+        if outcome == "config":
+            raise ConfigError(f"warehouse {self._ep.display}: {state}: {text}; {sqlstate_fix(state)}") from None
+        self.close()
+        raise TransientError(f"warehouse {self._ep.display}: {text}") from None
 
     def check(self) -> list[tuple[bool, str, str]]:
         import ibm_db

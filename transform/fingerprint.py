@@ -105,56 +105,66 @@ def quote(name: str, dialect: Dialect) -> str:
 def canonical(col: Col, dialect: Dialect) -> str:
     """SQL for ``col``'s canonical text (NULL when the value is NULL)."""
     c = quote(col.name, dialect)
+    return {Dialect.MYSQL: _mysql_canonical, Dialect.POSTGRES: _pg_canonical}.get(dialect, _db2_canonical)(col, c)
+
+
+def _mysql_canonical(col: Col, c: str) -> str:
     k = col.kind
-    if dialect is Dialect.MYSQL:
-        if k is Kind.INT:
-            return f"CAST({c} AS CHAR)"
-        if k is Kind.DECIMAL:
-            return f"CAST(CAST({c} AS DECIMAL(65,{col.scale})) AS CHAR)"
-        if k in (Kind.FLOAT, Kind.DOUBLE):
-            v = f"({c} + 0E0)" if k is Kind.FLOAT else c
-            e = f"FLOOR(LOG10(ABS({v})))"
-            a = f"FLOOR((16 - {e}) / 2)"
-            scaled = f"FLOOR({v} * POW(10, {a}) * POW(10, 16 - {e} - {a}))"
-            return f"IF({v} = 0, '0', CONCAT(CAST({scaled} AS SIGNED), 'e', {e}))"
-        if k is Kind.DATE:
-            return f"DATE_FORMAT({c}, '%%Y-%%m-%%d')"
-        if k in (Kind.DATETIME, Kind.TIMESTAMP):  # the session's time zone is UTC
-            return f"DATE_FORMAT({c}, '%%Y-%%m-%%d %%H:%%i:%%s.%%f')"
-        if k is Kind.TIME:
-            return f"CAST(CAST(TIME_TO_SEC({c}) AS DECIMAL(20,6)) AS CHAR)"
-        if k is Kind.TEXT:
-            return f"MD5(CONVERT({c} USING utf8mb4))"
-        if k is Kind.BINARY:
-            return f"MD5({c})"
-        if k is Kind.BIT:
-            return f"LPAD(BIN({c}), {col.width}, '0')"
-        return f"IF({c} IS NULL, NULL, 'J')"
-    if dialect is Dialect.POSTGRES:
-        if k is Kind.INT:
-            return f"{c}::text"
-        if k is Kind.DECIMAL:
-            return f"round({c}, {col.scale})::text"
-        if k in (Kind.FLOAT, Kind.DOUBLE):
-            v = f"{c}::float8"
-            e = f"floor(log(abs({v})))"
-            a = f"floor((16 - {e}) / 2)"
-            scaled = f"floor({v} * 10::float8 ^ {a} * 10::float8 ^ (16 - {e} - {a}))"
-            return f"CASE WHEN {v} = 0 THEN '0' ELSE {scaled}::bigint::text || 'e' || {e}::bigint::text END"
-        if k is Kind.DATE:
-            return f"to_char({c}, 'YYYY-MM-DD')"
-        if k is Kind.DATETIME:
-            return f"to_char({c}, 'YYYY-MM-DD HH24:MI:SS.US')"
-        if k is Kind.TIMESTAMP:
-            return f"to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
-        if k is Kind.TIME:
-            return f"extract(epoch FROM {c})::numeric(20,6)::text"
-        if k in (Kind.TEXT, Kind.BINARY):
-            return f"md5({c})"
-        if k is Kind.BIT:
-            return f"lpad({c}::text, {col.width}, '0')"
-        return f"CASE WHEN {c} IS NULL THEN NULL ELSE 'J' END"
-    # DB2: only what the warehouse tables hold (integers, decimals, dates, short text).
+    if k is Kind.INT:
+        return f"CAST({c} AS CHAR)"
+    if k is Kind.DECIMAL:
+        return f"CAST(CAST({c} AS DECIMAL(65,{col.scale})) AS CHAR)"
+    if k in (Kind.FLOAT, Kind.DOUBLE):
+        v = f"({c} + 0E0)" if k is Kind.FLOAT else c
+        e = f"FLOOR(LOG10(ABS({v})))"
+        a = f"FLOOR((16 - {e}) / 2)"
+        scaled = f"FLOOR({v} * POW(10, {a}) * POW(10, 16 - {e} - {a}))"
+        return f"IF({v} = 0, '0', CONCAT(CAST({scaled} AS SIGNED), 'e', {e}))"
+    if k is Kind.DATE:
+        return f"DATE_FORMAT({c}, '%%Y-%%m-%%d')"
+    if k in (Kind.DATETIME, Kind.TIMESTAMP):  # the session's time zone is UTC
+        return f"DATE_FORMAT({c}, '%%Y-%%m-%%d %%H:%%i:%%s.%%f')"
+    if k is Kind.TIME:
+        return f"CAST(CAST(TIME_TO_SEC({c}) AS DECIMAL(20,6)) AS CHAR)"
+    if k is Kind.TEXT:
+        return f"MD5(CONVERT({c} USING utf8mb4))"
+    if k is Kind.BINARY:
+        return f"MD5({c})"
+    if k is Kind.BIT:
+        return f"LPAD(BIN({c}), {col.width}, '0')"
+    return f"IF({c} IS NULL, NULL, 'J')"
+
+
+def _pg_canonical(col: Col, c: str) -> str:
+    k = col.kind
+    if k is Kind.INT:
+        return f"{c}::text"
+    if k is Kind.DECIMAL:
+        return f"round({c}, {col.scale})::text"
+    if k in (Kind.FLOAT, Kind.DOUBLE):
+        v = f"{c}::float8"
+        e = f"floor(log(abs({v})))"
+        a = f"floor((16 - {e}) / 2)"
+        scaled = f"floor({v} * 10::float8 ^ {a} * 10::float8 ^ (16 - {e} - {a}))"
+        return f"CASE WHEN {v} = 0 THEN '0' ELSE {scaled}::bigint::text || 'e' || {e}::bigint::text END"
+    if k is Kind.DATE:
+        return f"to_char({c}, 'YYYY-MM-DD')"
+    if k is Kind.DATETIME:
+        return f"to_char({c}, 'YYYY-MM-DD HH24:MI:SS.US')"
+    if k is Kind.TIMESTAMP:
+        return f"to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+    if k is Kind.TIME:
+        return f"extract(epoch FROM {c})::numeric(20,6)::text"
+    if k in (Kind.TEXT, Kind.BINARY):
+        return f"md5({c})"
+    if k is Kind.BIT:
+        return f"lpad({c}::text, {col.width}, '0')"
+    return f"CASE WHEN {c} IS NULL THEN NULL ELSE 'J' END"
+
+
+def _db2_canonical(col: Col, c: str) -> str:
+    """DB2: only what the warehouse tables hold (integers, decimals, dates, short text)."""
+    k = col.kind
     if k is Kind.INT:
         return f"TRIM(CHAR({c}))"
     if k is Kind.DECIMAL:

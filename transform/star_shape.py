@@ -12,7 +12,10 @@ spelling is derived (``db2_type``). Money is DECIMAL(31,4): Db2's widest precisi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from transform.fingerprint import Kind
 
 MONEY_DIGITS, MONEY_SCALE = 31, 4
 _MONEY = f"numeric({MONEY_DIGITS},{MONEY_SCALE})"
@@ -96,3 +99,18 @@ def db2_type(warehouse_type: str) -> str:
 def staging_types() -> dict[str, str]:
     """Every star column's staging type, by name (a name has one type in every table)."""
     return {c.name: c.staging for t in TABLES for c in t.schema}
+
+
+def fingerprint_kind(c: StarColumn) -> tuple[Kind] | tuple[Kind, int]:
+    """How the reconcile fingerprints the column (its warehouse type: both sides compare equal)."""
+    t = c.warehouse
+    if t in ("smallint", "integer", "bigint"):
+        return (Kind.INT,)
+    if t == "date":
+        return (Kind.DATE,)
+    if t == "text" or t.startswith("varchar"):
+        return (Kind.TEXT,)
+    m = re.fullmatch(r"numeric\(\d+,(\d+)\)", t)
+    if m:
+        return (Kind.DECIMAL, int(m.group(1)))
+    raise ValueError(f"{c.name}: no fingerprint for the warehouse type {t!r}")

@@ -145,60 +145,85 @@ def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: 
 
         logs.configure(settings.log_level, settings.log_format)
     structlog.contextvars.bind_contextvars(position=str(start), reader="binlog-reader")
-    buffer: collections.deque[Item] = collections.deque()
-    cond = threading.Condition()
-    state: dict[str, Any] = {"rows": 0, "done": False, "error": None}
-    local_stop = threading.Event()
-
-    def sender() -> None:
-        while True:
-            with cond:
-                while not buffer and not state["done"]:
-                    cond.wait(0.5)
-                    if stop.is_set():
-                        local_stop.set()
-                        return
-                # One message holds at most chunk_rows rows (or one bigger slice): the queue's
-                # bound in messages stays a bound in rows, as it was in slices.
-                batch: list[Item] = []
-                rows = 0
-                while buffer and (not batch or rows + _rows(buffer[0]) <= chunk_rows):
-                    item = buffer.popleft()
-                    batch.append(item)
-                    rows += _rows(item)
-                state["rows"] -= rows
-                cond.notify_all()
-            if batch and not _put(messages, batch, stop):
-                local_stop.set()
-                return
-            if not batch and state["done"]:
-                if state["error"] is not None:
-                    _put(messages, _Failed(state["error"]), stop)
-                return
-
-    ship = threading.Thread(target=sender, name="binlog-sender", daemon=True)
+    handoff = _Handoff(messages, stop, chunk_rows)
+    ship = threading.Thread(target=handoff.send_all, name="binlog-sender", daemon=True)
     ship.start()
     source = BinlogSource(settings, tables, flavor, start, fences=fences)
     try:
-        for item in source.chunks(local_stop):
-            with cond:
-                while state["rows"] >= chunk_rows and not local_stop.is_set():
-                    cond.wait(0.5)
-                    if stop.is_set():
-                        local_stop.set()
-                buffer.append(item)
-                state["rows"] += _rows(item)
-                cond.notify_all()
-            if stop.is_set() or local_stop.is_set():
+        for item in source.chunks(handoff.local_stop):
+            handoff.put(item)
+            if stop.is_set() or handoff.local_stop.is_set():
                 break
     except BaseException as exc:  # noqa: BLE001 - handed to the parent
-        state["error"] = exc if _picklable(exc) else TransientError(f"binlog reader failed: {exc}")
+        handoff.error = exc if _picklable(exc) else TransientError(f"binlog reader failed: {exc}")
     finally:
-        with cond:
-            state["done"] = True
-            cond.notify_all()
+        handoff.finish()
         ship.join()
         source.close()
+
+
+class _Handoff:
+    """From the reading loop to the thread that ships its items to the parent: a buffer bounded in
+    rows (``chunk_rows``), so the reader reads on while a message is sent, and no further."""
+
+    def __init__(self, messages: Any, stop: Any, chunk_rows: int) -> None:
+        self.messages, self.stop, self.chunk_rows = messages, stop, chunk_rows
+        self.buffer: collections.deque[Item] = collections.deque()
+        self.cond = threading.Condition()
+        self.rows = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self.local_stop = threading.Event()
+
+    def put(self, item: Item) -> None:
+        """Buffer ``item``, waiting while the buffer holds ``chunk_rows`` rows."""
+        with self.cond:
+            while self.rows >= self.chunk_rows and not self.local_stop.is_set():
+                self.cond.wait(0.5)
+                if self.stop.is_set():
+                    self.local_stop.set()
+            self.buffer.append(item)
+            self.rows += _rows(item)
+            self.cond.notify_all()
+
+    def finish(self) -> None:
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
+
+    def send_all(self) -> None:
+        """Ship the buffer as messages until the reader is done (then its error, if any) or ``stop``."""
+        while True:
+            batch = self._take()
+            if batch is None:
+                self.local_stop.set()
+                return
+            if batch and not _put(self.messages, batch, self.stop):
+                self.local_stop.set()
+                return
+            if not batch and self.done:
+                if self.error is not None:
+                    _put(self.messages, _Failed(self.error), self.stop)
+                return
+
+    def _take(self) -> list[Item] | None:
+        """The next message's items (empty: the reader is done); None: stopped while waiting."""
+        with self.cond:
+            while not self.buffer and not self.done:
+                self.cond.wait(0.5)
+                if self.stop.is_set():
+                    return None
+            # One message holds at most chunk_rows rows (or one bigger slice): the queue's bound in
+            # messages stays a bound in rows, as it was in slices.
+            batch: list[Item] = []
+            rows = 0
+            while self.buffer and (not batch or rows + _rows(self.buffer[0]) <= self.chunk_rows):
+                item = self.buffer.popleft()
+                batch.append(item)
+                rows += _rows(item)
+            self.rows -= rows
+            self.cond.notify_all()
+            return batch
 
 
 def _rows(item: Item) -> int:

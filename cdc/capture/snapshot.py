@@ -124,16 +124,7 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
         _same_definitions(settings, conn, tables)
         log.info("snapshot_started", position=str(position), tables=list(tables),
                  reader="mariadb client" if client else "pymysql")
-        writer.begin()
-        with writer.conn.cursor() as cur:
-            for t in tables:
-                cur.execute(sql.SQL("TRUNCATE {}.{}").format(sql.Identifier(STAGING), sql.Identifier(t)))
-            # A new snapshot follows every table it copies again, stopped ones included.
-            cur.execute(sql.SQL("DELETE FROM {}.stopped_table WHERE pipeline = %s AND source_table = ANY(%s)")
-                        .format(sql.Identifier(META)), (settings.pipeline_name, list(tables)))
-            save_definitions(cur, settings.pipeline_name, tables.values())
-        for t in tables:
-            writer.stopped.pop(t, None)
+        _begin_copy(settings, writer, tables)
         mark = writer.pending_dead_letters
         try:
             with writer.conn.transaction():  # a savepoint: a failed client read leaves nothing
@@ -148,11 +139,7 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
             log.info("snapshot_started", position=str(position), tables=list(tables), reader="pymysql")
             _copy_all(settings, conn, None, tables, writer, position, progress)
         if writer.star is not None and (not added or writer.star.table.name in tables):
-            built = writer.star.rebuild(writer.conn)
-            for rowid, reason in built.invalid:
-                writer.dead_letter(writer.star.table.name, (rowid,), f"no valid fact: {reason}", None, kind="fact")
-            log.info("snapshot_star_schema_built", facts=built.facts, invalid=len(built.invalid),
-                     position=str(position))
+            _build_star(writer, position)
         if added:
             writer.commit(None, None, origin=f"snapshot {position}")
         else:
@@ -163,6 +150,29 @@ def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
         if client is not None:
             client.close()
         conn.close()
+
+
+def _begin_copy(settings: Settings, writer: StagingWriter, tables: dict[str, Table]) -> None:
+    """Open the copy's transaction on staging: the tables emptied, followed again (stopped ones
+    included), their definitions saved."""
+    writer.begin()
+    with writer.conn.cursor() as cur:
+        for t in tables:
+            cur.execute(sql.SQL("TRUNCATE {}.{}").format(sql.Identifier(STAGING), sql.Identifier(t)))
+        cur.execute(sql.SQL("DELETE FROM {}.stopped_table WHERE pipeline = %s AND source_table = ANY(%s)")
+                    .format(sql.Identifier(META)), (settings.pipeline_name, list(tables)))
+        save_definitions(cur, settings.pipeline_name, tables.values())
+    for t in tables:
+        writer.stopped.pop(t, None)
+
+
+def _build_star(writer: StagingWriter, position: Position) -> None:
+    """The star schema from the copy, in its transaction; a row that makes no fact is dead-lettered."""
+    assert writer.star is not None
+    built = writer.star.rebuild(writer.conn)
+    for rowid, reason in built.invalid:
+        writer.dead_letter(writer.star.table.name, (rowid,), f"no valid fact: {reason}", None, kind="fact")
+    log.info("snapshot_star_schema_built", facts=built.facts, invalid=len(built.invalid), position=str(position))
 
 
 def _same_definitions(settings: Settings, conn: pymysql.connections.Connection, tables: dict[str, Table]) -> None:

@@ -58,17 +58,7 @@ def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
         _say(f"2. Starting a private PostgreSQL (the staging warehouse) in {pg.base}")
         pg.start()
         _say(f"   listening on 127.0.0.1:{pg.port}")
-        admin = pg_connect(load_settings(source_url=maria.url(), staging_url=pg.url()).staging_config, autocommit=True)
-        for db in ("softcart", "warehouse"):
-            if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
-                admin.execute(f"CREATE DATABASE {db}")
-        admin.close()
-        settings = load_settings(source_url=maria.url(), staging_url=pg.url("softcart"),
-                                 warehouse_url=pg.url("warehouse"), spool_dir=base / "spool",
-                                 flush_interval_seconds=5, log_level="warning", metrics_listen="127.0.0.1:0")
-        warehouse = open_warehouse(settings.warehouse_config)
-        warehouse.init()
-        warehouse.close()
+        settings = _demo_settings(maria, pg, base)
         old, new = base / "sales_old.csv", base / "sales_new.csv"
         generate(old, new, rows, max(1, rows // 10))
         _say(f"3. Loading the SoftCart source: {rows} historical sales ({old.name}) and {max(1, rows // 10)} "
@@ -78,20 +68,7 @@ def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
              " (star.factsales, star.dimdate, star.sales_by_day), then tails the binlog; every 5 s it flushes"
              " the star schema's changes as CSV batches (" + str(base / "spool") + ") into the warehouse"
              " (a PostgreSQL database standing in for DB2)")
-        pipeline = Pipeline(settings)
-        errors: list[BaseException] = []
-
-        def daemon() -> None:
-            try:
-                pipeline.run(stop)
-            except BaseException as exc:  # noqa: BLE001 - shown below
-                errors.append(exc)
-                stop.set()
-
-        threading.Thread(target=daemon, name="daemon", daemon=True).start()
-        started = threading.Event()
-        threading.Thread(target=flush_loop, args=(settings, stop, started, Metrics()), name="flusher",
-                         daemon=True).start()
+        pipeline, started, errors = _start_daemon(settings, stop)
         _say(f"5. Making live changes in MariaDB (~{rate:g} transactions/s: inserts, updates, deletes)."
              " Watch staging follow. Ctrl-C stops everything.\n")
         counts = {"insert": 0, "update": 0, "delete": 0}
@@ -109,6 +86,44 @@ def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
         maria.stop()
         if pg_base != base / "postgres":
             shutil.rmtree(pg_base, ignore_errors=True)
+
+
+def _start_daemon(settings: Settings, stop: threading.Event) -> tuple[Pipeline, threading.Event,
+                                                                     list[BaseException]]:
+    """The daemon's two threads in this process: the pipeline (its error, if any, in the list) and
+    the flusher (it starts once ``started`` is set)."""
+    pipeline = Pipeline(settings)
+    errors: list[BaseException] = []
+
+    def daemon() -> None:
+        try:
+            pipeline.run(stop)
+        except BaseException as exc:  # noqa: BLE001 - shown by the demo
+            errors.append(exc)
+            stop.set()
+
+    threading.Thread(target=daemon, name="daemon", daemon=True).start()
+    started = threading.Event()
+    threading.Thread(target=flush_loop, args=(settings, stop, started, Metrics()), name="flusher",
+                     daemon=True).start()
+    return pipeline, started, errors
+
+
+def _demo_settings(maria: MariaDBServer, pg: PostgresServer, base: Path) -> Settings:
+    """The demo's settings: staging and a warehouse standing in for DB2, two databases of the
+    private PostgreSQL (made, and the warehouse's tables created, if missing)."""
+    admin = pg_connect(load_settings(source_url=maria.url(), staging_url=pg.url()).staging_config, autocommit=True)
+    for db in ("softcart", "warehouse"):
+        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
+            admin.execute(f"CREATE DATABASE {db}")
+    admin.close()
+    settings = load_settings(source_url=maria.url(), staging_url=pg.url("softcart"),
+                             warehouse_url=pg.url("warehouse"), spool_dir=base / "spool",
+                             flush_interval_seconds=5, log_level="warning", metrics_listen="127.0.0.1:0")
+    warehouse = open_warehouse(settings.warehouse_config)
+    warehouse.init()
+    warehouse.close()
+    return settings
 
 
 def _changes(maria: MariaDBServer, rate: float, stop: threading.Event, counts: dict[str, int], next_id: int) -> None:

@@ -45,14 +45,17 @@ from cdc.ops.reconcile_report import Report, TableReport, explain
 from cdc.settings import Settings
 from loader.checkpoint import load_position, lock_apply
 from loader.ddl import META, STAGING
+from loader.flush import Flusher
 from loader.pg import pg_connect
 from loader.staging import StagingWriter
 from loader.star import STAR, STAR_TABLES, StarSchema, enqueue
 from loader.warehouse import TABLES as WAREHOUSE_TABLES
+from loader.warehouse import Warehouse
 from transform.errors import ConfigError, SoftcartError, TransientError
-from transform.fingerprint import Col, Dialect, Kind, TableSpec, canonical, col_of, quote
+from transform.fingerprint import Col, Dialect, TableSpec, canonical, col_of, quote
 from transform.model import Op, Position, RowChange
 from transform.schema import Table
+from transform.star_shape import fingerprint_kind
 from transform.values import RowConverter, Unrepresentable
 
 log = structlog.get_logger(__name__)
@@ -313,7 +316,7 @@ class Reconciler:
         from cdc.flushing import open_flusher
 
         flusher = open_flusher(self.s)
-        warehouse, flush_conn = flusher.warehouse, flusher.conn
+        warehouse = flusher.warehouse
         try:
             pg = pg_connect(self.s.staging_config, autocommit=True)
         except BaseException:
@@ -321,15 +324,7 @@ class Reconciler:
             raise
         try:
             flusher.flush()  # what is in flight now, first
-            dialect = warehouse.dialect
-            sides: dict[str, tuple[Side, Side]] = {}
-            for t in WAREHOUSE_TABLES:
-                cols = tuple(Col(c, *_WAREHOUSE_KINDS[c]) for c in t.columns)
-                keys = tuple(c for c in cols if c.name in t.key)
-                star_spec = TableSpec(f"{quote(STAR, Dialect.POSTGRES)}.{quote(t.name, Dialect.POSTGRES)}", keys,
-                                      cols, Dialect.POSTGRES)
-                wh_spec = TableSpec(quote(t.name, dialect), keys, cols, dialect)
-                sides[t.name] = (Side("star", star_spec, _pg_fetch(pg)), Side("warehouse", wh_spec, warehouse.fetch))
+            sides = _warehouse_sides(pg, warehouse)
             comps: dict[str, Comparison] = {}
             with _pg_snapshot(pg):
                 busy = _in_flight(pg, self.s.pipeline_name)
@@ -349,36 +344,53 @@ class Reconciler:
             drift = settle(pending, read_origin, read_copy)
             reports = {n: self._add("warehouse", comps[n], drift[n], len(pending[n])) for n in comps}
             if not self.dry_run and any(drift.values()):
-                with flush_conn.transaction(), flush_conn.cursor() as cur:
-                    lock_apply(flush_conn, self.s.pipeline_name)  # as every outbox writer
-                    enqueue(cur, [(n, d.key) for n, ds in drift.items() for d in ds])
-                result = flusher.flush()
-                if result.failed or result.waiting:
-                    raise TransientError(f"the warehouse refused the repair batch {result.created}: see "
-                                         "`softcart-sync batches list`")
-                # repaired only if a second look agrees (a batch skipped as already loaded, or a
-                # load that changed nothing, must not be reported as a repair)
-                again = settle({n: {d.canon: d for d in ds} for n, ds in drift.items()}, read_origin, read_copy)
-                still = {n: len(ds) for n, ds in again.items() if ds}
-                if still:
-                    raise TransientError(f"the warehouse repair batch {result.created} was loaded but the warehouse"
-                                         f" still differs from the star schema ({still}): see"
-                                         " `softcart-sync batches list` and the warehouse's softcart_ledger")
+                self._repair_warehouse(flusher, drift, lambda ds: settle(ds, read_origin, read_copy))
                 for n, ds in drift.items():
                     reports[n].repaired = len(ds)
-                log.info("reconcile_repaired", level="warehouse", keys={n: len(d) for n, d in drift.items()})
         finally:
             flusher.close()
             pg.close()
 
 
-_WAREHOUSE_KINDS: dict[str, tuple[Kind] | tuple[Kind, int]] = {
-    **{c: (Kind.INT,) for c in ("dateid", "year", "quarter", "month", "day", "weekday", "rowid", "product_id",
-                                "customer_id", "quantity", "sales_count", "quantity_total")},
-    **{c: (Kind.DECIMAL, 4) for c in ("price", "total_price", "amount_total")},
-    "date": (Kind.DATE,),
-    **{c: (Kind.TEXT,) for c in ("quartername", "monthname", "weekdayname")},
-}
+    def _repair_warehouse(self, flusher: Flusher, drift: dict[str, list[Difference]],
+                          settled: Callable[[dict[str, dict[CanonKey, Difference]]], dict[str, list[Difference]]]
+                          ) -> None:
+        """The drifted keys into the outbox (as every outbox writer, under the apply lock) and
+        flushed; repaired only if a second look agrees (a batch skipped as already loaded, or a load
+        that changed nothing, must not be reported as a repair)."""
+        conn = flusher.conn
+        with conn.transaction(), conn.cursor() as cur:
+            lock_apply(conn, self.s.pipeline_name)
+            enqueue(cur, [(n, d.key) for n, ds in drift.items() for d in ds])
+        result = flusher.flush()
+        if result.failed or result.waiting:
+            raise TransientError(f"the warehouse refused the repair batch {result.created}: see "
+                                 "`softcart-sync batches list`")
+        again = settled({n: {d.canon: d for d in ds} for n, ds in drift.items()})
+        still = {n: len(ds) for n, ds in again.items() if ds}
+        if still:
+            raise TransientError(f"the warehouse repair batch {result.created} was loaded but the warehouse"
+                                 f" still differs from the star schema ({still}): see"
+                                 " `softcart-sync batches list` and the warehouse's softcart_ledger")
+        log.info("reconcile_repaired", level="warehouse", keys={n: len(d) for n, d in drift.items()})
+
+
+def _warehouse_sides(pg: psycopg.Connection[Any], warehouse: Warehouse) -> dict[str, tuple[Side, Side]]:
+    """Each warehouse table beside the star schema's, as the comparison reads them."""
+    dialect = warehouse.dialect
+    sides: dict[str, tuple[Side, Side]] = {}
+    for t in WAREHOUSE_TABLES:
+        cols = tuple(Col(c, *_WAREHOUSE_KINDS[c]) for c in t.columns)
+        keys = tuple(c for c in cols if c.name in t.key)
+        star_spec = TableSpec(f"{quote(STAR, Dialect.POSTGRES)}.{quote(t.name, Dialect.POSTGRES)}", keys,
+                              cols, Dialect.POSTGRES)
+        wh_spec = TableSpec(quote(t.name, dialect), keys, cols, dialect)
+        sides[t.name] = (Side("star", star_spec, _pg_fetch(pg)), Side("warehouse", wh_spec, warehouse.fetch))
+    return sides
+
+
+#: Each warehouse column's fingerprint, from the star schema's shape.
+_WAREHOUSE_KINDS = {c.name: fingerprint_kind(c) for t in WAREHOUSE_TABLES for c in t.schema}
 
 
 def _difference(kind: str, key: tuple[Any, ...]) -> Difference:

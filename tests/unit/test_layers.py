@@ -50,3 +50,20 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from cdc.settings import Settings\n    import cdc.errors\n")
     assert imports(module) == [(2, "cdc.settings"), (3, "cdc.errors")]
+
+
+def test_no_module_over_500_lines_and_no_function_over_60() -> None:
+    """A module over ~500 lines or a function over ~60 is a sign to split (CONVENTIONS.md)."""
+    big: list[str] = []
+    for package in ("cdc", "loader", "transform"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            text = path.read_text()
+            where = path.relative_to(ROOT)
+            if len(text.splitlines()) > 500:
+                big.append(f"{where}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text, str(path))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    length = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if length > 60:
+                        big.append(f"{where}:{node.lineno} {node.name}: {length} lines")
+    assert big == [], "\n".join(big)
