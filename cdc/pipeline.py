@@ -1,8 +1,11 @@
-"""Wires the stages: binlog reader (thread or process) -> bounded queue -> staging writer thread, supervised.
+"""Wires the stages: binlog reader (cdc.capture.feed, a thread or a process) -> bounded queue ->
+the applier (loader.applier, a thread), supervised.
 
-The supervisor (the caller's thread) restarts both stages from the position saved in PostgreSQL
-after a transient failure, with capped exponential backoff; a fatal failure ends ``run`` with the
-error. Either worker's exception reaches the supervisor.
+Before streaming, ``run_once`` connects, checks the source, takes the snapshot or decides where to
+resume (cdc.capture.positions) and copies tables added to the settings. The supervisor (the
+caller's thread) restarts both stages from the position saved in PostgreSQL after a transient
+failure, with capped exponential backoff; a fatal failure ends ``run`` with the error. Either
+worker's exception reaches the supervisor, sorted by cdc.errors.as_ours.
 """
 
 from __future__ import annotations

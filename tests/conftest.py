@@ -18,7 +18,7 @@ import pytest
 
 from cdc.dev.localservers import MariaDBServer, PostgresServer
 from cdc.settings import Settings, load_settings
-from tests.helpers import pg_database
+from tests.helpers import Daemon, Daemons, pg_database
 
 _counter = itertools.count(1)
 
@@ -154,3 +154,19 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         tr.write_line(f"{test[:58]:<58} {faults[:34]:<34} {rows:>8} {lost:>5} {extra:>5}")
     total = [sum(f[i] for f in FAULT_FIGURES) for i in (2, 3, 4)]  # type: ignore[misc]
     tr.write_line(f"{'total':<58} {len(FAULT_FIGURES):<34} {total[0]:>8} {total[1]:>5} {total[2]:>5}")
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    """Makes daemons (``daemons(env, log)``, started by the test) and kills, at the end of the
+    test, every one still running: a failing test leaves no process behind."""
+    made: list[Daemon] = []
+
+    def make(env: dict[str, str], log: Path) -> Daemon:
+        made.append(Daemon(env, log))
+        return made[-1]
+
+    yield make
+    for daemon in made:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill()

@@ -265,6 +265,10 @@ class Daemon:
         return self.proc.pid
 
 
+#: What the ``daemons`` fixture gives: makes a Daemon for an environment and a log file.
+Daemons = Callable[[dict[str, str], Path], Daemon]
+
+
 @contextlib.contextmanager
 def running_daemon(env: dict[str, str], log: Path) -> Iterator[Daemon]:
     """A daemon started and streaming; killed on the way out if the test did not stop it."""

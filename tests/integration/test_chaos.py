@@ -17,7 +17,7 @@ import pytest
 from cdc.dev.localservers import MariaDBServer, PostgresServer
 from cdc.ops.star_ops import check_star
 from cdc.settings import load_settings
-from tests.helpers import SALES_DDL, Daemon, execute, pg_database, source_rows, staging_rows, wait_until
+from tests.helpers import SALES_DDL, Daemons, execute, pg_database, source_rows, staging_rows, wait_until
 
 Conn = pymysql.connections.Connection
 
@@ -69,7 +69,7 @@ class SalesLoad:
                                      pytest.param(180, id="long", marks=pytest.mark.slow)])
 def test_random_faults_under_load_end_with_every_copy_equal(
         seconds: int, mariadb: MariaDBServer, postgres: PostgresServer, source_db: str, staging_db: str,
-        settings_env: dict[str, str], tmp_path: Path) -> None:
+        settings_env: dict[str, str], tmp_path: Path, daemons: Daemons) -> None:
     seeder = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db, autocommit=True)
     execute(seeder, SALES_DDL)
     with seeder.cursor() as cur:
@@ -87,7 +87,7 @@ def test_random_faults_under_load_end_with_every_copy_equal(
         wh = open_warehouse(settings.warehouse_config)
         wh.init()
         wh.close()
-        daemon = Daemon(env, tmp_path / "daemon.log")
+        daemon = daemons(env, tmp_path / "daemon.log")
         daemon.start()
         load = SalesLoad(mariadb, source_db, seed=seconds)
         stop = threading.Event()
@@ -157,5 +157,3 @@ def test_random_faults_under_load_end_with_every_copy_equal(
             for server in (mariadb, postgres):
                 if server.proc is None:
                     server.start()
-            if daemon.proc and daemon.proc.poll() is None:
-                daemon.kill()

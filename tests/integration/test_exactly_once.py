@@ -13,7 +13,7 @@ import pymysql
 import pytest
 
 from cdc.dev.localservers import MariaDBServer
-from tests.helpers import Daemon, assert_fault_free, execute, wait_caught_up, wait_until
+from tests.helpers import Daemons, assert_fault_free, execute, wait_caught_up, wait_until
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -86,13 +86,13 @@ class Load:
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         mariadb: MariaDBServer, source_db: str, source: Conn, staging: PG, settings_env: dict[str, str],
-        tmp_path: Path) -> None:
+        tmp_path: Path, daemons: Daemons) -> None:
     rnd = random.Random(20261129)
     load = Load(mariadb, source_db, seed=7)
     load.setup(20_000)
     env = {**settings_env, "SOFTCART_SOURCE_TABLES": "counters,events", "SOFTCART_CHUNK_ROWS": "500",
            "SOFTCART_BATCH_MAX_ROWS": "3000", "SOFTCART_SNAPSHOT_CHUNK_ROWS": "2000"}
-    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon = daemons(env, tmp_path / "daemon.log")
     stop = threading.Event()
     writer = threading.Thread(target=load.run, args=(stop, 2500.0), daemon=True)
     daemon.start()
@@ -112,8 +112,6 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         assert daemon.stop() == 0
     finally:
         stop.set()
-        if daemon.proc and daemon.proc.poll() is None:
-            daemon.kill()
     assert not load.errors, load.errors
     assert kills >= KILLS and load.changes >= TARGET_CHANGES
     assert_fault_free("daemon SIGKILLed at random moments", f"daemon SIGKILL {kills}", source, staging, source_db,
@@ -128,31 +126,27 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
 
 
 def test_one_million_row_transaction_lands_whole_with_bounded_memory(
-        source: Conn, staging: PG, settings_env: dict[str, str], tmp_path: Path) -> None:
+        source: Conn, staging: PG, settings_env: dict[str, str], tmp_path: Path, daemons: Daemons) -> None:
     execute(source, "CREATE TABLE big (id INT PRIMARY KEY, n INT NOT NULL, pad VARCHAR(20))")
     env = {**settings_env, "SOFTCART_SOURCE_TABLES": "big"}
-    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon = daemons(env, tmp_path / "daemon.log")
     daemon.start()
-    try:
-        daemon.wait_streaming()
-        source.begin()
-        execute(source, "INSERT INTO big SELECT seq, seq % 7, CONCAT('row-', seq) FROM seq_1_to_1000000")
-        source.commit()
-        seen_partial = []
+    daemon.wait_streaming()
+    source.begin()
+    execute(source, "INSERT INTO big SELECT seq, seq % 7, CONCAT('row-', seq) FROM seq_1_to_1000000")
+    source.commit()
+    seen_partial = []
 
-        def landed() -> bool:
-            (count,) = staging.execute("SELECT COUNT(*) FROM staging.big").fetchone() or (0,)
-            if 0 < count < 1_000_000:
-                seen_partial.append(count)
-            return bool(count == 1_000_000)
+    def landed() -> bool:
+        (count,) = staging.execute("SELECT COUNT(*) FROM staging.big").fetchone() or (0,)
+        if 0 < count < 1_000_000:
+            seen_partial.append(count)
+        return bool(count == 1_000_000)
 
-        wait_until(landed, 300, "the 1,000,000-row transaction in staging")
-        wait_caught_up(staging, source, timeout=60)
-        peak_kb = _peak_rss_kb(daemon.pid)
-        assert daemon.stop() == 0
-    finally:
-        if daemon.proc and daemon.proc.poll() is None:
-            daemon.kill()
+    wait_until(landed, 300, "the 1,000,000-row transaction in staging")
+    wait_caught_up(staging, source, timeout=60)
+    peak_kb = _peak_rss_kb(daemon.pid)
+    assert daemon.stop() == 0
     assert seen_partial == [], "a reader saw part of the transaction: it must commit as one"
     (total,) = staging.execute("SELECT SUM(n) FROM staging.big").fetchone() or (0,)
     with source.cursor() as cur:

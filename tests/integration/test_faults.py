@@ -13,7 +13,7 @@ import psycopg
 import pymysql
 
 from cdc.dev.localservers import MariaDBServer, PostgresServer
-from tests.helpers import Daemon, assert_fault_free, execute, wait_caught_up, wait_until
+from tests.helpers import Daemons, assert_fault_free, execute, wait_caught_up, wait_until
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -61,11 +61,11 @@ def start_load(mariadb: MariaDBServer, database: str) -> tuple[ResilientLoad, th
 
 def test_mariadb_killed_and_restarted_mid_stream_loses_nothing(
         mariadb: MariaDBServer, source_db: str, source: Conn, staging: PG, settings_env: dict[str, str],
-        tmp_path: Path) -> None:
+        tmp_path: Path, daemons: Daemons) -> None:
     execute(source, "CREATE TABLE counters (id INT PRIMARY KEY, n BIGINT NOT NULL)")
     with source.cursor() as cur:
         cur.executemany("INSERT INTO counters VALUES (%s, 0)", [(i,) for i in range(1, 201)])
-    daemon = Daemon({**settings_env, "SOFTCART_SOURCE_TABLES": "counters", "SOFTCART_RETRY_MAX_SECONDS": "2",
+    daemon = daemons({**settings_env, "SOFTCART_SOURCE_TABLES": "counters", "SOFTCART_RETRY_MAX_SECONDS": "2",
                      "SOFTCART_READ_TIMEOUT_SECONDS": "5"}, tmp_path / "daemon.log")
     daemon.start()
     load, stop, t = start_load(mariadb, source_db)
@@ -88,8 +88,6 @@ def test_mariadb_killed_and_restarted_mid_stream_loses_nothing(
         stop.set()
         if mariadb.proc is None:
             mariadb.start()
-        if daemon.proc and daemon.proc.poll() is None:
-            daemon.kill()
     assert_fault_free("mariadb killed and restarted", "MariaDB SIGKILL 1, restart 1", source, staging, source_db,
                       "counters")
     assert "pipeline_retrying" in daemon.log.read_text()
@@ -97,11 +95,11 @@ def test_mariadb_killed_and_restarted_mid_stream_loses_nothing(
 
 def test_postgres_killed_mid_batch_and_restarted_loses_nothing(
         mariadb: MariaDBServer, postgres: PostgresServer, source_db: str, source: Conn, staging_db: str,
-        settings_env: dict[str, str], tmp_path: Path) -> None:
+        settings_env: dict[str, str], tmp_path: Path, daemons: Daemons) -> None:
     execute(source, "CREATE TABLE counters (id INT PRIMARY KEY, n BIGINT NOT NULL)")
     with source.cursor() as cur:
         cur.executemany("INSERT INTO counters VALUES (%s, 0)", [(i,) for i in range(1, 201)])
-    daemon = Daemon({**settings_env, "SOFTCART_SOURCE_TABLES": "counters", "SOFTCART_RETRY_MAX_SECONDS": "2"},
+    daemon = daemons({**settings_env, "SOFTCART_SOURCE_TABLES": "counters", "SOFTCART_RETRY_MAX_SECONDS": "2"},
                     tmp_path / "daemon.log")
     daemon.start()
     load, stop, t = start_load(mariadb, source_db)
@@ -125,14 +123,12 @@ def test_postgres_killed_mid_batch_and_restarted_loses_nothing(
         stop.set()
         if postgres.proc is None:
             postgres.start()
-        if daemon.proc and daemon.proc.poll() is None:
-            daemon.kill()
     assert "pipeline_retrying" in daemon.log.read_text()
 
 
 def test_silent_network_cut_to_the_source_is_noticed_and_recovered(
         mariadb: MariaDBServer, source_db: str, source: Conn, staging: PG, settings_env: dict[str, str],
-        tmp_path: Path) -> None:
+        tmp_path: Path, daemons: Daemons) -> None:
     from tests.helpers import PausableProxy, get, metrics_port
 
     execute(source, "CREATE TABLE counters (id INT PRIMARY KEY, n BIGINT NOT NULL)",
@@ -142,7 +138,7 @@ def test_silent_network_cut_to_the_source_is_noticed_and_recovered(
            "SOFTCART_SOURCE_URL": f"mysql://root@127.0.0.1:{proxy.port}/{source_db}",
            "SOFTCART_READ_TIMEOUT_SECONDS": "4", "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2",
            "SOFTCART_RETRY_MAX_SECONDS": "2", "SOFTCART_STALL_SECONDS": "6"}
-    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon = daemons(env, tmp_path / "daemon.log")
     daemon.start()
     try:
         daemon.wait_streaming()
@@ -161,14 +157,12 @@ def test_silent_network_cut_to_the_source_is_noticed_and_recovered(
         assert daemon.stop(30) == 0
     finally:
         proxy.close()
-        if daemon.proc and daemon.proc.poll() is None:
-            daemon.kill()
     assert staging.execute("SELECT n FROM staging.counters").fetchone() == (20,)
 
 
 def test_silent_network_cut_to_staging_is_noticed_and_recovered(
         mariadb: MariaDBServer, postgres: PostgresServer, source_db: str, staging_db: str, source: Conn,
-        staging: PG, settings_env: dict[str, str], tmp_path: Path) -> None:
+        staging: PG, settings_env: dict[str, str], tmp_path: Path, daemons: Daemons) -> None:
     from tests.helpers import PausableProxy
 
     execute(source, "CREATE TABLE counters (id INT PRIMARY KEY, n BIGINT NOT NULL)",
@@ -178,7 +172,7 @@ def test_silent_network_cut_to_staging_is_noticed_and_recovered(
            "SOFTCART_STAGING_URL": f"postgresql://postgres@127.0.0.1:{proxy.port}/{staging_db}",
            "SOFTCART_READ_TIMEOUT_SECONDS": "4", "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2",
            "SOFTCART_RETRY_MAX_SECONDS": "2"}
-    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon = daemons(env, tmp_path / "daemon.log")
     daemon.start()
     try:
         daemon.wait_streaming()
@@ -194,8 +188,6 @@ def test_silent_network_cut_to_staging_is_noticed_and_recovered(
         assert daemon.stop(30) == 0
     finally:
         proxy.close()
-        if daemon.proc and daemon.proc.poll() is None:
-            daemon.kill()
     assert staging.execute("SELECT n FROM staging.counters").fetchone() == (20,)
 
 

@@ -21,7 +21,15 @@ from cdc.settings import Settings, load_settings
 from loader.backends import open_warehouse
 from loader.db2_warehouse import DB2Warehouse
 from loader.spool import Spool
-from tests.helpers import SALES_DDL, assert_warehouse_equals_star, cli, execute, running_pipeline, wait_caught_up
+from tests.helpers import (
+    SALES_DDL,
+    Daemons,
+    assert_warehouse_equals_star,
+    cli,
+    execute,
+    running_pipeline,
+    wait_caught_up,
+)
 from transform.errors import FatalError, TransientError
 
 Conn = pymysql.connections.Connection
@@ -323,34 +331,30 @@ def test_unreachable_warehouse_keeps_batches_pending_then_loads_them_in_order(
 
 def test_daemon_flushes_on_its_interval_in_its_own_thread(wh_settings: Settings, wh_env: dict[str, str],
                                                            source: Conn, staging: PG, warehouse: PG,
-                                                           tmp_path: Path) -> None:
-    from tests.helpers import Daemon, wait_until
+                                                           tmp_path: Path, daemons: Daemons) -> None:
+    from tests.helpers import wait_until
 
     execute(source, SALES_DDL)
     assert cli("warehouse", "init", env=wh_env).returncode == 0
-    daemon = Daemon({**wh_env, "SOFTCART_FLUSH_INTERVAL_SECONDS": "1"}, tmp_path / "daemon.log")
+    daemon = daemons({**wh_env, "SOFTCART_FLUSH_INTERVAL_SECONDS": "1"}, tmp_path / "daemon.log")
     daemon.start()
-    try:
-        daemon.wait_streaming()
-        mixed_changes(source, 200)
-        wait_caught_up(staging, source)
+    daemon.wait_streaming()
+    mixed_changes(source, 200)
+    wait_caught_up(staging, source)
 
-        def equal() -> bool:
-            try:
-                assert_warehouse_equals_star(staging, warehouse)
-                return True
-            except AssertionError:
-                return False
-
+    def equal() -> bool:
         try:
-            wait_until(equal, 60, "the warehouse to follow the star schema")
-        except AssertionError as exc:
-            tail = "\n".join(daemon.log.read_text().splitlines()[-15:])
-            raise AssertionError(f"{exc}\ndaemon log:\n{tail}") from None
-        assert daemon.stop(30) == 0
-    finally:
-        if daemon.proc and daemon.proc.poll() is None:
-            daemon.kill()
+            assert_warehouse_equals_star(staging, warehouse)
+            return True
+        except AssertionError:
+            return False
+
+    try:
+        wait_until(equal, 60, "the warehouse to follow the star schema")
+    except AssertionError as exc:
+        tail = "\n".join(daemon.log.read_text().splitlines()[-15:])
+        raise AssertionError(f"{exc}\ndaemon log:\n{tail}") from None
+    assert daemon.stop(30) == 0
 
 
 # DB2: the real driver against endpoints that fail ------------------------------------------------
@@ -522,42 +526,34 @@ def test_real_db2_full_reload_merge_deletes_rejects_replay_and_time_limit(tmp_pa
 
 
 def test_daemon_with_the_warehouse_away_shows_the_backlog_then_drains_it(
-        wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG, tmp_path: Path) -> None:
-    from tests.helpers import Daemon, metrics_port, sample, wait_until
+        wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG, tmp_path: Path, daemons: Daemons) -> None:
+    from tests.helpers import metrics_port, sample, wait_until
 
     execute(source, SALES_DDL)
     assert cli("warehouse", "init", env=wh_env).returncode == 0
     away = {**wh_env, "SOFTCART_WAREHOUSE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
             "SOFTCART_FLUSH_INTERVAL_SECONDS": "1", "SOFTCART_RETRY_MAX_SECONDS": "2"}
-    daemon = Daemon(away, tmp_path / "away.log")
+    daemon = daemons(away, tmp_path / "away.log")
     daemon.start()
-    try:
-        daemon.wait_streaming()
-        port = metrics_port(daemon)
-        for i in range(3):
-            execute(source, f"INSERT INTO sales_data VALUES ({i + 1}, 1, 1, 1.00, 1, '2021-01-0{i + 1} 00:00:00')")
-            wait_caught_up(staging, source)
-            wait_until(lambda n=i + 1: sample(port, "softcart_spool_pending_batches") >= n, 60,
-                       "a pending batch per round")
-        assert sample(port, "softcart_connected", endpoint="warehouse") == 0
-        wait_until(lambda: sample(port, "softcart_spool_oldest_pending_age_seconds") > 0, 30, "the backlog's age")
-        assert daemon.stop(30) == 0
-    finally:
-        if daemon.proc and daemon.proc.poll() is None:
-            daemon.kill()
-    back = Daemon({**wh_env, "SOFTCART_FLUSH_INTERVAL_SECONDS": "1"}, tmp_path / "back.log")
+    daemon.wait_streaming()
+    port = metrics_port(daemon)
+    for i in range(3):
+        execute(source, f"INSERT INTO sales_data VALUES ({i + 1}, 1, 1, 1.00, 1, '2021-01-0{i + 1} 00:00:00')")
+        wait_caught_up(staging, source)
+        wait_until(lambda n=i + 1: sample(port, "softcart_spool_pending_batches") >= n, 60,
+                   "a pending batch per round")
+    assert sample(port, "softcart_connected", endpoint="warehouse") == 0
+    wait_until(lambda: sample(port, "softcart_spool_oldest_pending_age_seconds") > 0, 30, "the backlog's age")
+    assert daemon.stop(30) == 0
+    back = daemons({**wh_env, "SOFTCART_FLUSH_INTERVAL_SECONDS": "1"}, tmp_path / "back.log")
     back.start()
-    try:
-        back.wait_streaming()
-        port = metrics_port(back)
-        wait_until(lambda: sample(port, "softcart_spool_pending_batches") == 0
-                   and sample(port, "softcart_warehouse_batches_loaded_total") >= 3, 60, "the backlog to drain")
-        spooled = sum(sum(r[0].values()) for r in staging.execute("SELECT rows FROM softcart.batch"))
-        assert spooled > 0 and sample(port, "softcart_warehouse_rows_loaded_total") == spooled
-        assert back.stop(30) == 0
-    finally:
-        if back.proc and back.proc.poll() is None:
-            back.kill()
+    back.wait_streaming()
+    port = metrics_port(back)
+    wait_until(lambda: sample(port, "softcart_spool_pending_batches") == 0
+               and sample(port, "softcart_warehouse_batches_loaded_total") >= 3, 60, "the backlog to drain")
+    spooled = sum(sum(r[0].values()) for r in staging.execute("SELECT rows FROM softcart.batch"))
+    assert spooled > 0 and sample(port, "softcart_warehouse_rows_loaded_total") == spooled
+    assert back.stop(30) == 0
     assert_warehouse_equals_star(staging, warehouse)
     ledger = [r[0] for r in warehouse.execute("SELECT batch_id FROM softcart_ledger ORDER BY loaded_at, batch_id")]
     assert ledger == sorted(ledger)

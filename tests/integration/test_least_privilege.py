@@ -10,7 +10,7 @@ import psycopg
 import pymysql
 
 from cdc.dev.localservers import MariaDBServer, PostgresServer
-from tests.helpers import ROOT, SALES_DDL, Daemon, cli, execute, wait_until
+from tests.helpers import ROOT, SALES_DDL, Daemons, cli, execute, wait_until
 
 SQL = ROOT / "deploy" / "sql"
 
@@ -22,7 +22,7 @@ def _statements(path: Path) -> list[str]:
 
 def test_daemon_flush_and_reconcile_run_with_the_documented_grants_only(
         mariadb: MariaDBServer, postgres: PostgresServer, source_db: str, staging_db: str, warehouse_db: str,
-        source: pymysql.connections.Connection, server_id: int, tmp_path: Path) -> None:
+        source: pymysql.connections.Connection, server_id: int, tmp_path: Path, daemons: Daemons) -> None:
     execute(source, SALES_DDL, "INSERT INTO sales_data VALUES (1, 1, 1, 9.99, 2, '2024-01-01 10:00:00')")
     grants = _statements(SQL / "source-and-staging-grants.sql")
     mysql_part = [s.replace("'change-me'", "'cdc-pw'").replace("sales.sales_data", f"`{source_db}`.sales_data")
@@ -49,7 +49,7 @@ def test_daemon_flush_and_reconcile_run_with_the_documented_grants_only(
     }
     checked = cli("check", env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon = daemons(env, tmp_path / "daemon.log")
     daemon.start()
     try:
         daemon.wait_streaming()

@@ -13,7 +13,7 @@ import pytest
 from pymysqlreplication import BinLogStreamReader
 
 from cdc.dev.localservers import MariaDBServer
-from tests.helpers import SALES_DDL, Daemon, cli, execute, wait_until
+from tests.helpers import SALES_DDL, Daemons, cli, execute, wait_until
 
 
 @pytest.fixture
@@ -51,14 +51,15 @@ def other_replica(mariadb: MariaDBServer, server_id: int) -> Iterator[int]:
 
 
 def test_check_and_run_refuse_a_server_id_in_use(other_replica: int, settings_env: dict[str, str],
-                                                 source: pymysql.connections.Connection, tmp_path: Path) -> None:
+                                                 source: pymysql.connections.Connection, tmp_path: Path,
+                                                 daemons: Daemons) -> None:
     execute(source, SALES_DDL)
     checked = cli("check", env=settings_env)
     assert checked.returncode == 1
     assert (f"FAIL  server_id {other_replica} is not used by another replica: server_id {other_replica} is already"
             " used by the replica at replica-7.internal") in checked.stdout
     assert "SOFTCART_SERVER_ID" in checked.stdout
-    daemon = Daemon(settings_env, tmp_path / "daemon.log")
+    daemon = daemons(settings_env, tmp_path / "daemon.log")
     daemon.start()
     assert daemon.proc is not None
     assert daemon.proc.wait(60) != 0
@@ -67,9 +68,9 @@ def test_check_and_run_refuse_a_server_id_in_use(other_replica: int, settings_en
 
 def test_the_daemons_own_registration_is_not_a_clash(settings_env: dict[str, str],
                                                       source: pymysql.connections.Connection,
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, daemons: Daemons) -> None:
     execute(source, SALES_DDL)
-    daemon = Daemon(settings_env, tmp_path / "daemon.log")
+    daemon = daemons(settings_env, tmp_path / "daemon.log")
     daemon.start()
     try:
         daemon.wait_streaming()

@@ -21,6 +21,7 @@ from cdc.dev.localservers import PostgresServer
 from loader.checkpoint import lock_apply
 from tests.helpers import (
     SALES_DDL,
+    Daemons,
     NotifySocket,
     PausableProxy,
     assert_same,
@@ -190,15 +191,15 @@ def test_an_apply_lock_held_by_a_long_rebuild_is_a_writer_stall_that_keeps_the_w
 
 
 def test_a_pipeline_lock_held_by_a_foreign_idle_session_stalls_reader_and_writer_and_names_the_way_out(
-        settings_env: dict[str, str], source_db: str, source: Conn, staging: PG, tmp_path: Path) -> None:
+        settings_env: dict[str, str], source_db: str, source: Conn, staging: PG, tmp_path: Path,
+        daemons: Daemons) -> None:
     from cdc.pipeline import hold_pipeline_lock
-    from tests.helpers import Daemon
 
     execute(source, SALES_DDL)
     sale(source, 1)
     env = {**settings_env, **QUICK, "SOFTCART_STAR_TABLE": ""}
     foreign = psycopg.connect(staging.info.dsn, autocommit=True, application_name="softcart-sync deadhost:4242")
-    daemon = Daemon(env, tmp_path / "daemon.log")
+    daemon = daemons(env, tmp_path / "daemon.log")
     try:
         hold_pipeline_lock(foreign, "default")
         (pid,) = foreign.execute("SELECT pg_backend_pid()").fetchone() or (0,)
@@ -217,5 +218,3 @@ def test_a_pipeline_lock_held_by_a_foreign_idle_session_stalls_reader_and_writer
     finally:
         if not foreign.closed:
             foreign.close()
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill()
