@@ -102,6 +102,10 @@ class Metrics:
                                     registry=r)
         self.binlog_purged = Gauge(p + "binlog_position_purged", "1 when the saved position is no longer in the "
                                    "source's binlog (needs `softcart-sync resnapshot`)", registry=r)
+        self.online_copy_rows = Gauge(p + "online_copy_rows_copied", "Rows an online copy has copied of the table"
+                                      " (this run)", ["table"], registry=r)
+        self.online_copy_active = Gauge(p + "online_copy_active", "1 while the table is being copied online",
+                                        ["table"], registry=r)
         self.ready = Gauge(p + "ready", "1 when streaming and not stalled (what /readyz says)", registry=r)
 
 

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 import structlog
+from psycopg import sql
 
 from cdc.capture import mysql
 from cdc.capture.feed import SourceFeed
 from cdc.capture.flavor import Flavor
 from cdc.capture.lag import LagProbe
+from cdc.capture.online import OnlineCopier, estimate_rows, pending_copies, start_copies
 from cdc.capture.positions import Resume, resume_from, unavailable
 from cdc.capture.snapshot import SourceRows, take_snapshot
 from cdc.errors import as_ours
@@ -30,7 +32,8 @@ from cdc.ops.check import refuse_unready_source
 from cdc.settings import Settings
 from loader.applier import Applier, BatchDone
 from loader.checkpoint import load_position, load_source, lock_apply
-from loader.ddl import ensure_schema, forget_tables, load_definitions, snapshot_positions
+from loader.ddl import META, ensure_schema, forget_tables, load_definitions, save_definitions, snapshot_positions
+from loader.online import ChunkGate
 from loader.pg import INSTANCE, holders_text, lock_holders, pg_connect
 from loader.staging import StagingWriter
 from loader.star import StarSchema
@@ -256,12 +259,37 @@ class Pipeline:
         added = {name: t for name, t in tables.items() if name not in followed}
         if not added:
             return
+        if flavor.mariadb and self.settings.online_copy == "auto":
+            self._start_online_copies(writer, added)
+            return
         log.info("tables_added", tables=list(added), note="copied before the stream resumes")
         self.state.snapshotting = True
         try:
             take_snapshot(self.settings, added, flavor, writer, self._snapshot_progress, added=True)
         finally:
             self.state.snapshotting = False
+
+    def _start_online_copies(self, writer: StagingWriter, added: dict[str, Table]) -> None:
+        """Tables added to the settings are followed from the stream's position on, and copied
+        online while it goes on (cdc/capture/online.py): recorded, with their definitions, in one
+        transaction, so a restart resumes them."""
+        conn = mysql.connect(self.settings)
+        try:
+            estimates = estimate_rows(conn, self.settings.source.database, list(added))
+        finally:
+            conn.close()
+        pipeline = self.settings.pipeline_name
+        writer.begin()
+        with writer.conn.cursor() as cur:
+            cur.execute(sql.SQL("DELETE FROM {}.stopped_table WHERE pipeline = %s AND source_table = ANY(%s)")
+                        .format(sql.Identifier(META)), (pipeline, list(added)))
+            save_definitions(cur, pipeline, added.values())
+            start_copies(cur, pipeline, added, estimates)
+        writer.commit(None, None, origin="tables added")
+        for name in added:
+            writer.stopped.pop(name, None)
+        log.info("tables_added", tables=list(added), note="copied online while the stream goes on",
+                 rows_estimated=estimates)
 
     def resnapshot(self) -> Position:
         """Take a new snapshot now (the daemon must be stopped): staging, star schema and position
@@ -295,21 +323,22 @@ class Pipeline:
                      note="copied past the stream's position: their events up to it are in the copy")
         feed = SourceFeed(self.settings, tables, flavor, position, fenced)
         self._feed = feed
+        copies = pending_copies(writer.conn, self.settings.pipeline_name, tables)
+        gate = ChunkGate(max(10.0, self.settings.read_timeout_seconds)) if copies else None
         applier = Applier(self.settings.apply_config, writer, self.state, _MetricsObserver(self.metrics),
-                          lambda: SourceRows(self.settings))
+                          lambda: SourceRows(self.settings), gate)
 
         def writer_loop() -> None:
             structlog.contextvars.bind_contextvars(position=str(position))
-            try:
-                applier.run(inner, feed)
-            except BaseException as exc:  # noqa: BLE001 - handed to the supervisor
-                errors.append(exc)
-                inner.set()
+            applier.run(inner, feed)
 
         feed.start()
-        threads = [threading.Thread(target=writer_loop, name="staging-writer", daemon=True)]
-        for t in threads:
-            t.start()
+        threads = [_worker("staging-writer", writer_loop, inner, errors)]
+        if gate is not None:
+            for name in copies:
+                self.metrics.online_copy_active.labels(name).set(1)
+            copier = OnlineCopier(self.settings, flavor, copies, gate)
+            threads.append(_worker("online-copier", lambda: copier.run(inner), inner, errors))
         self.state.streaming = True
         self.state.alive_at = time.time()
         self.state.starved_since = 0.0
@@ -332,6 +361,8 @@ class Pipeline:
                         self.metrics.lag_bytes.set(self.state.lag_bytes)
         finally:
             inner.set()
+            if gate is not None:
+                gate.close()
             feed.close()
             self._feed = None
             lag_probe.close()
@@ -341,6 +372,21 @@ class Pipeline:
             self.metrics.connected.labels("source").set(0)
         if errors:
             raise as_ours(errors[0])
+
+
+def _worker(name: str, work: Callable[[], None], inner: threading.Event, errors: list[BaseException]
+            ) -> threading.Thread:
+    """A stage's thread, started; its exception is handed to the supervisor (and ends the others)."""
+    def target() -> None:
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the supervisor
+            errors.append(exc)
+            inner.set()
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def fences(pg: psycopg.Connection[Any], pipeline: str, position: Position) -> dict[str, Position]:
@@ -383,3 +429,9 @@ class _MetricsObserver:
 
     def tables_stopped(self, n: int) -> None:
         self.m.tables_stopped.set(n)
+
+    def copied(self, table: str, rows: int, finished: bool) -> None:
+        self.m.online_copy_rows.labels(table).inc(rows)
+        self.m.online_copy_active.labels(table).set(0 if finished else 1)
+        if finished:
+            log.info("online_copy_finished", table=table)

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     chunk_rows: int = Field(5000, ge=1, description="rows per slice of a source transaction in the queue")
     queue_chunks: int = Field(16, ge=1, description="capacity of the reader->writer queue, in slices")
     snapshot_chunk_rows: int = Field(50000, ge=1, description="rows per COPY chunk during the snapshot")
+    online_copy: Literal["auto", "off"] = Field(
+        "auto", description="a table added to SOURCE_TABLES is copied online, in chunks, while the stream goes on"
+        " (auto: on a MariaDB source; off, or MySQL: copied before the stream resumes)")
+    online_copy_chunk_rows: int = Field(5000, ge=1, description="rows per chunk of an online copy")
+    online_copy_rows_per_second: float = Field(0.0, ge=0, description="throttle of an online copy (0: none)")
     reader: Literal["thread", "process"] = Field(
         "thread", description="where the binlog is decoded: thread (in the daemon's process) or process (a child "
         "process on its own core: faster catch-up when the daemon has the CPU to itself)")

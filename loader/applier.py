@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import psycopg
 import structlog
 
+from loader.online import ChunkGate, apply_chunk
 from loader.pg import cut, pg_connect
 from loader.staging import StagingWriter
 from transform.batching import Batching, BatchLimits
@@ -72,11 +73,17 @@ class ApplyObserver(Protocol):
 
     def tables_stopped(self, n: int) -> None: ...
 
+    def copied(self, table: str, rows: int, finished: bool) -> None:
+        """An online copy's chunk of ``rows`` rows applied (``finished``: its last)."""
+        ...
+
 
 class Applier:
     def __init__(self, config: ApplyConfig, writer: StagingWriter, state: PipelineState, observer: ApplyObserver,
-                 open_source: Callable[[], SourceRows]) -> None:
-        """``open_source()`` returns a ``SourceRows`` (a new source connection) for a backfill."""
+                 open_source: Callable[[], SourceRows], gate: ChunkGate | None = None) -> None:
+        """``open_source()`` returns a ``SourceRows`` (a new source connection) for a backfill;
+        ``gate``: where online copies hand their chunks over (loader/online.py)."""
+        self.gate = gate
         self.config = config
         self.writer = writer
         self.state = state
@@ -102,11 +109,13 @@ class Applier:
                 st.alive_at = now = time.time()
                 if not st.starved_since:
                     st.starved_since = now
+                self._chunk_at_boundary(None)
                 if batch.on_empty_poll():
                     self._commit()
                 continue
             st.alive_at = st.heard_at = time.time()
             st.starved_since = 0.0
+            self._chunk_at_boundary(item)
             if isinstance(item, SchemaChange):
                 if batch.on_schema_change():
                     self._commit()  # everything before the statement, under the old definitions
@@ -124,6 +133,31 @@ class Applier:
             batch.rolled_back()
             self._buffer, self._last = [], None
             self.state.open_origin = 0.0
+
+    def _chunk_at_boundary(self, item: TxnChunk | SchemaChange | Heartbeat | None) -> None:
+        """At a source transaction's boundary, an online copy's chunk due before ``item`` (or now
+        the queue is empty, or the source idle) goes into the open batch first."""
+        if self.gate is None or self.batch.partial:
+            return
+        chunk = self.gate.idle(item) if item is None or isinstance(item, Heartbeat) else self.gate.before(item)
+        if chunk is None:
+            return
+        self._flush()
+        with self.guarded():
+            applied = apply_chunk(self.writer, chunk, self.config.pipeline)
+        if applied is None:
+            log.info("online_copy_chunk_refused", table=chunk.table,
+                     reason="staging follows another definition of the table now: read again")
+            self.gate.cancel()
+            return
+        self.batch.add_rows(applied)
+        if self._last is None:  # no transaction in the batch: the chunk commits on its own
+            with self.guarded():
+                self.writer.commit(None, None, origin=f"online copy at {chunk.position}")
+            self.batch.rolled_back()
+        self.state.progress_at = time.time()
+        self.observer.copied(chunk.table, len(chunk.rows), chunk.hi is None)
+        self.gate.applied()
 
     def _take(self, item: TxnChunk, feed: Feed) -> bool:
         """One slice of a source transaction into the open batch; True: commit now."""

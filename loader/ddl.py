@@ -122,6 +122,19 @@ META_DDL = [
         position text NOT NULL,
         finished_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (pipeline, source_table))""").format(sql.Identifier(META)),
+    # A table copied online, in primary-key chunks, while the stream goes on (loader/online.py):
+    # where the next chunk starts (pickled key as the source and as staging take it; NULL: the
+    # start), written in the transaction that applies each chunk, so a restart resumes there.
+    sql.SQL("""CREATE TABLE IF NOT EXISTS {}.online_copy (
+        pipeline text NOT NULL,
+        source_table text NOT NULL,
+        next_key bytea,
+        rows_copied bigint NOT NULL DEFAULT 0,
+        rows_estimated bigint NOT NULL DEFAULT 0,
+        chunks bigint NOT NULL DEFAULT 0,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz,
+        PRIMARY KEY (pipeline, source_table))""").format(sql.Identifier(META)),
 ]
 
 
@@ -173,7 +186,7 @@ def forget_tables(conn: psycopg.Connection[Any], pipeline: str, names: Iterable[
     """Tables no longer in the settings: what the pipeline knew of them goes (definition, snapshot
     record, stopped state), so that added back they are copied again, not resumed."""
     with conn.transaction():
-        for table in ("source_table", "snapshot", "stopped_table"):
+        for table in ("source_table", "snapshot", "stopped_table", "online_copy"):
             conn.execute(sql.SQL("DELETE FROM {}.{} WHERE pipeline = %s AND source_table = ANY(%s)").format(
                 sql.Identifier(META), sql.Identifier(table)), (pipeline, list(names)))
 

@@ -1,0 +1,168 @@
+"""The copier of online copies: reads a table in primary-key chunks, each in a consistent snapshot
+of its own, and hands each chunk to the applier through the ChunkGate (loader/online.py says the
+method and why it is exact). No table lock, no long transaction on the source (one snapshot per
+chunk), memory bounded by a chunk; other tables stream on meanwhile.
+
+MariaDB only: its consistent snapshot names its binlog position without a lock. MySQL reports it
+only under FLUSH TABLES WITH READ LOCK, which an online copy must not take once per chunk; there a
+table added to the settings is copied before the stream resumes, as before.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pymysql
+import structlog
+from psycopg import sql
+
+from cdc.capture.flavor import Flavor
+from cdc.capture.mysql import connect
+from cdc.capture.snapshot import open_snapshot, quote_mysql, select_list
+from cdc.settings import Settings
+from loader.ddl import META
+from loader.online import Chunk, ChunkGate, key_part, order_by
+from transform.fingerprint import Dialect, col_of, range_where
+from transform.model import Position
+from transform.schema import Table
+from transform.values import RowConverter
+
+log = structlog.get_logger(__name__)
+
+Key = tuple[Any, ...]
+
+
+@dataclass
+class Copy:
+    """One table's online copy: where its next chunk starts (None: at the start)."""
+
+    table: Table
+    next_source: Key | None = None
+    next_staging: Key | None = None
+    rows_estimated: int = 0
+    rows_copied: int = 0
+
+
+def pending_copies(conn: Any, pipeline: str, tables: dict[str, Table]) -> dict[str, Copy]:
+    """The online copies not finished yet (after a restart: resumed where their last chunk ended)."""
+    out = {}
+    for name, next_key, estimated, copied in conn.execute(
+            sql.SQL("SELECT source_table, next_key, rows_estimated, rows_copied FROM {}.online_copy"
+                    " WHERE pipeline = %s AND finished_at IS NULL ORDER BY started_at, source_table")
+            .format(sql.Identifier(META)), (pipeline,)).fetchall():
+        if name in tables:
+            source, staging = pickle.loads(next_key) if next_key is not None else (None, None)  # noqa: S301 - ours
+            out[name] = Copy(tables[name], source, staging, int(estimated), int(copied))
+    return out
+
+
+def start_copies(cur: Any, pipeline: str, tables: dict[str, Table], estimates: dict[str, int]) -> None:
+    """Record the online copies of ``tables`` (from the start), in the caller's transaction."""
+    for name in tables:
+        cur.execute(sql.SQL("INSERT INTO {}.online_copy (pipeline, source_table, rows_estimated) VALUES (%s, %s, %s)"
+                            " ON CONFLICT (pipeline, source_table) DO UPDATE SET next_key = NULL, rows_copied = 0,"
+                            " chunks = 0, rows_estimated = EXCLUDED.rows_estimated, started_at = now(),"
+                            " finished_at = NULL").format(sql.Identifier(META)),
+                    (pipeline, name, estimates.get(name, 0)))
+
+
+def estimate_rows(conn: pymysql.connections.Connection, database: str, names: list[str]) -> dict[str, int]:
+    """The source's estimate of each table's rows (InnoDB's statistics: for progress and ETA only)."""
+    if not names:
+        return {}
+    with conn.cursor() as cur:
+        cur.execute("SELECT TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
+                    f" AND TABLE_NAME IN ({', '.join(['%s'] * len(names))})", (database, *names))
+        return {str(r[0]): int(r[1] or 0) for r in cur.fetchall()}
+
+
+def read_chunk(conn: pymysql.connections.Connection, table: Table, lo: Key | None, rows: int
+               ) -> tuple[list[tuple[Any, ...]], Key | None]:
+    """Up to ``rows`` rows from key ``lo`` on, in key order, and the key the next chunk starts at
+    (None: this was the last), inside the open snapshot."""
+    keys = [col_of(table.column(k)) for k in table.primary_key]
+    where, params = range_where(keys, lo, None, Dialect.MYSQL)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {select_list(table)} FROM {quote_mysql(table.name)} WHERE {where}"
+                    f" ORDER BY {order_by(table, Dialect.MYSQL)} LIMIT {int(rows) + 1}", params)
+        got = list(cur.fetchall())
+    if len(got) <= rows:
+        return got, None
+    picks = table.key_indexes()
+    return got[:rows], tuple(got[rows][i] for i in picks)
+
+
+class OnlineCopier:
+    """Copies ``copies`` one after the other, a chunk at a time, until done or ``stop``."""
+
+    def __init__(self, settings: Settings, flavor: Flavor, copies: dict[str, Copy], gate: ChunkGate) -> None:
+        self.settings = settings
+        self.flavor = flavor
+        self.copies = copies
+        self.gate = gate
+
+    def run(self, stop: threading.Event) -> None:
+        if not self.copies:
+            return
+        conn = connect(self.settings)
+        try:
+            for name, copy in self.copies.items():
+                log.info("online_copy_started", table=name, resumed_at=str(copy.next_source),
+                         rows_estimated=copy.rows_estimated)
+                if not self._copy(conn, copy, stop):
+                    return
+        finally:
+            conn.close()
+
+    def _copy(self, conn: pymysql.connections.Connection, copy: Copy, stop: threading.Event) -> bool:
+        """Every chunk of one table; False when stopping."""
+        s = self.settings
+        key_conv = RowConverter(key_part(copy.table))
+        started, logged = time.monotonic(), 0.0
+        while not stop.is_set():
+            began = time.monotonic()
+            chunk = self._read(conn, copy, key_conv)
+            if chunk is None:
+                continue  # the applier did not stop in time: ask again
+            ticket = self.gate.deliver(chunk)
+            if ticket is None or not self.gate.wait_applied(ticket, stop):
+                if stop.is_set() or self.gate.closed:
+                    return False
+                continue  # cancelled or refused: read it again (a schema change re-reads the definition)
+            copy.rows_copied += len(chunk.rows)
+            copy.next_source, copy.next_staging = chunk.next_source, chunk.hi
+            if time.monotonic() - logged > 10 or chunk.hi is None:
+                logged = time.monotonic()
+                log.info("online_copy_progress", table=copy.table.name, rows_copied=copy.rows_copied,
+                         rows_estimated=copy.rows_estimated, seconds=round(logged - started, 1))
+            if chunk.hi is None:
+                return True
+            if s.online_copy_rows_per_second > 0:  # the throttle: pace the next chunk
+                stop.wait(max(0.0, len(chunk.rows) / s.online_copy_rows_per_second - (time.monotonic() - began)))
+        return False
+
+    def _read(self, conn: pymysql.connections.Connection, copy: Copy, key_conv: RowConverter) -> Chunk | None:
+        """One chunk in a snapshot of its own, the applier held at a transaction boundary while the
+        snapshot opens (None: it did not stop in time)."""
+        if not self.gate.request():
+            return None
+        try:
+            position: Position = open_snapshot(conn, self.flavor)
+        except BaseException:
+            self.gate.cancel()
+            raise
+        self.gate.open(position)
+        try:
+            rows, next_source = read_chunk(conn, copy.table, copy.next_source, self.settings.online_copy_chunk_rows)
+            with conn.cursor() as cur:
+                cur.execute("COMMIT")
+        except BaseException:
+            self.gate.cancel()
+            raise
+        hi = tuple(key_conv.from_snapshot(next_source)) if next_source is not None else None
+        return Chunk(copy.table.name, position, copy.table.column_names, copy.next_staging, hi, next_source,
+                     tuple(tuple(r) for r in rows))

@@ -1,0 +1,250 @@
+"""Online copies: a table copied in primary-key chunks while the stream goes on, each chunk applied
+by the applier through the normal apply path (staging, star deltas, outbox, dead letters) in the
+micro-batch that also saves the copy's progress.
+
+The method (a variant of DBLog's watermarks that needs no write on the source): the copier
+(cdc/capture/online.py) asks the applier to stop at a transaction boundary (``ChunkGate``), opens a
+consistent snapshot on the source, which names its exact binlog position P (MariaDB reports it
+without a lock), lets the applier go on, and reads one chunk in that snapshot: the chunk's rows
+are the table's rows of its key range *at P*. The applier takes every transaction it can prove
+ends at or before P, then applies the chunk: its key range in staging becomes the chunk (rows
+upserted, keys staging has in the range and the chunk has not deleted), before anything past P.
+Changes past P then apply on top, as to any row. Everything the applier had not yet taken up to P
+is in the chunk already and replays over it to the same rows (full row images: a replay is
+idempotent). If the applier must go on before the chunk comes (the copier is slow), the chunk
+is cancelled and read again.
+
+Key ranges are compared in the same order on both sides (binary collation for text keys,
+``transform.fingerprint.range_where``), as the reconcile compares them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import pickle
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from psycopg import sql
+
+from loader.ddl import META, STAGING
+from loader.staging import StagingWriter
+from transform.fingerprint import Dialect, col_of, key_expr, range_where
+from transform.model import Heartbeat, Op, Position, RowChange, SchemaChange, TxnChunk
+from transform.schema import Table
+from transform.values import RowConverter, Unrepresentable
+
+log = structlog.get_logger(__name__)
+
+Key = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a table as the source held it at ``position``: its key range [lo, hi) (None:
+    open), the columns it was read with, and its rows as the snapshot reads them."""
+
+    table: str
+    position: Position
+    columns: tuple[str, ...]
+    lo: Key | None  # staging's form of the bounds
+    hi: Key | None
+    next_source: Key | None  # the source's form of ``hi``: where the next chunk starts
+    rows: tuple[tuple[Any, ...], ...]
+
+
+class _State(enum.Enum):
+    IDLE = "idle"
+    REQUESTED = "requested"  # the copier asks the applier to stop at a transaction boundary
+    PAUSED = "paused"  # the applier stopped: the copier opens its snapshot now
+    OPEN = "open"  # P known: the applier takes what ends by P while the copier reads the chunk
+    READY = "ready"  # the chunk is here
+
+
+def ends_by(item: TxnChunk | SchemaChange, p: Position) -> bool:
+    """Does ``item`` provably end at or before P (so it is in the chunk's snapshot)? A slice
+    without its transaction's end can't be proved to."""
+    at = item.position if isinstance(item, SchemaChange) else item.commit
+    return at is not None and at.order() <= p.order()
+
+
+class ChunkGate:
+    """Where the copier and the applier meet, one chunk at a time. The applier calls ``before`` at
+    each transaction boundary before taking an item, ``idle`` when the queue had nothing or a
+    heartbeat came, and ``applied`` once a chunk it was given is in the open batch."""
+
+    def __init__(self, wait_seconds: float = 10.0) -> None:
+        self._cond = threading.Condition()
+        self._state = _State.IDLE
+        self._p: Position | None = None
+        self._chunk: Chunk | None = None
+        self._ready_at = 0.0
+        self._wait = wait_seconds
+        self._applied = 0  # chunks applied so far (the copier waits for its own)
+        self.closed = False
+
+    # The copier's side ---------------------------------------------------------------------------
+
+    def request(self) -> bool:
+        """Ask the applier to stop at a transaction boundary; True once it has."""
+        with self._cond:
+            self._state = _State.REQUESTED
+            self._cond.notify_all()
+            if self._cond.wait_for(lambda: self._state is not _State.REQUESTED or self.closed, self._wait) \
+                    and self._state is _State.PAUSED:
+                return True
+            self._state = _State.IDLE
+            return False
+
+    def open(self, p: Position) -> None:
+        """The snapshot is open at P: the applier may take what ends by P."""
+        with self._cond:
+            if self._state is _State.PAUSED:
+                self._p, self._state = p, _State.OPEN
+                self._cond.notify_all()
+
+    def deliver(self, chunk: Chunk) -> int | None:
+        """Hand the chunk over; returns a ticket for ``wait_applied`` (None: it was cancelled)."""
+        with self._cond:
+            if self._state is not _State.OPEN or self._p != chunk.position:
+                return None
+            self._chunk, self._state, self._ready_at = chunk, _State.READY, time.monotonic()
+            self._cond.notify_all()
+            return self._applied + 1
+
+    def wait_applied(self, ticket: int, stop: threading.Event) -> bool:
+        """Until the applier has applied the chunk of ``ticket`` (False: cancelled, or stopping)."""
+        with self._cond:
+            while not stop.is_set() and not self.closed:
+                if self._applied >= ticket:
+                    return True
+                if self._state is _State.IDLE:
+                    return False  # cancelled: the applier could not wait for it
+                self._cond.wait(0.5)
+            return False
+
+    def cancel(self) -> None:
+        """The copier gives its chunk up (an error): the applier goes on."""
+        with self._cond:
+            self._state, self._chunk, self._p = _State.IDLE, None, None
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._state, self._chunk = _State.IDLE, None
+            self._cond.notify_all()
+
+    # The applier's side --------------------------------------------------------------------------
+
+    def before(self, item: TxnChunk | SchemaChange) -> Chunk | None:
+        """At a transaction boundary, before taking ``item``: the chunk to apply first, if any
+        (waiting for it while the copier reads it); None: take the item."""
+        with self._cond:
+            self._pause_if_asked()
+            if self._state in (_State.OPEN, _State.READY):
+                assert self._p is not None
+                if ends_by(item, self._p):
+                    return None
+                return self._take_chunk()
+            return None
+
+    def idle(self, item: Heartbeat | None) -> Chunk | None:
+        """The queue had nothing (``item`` None) or a heartbeat came (the reader is at the end of the
+        binlog, past P): the chunk, if it is here (after a heartbeat, or once it has waited a
+        moment on an empty queue)."""
+        with self._cond:
+            self._pause_if_asked()
+            if self._state is _State.READY and (item is not None or time.monotonic() - self._ready_at > 0.2):
+                return self._chunk
+            if self._state is _State.OPEN and item is not None:
+                return self._take_chunk()
+            return None
+
+    def applied(self) -> None:
+        with self._cond:
+            self._applied += 1
+            self._state, self._chunk, self._p = _State.IDLE, None, None
+            self._cond.notify_all()
+
+    def _pause_if_asked(self) -> None:
+        if self._state is _State.REQUESTED:
+            self._state = _State.PAUSED
+            self._cond.notify_all()
+            if not self._cond.wait_for(lambda: self._state is not _State.PAUSED, self._wait):
+                self._state = _State.IDLE  # the copier did not come back: go on without it
+
+    def _take_chunk(self) -> Chunk | None:
+        """Wait (bounded) for the chunk being read; on time out it is cancelled."""
+        if not self._cond.wait_for(lambda: self._state is not _State.OPEN, self._wait):
+            log.warning("online_copy_chunk_cancelled", reason="the chunk did not come in time", seconds=self._wait)
+            self._state, self._p = _State.IDLE, None
+            self._cond.notify_all()
+            return None
+        return self._chunk if self._state is _State.READY else None
+
+
+# Applying a chunk ---------------------------------------------------------------------------------
+
+def key_part(table: Table) -> Table:
+    """The table's primary-key columns alone (to convert a key)."""
+    return Table(table.name, tuple(table.column(k) for k in table.primary_key), table.primary_key)
+
+
+def staged_keys(writer: StagingWriter, table: Table, lo: Key | None, hi: Key | None) -> list[Key]:
+    """The keys staging holds in [lo, hi), in the order both sides agree on."""
+    cols = [col_of(table.column(k)) for k in table.primary_key]
+    where, params = range_where(cols, lo, hi, Dialect.POSTGRES)
+    text = sql.SQL("SELECT {} FROM {}.{} WHERE " + where).format(
+        sql.SQL(", ").join(sql.Identifier(k) for k in table.primary_key), sql.Identifier(STAGING),
+        sql.Identifier(table.name))
+    return [tuple(r) for r in writer.conn.execute(text, params).fetchall()]
+
+
+def apply_chunk(writer: StagingWriter, chunk: Chunk, pipeline: str) -> int | None:
+    """The chunk into the open transaction: its key range in staging made equal to it, and the
+    copy's progress saved. Returns the rows changed; None when staging no longer follows the
+    table as the chunk was read (stopped, or a schema change since): the copier reads it again."""
+    table = writer.tables.get(chunk.table)
+    if table is None or chunk.table in writer.stopped or table.column_names != chunk.columns:
+        return None
+    conv, key_conv = RowConverter(table), RowConverter(key_part(table))
+    picks = table.key_indexes()
+    changes: list[RowChange] = []
+    present: set[Key] = set()
+    for raw in chunk.rows:
+        try:
+            row = conv.from_snapshot(raw)
+        except Unrepresentable as exc:
+            with_key = [raw[i] for i in picks]
+            writer.dead_letter(table.name, with_key, str(exc), repr(raw)[:10000])
+            with contextlib.suppress(Unrepresentable):  # its old row stays, as in a snapshot
+                present.add(tuple(key_conv.from_snapshot(with_key)))
+            continue
+        present.add(tuple(row[i] for i in picks))
+        changes.append(RowChange(table.name, Op.INSERT, None, row))
+    width = len(table.columns)
+    for key in staged_keys(writer, table, chunk.lo, chunk.hi):
+        if key not in present:  # staging has it, the source had not: gone while we did not follow
+            before: list[Any] = [None] * width
+            for i, v in zip(picks, key, strict=True):
+                before[i] = v
+            changes.append(RowChange(table.name, Op.DELETE, tuple(before), None))
+    writer.begin()
+    applied = writer.apply(changes)
+    writer.conn.execute(
+        sql.SQL("UPDATE {}.online_copy SET next_key = %s, rows_copied = rows_copied + %s, chunks = chunks + 1,"
+                " finished_at = CASE WHEN %s THEN now() END WHERE pipeline = %s AND source_table = %s")
+        .format(sql.Identifier(META)),
+        (None if chunk.hi is None else pickle.dumps((chunk.next_source, chunk.hi)), len(chunk.rows),
+         chunk.hi is None, pipeline, chunk.table))
+    return applied
+
+
+def order_by(table: Table, dialect: Dialect) -> str:
+    """The key order both sides agree on (binary for text keys)."""
+    return ", ".join(key_expr(col_of(table.column(k)), dialect) for k in table.primary_key)
