@@ -25,7 +25,7 @@ from cdc.capture.flavor import Flavor
 from cdc.capture.lag import LagProbe
 from cdc.capture.online import OnlineCopier, estimate_rows, pending_copies, start_copies
 from cdc.capture.positions import Resume, resume_from, unavailable
-from cdc.capture.snapshot import SourceRows, take_snapshot
+from cdc.capture.snapshot import SourceRows, open_snapshot, take_snapshot
 from cdc.errors import as_ours
 from cdc.metrics import Metrics
 from cdc.ops.check import refuse_unready_source
@@ -260,7 +260,7 @@ class Pipeline:
         if not added:
             return
         if flavor.mariadb and self.settings.online_copy == "auto":
-            self._start_online_copies(writer, added)
+            self._start_online_copies(writer, added, flavor)
             return
         log.info("tables_added", tables=list(added), note="copied before the stream resumes")
         self.state.snapshotting = True
@@ -269,13 +269,19 @@ class Pipeline:
         finally:
             self.state.snapshotting = False
 
-    def _start_online_copies(self, writer: StagingWriter, added: dict[str, Table]) -> None:
+    def _start_online_copies(self, writer: StagingWriter, added: dict[str, Table], flavor: Flavor) -> None:
         """Tables added to the settings are followed from the stream's position on, and copied
         online while it goes on (cdc/capture/online.py): recorded, with their definitions, in one
         transaction, so a restart resumes them."""
         conn = mysql.connect(self.settings)
         try:
             estimates = estimate_rows(conn, self.settings.source.database, list(added))
+            # Where the copy starts: every chunk is read past it, so what the binlog says of these
+            # tables up to it (a statement-format change, a DDL from before they were added) is in
+            # the copy already, and the stream leaves it out (the fences, as for a table copied
+            # before the stream resumes).
+            start = open_snapshot(conn, flavor)
+            conn.rollback()
         finally:
             conn.close()
         pipeline = self.settings.pipeline_name
@@ -285,6 +291,11 @@ class Pipeline:
                         .format(sql.Identifier(META)), (pipeline, list(added)))
             save_definitions(cur, pipeline, added.values())
             start_copies(cur, pipeline, added, estimates)
+            for name in added:
+                cur.execute(sql.SQL("INSERT INTO {}.snapshot (pipeline, source_table, rows_copied, position)"
+                                    " VALUES (%s, %s, 0, %s) ON CONFLICT (pipeline, source_table) DO UPDATE"
+                                    " SET rows_copied = 0, position = EXCLUDED.position, finished_at = now()")
+                            .format(sql.Identifier(META)), (pipeline, name, str(start)))
         writer.commit(None, None, origin="tables added")
         for name in added:
             writer.stopped.pop(name, None)

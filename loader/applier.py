@@ -11,6 +11,7 @@ provides), and the guard that cuts a staging connection gone silent. Metrics are
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 import psycopg
 import structlog
 
-from loader.online import ChunkGate, apply_chunk
+from loader.online import ChunkGate, Fence, apply_chunk, fenced
 from loader.pg import cut, pg_connect
 from loader.staging import StagingWriter
 from transform.batching import Batching, BatchLimits
@@ -95,6 +96,7 @@ class Applier:
         self._counted = {"star": writer.star_rows_changed, **writer.dead_letters}  # as of the last commit
         self._lock_wait_seen = False
         self._lock_asked_at = 0.0
+        self._fences: list[Fence] = []  # chunks applied whose position the stream has not passed
 
     # The loop ------------------------------------------------------------------------------------
 
@@ -104,7 +106,7 @@ class Applier:
         st, batch = self.state, self.batch
         while not stop.is_set():
             try:
-                item = feed.get(timeout=batch.poll_timeout())
+                item = feed.get(timeout=batch.poll_timeout() if self.gate is None or not self.gate.active else 0.02)
             except queue.Empty:
                 st.alive_at = now = time.time()
                 if not st.starved_since:
@@ -117,6 +119,7 @@ class Applier:
             st.starved_since = 0.0
             self._chunk_at_boundary(item)
             if isinstance(item, SchemaChange):
+                self._fences = [f for f in self._fences if item.position.order() <= f.position.order()]
                 if batch.on_schema_change():
                     self._commit()  # everything before the statement, under the old definitions
                 self._follow_schema(item)
@@ -139,7 +142,9 @@ class Applier:
         the queue is empty, or the source idle) goes into the open batch first."""
         if self.gate is None or self.batch.partial:
             return
-        chunk = self.gate.idle(item) if item is None or isinstance(item, Heartbeat) else self.gate.before(item)
+        if isinstance(item, Heartbeat):
+            self._fences = []  # the reader is at the binlog's end: past every chunk's position
+        chunk = self.gate.idle() if item is None or isinstance(item, Heartbeat) else self.gate.before(item)
         if chunk is None:
             return
         self._flush()
@@ -151,6 +156,7 @@ class Applier:
             self.gate.cancel()
             return
         self.batch.add_rows(applied)
+        self._fences.append(Fence(chunk.table, chunk.position, chunk.lo, chunk.hi))
         if self._last is None:  # no transaction in the batch: the chunk commits on its own
             with self.guarded():
                 self.writer.commit(None, None, origin=f"online copy at {chunk.position}")
@@ -159,8 +165,28 @@ class Applier:
         self.observer.copied(chunk.table, len(chunk.rows), chunk.hi is None)
         self.gate.applied()
 
+    def _fenced(self, item: TxnChunk) -> TxnChunk:
+        """``item`` without the changes online-copied chunks hold already (loader/online.py)."""
+        if item.commit is None:
+            return item  # its end not yet seen: can't be proved to end by a chunk's position
+        at = item.commit.order()
+        self._fences = [f for f in self._fences if at <= f.position.order()]
+        keep = self._keep()
+        return item if keep is None or not item.changes else dataclasses.replace(item, changes=keep(item.changes))
+
+    def _keep(self) -> Callable[[tuple[RowChange, ...]], tuple[RowChange, ...]] | None:
+        """What the live fences leave of a transaction's changes (they all hold: the transaction
+        ends by each one's position); None: no fence."""
+        fences = list(self._fences)
+        if not fences:
+            return None
+        keys = {name: t.key_indexes() for name, t in self.writer.tables.items()}
+        return lambda changes: fenced(changes, fences, keys)
+
     def _take(self, item: TxnChunk, feed: Feed) -> bool:
         """One slice of a source transaction into the open batch; True: commit now."""
+        if self._fences:
+            item = self._fenced(item)
         st, batch, writer = self.state, self.batch, self.writer
         batch.begin_slice(time.monotonic())
         if not st.open_origin:
@@ -173,7 +199,7 @@ class Applier:
             if writer.unlabeled_held and item.commit is not None and not item.xa_prepared:
                 self._flush()  # an XA transaction committed in one phase, its first slices kept
                 with self.guarded():
-                    batch.add_rows(writer.apply_held(""))
+                    batch.add_rows(writer.apply_held("", keep=self._keep()))
             self._buffer.extend(item.changes)
             batch.add_rows(item.rows)
         if item.commit is not None and (item.xa_commit or item.xa_rollback or item.xa_prepared or item.stops):
@@ -238,7 +264,7 @@ class Applier:
             if item.xa_prepared:
                 writer.label_held(item.xa_prepared, at)
             if item.xa_commit:
-                applied = writer.apply_held(item.xa_commit, item.xa_skip)
+                applied = writer.apply_held(item.xa_commit, item.xa_skip, self._keep())
             if item.xa_rollback:
                 writer.drop_held(item.xa_rollback)
             if item.stops:

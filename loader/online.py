@@ -6,13 +6,19 @@ The method (a variant of DBLog's watermarks that needs no write on the source): 
 (cdc/capture/online.py) asks the applier to stop at a transaction boundary (``ChunkGate``), opens a
 consistent snapshot on the source, which names its exact binlog position P (MariaDB reports it
 without a lock), lets the applier go on, and reads one chunk in that snapshot: the chunk's rows
-are the table's rows of its key range *at P*. The applier takes every transaction it can prove
-ends at or before P, then applies the chunk: its key range in staging becomes the chunk (rows
-upserted, keys staging has in the range and the chunk has not deleted), before anything past P.
-Changes past P then apply on top, as to any row. Everything the applier had not yet taken up to P
-is in the chunk already and replays over it to the same rows (full row images: a replay is
-idempotent). If the applier must go on before the chunk comes (the copier is slow), the chunk
-is cancelled and read again.
+are the table's rows of its key range *at P*. Everything the applier had taken then ends before P.
+The applier applies the chunk at its next transaction boundary (waiting for it only before an item
+it can't prove ends by P): its key range in staging becomes the chunk (rows upserted, keys staging
+has in the range and the chunk has not deleted). From then on, until the stream passes P, the
+changes of transactions that end by P to keys in that range are left out (``Fence``): the chunk
+has them already. Changes past P apply on top, as to any row. So a copy goes as fast as chunks
+can be read, however far the stream is behind the source. If the applier must go on before the
+chunk comes (the copier is slow), the chunk is cancelled and read again.
+
+Left out by the fence only when provable: a slice of a huge transaction (read in several slices,
+its end not yet seen) applies as it comes; if it ends by P its rows in the range replay over the
+chunk's (full row images), so they show an older state until the stream reaches P, then the
+same rows as the source.
 
 Key ranges are compared in the same order on both sides (binary collation for text keys,
 ``transform.fingerprint.range_where``), as the reconcile compares them.
@@ -24,7 +30,7 @@ import contextlib
 import enum
 import pickle
 import threading
-import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +40,7 @@ from psycopg import sql
 from loader.ddl import META, STAGING
 from loader.staging import StagingWriter
 from transform.fingerprint import Dialect, col_of, key_expr, range_where
-from transform.model import Heartbeat, Op, Position, RowChange, SchemaChange, TxnChunk
+from transform.model import Op, Position, RowChange, SchemaChange, TxnChunk
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
 
@@ -82,10 +88,15 @@ class ChunkGate:
         self._state = _State.IDLE
         self._p: Position | None = None
         self._chunk: Chunk | None = None
-        self._ready_at = 0.0
         self._wait = wait_seconds
         self._applied = 0  # chunks applied so far (the copier waits for its own)
         self.closed = False
+        self.active = False  # a copier is at work: the applier polls its queue briefly, to answer soon
+
+    @property
+    def position(self) -> Position | None:
+        """The position of the chunk being handed over (None: none)."""
+        return self._p
 
     # The copier's side ---------------------------------------------------------------------------
 
@@ -112,7 +123,7 @@ class ChunkGate:
         with self._cond:
             if self._state is not _State.OPEN or self._p != chunk.position:
                 return None
-            self._chunk, self._state, self._ready_at = chunk, _State.READY, time.monotonic()
+            self._chunk, self._state = chunk, _State.READY
             self._cond.notify_all()
             return self._applied + 1
 
@@ -142,28 +153,26 @@ class ChunkGate:
     # The applier's side --------------------------------------------------------------------------
 
     def before(self, item: TxnChunk | SchemaChange) -> Chunk | None:
-        """At a transaction boundary, before taking ``item``: the chunk to apply first, if any
-        (waiting for it while the copier reads it); None: take the item."""
+        """At a transaction boundary, before taking ``item``: the chunk to apply first, if it is
+        here, or if ``item`` may end past P (then waiting for it while the copier reads it);
+        None: take the item."""
         with self._cond:
             self._pause_if_asked()
-            if self._state in (_State.OPEN, _State.READY):
+            if self._state is _State.READY:
+                return self._chunk
+            if self._state is _State.OPEN:
                 assert self._p is not None
-                if ends_by(item, self._p):
-                    return None
-                return self._take_chunk()
+                return None if ends_by(item, self._p) else self._take_chunk()
             return None
 
-    def idle(self, item: Heartbeat | None) -> Chunk | None:
-        """The queue had nothing (``item`` None) or a heartbeat came (the reader is at the end of the
-        binlog, past P): the chunk, if it is here (after a heartbeat, or once it has waited a
-        moment on an empty queue)."""
+    def idle(self) -> Chunk | None:
+        """The queue had nothing, or a heartbeat came: the chunk, if it is here or being read
+        (waiting for it: nothing else to do)."""
         with self._cond:
             self._pause_if_asked()
-            if self._state is _State.READY and (item is not None or time.monotonic() - self._ready_at > 0.2):
-                return self._chunk
-            if self._state is _State.OPEN and item is not None:
+            if self._state is _State.OPEN:
                 return self._take_chunk()
-            return None
+            return self._chunk if self._state is _State.READY else None
 
     def applied(self) -> None:
         with self._cond:
@@ -186,6 +195,51 @@ class ChunkGate:
             self._cond.notify_all()
             return None
         return self._chunk if self._state is _State.READY else None
+
+
+# Fences -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Fence:
+    """Chunk ``lo``..``hi`` of ``table`` is in staging as the source had it at ``position``: the
+    changes of transactions that end by then, to keys in that range, are in it already."""
+
+    table: str
+    position: Position
+    lo: Key | None
+    hi: Key | None
+
+    def holds(self, key: Key) -> bool:
+        """Is ``key`` in the range? Python orders keys as both databases do here (numbers by value,
+        text by code point: the binary order the chunks are read in)."""
+        return (self.lo is None or key >= self.lo) and (self.hi is None or key < self.hi)
+
+
+def fenced(changes: tuple[RowChange, ...], fences: list[Fence], key_indexes: Mapping[str, Sequence[int]]
+           ) -> tuple[RowChange, ...]:
+    """``changes`` (of one transaction that ends by every fence's position) without what the
+    fenced chunks hold already. A primary-key change is a delete and an insert, each judged by its
+    own key; a change that could not be converted (a dead letter) stays."""
+    out: list[RowChange] = []
+    for ch in changes:
+        mine = [f for f in fences if f.table == ch.table]
+        if not mine or ch.error is not None:
+            out.append(ch)
+            continue
+        idx = key_indexes[ch.table]
+
+        def inside(row: tuple[Any, ...] | None, fs: list[Fence] = mine, ix: Sequence[int] = idx) -> bool:
+            return row is not None and any(f.holds(tuple(row[i] for i in ix)) for f in fs)
+
+        if ch.op is Op.UPDATE and ch.before is not None and ch.after is not None \
+                and [ch.before[i] for i in idx] != [ch.after[i] for i in idx]:
+            if not inside(ch.before):
+                out.append(RowChange(ch.table, Op.DELETE, ch.before, None))
+            if not inside(ch.after):
+                out.append(RowChange(ch.table, Op.INSERT, None, ch.after, absent=ch.absent))
+        elif not inside(ch.after if ch.op is Op.INSERT else ch.before):
+            out.append(ch)
+    return tuple(out)
 
 
 # Applying a chunk ---------------------------------------------------------------------------------
@@ -242,6 +296,11 @@ def apply_chunk(writer: StagingWriter, chunk: Chunk, pipeline: str) -> int | Non
         .format(sql.Identifier(META)),
         (None if chunk.hi is None else pickle.dumps((chunk.next_source, chunk.hi)), len(chunk.rows),
          chunk.hi is None, pipeline, chunk.table))
+    if chunk.hi is None:  # the last: the table's copy record says how many rows it took
+        writer.conn.execute(sql.SQL("UPDATE {0}.snapshot s SET rows_copied = c.rows_copied, finished_at = now()"
+                                    " FROM {0}.online_copy c WHERE s.pipeline = %s AND s.source_table = %s"
+                                    " AND c.pipeline = s.pipeline AND c.source_table = s.source_table")
+                            .format(sql.Identifier(META)), (pipeline, chunk.table))
     return applied
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pickle
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -326,10 +326,12 @@ class StagingWriter:
         self.unlabeled_held = 0
         log.info("xa_prepared_held", xid=xid, chunks=n, position=str(position))
 
-    def apply_held(self, xid: str, skip: Collection[str] = ()) -> int:
+    def apply_held(self, xid: str, skip: Collection[str] = (),
+                   keep: Callable[[tuple[RowChange, ...]], tuple[RowChange, ...]] | None = None) -> int:
         """Apply the changes kept for ``xid`` (its XA COMMIT; ``''``: the transaction just read,
         committed in one phase), in order, in the open transaction, but those of the tables in
-        ``skip`` (their copy has them already); returns rows applied."""
+        ``skip`` (their copy has them already) and those ``keep`` leaves out (an online copy's
+        chunk has them); returns rows applied."""
         self.begin()
         meta = sql.Identifier(META)
         ids = [r[0] for r in self.conn.execute(sql.SQL("SELECT id FROM {}.xa_pending WHERE pipeline = %s AND"
@@ -344,6 +346,8 @@ class StagingWriter:
                                     (i,)).fetchone()
             assert row is not None
             changes = pickle.loads(row[0])  # noqa: S301 - written by us, in our own schema
+            if keep is not None:
+                changes = keep(tuple(changes))
             applied += self.apply([c for c in changes if c.table not in skip] if skip else changes)
         self.unlabeled_held = 0
         if xid:

@@ -61,3 +61,11 @@ class PipelineState:
         """Making progress, or turning: retrying on schedule, waiting in a bounded wait (what the
         watchdog asks: a restart can't end an outage, only a hang)."""
         return now - max(self.progress_at, self.alive_at) < stall_seconds
+
+
+def copy_eta(copied: int, estimated: int, elapsed: float) -> float | None:
+    """Seconds an online copy still needs at the rate it went so far (None: no rate yet, or past
+    its estimate: the estimate is the source's statistics, not a count)."""
+    if copied <= 0 or elapsed <= 0 or estimated <= copied:
+        return None
+    return (estimated - copied) / (copied / elapsed)

@@ -109,6 +109,7 @@ class OnlineCopier:
         if not self.copies:
             return
         conn = connect(self.settings)
+        self.gate.active = True
         try:
             for name, copy in self.copies.items():
                 log.info("online_copy_started", table=name, resumed_at=str(copy.next_source),
@@ -116,6 +117,7 @@ class OnlineCopier:
                 if not self._copy(conn, copy, stop):
                     return
         finally:
+            self.gate.active = False
             conn.close()
 
     def _copy(self, conn: pymysql.connections.Connection, copy: Copy, stop: threading.Event) -> bool:

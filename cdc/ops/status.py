@@ -15,6 +15,7 @@ from cdc.settings import Settings
 from loader.ddl import META
 from loader.flush import retrying_batch
 from loader.pg import pg_connect
+from transform.progress import copy_eta
 
 
 def ask_daemon(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
@@ -55,7 +56,8 @@ def read_status(settings: Settings) -> dict[str, Any]:
         snap = conn.execute(sql.SQL("SELECT source_table, rows_copied, position, finished_at FROM {}.snapshot"
                                     " WHERE pipeline = %s ORDER BY source_table").format(sql.Identifier(META)),
                             (settings.pipeline_name,)).fetchall()
-    out: dict[str, Any] = {"pipeline": settings.pipeline_name, "daemon": daemon}
+        copies = online_copies(conn, settings.pipeline_name)
+    out: dict[str, Any] = {"pipeline": settings.pipeline_name, "daemon": daemon, "online_copies": copies}
     if pos is None:
         out["state"] = "not started (no position stored yet)"
     else:
@@ -76,6 +78,22 @@ def read_status(settings: Settings) -> dict[str, Any]:
             "batch": retrying.batch, "attempts": retrying.attempts, "failing_since": retrying.since.isoformat(),
             "last_error": retrying.error}
     out["snapshot"] = [{"table": t, "rows": r, "position": p, "finished_at": f.isoformat()} for t, r, p, f in snap]
+    return out
+
+
+def online_copies(conn: Any, pipeline: str) -> list[dict[str, Any]]:
+    """Each table copied online: rows copied of the source's estimate, chunks, ETA or when done."""
+    if conn.execute("SELECT to_regclass(%s)", (f"{META}.online_copy",)).fetchone() == (None,):
+        return []
+    out = []
+    for table, copied, estimated, chunks, started, finished, elapsed in conn.execute(
+            sql.SQL("SELECT source_table, rows_copied, rows_estimated, chunks, started_at, finished_at,"
+                    " extract(epoch FROM now() - started_at)::float8 FROM {}.online_copy WHERE pipeline = %s"
+                    " ORDER BY started_at, source_table").format(sql.Identifier(META)), (pipeline,)).fetchall():
+        eta = None if finished else copy_eta(int(copied), int(estimated), float(elapsed))
+        out.append({"table": table, "rows_copied": copied, "rows_estimated": estimated, "chunks": chunks,
+                    "started_at": started.isoformat(), "finished_at": finished.isoformat() if finished else None,
+                    "eta_seconds": round(eta, 1) if eta is not None else None})
     return out
 
 
@@ -113,6 +131,15 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"snapshot       {s['table']}: {s['rows']} rows at {s['position']}, {s['finished_at']}")
     if not status["snapshot"]:
         lines.append("snapshot       not taken yet")
+    for c in status.get("online_copies", []):
+        if c["finished_at"]:
+            lines.append(f"online copy    {c['table']}: {c['rows_copied']} rows in {c['chunks']} chunks,"
+                         f" done {c['finished_at']}")
+        else:
+            share = f" ({100 * c['rows_copied'] // c['rows_estimated']}%)" if c["rows_estimated"] else ""
+            eta = f", ETA {_ago(c['eta_seconds']).removesuffix(' ago')}" if c["eta_seconds"] is not None else ""
+            lines.append(f"online copy    {c['table']}: {c['rows_copied']} of ~{c['rows_estimated']} rows{share},"
+                         f" {c['chunks']} chunks{eta}  (copying while the stream goes on)")
     return "\n".join(lines)
 
 

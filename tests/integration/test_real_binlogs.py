@@ -205,13 +205,23 @@ def test_ddl_is_scoped_by_its_default_database(settings: Settings, source: Conn,
         assert reason == ("another table was renamed into items: its rows are not in the binlog",)
 
 
+def copied(staging: PG, table: str, online: str) -> bool:
+    """The table's online copy is done (with online copies off: it was copied before the stream
+    resumed, and no online copy was recorded)."""
+    row = staging.execute("SELECT finished_at IS NOT NULL FROM softcart.online_copy WHERE source_table = %s",
+                          (table,)).fetchone()
+    return bool(row and row[0]) if online == "auto" else row is None
+
+
+@pytest.mark.parametrize("online", ["off", "auto"], ids=["copied-before-streaming", "copied-online"])
 def test_a_table_added_to_the_settings_is_copied_before_it_streams_and_copied_again_when_re_added(
-        settings: Settings, source: Conn, staging: PG, source_db: str, connect: Connect) -> None:
+        online: str, settings: Settings, source: Conn, staging: PG, source_db: str, connect: Connect) -> None:
     execute(source, ITEMS, "INSERT INTO items VALUES (1, 1), (2, 2)",
             "CREATE TABLE extra (id INT PRIMARY KEY, v INT) ENGINE=InnoDB",
             "INSERT INTO extra VALUES " + ", ".join(f"({i}, {i})" for i in range(1, 501)))
     only_items = settings.model_copy(update={"source_tables": ["items"], "star_table": ""})
-    both = settings.model_copy(update={"source_tables": ["items", "extra"], "star_table": ""})
+    both = settings.model_copy(update={"source_tables": ["items", "extra"], "star_table": "", "online_copy": online,
+                                       "online_copy_chunk_rows": 64})
     with running_pipeline(only_items):
         wait_caught_up(staging, source)
     # While the daemon is stopped (its position falls behind): changes to extra, a statement-format
@@ -223,6 +233,7 @@ def test_a_table_added_to_the_settings_is_copied_before_it_streams_and_copied_ag
     prepare(connect(), "xe", "INSERT INTO extra VALUES (1000, 1000)", "UPDATE extra SET v = -1 WHERE id = 31")
     execute(source, "INSERT INTO items VALUES (3, 3)")
     with running_pipeline(both):
+        wait_until(lambda: copied(staging, "extra", online), 60, "the copy")
         wait_caught_up(staging, source)
         for t in ("items", "extra"):
             assert_same(source, staging, source_db, t)
@@ -239,6 +250,7 @@ def test_a_table_added_to_the_settings_is_copied_before_it_streams_and_copied_ag
         wait_caught_up(staging, source)
     execute(source, "INSERT INTO extra VALUES (2000, 2000)")
     with running_pipeline(both):
+        wait_until(lambda: copied(staging, "extra", online), 60, "the copy")
         wait_caught_up(staging, source)
         for t in ("items", "extra"):
             assert_same(source, staging, source_db, t)

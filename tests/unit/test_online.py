@@ -1,0 +1,135 @@
+"""Online copies' decisions without I/O: which changes a fenced chunk holds already, what provably
+ends by a chunk's position, and the gate's hand-over between copier and applier."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loader.online import Chunk, ChunkGate, Fence, ends_by, fenced
+from transform.model import Op, Position, RowChange, SchemaChange, TxnChunk
+
+P = Position("mysql-bin.000002", 500)
+KEYS = {"items": [0]}
+
+
+def ins(k: int) -> RowChange:
+    return RowChange("items", Op.INSERT, None, (k, "x"))
+
+
+def upd(a: int, b: int) -> RowChange:
+    return RowChange("items", Op.UPDATE, (a, "x"), (b, "y"))
+
+
+def dele(k: int) -> RowChange:
+    return RowChange("items", Op.DELETE, (k, "x"), None)
+
+
+def test_a_fence_holds_its_range_and_leaves_the_rest() -> None:
+    fence = Fence("items", P, (10,), (20,))
+    kept = fenced((ins(5), ins(10), upd(15, 15), dele(19), dele(20), RowChange("other", Op.INSERT, None, (12,))),
+                  [fence], {**KEYS, "other": [0]})
+    assert kept == (ins(5), dele(20), RowChange("other", Op.INSERT, None, (12,)))
+    assert fenced((ins(1),), [Fence("items", P, None, None)], KEYS) == ()
+
+
+def test_a_primary_key_change_is_judged_as_a_delete_and_an_insert() -> None:
+    fence = Fence("items", P, (10,), (20,))
+    assert fenced((upd(15, 30),), [fence], KEYS) == (RowChange("items", Op.INSERT, None, (30, "y")),)
+    assert fenced((upd(30, 15),), [fence], KEYS) == (RowChange("items", Op.DELETE, (30, "x"), None),)
+    assert fenced((upd(12, 18),), [fence], KEYS) == ()
+    bad = RowChange("items", Op.INSERT, None, None, error="no PostgreSQL form", key=(12,))
+    assert fenced((bad,), [fence], KEYS) == (bad,), "a dead letter is recorded whatever the range"
+
+
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=30), st.integers(0, 40), st.integers(0, 40))
+def test_fenced_keeps_exactly_the_changes_outside_every_range(keys: list[int], lo: int, span: int) -> None:
+    fences = [Fence("items", P, (lo,), (lo + span,)), Fence("items", P, None, (3,))]
+    kept = fenced(tuple(ins(k) for k in keys), fences, KEYS)
+    assert [c.after[0] for c in kept if c.after] == [k for k in keys if not (lo <= k < lo + span or k < 3)]
+
+
+def test_only_what_carries_its_end_at_or_before_p_provably_ends_by_it() -> None:
+    before, after = Position("mysql-bin.000002", 499), Position("mysql-bin.000003", 4)
+    assert ends_by(TxnChunk((), before), P) and ends_by(TxnChunk((), P), P)
+    assert not ends_by(TxnChunk((), after), P)
+    assert not ends_by(TxnChunk((ins(1),), None), P), "a slice without its end"
+    assert ends_by(SchemaChange("ALTER TABLE items ADD c INT", "alter", before, 0.0, ()), P)
+    assert not ends_by(SchemaChange("ALTER TABLE items ADD c INT", "alter", after, 0.0, ()), P)
+
+
+def chunk(p: Position) -> Chunk:
+    return Chunk("items", p, ("id", "grp"), None, None, None, ((1, "a"),))
+
+
+def test_the_gate_holds_the_applier_before_what_may_end_past_p_until_the_chunk_comes() -> None:
+    gate, stop = ChunkGate(wait_seconds=5), threading.Event()
+    taken, results = threading.Event(), []
+    by_p = TxnChunk((ins(2),), Position("mysql-bin.000002", 400))
+    past_p = TxnChunk((ins(3),), Position("mysql-bin.000002", 900))
+
+    def copier() -> None:
+        results.append(gate.request())
+        gate.open(P)
+        taken.wait(5)  # the chunk comes only once the applier has taken what ends by P
+        ticket = gate.deliver(chunk(P))
+        results.append(ticket is not None and gate.wait_applied(ticket, stop))
+
+    t = threading.Thread(target=copier)
+    t.start()
+    deadline = time.monotonic() + 5
+    while gate.position is None and time.monotonic() < deadline:
+        assert gate.before(by_p) is None  # idle gate, or paused until the snapshot is open
+    assert gate.before(by_p) is None, "what ends by P is taken while the chunk is read"
+    taken.set()
+    assert gate.before(past_p) == chunk(P), "what may end past P waits for the chunk"
+    gate.applied()
+    t.join(5)
+    assert results == [True, True]
+    assert gate.before(past_p) is None and gate.position is None
+
+
+def test_a_copier_gets_no_pause_from_an_applier_that_is_not_there() -> None:
+    assert not ChunkGate(wait_seconds=0.1).request()
+
+
+def test_a_chunk_the_applier_could_not_wait_for_is_cancelled_and_read_again() -> None:
+    gate = ChunkGate(wait_seconds=0.2)
+    got: list[object] = []
+
+    def applier() -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            got[:] = [gate.idle()]
+            if time.monotonic() - began > 0.15:  # this call paused at the request, then waited 0.2 s
+                return  # for the chunk, in vain
+
+    t = threading.Thread(target=applier)
+    t.start()
+    assert gate.request()
+    gate.open(P)
+    t.join(5)
+    assert got == [None] and gate.position is None
+    assert gate.deliver(chunk(P)) is None, "too late: cancelled, the copier reads it again"
+
+
+def test_progress_and_eta_in_status() -> None:
+    from cdc.ops.status import render
+    from transform.progress import copy_eta
+
+    assert copy_eta(100, 1000, 10.0) == 90.0
+    assert copy_eta(0, 1000, 10.0) is None and copy_eta(1200, 1000, 10.0) is None
+    status = {"pipeline": "default", "state": "streaming position stored", "snapshot": [], "dead_letters": {},
+              "batches": {}, "daemon": {"answering": False, "at": "127.0.0.1:9187", "why": "refused"},
+              "online_copies": [
+                  {"table": "items", "rows_copied": 100, "rows_estimated": 1000, "chunks": 2, "finished_at": None,
+                   "eta_seconds": 90.0},
+                  {"table": "tags", "rows_copied": 126, "rows_estimated": 120, "chunks": 18,
+                   "finished_at": "2026-12-04T20:00:00+00:00", "eta_seconds": None}]}
+    text = render(status)
+    assert "online copy    items: 100 of ~1000 rows (10%), 2 chunks, ETA 0:01:30" in text
+    assert "online copy    tags: 126 rows in 18 chunks, done 2026-12-04T20:00:00+00:00" in text
