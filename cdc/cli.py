@@ -94,10 +94,15 @@ def _state_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "compare the incremental tables with a from-scratch computation without changing "
                         "anything; print the differences and exit 1 if there are any.")
     rb.add_argument("--check", action="store_true", help="compare only, change nothing")
-    sub.add_parser("resnapshot", help="take a new consistent snapshot (e.g. after the binlog was purged)",
-                   description="Replace staging, the star schema and the stored position with a new consistent "
-                   "snapshot, in one PostgreSQL transaction (readers see the old data until it commits); the "
-                   "warehouse gets a full reload at the next flush. Stop the daemon first.")
+    rs = sub.add_parser("resnapshot", help="copy tables again: online while the daemon runs, or a whole new snapshot",
+                        description="With TABLE names: copy those tables again online, in chunks, while the "
+                        "daemon streams on (MariaDB; the running daemon takes the request up within seconds, a "
+                        "stopped one at its start; `status` shows the progress). Without: with the daemon "
+                        "running, the same for every table; with it stopped (e.g. after the binlog was purged), "
+                        "replace staging, the star schema and the stored position with a new consistent "
+                        "snapshot, in one PostgreSQL transaction (readers see the old data until it commits); "
+                        "the warehouse gets a full reload at the next flush.")
+    rs.add_argument("tables", nargs="*", metavar="TABLE", help="a table of SOFTCART_SOURCE_TABLES")
     st = sub.add_parser("status", help="position, lag, last commit, dead letters, snapshot (from PostgreSQL)",
                         description="What the pipeline has done, read from staging, whether or not the daemon runs.")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -244,8 +249,16 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _resnapshot(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.pipeline import Pipeline
+    from cdc.capture.online import request_copies
+    from cdc.pipeline import Pipeline, daemon_running
 
+    tables = list(args.tables) or (list(settings.source_tables) if daemon_running(settings) else [])
+    if tables:
+        estimates = request_copies(settings, tables)
+        for name in tables:
+            print(f"{name}: online copy requested (~{estimates.get(name, 0)} rows); `softcart-sync status` shows"
+                  " its progress")
+        return EXIT_OK
     position = Pipeline(settings).resnapshot()
     print(f"new snapshot taken; streaming will resume at {position}")
     return EXIT_OK

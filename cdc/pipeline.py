@@ -23,7 +23,7 @@ from cdc.capture import mysql
 from cdc.capture.feed import SourceFeed
 from cdc.capture.flavor import Flavor
 from cdc.capture.lag import LagProbe
-from cdc.capture.online import OnlineCopier, estimate_rows, pending_copies, start_copies
+from cdc.capture.online import Copy, OnlineCopier, estimate_rows, pending_copies, start_copies
 from cdc.capture.positions import Resume, resume_from, unavailable
 from cdc.capture.snapshot import SourceRows, open_snapshot, take_snapshot
 from cdc.errors import as_ours
@@ -302,6 +302,14 @@ class Pipeline:
         log.info("tables_added", tables=list(added), note="copied online while the stream goes on",
                  rows_estimated=estimates)
 
+    def _pending_copies(self, tables: dict[str, Table]) -> dict[str, Copy]:
+        """The online copies recorded and not finished (asked on a staging session of its own)."""
+        with pg_connect(self.settings.staging_config, autocommit=True) as pg:
+            copies = pending_copies(pg, self.settings.pipeline_name, tables)
+        for name in copies:
+            self.metrics.online_copy_active.labels(name).set(1)
+        return copies
+
     def resnapshot(self) -> Position:
         """Take a new snapshot now (the daemon must be stopped): staging, star schema and position
         are replaced in one PostgreSQL transaction, and the warehouse gets a full reload."""
@@ -334,8 +342,8 @@ class Pipeline:
                      note="copied past the stream's position: their events up to it are in the copy")
         feed = SourceFeed(self.settings, tables, flavor, position, fenced)
         self._feed = feed
-        copies = pending_copies(writer.conn, self.settings.pipeline_name, tables)
-        gate = ChunkGate(max(10.0, self.settings.read_timeout_seconds)) if copies else None
+        online = flavor.mariadb and self.settings.online_copy == "auto"
+        gate = ChunkGate(max(10.0, self.settings.read_timeout_seconds)) if online else None
         applier = Applier(self.settings.apply_config, writer, self.state, _MetricsObserver(self.metrics),
                           lambda: SourceRows(self.settings), gate)
 
@@ -346,9 +354,7 @@ class Pipeline:
         feed.start()
         threads = [_worker("staging-writer", writer_loop, inner, errors)]
         if gate is not None:
-            for name in copies:
-                self.metrics.online_copy_active.labels(name).set(1)
-            copier = OnlineCopier(self.settings, flavor, copies, gate)
+            copier = OnlineCopier(self.settings, flavor, lambda: self._pending_copies(tables), gate)
             threads.append(_worker("online-copier", lambda: copier.run(inner), inner, errors))
         self.state.streaming = True
         self.state.alive_at = time.time()
@@ -383,6 +389,13 @@ class Pipeline:
             self.metrics.connected.labels("source").set(0)
         if errors:
             raise as_ours(errors[0])
+
+
+def daemon_running(settings: Settings) -> bool:
+    """Is a daemon running this pipeline (it holds the pipeline lock)?"""
+    with pg_connect(settings.staging_config, autocommit=True) as pg:
+        row = pg.execute(f"SELECT pg_try_advisory_lock({_PIPELINE_KEY})", (settings.pipeline_name,)).fetchone()
+        return not (row and row[0])  # ours, if we got it, goes with the session
 
 
 def _worker(name: str, work: Callable[[], None], inner: threading.Event, errors: list[BaseException]

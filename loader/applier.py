@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import psycopg
 import structlog
 
-from loader.online import ChunkGate, Fence, apply_chunk, fenced
+from loader.online import ChunkGate, Fence, apply_chunk, fenced, refusal
 from loader.pg import cut, pg_connect
 from loader.staging import StagingWriter
 from transform.batching import Batching, BatchLimits
@@ -147,14 +147,15 @@ class Applier:
         chunk = self.gate.idle() if item is None or isinstance(item, Heartbeat) else self.gate.before(item)
         if chunk is None:
             return
+        refused = refusal(self.writer, chunk)
+        if refused is not None:
+            reason, final = refused
+            (log.error if final else log.info)("online_copy_chunk_refused", table=chunk.table, reason=reason)
+            self.gate.cancel(give_up=reason if final else "")
+            return
         self._flush()
         with self.guarded():
             applied = apply_chunk(self.writer, chunk, self.config.pipeline)
-        if applied is None:
-            log.info("online_copy_chunk_refused", table=chunk.table,
-                     reason="staging follows another definition of the table now: read again")
-            self.gate.cancel()
-            return
         self.batch.add_rows(applied)
         self._fences.append(Fence(chunk.table, chunk.position, chunk.lo, chunk.hi))
         if self._last is None:  # no transaction in the batch: the chunk commits on its own

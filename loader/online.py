@@ -92,6 +92,7 @@ class ChunkGate:
         self._applied = 0  # chunks applied so far (the copier waits for its own)
         self.closed = False
         self.active = False  # a copier is at work: the applier polls its queue briefly, to answer soon
+        self.given_up = ""  # why the last chunk's table can't be copied online (set by cancel)
 
     @property
     def position(self) -> Position | None:
@@ -138,10 +139,12 @@ class ChunkGate:
                 self._cond.wait(0.5)
             return False
 
-    def cancel(self) -> None:
-        """The copier gives its chunk up (an error): the applier goes on."""
+    def cancel(self, give_up: str = "") -> None:
+        """The chunk is given up (the copier's error, or the applier can't take it): the applier
+        goes on. ``give_up``: why the table can't be copied online at all (the copier moves on)."""
         with self._cond:
             self._state, self._chunk, self._p = _State.IDLE, None, None
+            self.given_up = give_up
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -259,13 +262,21 @@ def staged_keys(writer: StagingWriter, table: Table, lo: Key | None, hi: Key | N
     return [tuple(r) for r in writer.conn.execute(text, params).fetchall()]
 
 
-def apply_chunk(writer: StagingWriter, chunk: Chunk, pipeline: str) -> int | None:
-    """The chunk into the open transaction: its key range in staging made equal to it, and the
-    copy's progress saved. Returns the rows changed; None when staging no longer follows the
-    table as the chunk was read (stopped, or a schema change since): the copier reads it again."""
+def refusal(writer: StagingWriter, chunk: Chunk) -> tuple[str, bool] | None:
+    """Why the applier can't take the chunk (and whether for good), or None."""
     table = writer.tables.get(chunk.table)
-    if table is None or chunk.table in writer.stopped or table.column_names != chunk.columns:
-        return None
+    if table is None or chunk.table in writer.stopped:
+        return (f"{chunk.table} is stopped ({writer.stopped.get(chunk.table, 'not followed')}): stop the daemon and"
+                " run `softcart-sync resnapshot` to take it again", True)
+    if table.column_names != chunk.columns:
+        return "staging follows another definition of the table now: read again", False
+    return None
+
+
+def apply_chunk(writer: StagingWriter, chunk: Chunk, pipeline: str) -> int:
+    """The chunk into the open transaction (``refusal`` said none): its key range in staging made
+    equal to it, and the copy's progress saved. Returns the rows changed."""
+    table = writer.tables[chunk.table]
     conv, key_conv = RowConverter(table), RowConverter(key_part(table))
     picks = table.key_indexes()
     changes: list[RowChange] = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pickle
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +23,13 @@ from psycopg import sql
 
 from cdc.capture.flavor import Flavor
 from cdc.capture.mysql import connect
+from cdc.capture.mysql import flavor as mysql_flavor
 from cdc.capture.snapshot import open_snapshot, quote_mysql, select_list
 from cdc.settings import Settings
-from loader.ddl import META
+from loader.ddl import META, load_definitions
 from loader.online import Chunk, ChunkGate, key_part, order_by
+from loader.pg import pg_connect
+from transform.errors import ConfigError
 from transform.fingerprint import Dialect, col_of, range_where
 from transform.model import Position
 from transform.schema import Table
@@ -96,29 +100,71 @@ def read_chunk(conn: pymysql.connections.Connection, table: Table, lo: Key | Non
     return got[:rows], tuple(got[rows][i] for i in picks)
 
 
-class OnlineCopier:
-    """Copies ``copies`` one after the other, a chunk at a time, until done or ``stop``."""
+def request_copies(settings: Settings, names: list[str]) -> dict[str, int]:
+    """Record online copies of ``names`` (``softcart-sync resnapshot TABLE...``): a running daemon
+    takes them up within seconds, a stopped one at its start. Returns the source's row estimates."""
+    unknown = [n for n in names if n not in settings.source_tables]
+    if unknown:
+        raise ConfigError(f"not among SOFTCART_SOURCE_TABLES ({', '.join(settings.source_tables)}): "
+                          f"{', '.join(unknown)}; add a table there first (the daemon copies it at its start)")
+    if settings.online_copy != "auto":
+        raise ConfigError("SOFTCART_ONLINE_COPY=off: stop the daemon and run `softcart-sync resnapshot` (all tables)")
+    conn = connect(settings)
+    try:
+        flavor = mysql_flavor(conn)
+        if not flavor.mariadb:
+            raise ConfigError(f"online copies need a MariaDB source (this is {flavor.name}): stop the daemon and run"
+                              " `softcart-sync resnapshot` (all tables)")
+        estimates = estimate_rows(conn, settings.source.database, names)
+    finally:
+        conn.close()
+    with pg_connect(settings.staging_config, autocommit=True) as pg:
+        followed = load_definitions(pg, settings.pipeline_name)
+        stopped = {str(r[0]) for r in pg.execute(sql.SQL("SELECT source_table FROM {}.stopped_table WHERE"
+                                                         " pipeline = %s").format(sql.Identifier(META)),
+                                                 (settings.pipeline_name,))}
+        if stopped & set(names):
+            which = ", ".join(sorted(stopped & set(names)))
+            raise ConfigError(f"stopped by a schema change staging can't follow: {which}; an online copy can't"
+                              " take it: stop the daemon and run `softcart-sync resnapshot`")
+        new = [n for n in names if n not in followed]
+        if new:
+            raise ConfigError(f"not copied yet: {', '.join(new)} (the daemon copies a table of SOFTCART_SOURCE_TABLES"
+                              " at its start; start it)")
+        with pg.transaction(), pg.cursor() as cur:
+            start_copies(cur, settings.pipeline_name, {n: followed[n] for n in names}, estimates)
+    log.info("online_copy_requested", tables=names, rows_estimated=estimates)
+    return estimates
 
-    def __init__(self, settings: Settings, flavor: Flavor, copies: dict[str, Copy], gate: ChunkGate) -> None:
+
+class OnlineCopier:
+    """Copies what ``pending()`` says is to copy (recorded in staging), one table after the other,
+    a chunk at a time, and asks again every couple of seconds, until ``stop``."""
+
+    def __init__(self, settings: Settings, flavor: Flavor, pending: Callable[[], dict[str, Copy]],
+                 gate: ChunkGate) -> None:
         self.settings = settings
         self.flavor = flavor
-        self.copies = copies
+        self.pending = pending
         self.gate = gate
 
     def run(self, stop: threading.Event) -> None:
-        if not self.copies:
-            return
-        conn = connect(self.settings)
-        self.gate.active = True
-        try:
-            for name, copy in self.copies.items():
-                log.info("online_copy_started", table=name, resumed_at=str(copy.next_source),
-                         rows_estimated=copy.rows_estimated)
-                if not self._copy(conn, copy, stop):
-                    return
-        finally:
-            self.gate.active = False
-            conn.close()
+        while not stop.is_set():
+            copies = self.pending()
+            if not copies:
+                stop.wait(2.0)  # the poll for requests (resnapshot TABLE), not a synchronisation
+                continue
+            conn = connect(self.settings)
+            self.gate.active = True
+            try:
+                for name, copy in copies.items():
+                    log.info("online_copy_started", table=name, resumed_at=str(copy.next_source),
+                             rows_estimated=copy.rows_estimated)
+                    if not self._copy(conn, copy, stop):
+                        return
+            finally:
+                self.gate.active = False
+                conn.close()
 
     def _copy(self, conn: pymysql.connections.Connection, copy: Copy, stop: threading.Event) -> bool:
         """Every chunk of one table; False when stopping."""
@@ -134,7 +180,11 @@ class OnlineCopier:
             if ticket is None or not self.gate.wait_applied(ticket, stop):
                 if stop.is_set() or self.gate.closed:
                     return False
-                continue  # cancelled or refused: read it again (a schema change re-reads the definition)
+                if self.gate.given_up:
+                    log.error("online_copy_given_up", table=copy.table.name, reason=self.gate.given_up)
+                    self.gate.given_up = ""
+                    return True  # the next table
+                continue  # cancelled: read it again
             copy.rows_copied += len(chunk.rows)
             copy.next_source, copy.next_staging = chunk.next_source, chunk.hi
             if time.monotonic() - logged > 10 or chunk.hi is None:

@@ -87,6 +87,10 @@ def test_staging_follows_safe_changes_and_stops_only_the_table_it_cannot_follow(
         report = Reconciler(s, levels=("source",)).run()
         assert report.exit_code == 0 and [t.table for t in report.tables] == ["sales_data", "other"], report.text()
         assert "items is not followed since a schema change" in report.text()
+        # An online copy can't take a stopped table (its definition can't be followed): it says so.
+        online = cli("resnapshot", "items", env={**settings_env, "SOFTCART_SOURCE_TABLES": "sales_data,items,other"})
+        assert online.returncode == 2 and "stopped by a schema change" in online.stderr \
+            and "stop the daemon and run `softcart-sync resnapshot`" in online.stderr, online.stderr
     # The way out: a new snapshot takes the stopped table again.
     out = cli("resnapshot", env={**settings_env, "SOFTCART_SOURCE_TABLES": "sales_data,items,other"})
     assert out.returncode == 0, out.stdout + out.stderr

@@ -22,6 +22,7 @@ from tests.helpers import (
     SALES_DDL,
     Daemons,
     assert_same,
+    cli,
     execute,
     running_pipeline,
     wait_caught_up,
@@ -247,3 +248,36 @@ def test_changes_to_exactly_the_keys_of_the_chunk_being_read_end_right(
     other.close()
     assert len(hits) >= 10
     assert assert_same(source, staging, source_db, "items") == 600 - len(hits)  # one delete each
+
+
+def test_resnapshot_of_tables_against_a_running_daemon_copies_them_again_online(
+        settings: Settings, settings_env: dict[str, str], source: Conn, staging: PG, source_db: str) -> None:
+    """`softcart-sync resnapshot TABLE` records the request in staging; the running daemon takes
+    it up and repairs what drifted (rows changed, lost or left behind in staging) while it streams;
+    without tables, against a running daemon, every table is copied so."""
+    execute(source, SALES_DDL, ITEMS, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-01-01 00:00:00')")
+    with source.cursor() as cur:
+        cur.executemany("INSERT INTO items VALUES (%s, 'a', %s)", [(i, i) for i in range(1, 501)])
+    env = {**settings_env, "SOFTCART_SOURCE_TABLES": "sales_data,items", "SOFTCART_ONLINE_COPY_CHUNK_ROWS": "60"}
+    both = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 60})
+    wrong = cli("resnapshot", "nope", env=env)
+    assert wrong.returncode == 2 and "SOFTCART_SOURCE_TABLES" in wrong.stderr, wrong.stderr
+    with running_pipeline(both):
+        wait_caught_up(staging, source)
+        staging.execute("DELETE FROM staging.items WHERE id % 10 = 0")
+        staging.execute("UPDATE staging.items SET v = 0 WHERE id % 7 = 0")
+        staging.execute("INSERT INTO staging.items VALUES (9999, 'stray', 1)")
+        started = staging.execute("SELECT now()").fetchone()
+        out = cli("resnapshot", "items", env=env)
+        assert out.returncode == 0 and "items: online copy requested" in out.stdout, out.stdout + out.stderr
+        wait_until(lambda: staging.execute("SELECT finished_at > %s FROM softcart.online_copy WHERE source_table"
+                                           " = 'items'", started).fetchone() == (True,), 60, "the copy")
+        execute(source, "UPDATE items SET v = -v WHERE id < 50")
+        wait_caught_up(staging, source)
+        assert assert_same(source, staging, source_db, "items") == 500
+        staging.execute("DELETE FROM staging.sales_data")
+        everything = cli("resnapshot", env=env)
+        assert everything.returncode == 0 and "sales_data: online copy requested" in everything.stdout
+        wait_until(lambda: staging.execute("SELECT count(*) FROM staging.sales_data").fetchone() == (1,), 60,
+                   "sales_data copied again")
+    assert check_star(both) == []
