@@ -25,11 +25,12 @@ from cdc.capture.flavor import Flavor
 from cdc.capture.mysql import connect
 from cdc.capture.mysql import flavor as mysql_flavor
 from cdc.capture.snapshot import open_snapshot, quote_mysql, select_list
+from cdc.errors import as_ours
 from cdc.settings import Settings
 from loader.ddl import META, load_definitions
 from loader.online import Chunk, ChunkGate, key_part, order_by
 from loader.pg import pg_connect
-from transform.errors import ConfigError
+from transform.errors import ConfigError, TransientError
 from transform.fingerprint import Dialect, col_of, range_where
 from transform.model import Position
 from transform.schema import Table
@@ -149,22 +150,42 @@ class OnlineCopier:
         self.gate = gate
 
     def run(self, stop: threading.Event) -> None:
+        """Until ``stop``. A lost connection to either side is retried with capped backoff (the
+        copy resumes at its last applied chunk: its progress is in staging); the stream is not
+        stopped for it. A fault of ours reaches the supervisor."""
+        delay = 1.0
         while not stop.is_set():
-            copies = self.pending()
-            if not copies:
-                stop.wait(2.0)  # the poll for requests (resnapshot TABLE), not a synchronisation
-                continue
-            conn = connect(self.settings)
-            self.gate.active = True
             try:
-                for name, copy in copies.items():
-                    log.info("online_copy_started", table=name, resumed_at=str(copy.next_source),
-                             rows_estimated=copy.rows_estimated)
-                    if not self._copy(conn, copy, stop):
-                        return
-            finally:
-                self.gate.active = False
-                conn.close()
+                if self._round(stop):
+                    return
+                delay = 1.0
+            except Exception as raw:
+                exc = as_ours(raw)
+                if not isinstance(exc, TransientError):
+                    raise exc from raw
+                self.gate.cancel()
+                log.warning("online_copy_retrying", error=str(exc), retry_in_seconds=delay)
+                stop.wait(delay)  # the backoff, not a synchronisation
+                delay = min(delay * 2, self.settings.retry_max_seconds)
+
+    def _round(self, stop: threading.Event) -> bool:
+        """Copy what is pending now, or wait a poll's time for a request; True when stopping."""
+        copies = self.pending()
+        if not copies:
+            stop.wait(2.0)  # the poll for requests (resnapshot TABLE), not a synchronisation
+            return False
+        conn = connect(self.settings)
+        self.gate.active = True
+        try:
+            for name, copy in copies.items():
+                log.info("online_copy_started", table=name, resumed_at=str(copy.next_source),
+                         rows_estimated=copy.rows_estimated)
+                if not self._copy(conn, copy, stop):
+                    return True
+        finally:
+            self.gate.active = False
+            conn.close()
+        return False
 
     def _copy(self, conn: pymysql.connections.Connection, copy: Copy, stop: threading.Event) -> bool:
         """Every chunk of one table; False when stopping."""

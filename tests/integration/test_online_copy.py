@@ -281,3 +281,26 @@ def test_resnapshot_of_tables_against_a_running_daemon_copies_them_again_online(
         wait_until(lambda: staging.execute("SELECT count(*) FROM staging.sales_data").fetchone() == (1,), 60,
                    "sales_data copied again")
     assert check_star(both) == []
+
+
+def test_a_copier_that_loses_its_source_connection_retries_without_stopping_the_stream(
+        settings: Settings, source: Conn, staging: PG, source_db: str) -> None:
+    execute(source, SALES_DDL, ITEMS)
+    with source.cursor() as cur:
+        cur.executemany("INSERT INTO items VALUES (%s, 'a', %s)", [(i, i) for i in range(1, 3001)])
+    with running_pipeline(settings):
+        wait_caught_up(staging, source)
+    added = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 100,
+                                        "online_copy_rows_per_second": 1500.0})
+    with running_pipeline(added) as pipeline:
+        wait_until(lambda: (copy_state(staging, "items") or (0, 0, False))[1] >= 3, 30, "a few chunks")
+        with source.cursor() as cur:  # every session but ours and the binlog reader's: the copier's among them
+            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()"
+                        " AND COMMAND <> 'Binlog Dump'", (source_db,))
+            for (pid,) in cur.fetchall():
+                cur.execute(f"KILL {int(pid)}")
+        wait_until(lambda: finished(staging, "items"), 60, "the copy to finish after the copier reconnects")
+        execute(source, "INSERT INTO sales_data VALUES (1, 1, 1, 1.00, 1, '2021-01-01 00:00:00')")
+        wait_caught_up(staging, source)
+        assert pipeline.state.restarts == 0, "the stream went on"
+    assert assert_same(source, staging, source_db, "items") == 3000
