@@ -90,10 +90,14 @@ def test_auto_resnapshot_takes_a_new_snapshot_by_itself(
     assert_same(source, staging, source_db, "sales_data")
 
 
-def test_resnapshot_refuses_while_the_daemon_runs(settings: Settings, settings_env: dict[str, str],
-                                                  source: Conn, staging: PG) -> None:
+def test_resnapshot_refuses_while_the_daemon_runs_unless_it_can_copy_online(
+        settings: Settings, settings_env: dict[str, str], source: Conn, staging: PG) -> None:
+    """A whole new snapshot needs the daemon stopped; next to a running daemon, `resnapshot` copies
+    every table online instead (#18) where online copies are on."""
     execute(source, SALES_DDL)
     with running_pipeline(settings):
         wait_caught_up(staging, source)
-        out = cli("resnapshot", env=settings_env, timeout=40)
+        out = cli("resnapshot", env={**settings_env, "SOFTCART_ONLINE_COPY": "off"}, timeout=40)
+        online = cli("resnapshot", env=settings_env, timeout=40)
     assert out.returncode == 2 and "stop it first" in out.stderr
+    assert online.returncode == 0 and "sales_data: online copy requested" in online.stdout, online.stderr
