@@ -114,7 +114,8 @@ class Settings(BaseSettings):
     online_copy: Literal["auto", "off"] = Field(
         "auto", description="a table added to SOURCE_TABLES is copied online, in chunks, while the stream goes on"
         " (auto: on a MariaDB source; off, or MySQL: copied before the stream resumes)")
-    online_copy_chunk_rows: int = Field(5000, ge=1, description="rows per chunk of an online copy")
+    online_copy_chunk_rows: int = Field(2000, ge=1, description="rows per chunk of an online copy (the stream"
+                                        " waits for each chunk's apply: smaller keeps it fresher)")
     online_copy_rows_per_second: float = Field(0.0, ge=0, description="throttle of an online copy (0: none)")
     reader: Literal["thread", "process"] = Field(
         "thread", description="where the binlog is decoded: thread (in the daemon's process) or process (a child "

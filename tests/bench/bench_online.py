@@ -4,7 +4,7 @@ the daemon's peak memory, and checks that source and staging agree afterwards.
 
 Private MariaDB and PostgreSQL, the daemon as a subprocess, as in production.
 
-    .venv/bin/python -m tests.bench.bench_online [--rows 1000000] [--rate 2000] [--chunk 5000]
+    .venv/bin/python -m tests.bench.bench_online [--rows 1000000] [--rate 2000] [--chunk 2000]
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the table added")
     ap.add_argument("--sales", type=int, default=100_000, help="rows of sales_data before")
     ap.add_argument("--rate", type=int, default=2000, help="changes/s during the copy (half to each table)")
-    ap.add_argument("--chunk", type=int, default=5000, help="SOFTCART_ONLINE_COPY_CHUNK_ROWS")
+    ap.add_argument("--chunk", type=int, default=2000, help="SOFTCART_ONLINE_COPY_CHUNK_ROWS")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="softcart-bench-online-"))
     base.chmod(0o755)
