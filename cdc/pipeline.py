@@ -17,7 +17,6 @@ from typing import Any
 
 import psycopg
 import structlog
-from psycopg import sql
 
 from cdc.capture import mysql
 from cdc.capture.feed import SourceFeed
@@ -32,7 +31,7 @@ from cdc.ops.check import refuse_unready_source
 from cdc.settings import Settings
 from loader.applier import Applier, BatchDone
 from loader.checkpoint import load_position, load_source, lock_apply
-from loader.ddl import META, ensure_schema, forget_tables, load_definitions, save_definitions, snapshot_positions
+from loader.ddl import ensure_schema, forget_tables, load_definitions, record_snapshot, snapshot_positions
 from loader.online import ChunkGate
 from loader.pg import INSTANCE, holders_text, lock_holders, pg_connect
 from loader.staging import StagingWriter
@@ -93,6 +92,7 @@ class Pipeline:
         self.settings = settings
         self.state = PipelineState()
         self.metrics = metrics or Metrics()
+        self._observer = _MetricsObserver(self.metrics)  # what the applier did, on the metrics
         self.metrics.queue_capacity.set(settings.queue_chunks)
         # computed at each scrape: a stalled writer's lag grows on /metrics though nothing sets it
         self.metrics.lag_seconds.set_function(lambda: self.state.lag_seconds(time.time(), settings.heartbeat_seconds))
@@ -285,20 +285,12 @@ class Pipeline:
         finally:
             conn.close()
         pipeline = self.settings.pipeline_name
-        writer.begin()
+        writer.follow(added.values())
         with writer.conn.cursor() as cur:
-            cur.execute(sql.SQL("DELETE FROM {}.stopped_table WHERE pipeline = %s AND source_table = ANY(%s)")
-                        .format(sql.Identifier(META)), (pipeline, list(added)))
-            save_definitions(cur, pipeline, added.values())
             start_copies(cur, pipeline, added, estimates)
             for name in added:
-                cur.execute(sql.SQL("INSERT INTO {}.snapshot (pipeline, source_table, rows_copied, position)"
-                                    " VALUES (%s, %s, 0, %s) ON CONFLICT (pipeline, source_table) DO UPDATE"
-                                    " SET rows_copied = 0, position = EXCLUDED.position, finished_at = now()")
-                            .format(sql.Identifier(META)), (pipeline, name, str(start)))
+                record_snapshot(cur, pipeline, name, 0, str(start))
         writer.commit(None, None, origin="tables added")
-        for name in added:
-            writer.stopped.pop(name, None)
         log.info("tables_added", tables=list(added), note="copied online while the stream goes on",
                  rows_estimated=estimates)
 
@@ -331,7 +323,7 @@ class Pipeline:
 
     def _observe_position(self, position: Position) -> None:
         self.state.position = position
-        _MetricsObserver(self.metrics).position(position)
+        self._observer.position(position)
 
     def _stream(self, stop: threading.Event, tables: dict[str, Table], flavor: Flavor,
                 writer: StagingWriter, position: Position, fenced: dict[str, Position] | None = None) -> None:
@@ -344,7 +336,7 @@ class Pipeline:
         self._feed = feed
         online = flavor.mariadb and self.settings.online_copy == "auto"
         gate = ChunkGate(max(10.0, self.settings.read_timeout_seconds)) if online else None
-        applier = Applier(self.settings.apply_config, writer, self.state, _MetricsObserver(self.metrics),
+        applier = Applier(self.settings.apply_config, writer, self.state, self._observer,
                           lambda: SourceRows(self.settings), gate)
 
         def writer_loop() -> None:

@@ -119,7 +119,7 @@ class Applier:
             st.starved_since = 0.0
             self._chunk_at_boundary(item)
             if isinstance(item, SchemaChange):
-                self._fences = [f for f in self._fences if item.position.order() <= f.position.order()]
+                self._passed(item.position)
                 if batch.on_schema_change():
                     self._commit()  # everything before the statement, under the old definitions
                 self._follow_schema(item)
@@ -161,7 +161,7 @@ class Applier:
         if self._last is None:  # no transaction in the batch: the chunk commits on its own
             with self.guarded():
                 self.writer.commit(None, None, origin=f"online copy at {chunk.position}")
-            self.batch.rolled_back()
+            self.batch.committed()
         self.state.progress_at = time.time()
         self.observer.copied(chunk.table, len(chunk.rows), chunk.hi is None)
         self.gate.applied()
@@ -170,10 +170,13 @@ class Applier:
         """``item`` without the changes online-copied chunks hold already (loader/online.py)."""
         if item.commit is None:
             return item  # its end not yet seen: can't be proved to end by a chunk's position
-        at = item.commit.order()
-        self._fences = [f for f in self._fences if at <= f.position.order()]
+        self._passed(item.commit)
         keep = self._keep()
         return item if keep is None or not item.changes else dataclasses.replace(item, changes=keep(item.changes))
+
+    def _passed(self, at: Position) -> None:
+        """The stream is at ``at``: the fences of chunks read before it no longer hold."""
+        self._fences = [f for f in self._fences if at.order() <= f.position.order()]
 
     def _keep(self) -> Callable[[tuple[RowChange, ...]], tuple[RowChange, ...]] | None:
         """What the live fences leave of a transaction's changes (they all hold: the transaction
@@ -181,7 +184,7 @@ class Applier:
         fences = list(self._fences)
         if not fences:
             return None
-        keys = {name: t.key_indexes() for name, t in self.writer.tables.items()}
+        keys = {f.table: self.writer.tables[f.table].key_indexes() for f in fences}
         return lambda changes: fenced(changes, fences, keys)
 
     def _take(self, item: TxnChunk, feed: Feed) -> bool:

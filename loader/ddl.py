@@ -191,6 +191,25 @@ def forget_tables(conn: psycopg.Connection[Any], pipeline: str, names: Iterable[
                 sql.Identifier(META), sql.Identifier(table)), (pipeline, list(names)))
 
 
+def record_snapshot(cur: psycopg.Cursor[Any], pipeline: str, table: str, rows: int, position: str) -> None:
+    """The table's copy record: how many rows, as of which position (the stream's fence for it)."""
+    cur.execute(sql.SQL("INSERT INTO {}.snapshot (pipeline, source_table, rows_copied, position)"
+                        " VALUES (%s, %s, %s, %s) ON CONFLICT (pipeline, source_table) DO UPDATE"
+                        " SET rows_copied = EXCLUDED.rows_copied, position = EXCLUDED.position,"
+                        " finished_at = now()").format(sql.Identifier(META)), (pipeline, table, rows, position))
+
+
+def stopped_tables(conn: psycopg.Connection[Any], pipeline: str) -> dict[str, str]:
+    """The tables staging no longer follows since a schema change, with why ({} before the schema
+    exists)."""
+    try:
+        rows = conn.execute(sql.SQL("SELECT source_table, reason FROM {}.stopped_table WHERE pipeline = %s")
+                            .format(sql.Identifier(META)), (pipeline,)).fetchall()
+    except psycopg.errors.UndefinedTable:
+        return {}
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
 def snapshot_positions(conn: psycopg.Connection[Any], pipeline: str) -> dict[str, str]:
     """Where each table was last copied (as the snapshot record writes a position)."""
     return {str(r[0]): str(r[1]) for r in conn.execute(

@@ -39,6 +39,7 @@ from psycopg import sql
 
 from loader.ddl import META, STAGING
 from loader.staging import StagingWriter
+from transform.changes import deletion
 from transform.fingerprint import Dialect, col_of, key_expr, range_where
 from transform.model import Op, Position, RowChange, SchemaChange, TxnChunk
 from transform.schema import Table
@@ -292,14 +293,8 @@ def apply_chunk(writer: StagingWriter, chunk: Chunk, pipeline: str) -> int:
             continue
         present.add(tuple(row[i] for i in picks))
         changes.append(RowChange(table.name, Op.INSERT, None, row))
-    width = len(table.columns)
-    for key in staged_keys(writer, table, chunk.lo, chunk.hi):
-        if key not in present:  # staging has it, the source had not: gone while we did not follow
-            before: list[Any] = [None] * width
-            for i, v in zip(picks, key, strict=True):
-                before[i] = v
-            changes.append(RowChange(table.name, Op.DELETE, tuple(before), None))
-    writer.begin()
+    # staging has it, the source had not: gone while we did not follow
+    changes += [deletion(table, key) for key in staged_keys(writer, table, chunk.lo, chunk.hi) if key not in present]
     applied = writer.apply(changes)
     writer.conn.execute(
         sql.SQL("UPDATE {}.online_copy SET next_key = %s, rows_copied = rows_copied + %s, chunks = chunks + 1,"

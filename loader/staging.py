@@ -22,7 +22,7 @@ import structlog
 from psycopg import sql
 
 from loader.checkpoint import lock_apply, save_position
-from loader.ddl import META, STAGING, save_definitions
+from loader.ddl import META, STAGING, save_definitions, stopped_tables
 from loader.staging_sql import delete_one_sql, delete_sql, ident_list, key_text, upsert_one_sql, upsert_sql
 from loader.star import Applied, StarSchema
 from transform.changes import Key, NetChanges, Row, net_changes
@@ -61,7 +61,7 @@ class StagingWriter:
         self._star_pending = 0
         self._temps: dict[str, str] = {}  # source table -> its session's upsert temp table
         self._temp_seq = 0
-        self.stopped = self._load_stopped()  # source table -> why it is no longer followed
+        self.stopped = stopped_tables(conn, pipeline)  # source table -> why it is no longer followed
         #: the server the rows come from (server_id, server_uuid), saved with every position
         self.source: tuple[int, str] | None = None
         #: longest wait for the apply lock (0: no limit, for a caller that has its own)
@@ -232,13 +232,18 @@ class StagingWriter:
 
     # Schema changes -----------------------------------------------------------------------------
 
-    def _load_stopped(self) -> dict[str, str]:
-        try:
-            rows = self.conn.execute(sql.SQL("SELECT source_table, reason FROM {}.stopped_table WHERE pipeline = %s")
-                                     .format(sql.Identifier(META)), (self.pipeline,)).fetchall()
-        except psycopg.errors.UndefinedTable:
-            return {}
-        return {str(r[0]): str(r[1]) for r in rows}
+    def follow(self, tables: Iterable[Table]) -> None:
+        """Staging follows ``tables`` (again) from the open transaction on: stopped ones no longer,
+        their definitions saved."""
+        tables = list(tables)
+        names = [t.name for t in tables]
+        self.begin()
+        with self.conn.cursor() as cur:
+            cur.execute(sql.SQL("DELETE FROM {}.stopped_table WHERE pipeline = %s AND source_table = ANY(%s)")
+                        .format(sql.Identifier(META)), (self.pipeline, names))
+            save_definitions(cur, self.pipeline, tables)
+        for name in names:
+            self.stopped.pop(name, None)
 
     def apply_schema_change(self, change: SchemaChange) -> list[tuple[Table, list[str]]]:
         """Make staging follow ``change`` inside the open transaction (the caller commits it with

@@ -8,11 +8,12 @@ order of changes within the batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from transform.model import Op, RowChange
+from transform.schema import Table
 
 Key = tuple[Any, ...]
 Row = tuple[Any, ...]
@@ -43,3 +44,12 @@ def net_changes(changes: Iterable[RowChange], key_indexes: tuple[int, ...]) -> N
     upserts = {k: r for k, r in state.items() if r is not None}
     deletes = {k for k, r in state.items() if r is None}
     return NetChanges(upserts, deletes)
+
+
+def deletion(table: Table, key: Sequence[Any]) -> RowChange:
+    """A delete of the row with primary key ``key`` when nothing else of it is known (its before
+    image holds the key; a delete needs no more: star deltas read the current fact)."""
+    before: list[Any] = [None] * len(table.columns)
+    for i, v in zip(table.key_indexes(), key, strict=True):
+        before[i] = v
+    return RowChange(table.name, Op.DELETE, tuple(before), None)

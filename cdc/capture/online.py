@@ -27,7 +27,7 @@ from cdc.capture.mysql import flavor as mysql_flavor
 from cdc.capture.snapshot import open_snapshot, quote_mysql, select_list
 from cdc.errors import as_ours
 from cdc.settings import Settings
-from loader.ddl import META, load_definitions
+from loader.ddl import META, load_definitions, stopped_tables
 from loader.online import Chunk, ChunkGate, key_part, order_by
 from loader.pg import pg_connect
 from transform.errors import ConfigError, TransientError
@@ -121,9 +121,7 @@ def request_copies(settings: Settings, names: list[str]) -> dict[str, int]:
         conn.close()
     with pg_connect(settings.staging_config, autocommit=True) as pg:
         followed = load_definitions(pg, settings.pipeline_name)
-        stopped = {str(r[0]) for r in pg.execute(sql.SQL("SELECT source_table FROM {}.stopped_table WHERE"
-                                                         " pipeline = %s").format(sql.Identifier(META)),
-                                                 (settings.pipeline_name,))}
+        stopped = set(stopped_tables(pg, settings.pipeline_name))
         if stopped & set(names):
             which = ", ".join(sorted(stopped & set(names)))
             raise ConfigError(f"stopped by a schema change staging can't follow: {which}; an online copy can't"

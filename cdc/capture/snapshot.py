@@ -20,7 +20,7 @@ from cdc.capture.extract import ClientReader, client_reader
 from cdc.capture.flavor import Flavor, snapshot_position
 from cdc.capture.mysql import connect, read_table
 from cdc.settings import Settings
-from loader.ddl import META, STAGING, save_definitions
+from loader.ddl import STAGING, record_snapshot
 from loader.staging import StagingWriter
 from transform.errors import ConfigError, SourceColumnGone, TransientError
 from transform.fingerprint import Dialect, quote
@@ -159,11 +159,7 @@ def _begin_copy(settings: Settings, writer: StagingWriter, tables: dict[str, Tab
     with writer.conn.cursor() as cur:
         for t in tables:
             cur.execute(sql.SQL("TRUNCATE {}.{}").format(sql.Identifier(STAGING), sql.Identifier(t)))
-        cur.execute(sql.SQL("DELETE FROM {}.stopped_table WHERE pipeline = %s AND source_table = ANY(%s)")
-                    .format(sql.Identifier(META)), (settings.pipeline_name, list(tables)))
-        save_definitions(cur, settings.pipeline_name, tables.values())
-    for t in tables:
-        writer.stopped.pop(t, None)
+    writer.follow(tables.values())
 
 
 def _build_star(writer: StagingWriter, position: Position) -> None:
@@ -195,11 +191,7 @@ def _copy_all(settings: Settings, conn: pymysql.connections.Connection, client: 
         else:
             rows = _copy_table(settings, conn, table, writer, position, progress)
         with writer.conn.cursor() as cur:
-            cur.execute(sql.SQL("INSERT INTO {}.snapshot (pipeline, source_table, rows_copied, position)"
-                                " VALUES (%s, %s, %s, %s) ON CONFLICT (pipeline, source_table) DO UPDATE"
-                                " SET rows_copied = EXCLUDED.rows_copied, position = EXCLUDED.position,"
-                                " finished_at = now()").format(sql.Identifier(META)),
-                        (settings.pipeline_name, table.name, rows, str(position)))
+            record_snapshot(cur, settings.pipeline_name, table.name, rows, str(position))
         log.info("snapshot_table_done", table=table.name, rows=rows, tables_done=i + 1,
                  tables_total=len(tables), position=str(position))
 

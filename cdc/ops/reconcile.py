@@ -44,13 +44,14 @@ from cdc.ops.compare import CanonKey, Comparison, Difference, Limits, Side, comp
 from cdc.ops.reconcile_report import Report, TableReport, explain
 from cdc.settings import Settings
 from loader.checkpoint import load_position, lock_apply
-from loader.ddl import META, STAGING
+from loader.ddl import META, STAGING, stopped_tables
 from loader.flush import Flusher
 from loader.pg import pg_connect
 from loader.staging import StagingWriter
 from loader.star import STAR, STAR_TABLES, StarSchema, enqueue
 from loader.warehouse import TABLES as WAREHOUSE_TABLES
 from loader.warehouse import Warehouse
+from transform.changes import deletion
 from transform.errors import ConfigError, SoftcartError, TransientError
 from transform.fingerprint import Col, Dialect, TableSpec, canonical, col_of, quote
 from transform.model import Op, Position, RowChange
@@ -173,9 +174,7 @@ class Reconciler:
         watch = pg_connect(self.s.staging_config, autocommit=True)
         try:
             flavor = mysql.flavor(src)
-            stopped = {str(r[0]): str(r[1]) for r in pg.execute(
-                sql.SQL("SELECT source_table, reason FROM {}.stopped_table WHERE pipeline = %s").format(
-                    sql.Identifier(META)), (self.s.pipeline_name,)).fetchall()}
+            stopped = stopped_tables(pg, self.s.pipeline_name)
             for t, reason in stopped.items():
                 self.report.notes.append(f"{t} is not followed since a schema change ({reason}): not compared; "
                                          "`softcart-sync resnapshot` takes it again")
@@ -462,12 +461,7 @@ def _current_rows(src: pymysql.connections.Connection, table: Table, conv: RowCo
         except Unrepresentable as exc:
             changes.append(RowChange(table.name, Op.INSERT, None, None, error=str(exc), raw=repr(raw)[:10000],
                                      key=tuple(raw[i] for i in key_idx)))
-    for d in diffs:
-        if d.canon not in seen:
-            before: list[Any] = [None] * width
-            for i, v in zip(key_idx, d.key, strict=True):
-                before[i] = v
-            changes.append(RowChange(table.name, Op.DELETE, tuple(before), None))
+    changes += [deletion(table, d.key) for d in diffs if d.canon not in seen]
     return changes
 
 

@@ -46,6 +46,16 @@ def finished(staging: PG, table: str) -> bool:
     return bool(state and state[2])
 
 
+def items_not_yet_followed(settings: Settings, source: Conn, staging: PG, rows: int) -> None:
+    """``items`` with ``rows`` rows in the source, and a pipeline that has run with sales_data only:
+    added to the settings now, it is copied online."""
+    execute(source, SALES_DDL, ITEMS)
+    with source.cursor() as cur:
+        cur.executemany("INSERT INTO items VALUES (%s, %s, %s)", [(i, f"g{i % 5}", i) for i in range(1, rows + 1)])
+    with running_pipeline(settings):  # sales_data only
+        wait_caught_up(staging, source)
+
+
 class Churn:
     """Changes to ``items`` and ``sales_data`` in a thread of their own, until stopped: updates,
     deletes, inserts and primary-key changes over the whole key range, so every chunk's keys
@@ -96,11 +106,7 @@ class Churn:
 
 def test_a_table_added_while_changes_stream_into_it_is_copied_online_and_ends_equal(
         settings: Settings, mariadb: MariaDBServer, source: Conn, staging: PG, source_db: str) -> None:
-    execute(source, SALES_DDL, ITEMS)
-    with source.cursor() as cur:
-        cur.executemany("INSERT INTO items VALUES (%s, %s, %s)", [(i, f"g{i % 5}", i) for i in range(1, 3001)])
-    with running_pipeline(settings):  # sales_data only
-        wait_caught_up(staging, source)
+    items_not_yet_followed(settings, source, staging, 3000)
     added = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 100,
                                         "online_copy_rows_per_second": 6000.0})
     with Churn(mariadb, source_db, 3000, seed=18) as churn, running_pipeline(added):
@@ -122,11 +128,7 @@ def test_a_table_added_while_changes_stream_into_it_is_copied_online_and_ends_eq
 def test_a_copy_killed_at_random_moments_resumes_from_its_last_chunk_and_loses_nothing(
         settings: Settings, settings_env: dict[str, str], mariadb: MariaDBServer, source: Conn, staging: PG,
         source_db: str, tmp_path: Path, daemons: Daemons) -> None:
-    execute(source, SALES_DDL, ITEMS)
-    with source.cursor() as cur:
-        cur.executemany("INSERT INTO items VALUES (%s, %s, %s)", [(i, f"g{i % 5}", i) for i in range(1, 8001)])
-    with running_pipeline(settings):  # sales_data only
-        wait_caught_up(staging, source)
+    items_not_yet_followed(settings, source, staging, 8000)
     env = {**settings_env, "SOFTCART_SOURCE_TABLES": "sales_data,items", "SOFTCART_ONLINE_COPY_CHUNK_ROWS": "200",
            "SOFTCART_ONLINE_COPY_ROWS_PER_SECOND": "4000"}
     rnd = random.Random(1818)
@@ -160,12 +162,8 @@ def test_a_copy_killed_at_random_moments_resumes_from_its_last_chunk_and_loses_n
 
 def test_a_table_removed_and_added_back_is_copied_again_without_stale_rows(
         settings: Settings, source: Conn, staging: PG, source_db: str) -> None:
-    execute(source, SALES_DDL, ITEMS)
-    with source.cursor() as cur:
-        cur.executemany("INSERT INTO items VALUES (%s, 'a', %s)", [(i, i) for i in range(1, 1001)])
+    items_not_yet_followed(settings, source, staging, 1000)
     both = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 64})
-    with running_pipeline(settings):
-        wait_caught_up(staging, source)
     with running_pipeline(both):
         wait_until(lambda: finished(staging, "items"), 60, "the first copy")
         wait_caught_up(staging, source)
@@ -209,11 +207,7 @@ def test_changes_to_exactly_the_keys_of_the_chunk_being_read_end_right(
     into it. Those changes are past P: the chunk must be in staging before them."""
     import cdc.capture.online as online
 
-    execute(source, SALES_DDL, ITEMS)
-    with source.cursor() as cur:
-        cur.executemany("INSERT INTO items VALUES (%s, 'a', %s)", [(i, i) for i in range(1, 601)])
-    with running_pipeline(settings):
-        wait_caught_up(staging, source)
+    items_not_yet_followed(settings, source, staging, 600)
     other = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db, autocommit=True)
     read, hits = online.read_chunk, []
 
@@ -286,11 +280,7 @@ def test_resnapshot_of_tables_against_a_running_daemon_copies_them_again_online(
 
 def test_a_copier_that_loses_its_source_connection_retries_without_stopping_the_stream(
         settings: Settings, source: Conn, staging: PG, source_db: str) -> None:
-    execute(source, SALES_DDL, ITEMS)
-    with source.cursor() as cur:
-        cur.executemany("INSERT INTO items VALUES (%s, 'a', %s)", [(i, i) for i in range(1, 3001)])
-    with running_pipeline(settings):
-        wait_caught_up(staging, source)
+    items_not_yet_followed(settings, source, staging, 3000)
     added = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 100,
                                         "online_copy_rows_per_second": 600.0})
     with running_pipeline(added) as pipeline:
