@@ -11,7 +11,6 @@ provides), and the guard that cuts a staging connection gone silent. Metrics are
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +20,7 @@ from typing import Any, Protocol
 import psycopg
 import structlog
 
-from loader.online import ChunkGate, Fence, apply_chunk, fenced, refusal
+from loader.online import ChunkGate, Fence, apply_chunk, fenced, fenced_item, refusal
 from loader.pg import cut, pg_connect
 from loader.staging import StagingWriter
 from transform.batching import Batching, BatchLimits
@@ -168,11 +167,12 @@ class Applier:
 
     def _fenced(self, item: TxnChunk) -> TxnChunk:
         """``item`` without the changes online-copied chunks hold already (loader/online.py)."""
-        if item.commit is None:
-            return item  # its end not yet seen: can't be proved to end by a chunk's position
-        self._passed(item.commit)
-        keep = self._keep()
-        return item if keep is None or not item.changes else dataclasses.replace(item, changes=keep(item.changes))
+        if item.commit is not None:
+            self._passed(item.commit)
+        return fenced_item(item, self._fences, self._fence_keys(self._fences))
+
+    def _fence_keys(self, fences: list[Fence]) -> dict[str, Sequence[int]]:
+        return {f.table: self.writer.tables[f.table].key_indexes() for f in fences}
 
     def _passed(self, at: Position) -> None:
         """The stream is at ``at``: the fences of chunks read before it no longer hold."""
@@ -184,18 +184,18 @@ class Applier:
         fences = list(self._fences)
         if not fences:
             return None
-        keys = {f.table: self.writer.tables[f.table].key_indexes() for f in fences}
+        keys = self._fence_keys(fences)
         return lambda changes: fenced(changes, fences, keys)
 
     def _take(self, item: TxnChunk, feed: Feed) -> bool:
         """One slice of a source transaction into the open batch; True: commit now."""
+        self.observer.read(item.changes)  # as the binlog has them, fenced or not
         if self._fences:
             item = self._fenced(item)
         st, batch, writer = self.state, self.batch, self.writer
         batch.begin_slice(time.monotonic())
         if not st.open_origin:
             st.open_origin = item.origin() or st.heard_at
-        self.observer.read(item.changes)
         if item.hold:  # a prepared XA transaction's rows: kept, counted when its XA COMMIT applies them
             with self.guarded():
                 writer.hold(item.changes)

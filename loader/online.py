@@ -27,6 +27,7 @@ Key ranges are compared in the same order on both sides (binary collation for te
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import pickle
 import threading
@@ -244,6 +245,16 @@ def fenced(changes: tuple[RowChange, ...], fences: list[Fence], key_indexes: Map
         elif not inside(ch.after if ch.op is Op.INSERT else ch.before):
             out.append(ch)
     return tuple(out)
+
+
+def fenced_item(item: TxnChunk, fences: list[Fence], key_indexes: Mapping[str, Sequence[int]]) -> TxnChunk:
+    """``item`` (its transaction ends by every fence's position) without what the fenced chunks
+    hold. A slice without its end can't be proved to end by a fence's position, and the rows of an
+    XA PREPARE are held, not applied: they are judged when applied, at their XA COMMIT (its own
+    position may be past a chunk's that does not have them)."""
+    if item.commit is None or item.hold or not item.changes or not fences:
+        return item
+    return dataclasses.replace(item, changes=fenced(item.changes, fences, key_indexes))
 
 
 # Applying a chunk ---------------------------------------------------------------------------------

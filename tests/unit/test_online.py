@@ -9,7 +9,7 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loader.online import Chunk, ChunkGate, Fence, ends_by, fenced
+from loader.online import Chunk, ChunkGate, Fence, ends_by, fenced, fenced_item
 from transform.model import Op, Position, RowChange, SchemaChange, TxnChunk
 
 P = Position("mysql-bin.000002", 500)
@@ -43,6 +43,18 @@ def test_a_primary_key_change_is_judged_as_a_delete_and_an_insert() -> None:
     assert fenced((upd(12, 18),), [fence], KEYS) == ()
     bad = RowChange("items", Op.INSERT, None, None, error="no PostgreSQL form", key=(12,))
     assert fenced((bad,), [fence], KEYS) == (bad,), "a dead letter is recorded whatever the range"
+
+
+def test_only_whole_applied_transactions_are_fenced_held_xa_rows_wait_for_their_commit() -> None:
+    fence = Fence("items", P, None, None)
+    by_p = Position("mysql-bin.000002", 400)
+    whole = TxnChunk((ins(1), RowChange("other", Op.INSERT, None, (1,))), by_p)
+    assert fenced_item(whole, [fence], KEYS).changes == (RowChange("other", Op.INSERT, None, (1,)),)
+    slice_ = TxnChunk((ins(1),), None)
+    assert fenced_item(slice_, [fence], KEYS) is slice_, "its end unseen: not provably by P"
+    prepared = TxnChunk((ins(1),), by_p, hold=True, xa_prepared="x1")
+    assert fenced_item(prepared, [fence], KEYS) is prepared, "held until its XA COMMIT, judged then"
+    assert fenced_item(whole, [], KEYS) is whole
 
 
 @given(st.lists(st.integers(0, 40), min_size=1, max_size=30), st.integers(0, 40), st.integers(0, 40))
