@@ -252,7 +252,7 @@ def _resnapshot(settings: Settings, args: argparse.Namespace) -> int:
     from cdc.capture.online import request_copies
     from cdc.pipeline import Pipeline, daemon_running
 
-    running = not args.tables and settings.online_copy == "auto" and daemon_running(settings)
+    running = not args.tables and settings.online_copy != "off" and daemon_running(settings)
     tables = list(args.tables) or (list(settings.source_tables) if running else [])
     if tables:
         estimates = request_copies(settings, tables)

@@ -22,9 +22,17 @@ from cdc.capture import mysql
 from cdc.capture.feed import SourceFeed
 from cdc.capture.flavor import Flavor
 from cdc.capture.lag import LagProbe
-from cdc.capture.online import Copy, OnlineCopier, estimate_rows, pending_copies, start_copies
+from cdc.capture.online import (
+    Copy,
+    OnlineCopier,
+    copy_method,
+    ensure_signal_table,
+    estimate_rows,
+    pending_copies,
+    start_copies,
+)
 from cdc.capture.positions import Resume, resume_from, unavailable
-from cdc.capture.snapshot import SourceRows, open_snapshot, take_snapshot
+from cdc.capture.snapshot import SourceRows, binlog_end, open_snapshot, take_snapshot
 from cdc.errors import as_ours
 from cdc.metrics import Metrics
 from cdc.ops.check import refuse_unready_source
@@ -259,7 +267,7 @@ class Pipeline:
         added = {name: t for name, t in tables.items() if name not in followed}
         if not added:
             return
-        if flavor.mariadb and self.settings.online_copy == "auto":
+        if copy_method(self.settings.online_copy, flavor):
             self._start_online_copies(writer, added, flavor)
             return
         log.info("tables_added", tables=list(added), note="copied before the stream resumes")
@@ -280,8 +288,11 @@ class Pipeline:
             # tables up to it (a statement-format change, a DDL from before they were added) is in
             # the copy already, and the stream leaves it out (the fences, as for a table copied
             # before the stream resumes).
-            start = open_snapshot(conn, flavor)
-            conn.rollback()
+            if copy_method(self.settings.online_copy, flavor) == "snapshot":
+                start = open_snapshot(conn, flavor)
+                conn.rollback()
+            else:  # no lock: every chunk's low watermark is written after this
+                start = binlog_end(conn, flavor)
         finally:
             conn.close()
         pipeline = self.settings.pipeline_name
@@ -332,10 +343,11 @@ class Pipeline:
         if fenced:
             log.info("tables_fenced", tables={t: str(p) for t, p in fenced.items()},
                      note="copied past the stream's position: their events up to it are in the copy")
-        feed = SourceFeed(self.settings, tables, flavor, position, fenced)
+        method = copy_method(self.settings.online_copy, flavor)
+        signal = ensure_signal_table(self.settings) if method == "signal" else None
+        feed = SourceFeed(self.settings, tables, flavor, position, fenced, signal)
         self._feed = feed
-        online = flavor.mariadb and self.settings.online_copy == "auto"
-        gate = ChunkGate(max(10.0, self.settings.read_timeout_seconds)) if online else None
+        gate = ChunkGate(max(10.0, self.settings.read_timeout_seconds)) if method else None
         applier = Applier(self.settings.apply_config, writer, self.state, self._observer,
                           lambda: SourceRows(self.settings), gate)
 
@@ -346,7 +358,7 @@ class Pipeline:
         feed.start()
         threads = [_worker("staging-writer", writer_loop, inner, errors)]
         if gate is not None:
-            copier = OnlineCopier(self.settings, flavor, lambda: self._pending_copies(tables), gate)
+            copier = OnlineCopier(self.settings, flavor, lambda: self._pending_copies(tables), gate, method)
             threads.append(_worker("online-copier", lambda: copier.run(inner), inner, errors))
         self.state.streaming = True
         self.state.alive_at = time.time()

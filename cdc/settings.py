@@ -111,9 +111,11 @@ class Settings(BaseSettings):
     chunk_rows: int = Field(5000, ge=1, description="rows per slice of a source transaction in the queue")
     queue_chunks: int = Field(16, ge=1, description="capacity of the reader->writer queue, in slices")
     snapshot_chunk_rows: int = Field(50000, ge=1, description="rows per COPY chunk during the snapshot")
-    online_copy: Literal["auto", "off"] = Field(
-        "auto", description="a table added to SOURCE_TABLES is copied online, in chunks, while the stream goes on"
-        " (auto: on a MariaDB source; off, or MySQL: copied before the stream resumes)")
+    online_copy: Literal["auto", "signal", "off"] = Field(
+        "auto", description="a table added to SOURCE_TABLES (or named by `resnapshot TABLE`) is copied online, in "
+        "chunks, while the stream goes on. auto: on MariaDB by snapshot positions (no write on the source), on MySQL "
+        "by watermarks; signal: by watermarks, rows the daemon writes in the source table softcart_signal (it makes "
+        "it, or says what to grant); off: copied before the stream resumes")
     online_copy_chunk_rows: int = Field(2000, ge=1, description="rows per chunk of an online copy (the stream"
                                         " waits for each chunk's apply: smaller keeps it fresher)")
     online_copy_rows_per_second: float = Field(0.0, ge=0, description="throttle of an online copy (0: none)")

@@ -13,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import queue
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
 import structlog
 
-from loader.online import ChunkGate, Fence, apply_chunk, fenced, fenced_item, refusal
+from loader.online import Chunk, ChunkGate, Fence, Key, Window, apply_chunk, fenced, fenced_item, refusal, watermarks
 from loader.pg import cut, pg_connect
 from loader.staging import StagingWriter
 from transform.batching import Batching, BatchLimits
@@ -96,6 +96,7 @@ class Applier:
         self._lock_wait_seen = False
         self._lock_asked_at = 0.0
         self._fences: list[Fence] = []  # chunks applied whose position the stream has not passed
+        self._window: Window | None = None  # the watermark method: between a chunk's watermarks
 
     # The loop ------------------------------------------------------------------------------------
 
@@ -144,26 +145,52 @@ class Applier:
         if isinstance(item, Heartbeat):
             self._fences = []  # the reader is at the binlog's end: past every chunk's position
         chunk = self.gate.idle() if item is None or isinstance(item, Heartbeat) else self.gate.before(item)
-        if chunk is None:
-            return
+        if chunk is not None:
+            self._apply_chunk(chunk)
+
+    def _apply_chunk(self, chunk: Chunk, skip: Collection[Key] = ()) -> None:
+        """An online copy's chunk into the open batch (on its own if the batch has no transaction),
+        but for the keys in ``skip``; or refused, and the copier told."""
+        gate = self.gate
+        assert gate is not None
         refused = refusal(self.writer, chunk)
         if refused is not None:
             reason, final = refused
             (log.error if final else log.info)("online_copy_chunk_refused", table=chunk.table, reason=reason)
-            self.gate.cancel(give_up=reason if final else "")
+            gate.cancel(give_up=reason if final else "")
             return
         self._flush()
         with self.guarded():
-            applied = apply_chunk(self.writer, chunk, self.config.pipeline)
+            applied = apply_chunk(self.writer, chunk, self.config.pipeline, skip)
         self.batch.add_rows(applied)
-        self._fences.append(Fence(chunk.table, chunk.position, chunk.lo, chunk.hi))
+        if not chunk.watermark:
+            self._fences.append(Fence(chunk.table, chunk.position, chunk.lo, chunk.hi))
         if self._last is None:  # no transaction in the batch: the chunk commits on its own
             with self.guarded():
                 self.writer.commit(None, None, origin=f"online copy at {chunk.position}")
             self.batch.committed()
         self.state.progress_at = time.time()
         self.observer.copied(chunk.table, len(chunk.rows), chunk.hi is None)
-        self.gate.applied()
+        gate.applied()
+
+    def _watermark(self, kind: str, watermark: str) -> None:
+        """The watermark method (loader/online.py): a low watermark opens the window of its
+        chunk's table; the high one applies the chunk without the keys changed in the window."""
+        gate = self.gate
+        assert gate is not None
+        if kind == "low":
+            table = gate.low_watermark(watermark)
+            if table is not None and table in self.writer.tables:
+                self._window = Window(table, watermark, self.writer.tables[table].key_indexes())
+            return
+        window = self._window
+        if window is None or window.watermark != watermark:
+            return  # an old one (before a restart), or another copier's
+        self._window = None
+        chunk = gate.high_watermark(watermark)
+        if chunk is None:
+            return  # the copier gave it up
+        self._apply_chunk(chunk, window.keys)
 
     def _fenced(self, item: TxnChunk) -> TxnChunk:
         """``item`` without the changes online-copied chunks hold already (loader/online.py)."""
@@ -180,15 +207,26 @@ class Applier:
 
     def _keep(self) -> Callable[[tuple[RowChange, ...]], tuple[RowChange, ...]] | None:
         """What the live fences leave of a transaction's changes (they all hold: the transaction
-        ends by each one's position); None: no fence."""
-        fences = list(self._fences)
-        if not fences:
+        ends by each one's position), noted by the open window; None: neither."""
+        fences, window = list(self._fences), self._window
+        if not fences and window is None:
             return None
         keys = self._fence_keys(fences)
-        return lambda changes: fenced(changes, fences, keys)
+
+        def keep(changes: tuple[RowChange, ...]) -> tuple[RowChange, ...]:
+            if fences:
+                changes = fenced(changes, fences, keys)
+            if window is not None:
+                window.note(changes)
+            return changes
+
+        return keep
 
     def _take(self, item: TxnChunk, feed: Feed) -> bool:
         """One slice of a source transaction into the open batch; True: commit now."""
+        marks: list[tuple[str, str]] = []
+        if self.gate is not None:
+            item, marks = watermarks(item, self.config.pipeline)
         self.observer.read(item.changes)  # as the binlog has them, fenced or not
         if self._fences:
             item = self._fenced(item)
@@ -205,6 +243,8 @@ class Applier:
                 with self.guarded():
                     batch.add_rows(writer.apply_held("", keep=self._keep()))
             self._buffer.extend(item.changes)
+            if self._window is not None:
+                self._window.note(item.changes)
             batch.add_rows(item.rows)
         if item.commit is not None and (item.xa_commit or item.xa_rollback or item.xa_prepared or item.stops):
             self._flush()
@@ -214,6 +254,8 @@ class Applier:
         ends = item.commit is not None
         if ends:
             self._last = item
+        for kind, watermark in marks:  # after the transaction's own rows: a chunk saves its position
+            self._watermark(kind, watermark)
         return batch.end_slice(ends, time.monotonic(), feed.empty())
 
     def _flush(self) -> None:

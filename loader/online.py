@@ -20,6 +20,16 @@ its end not yet seen) applies as it comes; if it ends by P its rows in the range
 chunk's (full row images), so they show an older state until the stream reaches P, then the
 same rows as the source.
 
+Where the source can't name a snapshot's position without a lock (MySQL), or where asked
+(``SOFTCART_ONLINE_COPY=signal``), DBLog's own method: the copier writes a low watermark (a row of
+``softcart_signal``, a small table of ours on the source), reads the chunk with a plain read,
+hands it over and writes a high watermark. The applier, seeing the low watermark in the stream,
+notes the keys of the chunk's table that transactions committing after it change (``Window``);
+at the high watermark it applies the chunk without those keys (the stream has them, newer), in
+the batch that saves the high watermark's position and the copy's progress. A key nobody changed
+between the two watermarks had the same row all that time, the chunk's. The copy then goes as
+fast as the stream reaches each high watermark.
+
 Key ranges are compared in the same order on both sides (binary collation for text keys,
 ``transform.fingerprint.range_where``), as the reconcile compares them.
 """
@@ -31,7 +41,7 @@ import dataclasses
 import enum
 import pickle
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +60,8 @@ log = structlog.get_logger(__name__)
 
 Key = tuple[Any, ...]
 
+SIGNAL_TABLE = "softcart_signal"  # the watermark method's table on the source (cdc/capture/online.py)
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -63,6 +75,7 @@ class Chunk:
     hi: Key | None
     next_source: Key | None  # the source's form of ``hi``: where the next chunk starts
     rows: tuple[tuple[Any, ...], ...]
+    watermark: str = ""  # the watermark method's chunk: its watermarks' id ("": read at ``position``)
 
 
 class _State(enum.Enum):
@@ -71,6 +84,7 @@ class _State(enum.Enum):
     PAUSED = "paused"  # the applier stopped: the copier opens its snapshot now
     OPEN = "open"  # P known: the applier takes what ends by P while the copier reads the chunk
     READY = "ready"  # the chunk is here
+    SIGNALLED = "signalled"  # the watermark method: the copier writes a low watermark, reads, writes a high one
 
 
 def ends_by(item: TxnChunk | SchemaChange, p: Position) -> bool:
@@ -92,6 +106,8 @@ class ChunkGate:
         self._chunk: Chunk | None = None
         self._wait = wait_seconds
         self._applied = 0  # chunks applied so far (the copier waits for its own)
+        self._watermark = ""  # the watermark method: the id of the chunk's watermarks
+        self._table = ""  # and its table
         self.closed = False
         self.active = False  # a copier is at work: the applier polls its queue briefly, to answer soon
         self.given_up = ""  # why the last chunk's table can't be copied online (set by cancel)
@@ -121,9 +137,22 @@ class ChunkGate:
                 self._p, self._state = p, _State.OPEN
                 self._cond.notify_all()
 
+    def expect(self, watermark: str, table: str) -> None:
+        """The watermark method: a low watermark ``watermark`` is about to be written for a chunk
+        of ``table``; the applier notes the changes to it from there on."""
+        with self._cond:
+            self._state, self._chunk, self._p = _State.SIGNALLED, None, None
+            self._watermark, self._table = watermark, table
+            self._cond.notify_all()
+
     def deliver(self, chunk: Chunk) -> int | None:
         """Hand the chunk over; returns a ticket for ``wait_applied`` (None: it was cancelled)."""
         with self._cond:
+            if chunk.watermark:
+                if self._state is not _State.SIGNALLED or self._watermark != chunk.watermark:
+                    return None
+                self._chunk = chunk
+                return self._applied + 1
             if self._state is not _State.OPEN or self._p != chunk.position:
                 return None
             self._chunk, self._state = chunk, _State.READY
@@ -145,7 +174,7 @@ class ChunkGate:
         """The chunk is given up (the copier's error, or the applier can't take it): the applier
         goes on. ``give_up``: why the table can't be copied online at all (the copier moves on)."""
         with self._cond:
-            self._state, self._chunk, self._p = _State.IDLE, None, None
+            self._state, self._chunk, self._p, self._watermark = _State.IDLE, None, None, ""
             self.given_up = give_up
             self._cond.notify_all()
 
@@ -182,8 +211,23 @@ class ChunkGate:
     def applied(self) -> None:
         with self._cond:
             self._applied += 1
-            self._state, self._chunk, self._p = _State.IDLE, None, None
+            self._state, self._chunk, self._p, self._watermark = _State.IDLE, None, None, ""
             self._cond.notify_all()
+
+    def low_watermark(self, watermark: str) -> str | None:
+        """The stream brings low watermark ``watermark``: the table whose changes to note from
+        here on, if it is the chunk's being read (None: an old one, or another pipeline's)."""
+        with self._cond:
+            ours = self._state is _State.SIGNALLED and watermark == self._watermark
+            return self._table if ours else None
+
+    def high_watermark(self, watermark: str) -> Chunk | None:
+        """The stream brings high watermark ``watermark``: its chunk, to apply now (None: not ours,
+        or the copier gave it up)."""
+        with self._cond:
+            if self._state is _State.SIGNALLED and watermark == self._watermark:
+                return self._chunk
+            return None
 
     def _pause_if_asked(self) -> None:
         if self._state is _State.REQUESTED:
@@ -257,6 +301,41 @@ def fenced_item(item: TxnChunk, fences: list[Fence], key_indexes: Mapping[str, S
     return dataclasses.replace(item, changes=fenced(item.changes, fences, key_indexes))
 
 
+# The watermark method -----------------------------------------------------------------------------
+
+SIGNAL_COLUMNS = ("pipeline", "kind", "watermark", "written_at")  # softcart_signal's, in this order
+
+
+@dataclass
+class Window:
+    """Between a chunk's low and high watermarks: the keys of its table that transactions
+    committing there change (the stream brings them newer than the chunk may have them)."""
+
+    table: str
+    watermark: str
+    key_indexes: Sequence[int]
+    keys: set[Key] = dataclasses.field(default_factory=set)
+
+    def note(self, changes: Sequence[RowChange]) -> None:
+        idx = self.key_indexes
+        for ch in changes:
+            if ch.table == self.table:
+                for row in (ch.before, ch.after):
+                    if row is not None:
+                        self.keys.add(tuple(row[i] for i in idx))
+
+
+def watermarks(item: TxnChunk, pipeline: str) -> tuple[TxnChunk, list[tuple[str, str]]]:
+    """``item`` without its rows of the signal table, and the watermarks of ``pipeline`` among them
+    (kind, id), in order."""
+    if not any(ch.table == SIGNAL_TABLE for ch in item.changes):
+        return item, []
+    marks = [(str(ch.after[1]), str(ch.after[2])) for ch in item.changes
+             if ch.table == SIGNAL_TABLE and ch.after is not None and ch.error is None and ch.after[0] == pipeline]
+    rest = tuple(ch for ch in item.changes if ch.table != SIGNAL_TABLE)
+    return dataclasses.replace(item, changes=rest), marks
+
+
 # Applying a chunk ---------------------------------------------------------------------------------
 
 def key_part(table: Table) -> Table:
@@ -285,25 +364,31 @@ def refusal(writer: StagingWriter, chunk: Chunk) -> tuple[str, bool] | None:
     return None
 
 
-def apply_chunk(writer: StagingWriter, chunk: Chunk, pipeline: str) -> int:
+def apply_chunk(writer: StagingWriter, chunk: Chunk, pipeline: str, skip: Collection[Key] = ()) -> int:
     """The chunk into the open transaction (``refusal`` said none): its key range in staging made
-    equal to it, and the copy's progress saved. Returns the rows changed."""
+    equal to it, but for the keys in ``skip`` (the stream has them newer), and the copy's progress
+    saved. Returns the rows changed."""
     table = writer.tables[chunk.table]
     conv, key_conv = RowConverter(table), RowConverter(key_part(table))
     picks = table.key_indexes()
     changes: list[RowChange] = []
-    present: set[Key] = set()
+    present: set[Key] = set(skip)
     for raw in chunk.rows:
         try:
             row = conv.from_snapshot(raw)
         except Unrepresentable as exc:
             with_key = [raw[i] for i in picks]
-            writer.dead_letter(table.name, with_key, str(exc), repr(raw)[:10000])
             with contextlib.suppress(Unrepresentable):  # its old row stays, as in a snapshot
-                present.add(tuple(key_conv.from_snapshot(with_key)))
+                key = tuple(key_conv.from_snapshot(with_key))
+                if key in skip:
+                    continue
+                present.add(key)
+            writer.dead_letter(table.name, with_key, str(exc), repr(raw)[:10000])
             continue
-        present.add(tuple(row[i] for i in picks))
-        changes.append(RowChange(table.name, Op.INSERT, None, row))
+        key = tuple(row[i] for i in picks)
+        if key not in skip:
+            present.add(key)
+            changes.append(RowChange(table.name, Op.INSERT, None, row))
     # staging has it, the source had not: gone while we did not follow
     changes += [deletion(table, key) for key in staged_keys(writer, table, chunk.lo, chunk.hi) if key not in present]
     applied = writer.apply(changes)

@@ -51,10 +51,11 @@ class SourceFeed:
     """Items of the binlog source, read by a thread or a child process, in order (``get``, ``empty``)."""
 
     def __init__(self, settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position,
-                 fences: dict[str, Position] | None = None) -> None:
+                 fences: dict[str, Position] | None = None, signal: Table | None = None) -> None:
+        """``signal``: the online copies' watermark table, whose rows are read too (loader/online.py)."""
         self._local: collections.deque[Item] = collections.deque()
         self._failed: BaseException | None = None
-        args = (settings, tables, flavor, start, dict(fences or {}))
+        args = (settings, tables, flavor, start, dict(fences or {}), signal)
         capacity = settings.chunk_rows  # rows gathered before the queue (its messages hold the rest)
         self._in_process = settings.reader == "process"
         if self._in_process:
@@ -134,7 +135,7 @@ def _die_with_parent() -> None:
 
 
 def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position, fences: dict[str, Position],
-           messages: Any, stop: Any, chunk_rows: int, own_process: bool) -> None:
+           signal: Table | None, messages: Any, stop: Any, chunk_rows: int, own_process: bool) -> None:
     from cdc.capture.source import BinlogSource
 
     if own_process:
@@ -148,7 +149,7 @@ def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: 
     handoff = _Handoff(messages, stop, chunk_rows)
     ship = threading.Thread(target=handoff.send_all, name="binlog-sender", daemon=True)
     ship.start()
-    source = BinlogSource(settings, tables, flavor, start, fences=fences)
+    source = BinlogSource(settings, tables, flavor, start, fences=fences, signal=signal)
     try:
         for item in source.chunks(handoff.local_stop):
             handoff.put(item)

@@ -3,9 +3,11 @@ of its own, and hands each chunk to the applier through the ChunkGate (loader/on
 method and why it is exact). No table lock, no long transaction on the source (one snapshot per
 chunk), memory bounded by a chunk; other tables stream on meanwhile.
 
-MariaDB only: its consistent snapshot names its binlog position without a lock. MySQL reports it
-only under FLUSH TABLES WITH READ LOCK, which an online copy must not take once per chunk; there a
-table added to the settings is copied before the stream resumes, as before.
+Two methods (``copy_method``). On MariaDB a consistent snapshot names its binlog position without a
+lock: each chunk is read as of that position, and nothing is written on the source. MySQL reports
+it only under FLUSH TABLES WITH READ LOCK, which an online copy must not take once per chunk: there
+(and with SOFTCART_ONLINE_COPY=signal) DBLog's watermarks, rows of ``softcart_signal`` written
+around each chunk's read (``ensure_signal_table`` makes the table, or says what to grant).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import pickle
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +25,12 @@ import structlog
 from psycopg import sql
 
 from cdc.capture.flavor import Flavor
-from cdc.capture.mysql import connect
-from cdc.capture.mysql import flavor as mysql_flavor
+from cdc.capture.mysql import connect, read_table
 from cdc.capture.snapshot import open_snapshot, quote_mysql, select_list
 from cdc.errors import as_ours
 from cdc.settings import Settings
 from loader.ddl import META, load_definitions, stopped_tables
-from loader.online import Chunk, ChunkGate, key_part, order_by
+from loader.online import SIGNAL_COLUMNS, SIGNAL_TABLE, Chunk, ChunkGate, key_part, order_by
 from loader.pg import pg_connect
 from transform.errors import ConfigError, TransientError
 from transform.fingerprint import Dialect, col_of, range_where
@@ -39,6 +41,65 @@ from transform.values import RowConverter
 log = structlog.get_logger(__name__)
 
 Key = tuple[Any, ...]
+
+
+def copy_method(setting: str, flavor: Flavor) -> str:
+    """How tables are copied online: "snapshot" (a MariaDB snapshot's position per chunk, no write
+    on the source), "signal" (watermark rows written on the source: MySQL, or when asked), or ""
+    (SOFTCART_ONLINE_COPY=off: copied before the stream resumes)."""
+    if setting == "off":
+        return ""
+    return "snapshot" if setting == "auto" and flavor.mariadb else "signal"
+
+
+SIGNAL_DDL = (f"CREATE TABLE {SIGNAL_TABLE} (pipeline VARCHAR(63) NOT NULL, kind VARCHAR(4) NOT NULL,"
+              " watermark CHAR(32) NOT NULL, written_at DATETIME(6) NOT NULL, PRIMARY KEY (pipeline, kind))"
+              " ENGINE=InnoDB")
+
+
+def ensure_signal_table(settings: Settings) -> Table:
+    """The watermark method's table on the source, made if it is not there; its definition (the
+    binlog reader decodes its rows). Without the right to make or write it, says what to grant."""
+    db = settings.source.database
+    grant = (f"as an administrator, run: {SIGNAL_DDL.replace('CREATE TABLE ', f'CREATE TABLE {db}.')};"
+             f" GRANT SELECT, INSERT, UPDATE ON {db}.{SIGNAL_TABLE} TO <the account of SOFTCART_SOURCE_URL>")
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                        (db, SIGNAL_TABLE))
+            if cur.fetchone() is None:
+                try:
+                    cur.execute(SIGNAL_DDL)
+                except pymysql.err.MySQLError as exc:
+                    if exc.args and exc.args[0] in (1142, 1044):  # no CREATE right
+                        raise ConfigError(f"online copies by watermarks need the table {db}.{SIGNAL_TABLE}"
+                                          f" on the source: {grant} (or set SOFTCART_ONLINE_COPY=off)") from None
+                    raise
+                log.info("signal_table_created", table=f"{db}.{SIGNAL_TABLE}")
+        table = read_table(conn, db, SIGNAL_TABLE)
+    finally:
+        conn.close()
+    if table.column_names != SIGNAL_COLUMNS:
+        raise ConfigError(f"{db}.{SIGNAL_TABLE} on the source has columns {', '.join(table.column_names)}, not"
+                          f" {', '.join(SIGNAL_COLUMNS)}: drop it, and the daemon makes it anew ({grant})")
+    return table
+
+
+def write_watermark(conn: pymysql.connections.Connection, settings: Settings, kind: str, watermark: str) -> None:
+    """One watermark on the source (its own transaction: the connection is in autocommit)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"INSERT INTO {SIGNAL_TABLE} (pipeline, kind, watermark, written_at)"
+                        " VALUES (%s, %s, %s, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE watermark = %s,"
+                        " written_at = UTC_TIMESTAMP(6)", (settings.pipeline_name, kind, watermark, watermark))
+    except pymysql.err.MySQLError as exc:
+        if exc.args and exc.args[0] in (1142, 1044):
+            raise ConfigError(f"the source account may not write {settings.source.database}.{SIGNAL_TABLE}"
+                              f" (online copies by watermarks): GRANT SELECT, INSERT, UPDATE ON"
+                              f" {settings.source.database}.{SIGNAL_TABLE} TO it, or set"
+                              " SOFTCART_ONLINE_COPY=off") from None
+        raise
 
 
 @dataclass
@@ -108,14 +169,10 @@ def request_copies(settings: Settings, names: list[str]) -> dict[str, int]:
     if unknown:
         raise ConfigError(f"not among SOFTCART_SOURCE_TABLES ({', '.join(settings.source_tables)}): "
                           f"{', '.join(unknown)}; add a table there first (the daemon copies it at its start)")
-    if settings.online_copy != "auto":
+    if settings.online_copy == "off":
         raise ConfigError("SOFTCART_ONLINE_COPY=off: stop the daemon and run `softcart-sync resnapshot` (all tables)")
     conn = connect(settings)
     try:
-        flavor = mysql_flavor(conn)
-        if not flavor.mariadb:
-            raise ConfigError(f"online copies need a MariaDB source (this is {flavor.name}): stop the daemon and run"
-                              " `softcart-sync resnapshot` (all tables)")
         estimates = estimate_rows(conn, settings.source.database, names)
     finally:
         conn.close()
@@ -141,9 +198,10 @@ class OnlineCopier:
     a chunk at a time, and asks again every couple of seconds, until ``stop``."""
 
     def __init__(self, settings: Settings, flavor: Flavor, pending: Callable[[], dict[str, Copy]],
-                 gate: ChunkGate) -> None:
+                 gate: ChunkGate, method: str = "snapshot") -> None:
         self.settings = settings
         self.flavor = flavor
+        self.method = method  # copy_method's
         self.pending = pending
         self.gate = gate
 
@@ -192,10 +250,11 @@ class OnlineCopier:
         started, logged = time.monotonic(), 0.0
         while not stop.is_set():
             began = time.monotonic()
-            chunk = self._read(conn, copy, key_conv)
-            if chunk is None:
+            handed = self._signalled(conn, copy, key_conv) if self.method == "signal" else self._snapshot(conn, copy,
+                                                                                                          key_conv)
+            if handed is None:
                 continue  # the applier did not stop in time: ask again
-            ticket = self.gate.deliver(chunk)
+            chunk, ticket = handed
             if ticket is None or not self.gate.wait_applied(ticket, stop):
                 if stop.is_set() or self.gate.closed:
                     return False
@@ -215,6 +274,13 @@ class OnlineCopier:
             if s.online_copy_rows_per_second > 0:  # the throttle: pace the next chunk
                 stop.wait(max(0.0, len(chunk.rows) / s.online_copy_rows_per_second - (time.monotonic() - began)))
         return False
+
+    def _snapshot(self, conn: pymysql.connections.Connection, copy: Copy, key_conv: RowConverter
+                  ) -> tuple[Chunk, int | None] | None:
+        """The snapshot method: one chunk read as of a snapshot's position, handed over (None: the
+        applier did not stop in time)."""
+        chunk = self._read(conn, copy, key_conv)
+        return None if chunk is None else (chunk, self.gate.deliver(chunk))
 
     def _read(self, conn: pymysql.connections.Connection, copy: Copy, key_conv: RowConverter) -> Chunk | None:
         """One chunk in a snapshot of its own, the applier held at a transaction boundary while the
@@ -237,3 +303,22 @@ class OnlineCopier:
         hi = tuple(key_conv.from_snapshot(next_source)) if next_source is not None else None
         return Chunk(copy.table.name, position, copy.table.column_names, copy.next_staging, hi, next_source,
                      tuple(tuple(r) for r in rows))
+
+    def _signalled(self, conn: pymysql.connections.Connection, copy: Copy, key_conv: RowConverter
+                   ) -> tuple[Chunk, int | None]:
+        """The watermark method: a low watermark, one chunk read as the source has it now, handed
+        over, then a high watermark; the applier applies it when the stream brings the latter."""
+        watermark = uuid.uuid4().hex
+        self.gate.expect(watermark, copy.table.name)
+        try:
+            write_watermark(conn, self.settings, "low", watermark)
+            rows, next_source = read_chunk(conn, copy.table, copy.next_source, self.settings.online_copy_chunk_rows)
+            hi = tuple(key_conv.from_snapshot(next_source)) if next_source is not None else None
+            chunk = Chunk(copy.table.name, Position("", 0, ""), copy.table.column_names, copy.next_staging, hi,
+                          next_source, tuple(tuple(r) for r in rows), watermark)
+            ticket = self.gate.deliver(chunk)
+            write_watermark(conn, self.settings, "high", watermark)
+        except BaseException:
+            self.gate.cancel()
+            raise
+        return chunk, ticket

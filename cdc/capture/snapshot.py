@@ -96,6 +96,21 @@ def open_snapshot(conn: pymysql.connections.Connection, flavor: Flavor) -> Posit
     return Position(file, pos, gtid)
 
 
+def binlog_end(conn: pymysql.connections.Connection, flavor: Flavor) -> Position:
+    """Where the source's binlog ends now (no lock: what committed before it is visible to any
+    read that starts after this returns)."""
+    with conn.cursor() as cur:
+        cur.execute(flavor.binlog_status_sql)
+        file, pos = snapshot_position(False, list(cur.fetchall()))
+        if flavor.mariadb:
+            gtid = _mariadb_gtid(cur, file, pos)
+        else:
+            cur.execute(flavor.gtid_sql)
+            row = cur.fetchone()
+            gtid = _one_line(row[0] if row else None)
+    return Position(file, pos, gtid)
+
+
 def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
                   writer: StagingWriter, progress: Any = None, added: bool = False) -> Position:
     """Copy ``tables`` as of one binlog position, returned. ``added``: tables added to a pipeline

@@ -59,8 +59,13 @@ class BinlogSource:
     """Reads whole transactions from ``start`` on, for the configured tables only."""
 
     def __init__(self, settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position,
-                 fast_decode: bool = True, fences: dict[str, Position] | None = None) -> None:
+                 fast_decode: bool = True, fences: dict[str, Position] | None = None,
+                 signal: Table | None = None) -> None:
+        """``signal``: a table whose rows are read too but that is not followed (its statements
+        are not ours to follow): the online copies' watermarks."""
         self._settings = settings
+        self._followed = list(tables)
+        tables = {**tables, signal.name: signal} if signal is not None else tables
         self._fast_decode = fast_decode  # False: every row through the library (tests compare both)
         self._decoders: dict[tuple[str, int, tuple[Any, ...]], tuple[Table, RowsDecoder | None]] = {}
         self._tables = dict(tables)  # ours: a schema change updates it before the writer has caught up
@@ -88,7 +93,7 @@ class BinlogSource:
             fold_case = server_variables(conn, ["lower_case_table_names"]).get("lower_case_table_names", "0") != "0"
         finally:
             conn.close()
-        self._assembler = Assembler(s.source.database, list(self._tables), s.chunk_rows,
+        self._assembler = Assembler(s.source.database, self._followed, s.chunk_rows,
                                     s.chunk_rows * s.queue_chunks, nontransactional, fold_case, self._fences)
         with self._lock:
             self._reader = BinLogStreamReader(

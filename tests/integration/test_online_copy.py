@@ -5,6 +5,7 @@ chunk being read, a restart mid-copy, a table removed and added back all end wit
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -104,11 +105,16 @@ class Churn:
             self.errors.append(exc)
 
 
+# Both methods (loader/online.py): MariaDB's snapshot positions, and the watermarks MySQL needs
+METHODS = pytest.mark.parametrize("method", ["auto", "signal"])
+
+
+@METHODS
 def test_a_table_added_while_changes_stream_into_it_is_copied_online_and_ends_equal(
-        settings: Settings, mariadb: MariaDBServer, source: Conn, staging: PG, source_db: str) -> None:
+        settings: Settings, mariadb: MariaDBServer, source: Conn, staging: PG, source_db: str, method: str) -> None:
     items_not_yet_followed(settings, source, staging, 3000)
     added = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 100,
-                                        "online_copy_rows_per_second": 6000.0})
+                                        "online_copy_rows_per_second": 6000.0, "online_copy": method})
     with Churn(mariadb, source_db, 3000, seed=18) as churn, running_pipeline(added):
         wait_until(lambda: finished(staging, "items"), 120, "the online copy to finish")
         assert churn.changes > 100, "changes streamed while the copy ran"
@@ -199,12 +205,14 @@ def test_text_and_composite_keys_are_chunked_in_one_order_on_both_sides(
     assert assert_same(source, staging, source_db, "tags") == len(names) * 9
 
 
+@METHODS
 def test_changes_to_exactly_the_keys_of_the_chunk_being_read_end_right(
         settings: Settings, mariadb: MariaDBServer, source: Conn, staging: PG, source_db: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Right after each chunk is read in its snapshot (at P), its own keys change on the source:
-    an update, a delete, a delete and re-insert, a primary-key change out of the range and one
-    into it. Those changes are past P: the chunk must be in staging before them."""
+        monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """Right after each chunk is read (in its snapshot at P; or between its watermarks), its own
+    keys change on the source: an update, a delete, a delete and re-insert, a primary-key change
+    out of the range and one into it. Those changes are past P (or between the watermarks): the
+    chunk must be in staging before them (or leave those keys to the stream)."""
     import cdc.capture.online as online
 
     items_not_yet_followed(settings, source, staging, 600)
@@ -236,7 +244,8 @@ def test_changes_to_exactly_the_keys_of_the_chunk_being_read_end_right(
         return got, nxt
 
     monkeypatch.setattr(online, "read_chunk", read_then_change)
-    added = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 50})
+    added = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 50,
+                                        "online_copy": method})
     with running_pipeline(added):
         wait_until(lambda: finished(staging, "items"), 60, "the copy")
         wait_caught_up(staging, source)
@@ -299,3 +308,53 @@ def test_a_copier_that_loses_its_source_connection_retries_without_stopping_the_
         wait_caught_up(staging, source)
         assert pipeline.state.restarts == 0, "the stream went on"
     assert assert_same(source, staging, source_db, "items") == 3000
+
+
+@METHODS
+def test_xa_transactions_around_a_chunks_read_end_right(
+        settings: Settings, mariadb: MariaDBServer, source: Conn, staging: PG, source_db: str,
+        monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """XA transactions on the keys of the first chunk: one prepared before the chunk is read and
+    committed right after it (its rows are past the chunk's position, or between its watermarks:
+    the stream brings them, though its XA PREPARE came before); two prepared right after the read,
+    one rolled back and one committed once the copy is done (the chunk's rows are right until then)."""
+    import cdc.capture.online as online
+
+    items_not_yet_followed(settings, source, staging, 300)
+
+    def session() -> Conn:
+        return pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db, autocommit=True)
+
+    x1, x2, x3 = session(), session(), session()
+    execute(x1, "XA START 'x1'", "UPDATE items SET v = -1, grp = 'xa1' WHERE id = 10", "XA END 'x1'", "XA PREPARE 'x1'")
+    read, done = online.read_chunk, []
+
+    def read_then_xa(conn: Conn, table: Any, lo: Any, rows: int) -> Any:
+        got = read(conn, table, lo, rows)
+        if table.name == "items" and not done:
+            done.append(True)
+            execute(x1, "XA COMMIT 'x1'")
+            execute(x2, "XA START 'x2'", "UPDATE items SET v = -2 WHERE id = 11", "XA END 'x2'", "XA PREPARE 'x2'")
+            execute(x3, "XA START 'x3'", "DELETE FROM items WHERE id = 12", "XA END 'x3'", "XA PREPARE 'x3'")
+        return got
+
+    monkeypatch.setattr(online, "read_chunk", read_then_xa)
+    added = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 50,
+                                        "online_copy": method})
+    try:
+        with running_pipeline(added):
+            wait_until(lambda: finished(staging, "items"), 60, "the copy")
+            assert done, "the first chunk's read was followed by the XA statements"
+            wait_caught_up(staging, source)
+            assert staging.execute("SELECT id, v FROM staging.items WHERE id IN (10, 11, 12) ORDER BY id"
+                                   ).fetchall() == [(10, -1), (11, 11), (12, 12)]
+            execute(x2, "XA ROLLBACK 'x2'")
+            execute(x3, "XA COMMIT 'x3'")
+            wait_caught_up(staging, source)
+    finally:  # on a failure, no prepared XA left to hold its locks against the database's drop
+        for conn, xid in ((x1, "x1"), (x2, "x2"), (x3, "x3")):
+            with contextlib.suppress(pymysql.MySQLError):
+                execute(conn, f"XA ROLLBACK '{xid}'")
+            conn.close()
+    assert assert_same(source, staging, source_db, "items") == 299
+    assert staging.execute("SELECT v FROM staging.items WHERE id = 11").fetchone() == (11,)

@@ -9,7 +9,7 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loader.online import Chunk, ChunkGate, Fence, ends_by, fenced, fenced_item
+from loader.online import SIGNAL_TABLE, Chunk, ChunkGate, Fence, Window, ends_by, fenced, fenced_item, watermarks
 from transform.model import Op, Position, RowChange, SchemaChange, TxnChunk
 
 P = Position("mysql-bin.000002", 500)
@@ -145,3 +145,57 @@ def test_progress_and_eta_in_status() -> None:
     text = render(status)
     assert "online copy    items: 100 of ~1000 rows (10%), 2 chunks, ETA 0:01:30" in text
     assert "online copy    tags: 126 rows in 18 chunks, done 2026-12-04T20:00:00+00:00" in text
+
+
+# The watermark method ----------------------------------------------------------------------------
+
+def mark(pipeline: str, kind: str, watermark: str, op: Op = Op.UPDATE) -> RowChange:
+    row = (pipeline, kind, watermark, "2026-12-06 00:00:00")
+    return RowChange(SIGNAL_TABLE, op, row if op is Op.UPDATE else None, row)
+
+
+def test_watermarks_are_taken_out_of_the_stream_and_only_this_pipelines_count() -> None:
+    item = TxnChunk((mark("default", "low", "w1", Op.INSERT), ins(1), mark("other", "high", "w9"),
+                     mark("default", "high", "w1")), P)
+    rest, marks = watermarks(item, "default")
+    assert rest.changes == (ins(1),) and rest.commit == P
+    assert marks == [("low", "w1"), ("high", "w1")]
+    plain = TxnChunk((ins(2),), P)
+    assert watermarks(plain, "default") == (plain, [])
+
+
+def test_a_window_notes_the_keys_its_table_changes_before_and_after_a_key_change() -> None:
+    window = Window("items", "w1", [0])
+    window.note((upd(3, 30), dele(4), ins(5), RowChange("other", Op.INSERT, None, (6,))))
+    assert window.keys == {(3,), (30,), (4,), (5,)}
+
+
+def watermarked(watermark: str) -> Chunk:
+    return Chunk("items", Position("", 0), ("id", "v"), None, None, None, ((1, "x"),), watermark)
+
+
+def test_the_gate_gives_a_watermarked_chunk_at_its_high_watermark_only() -> None:
+    gate = ChunkGate(wait_seconds=1.0)
+    assert gate.low_watermark("w1") is None, "nothing expected: an old watermark"
+    gate.expect("w1", "items")
+    assert gate.low_watermark("w0") is None and gate.low_watermark("w1") == "items"
+    assert gate.high_watermark("w1") is None, "not delivered yet (the copier gave it up)"
+    assert gate.deliver(watermarked("w0")) is None, "another watermark's chunk"
+    ticket = gate.deliver(watermarked("w1"))
+    assert ticket == 1
+    assert gate.before(TxnChunk((ins(1),), P)) is None and gate.idle() is None, "the snapshot method's calls"
+    assert gate.high_watermark("w2") is None
+    assert gate.high_watermark("w1") == watermarked("w1")
+    gate.applied()
+    assert gate.wait_applied(ticket, threading.Event())
+    assert gate.high_watermark("w1") is None, "applied once"
+
+
+def test_a_cancelled_watermark_chunk_leaves_the_copier_waiting_no_more() -> None:
+    gate = ChunkGate(wait_seconds=1.0)
+    gate.expect("w1", "items")
+    ticket = gate.deliver(watermarked("w1"))
+    assert ticket is not None
+    gate.cancel()
+    assert not gate.wait_applied(ticket, threading.Event())
+    assert gate.high_watermark("w1") is None and gate.low_watermark("w1") is None
