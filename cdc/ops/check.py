@@ -15,7 +15,9 @@ import structlog
 
 from cdc.capture import mysql
 from cdc.capture.flavor import Flavor
+from cdc.capture.online import SIGNAL_DDL, copy_method
 from cdc.settings import Settings
+from loader.online import SIGNAL_TABLE
 from loader.pg import pg_connect
 from transform.errors import ConfigError, FatalError, SoftcartError
 
@@ -71,8 +73,10 @@ def judge_binlog(flavor: Flavor, v: dict[str, str], our_server_id: int) -> list[
 _GRANT = re.compile(r"^GRANT (.+?) ON (\S+) TO ", re.IGNORECASE)
 
 
-def missing_privileges(flavor: Flavor, grants: list[str], database: str, tables: list[str]) -> list[Finding]:
-    """Which privileges the daemon's user lacks, from its SHOW GRANTS lines."""
+def missing_privileges(flavor: Flavor, grants: list[str], database: str, tables: list[str],
+                       signal: bool = False) -> list[Finding]:
+    """Which privileges the daemon's user lacks, from its SHOW GRANTS lines; ``signal``: online
+    copies by watermarks, which write the table softcart_signal on the source."""
     global_privs: set[str] = set()
     db_privs: set[str] = set()
     table_privs: dict[str, set[str]] = {}
@@ -105,6 +109,15 @@ def missing_privileges(flavor: Flavor, grants: list[str], database: str, tables:
         has = "SELECT" in global_privs or "SELECT" in db_privs or "SELECT" in table_privs.get(t.lower(), set())
         out.append(Finding(has, f"privilege SELECT on {database}.{t}",
                            f"GRANT SELECT ON {database}.{t} TO the daemon's user"))
+    if signal:
+        privs = global_privs | db_privs | table_privs.get(SIGNAL_TABLE, set())
+        writes = {"SELECT", "INSERT", "UPDATE"}
+        out.append(Finding(writes <= privs or "ALL" in privs or "ALL PRIVILEGES" in privs,
+                           f"privileges SELECT, INSERT, UPDATE on {database}.{SIGNAL_TABLE} (online copies by"
+                           " watermarks: SOFTCART_ONLINE_COPY)",
+                           f"as an administrator: {SIGNAL_DDL.replace('CREATE TABLE ', f'CREATE TABLE {database}.')};"
+                           f" GRANT SELECT, INSERT, UPDATE ON {database}.{SIGNAL_TABLE} TO the daemon's user"
+                           " (or SOFTCART_ONLINE_COPY=off)"))
     return out
 
 
@@ -160,7 +173,8 @@ def run_checks(settings: Settings, emit: Callable[[str], None]) -> bool:
             with conn.cursor() as cur:
                 cur.execute("SHOW GRANTS")
                 grants = [str(r[0]) for r in cur.fetchall()]
-            findings += missing_privileges(flavor, grants, settings.source.database, settings.source_tables)
+            signal = copy_method(settings.online_copy, flavor) == "signal"
+            findings += missing_privileges(flavor, grants, settings.source.database, settings.source_tables, signal)
             findings.append(_check_server_id(settings, conn))
             with conn.cursor() as cur:
                 cur.execute("SELECT GRANTEE, PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES")

@@ -21,6 +21,7 @@ from cdc.ops.reconcile import Reconciler
 from cdc.ops.star_ops import check_star
 from cdc.settings import Settings
 from tests.helpers import (
+    ROOT,
     SALES_DDL,
     Daemons,
     assert_same,
@@ -358,3 +359,56 @@ def test_xa_transactions_around_a_chunks_read_end_right(
             conn.close()
     assert assert_same(source, staging, source_db, "items") == 299
     assert staging.execute("SELECT v FROM staging.items WHERE id = 11").fetchone() == (11,)
+
+
+def test_watermarks_need_the_signal_table_check_and_the_daemon_say_what_to_grant(
+        settings_env: dict[str, str], mariadb: MariaDBServer, source: Conn, staging: PG, source_db: str,
+        tmp_path: Path, daemons: Daemons) -> None:
+    """A least-privileged account (deploy/sql's grants) can't make softcart_signal: `check` fails
+    naming it, the daemon stops with exit 2 and the statements to run; the file's commented
+    statements for it, run as they are, make both pass and a copy by watermarks run."""
+    user = f"softcart_wm_{source_db}"[:32]
+    grants = ROOT / "deploy" / "sql" / "source-and-staging-grants.sql"
+    signal_part = [line.removeprefix("-- ").rstrip(";").replace("sales.", f"`{source_db}`.")
+                   .replace("'softcart_cdc'@'%'", f"'{user}'@'%'")
+                   for line in grants.read_text().splitlines()
+                   if "softcart_signal (" in line or "ON sales.softcart_" in line]
+    assert len(signal_part) == 2, signal_part
+    execute(source, SALES_DDL, ITEMS, "INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 2)",
+            f"CREATE USER IF NOT EXISTS '{user}'@'%'", f"ALTER USER '{user}'@'%' IDENTIFIED BY 'wm-pw'",
+            f"GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{user}'@'%'",
+            f"GRANT SELECT ON `{source_db}`.sales_data TO '{user}'@'%'",
+            f"GRANT SELECT ON `{source_db}`.items TO '{user}'@'%'")
+    env = {**settings_env, "SOFTCART_SOURCE_URL": f"mysql://{user}:wm-pw@127.0.0.1:{mariadb.port}/{source_db}",
+           "SOFTCART_ONLINE_COPY": "signal", "SOFTCART_SOURCE_TABLES": "sales_data,items"}
+    try:
+        checked = cli("check", env=env)
+        assert checked.returncode == 1 and f"FAIL  privileges SELECT, INSERT, UPDATE on {source_db}.softcart_signal" \
+            in checked.stdout, checked.stdout + checked.stderr
+        daemon = daemons(env, tmp_path / "refused.log")
+        daemon.start()
+        assert daemon.proc is not None and daemon.proc.wait(60) == 2
+        said = (tmp_path / "refused.log").read_text()
+        assert f"CREATE TABLE {source_db}.softcart_signal (" in said, said[-2000:]
+        assert "SOFTCART_ONLINE_COPY=off" in said, said[-2000:]
+        execute(source, *signal_part)
+        checked = cli("check", env=env)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        daemon = daemons(env, tmp_path / "daemon.log")
+        daemon.start()
+        daemon.wait_streaming()
+        out = cli("resnapshot", "items", env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        started = staging.execute("SELECT started_at FROM softcart.online_copy WHERE source_table = 'items'"
+                                  ).fetchone()
+        wait_until(lambda: finished(staging, "items") and staging.execute(
+            "SELECT started_at FROM softcart.online_copy WHERE source_table = 'items'").fetchone() == started, 60,
+            "the copy by watermarks")
+        assert daemon.stop() == 0
+        assert "permission denied" not in (tmp_path / "daemon.log").read_text().lower()
+        with source.cursor() as cur:
+            cur.execute("SELECT kind FROM softcart_signal ORDER BY kind")
+            assert cur.fetchall() == (("high",), ("low",)), "copied by watermarks"
+    finally:
+        execute(source, f"DROP USER IF EXISTS '{user}'@'%'")
+    assert assert_same(source, staging, source_db, "items") == 2

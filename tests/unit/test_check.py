@@ -71,3 +71,16 @@ def test_accounts_that_may_switch_to_statement_format_are_named() -> None:
     f = judge_session_format(mysql, [("'etl'@'%'", "SESSION_VARIABLES_ADMIN"), ("'x'@'%'", "BINLOG ADMIN")])
     assert "'etl'@'%'" in f.what and "'x'" not in f.what
     assert "none that this account can see" in judge_session_format(maria, [("'me'@'%'", "SELECT")]).what
+
+
+def test_online_copies_by_watermarks_need_to_write_the_signal_table() -> None:
+    grants = ["GRANT REPLICATION SLAVE, REPLICATION CLIENT, RELOAD ON *.* TO `cdc`@`%`",
+              "GRANT SELECT ON `sales`.* TO `cdc`@`%`"]
+    assert failures(missing_privileges(MYSQL84, grants, "sales", ["sales_data"])) == [], "not asked without them"
+    (line,) = failures(missing_privileges(MYSQL84, grants, "sales", ["sales_data"], signal=True))
+    assert line.startswith("FAIL  privileges SELECT, INSERT, UPDATE on sales.softcart_signal")
+    assert "CREATE TABLE sales.softcart_signal (" in line and "SOFTCART_ONLINE_COPY=off" in line
+    granted = [*grants, "GRANT INSERT, UPDATE ON `sales`.`softcart_signal` TO `cdc`@`%`"]
+    assert failures(missing_privileges(MYSQL84, granted, "sales", ["sales_data"], signal=True)) == []
+    everything = ["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"]
+    assert failures(missing_privileges(MYSQL84, everything, "sales", ["sales_data"], signal=True)) == []
