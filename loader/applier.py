@@ -161,7 +161,7 @@ class Applier:
             return
         self._flush()
         with self.guarded():
-            applied = apply_chunk(self.writer, chunk, self.config.pipeline, skip)
+            applied, stale = apply_chunk(self.writer, chunk, self.config.pipeline, skip)
         self.batch.add_rows(applied)
         if not chunk.watermark:
             self._fences.append(Fence(chunk.table, chunk.position, chunk.lo, chunk.hi))
@@ -170,8 +170,8 @@ class Applier:
                 self.writer.commit(None, None, origin=f"online copy at {chunk.position}")
             self.batch.committed()
         self.state.progress_at = time.time()
-        self.observer.copied(chunk.table, len(chunk.rows), chunk.hi is None)
-        gate.applied()
+        self.observer.copied(chunk.table, len(chunk.rows), chunk.hi is None and not stale)
+        gate.applied(stale)
 
     def _watermark(self, kind: str, watermark: str) -> None:
         """The watermark method (loader/online.py): a low watermark opens the window of its

@@ -76,6 +76,7 @@ class Chunk:
     next_source: Key | None  # the source's form of ``hi``: where the next chunk starts
     rows: tuple[tuple[Any, ...], ...]
     watermark: str = ""  # the watermark method's chunk: its watermarks' id ("": read at ``position``)
+    started_at: Any = None  # the request of the copy it is part of (online_copy.started_at)
 
 
 class _State(enum.Enum):
@@ -111,6 +112,7 @@ class ChunkGate:
         self.closed = False
         self.active = False  # a copier is at work: the applier polls its queue briefly, to answer soon
         self.given_up = ""  # why the last chunk's table can't be copied online (set by cancel)
+        self.stale = False  # the last chunk applied was of a copy requested again since: start it again
 
     @property
     def position(self) -> Position | None:
@@ -208,9 +210,11 @@ class ChunkGate:
                 return self._take_chunk()
             return self._chunk if self._state is _State.READY else None
 
-    def applied(self) -> None:
+    def applied(self, stale: bool = False) -> None:
+        """The chunk is in the open batch; ``stale``: its copy was requested again meanwhile."""
         with self._cond:
             self._applied += 1
+            self.stale = stale
             self._state, self._chunk, self._p, self._watermark = _State.IDLE, None, None, ""
             self._cond.notify_all()
 
@@ -364,10 +368,11 @@ def refusal(writer: StagingWriter, chunk: Chunk) -> tuple[str, bool] | None:
     return None
 
 
-def apply_chunk(writer: StagingWriter, chunk: Chunk, pipeline: str, skip: Collection[Key] = ()) -> int:
+def apply_chunk(writer: StagingWriter, chunk: Chunk, pipeline: str, skip: Collection[Key] = ()) -> tuple[int, bool]:
     """The chunk into the open transaction (``refusal`` said none): its key range in staging made
     equal to it, but for the keys in ``skip`` (the stream has them newer), and the copy's progress
-    saved. Returns the rows changed."""
+    saved. Returns the rows changed, and whether the copy was requested again since it began (its
+    rows are right all the same; its progress is not saved: the new request starts over)."""
     table = writer.tables[chunk.table]
     conv, key_conv = RowConverter(table), RowConverter(key_part(table))
     picks = table.key_indexes()
@@ -392,18 +397,21 @@ def apply_chunk(writer: StagingWriter, chunk: Chunk, pipeline: str, skip: Collec
     # staging has it, the source had not: gone while we did not follow
     changes += [deletion(table, key) for key in staged_keys(writer, table, chunk.lo, chunk.hi) if key not in present]
     applied = writer.apply(changes)
-    writer.conn.execute(
+    saved = writer.conn.execute(
         sql.SQL("UPDATE {}.online_copy SET next_key = %s, rows_copied = rows_copied + %s, chunks = chunks + 1,"
-                " finished_at = CASE WHEN %s THEN now() END WHERE pipeline = %s AND source_table = %s")
+                " finished_at = CASE WHEN %s THEN now() END WHERE pipeline = %s AND source_table = %s"
+                " AND started_at IS NOT DISTINCT FROM coalesce(%s, started_at)")
         .format(sql.Identifier(META)),
         (None if chunk.hi is None else pickle.dumps((chunk.next_source, chunk.hi)), len(chunk.rows),
-         chunk.hi is None, pipeline, chunk.table))
+         chunk.hi is None, pipeline, chunk.table, chunk.started_at)).rowcount
+    if not saved:
+        return applied, True
     if chunk.hi is None:  # the last: the table's copy record says how many rows it took
         writer.conn.execute(sql.SQL("UPDATE {0}.snapshot s SET rows_copied = c.rows_copied, finished_at = now()"
                                     " FROM {0}.online_copy c WHERE s.pipeline = %s AND s.source_table = %s"
                                     " AND c.pipeline = s.pipeline AND c.source_table = s.source_table")
                             .format(sql.Identifier(META)), (pipeline, chunk.table))
-    return applied
+    return applied, False
 
 
 def order_by(table: Table, dialect: Dialect) -> str:

@@ -111,18 +111,19 @@ class Copy:
     next_staging: Key | None = None
     rows_estimated: int = 0
     rows_copied: int = 0
+    started_at: Any = None  # which request this copy answers (a new one starts it again)
 
 
 def pending_copies(conn: Any, pipeline: str, tables: dict[str, Table]) -> dict[str, Copy]:
     """The online copies not finished yet (after a restart: resumed where their last chunk ended)."""
     out = {}
-    for name, next_key, estimated, copied in conn.execute(
-            sql.SQL("SELECT source_table, next_key, rows_estimated, rows_copied FROM {}.online_copy"
+    for name, next_key, estimated, copied, started_at in conn.execute(
+            sql.SQL("SELECT source_table, next_key, rows_estimated, rows_copied, started_at FROM {}.online_copy"
                     " WHERE pipeline = %s AND finished_at IS NULL ORDER BY started_at, source_table")
             .format(sql.Identifier(META)), (pipeline,)).fetchall():
         if name in tables:
             source, staging = pickle.loads(next_key) if next_key is not None else (None, None)  # noqa: S301 - ours
-            out[name] = Copy(tables[name], source, staging, int(estimated), int(copied))
+            out[name] = Copy(tables[name], source, staging, int(estimated), int(copied), started_at)
     return out
 
 
@@ -263,6 +264,9 @@ class OnlineCopier:
                     self.gate.given_up = ""
                     return True  # the next table
                 continue  # cancelled: read it again
+            if self.gate.stale:
+                log.info("online_copy_restarted", table=copy.table.name, note="requested again: from the start")
+                return True  # the next round takes it up from its new record
             copy.rows_copied += len(chunk.rows)
             copy.next_source, copy.next_staging = chunk.next_source, chunk.hi
             if time.monotonic() - logged > 10 or chunk.hi is None:
@@ -302,7 +306,7 @@ class OnlineCopier:
             raise
         hi = tuple(key_conv.from_snapshot(next_source)) if next_source is not None else None
         return Chunk(copy.table.name, position, copy.table.column_names, copy.next_staging, hi, next_source,
-                     tuple(tuple(r) for r in rows))
+                     tuple(tuple(r) for r in rows), started_at=copy.started_at)
 
     def _signalled(self, conn: pymysql.connections.Connection, copy: Copy, key_conv: RowConverter
                    ) -> tuple[Chunk, int | None]:
@@ -315,7 +319,7 @@ class OnlineCopier:
             rows, next_source = read_chunk(conn, copy.table, copy.next_source, self.settings.online_copy_chunk_rows)
             hi = tuple(key_conv.from_snapshot(next_source)) if next_source is not None else None
             chunk = Chunk(copy.table.name, Position("", 0, ""), copy.table.column_names, copy.next_staging, hi,
-                          next_source, tuple(tuple(r) for r in rows), watermark)
+                          next_source, tuple(tuple(r) for r in rows), watermark, copy.started_at)
             ticket = self.gate.deliver(chunk)
             write_watermark(conn, self.settings, "high", watermark)
         except BaseException:

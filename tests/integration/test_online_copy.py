@@ -412,3 +412,24 @@ def test_watermarks_need_the_signal_table_check_and_the_daemon_say_what_to_grant
     finally:
         execute(source, f"DROP USER IF EXISTS '{user}'@'%'")
     assert assert_same(source, staging, source_db, "items") == 2
+
+
+@METHODS
+def test_a_copy_requested_again_while_it_runs_starts_again_from_the_first_chunk(
+        settings: Settings, settings_env: dict[str, str], source: Conn, staging: PG, source_db: str,
+        method: str) -> None:
+    """`resnapshot items` while items is being copied: what drifted in the part already copied is
+    repaired too (the copy starts over), and the record counts the new copy alone."""
+    items_not_yet_followed(settings, source, staging, 2000)
+    added = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 100,
+                                        "online_copy_rows_per_second": 1000.0, "online_copy": method})
+    env = {**settings_env, "SOFTCART_SOURCE_TABLES": "sales_data,items", "SOFTCART_ONLINE_COPY": method}
+    with running_pipeline(added):
+        wait_until(lambda: (copy_state(staging, "items") or (0, 0, False))[1] >= 3, 30, "a few chunks")
+        staging.execute("DELETE FROM staging.items WHERE id <= 150")  # drift in the part copied
+        out = cli("resnapshot", "items", env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        wait_until(lambda: finished(staging, "items"), 60, "the copy")
+        wait_caught_up(staging, source)
+    assert copy_state(staging, "items") == (2000, 20, True)
+    assert assert_same(source, staging, source_db, "items") == 2000
