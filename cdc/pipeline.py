@@ -39,7 +39,15 @@ from cdc.ops.check import refuse_unready_source
 from cdc.settings import Settings
 from loader.applier import Applier, BatchDone
 from loader.checkpoint import load_position, load_source, lock_apply
-from loader.ddl import ensure_schema, forget_tables, load_definitions, record_snapshot, snapshot_positions
+from loader.ddl import (
+    ensure_schema,
+    forget_copy,
+    forget_tables,
+    load_definitions,
+    record_snapshot,
+    snapshot_positions,
+    stopped_tables,
+)
 from loader.online import ChunkGate
 from loader.pg import INSTANCE, holders_text, lock_holders, pg_connect
 from loader.staging import StagingWriter
@@ -109,6 +117,7 @@ class Pipeline:
         self._binlogs: list[tuple[str, int]] = []
         self._lock_wait_logged = False
         self._lock_asked_at = 0.0
+        self._retake: list[str] = []  # stopped tables whose copy is asked: the stream starts anew for them
 
     def _queue_depth(self) -> float:
         """Slices waiting for the writer, counted by whoever scrapes (a stuck stage can't freeze it)."""
@@ -173,10 +182,13 @@ class Pipeline:
             followed = load_definitions(pg, self.settings.pipeline_name)
             current, tables = tables, {name: followed.get(name, t) for name, t in tables.items()}
             writer, position = self.open_writer(pg, tables)
+            writer.recopy_stopped = bool(copy_method(self.settings.online_copy, flavor))
+            self._retake = []
             self.metrics.tables_stopped.set(len(writer.stopped))
             for name, reason in writer.stopped.items():
                 log.error("table_stopped", table=name, reason=reason,
-                          fix="its rows are skipped; `softcart-sync resnapshot` takes it again")
+                          fix="copied online again with its new definition" if writer.recopy_stopped
+                          else "its rows are skipped; `softcart-sync resnapshot` takes it again")
             self.state.started = True
             self.state.alive_at = time.time()
             why: str | None = None  # the saved position can't be resumed here
@@ -209,6 +221,7 @@ class Pipeline:
             elif position.file:
                 log.info("resuming", position=str(position))
                 self._follow_settings(pg, writer, tables, flavor, followed)
+                self._retake_stopped(pg, writer, tables, flavor, current)
             fenced = fences(pg, self.settings.pipeline_name, position) if position.file else {}
             self._observe_position(position)
             self._stream(stop, tables, flavor, writer, position, fenced)
@@ -277,7 +290,33 @@ class Pipeline:
         finally:
             self.state.snapshotting = False
 
-    def _start_online_copies(self, writer: StagingWriter, added: dict[str, Table], flavor: Flavor) -> None:
+    def _retake_stopped(self, pg: psycopg.Connection[Any], writer: StagingWriter, tables: dict[str, Table],
+                        flavor: Flavor, current: dict[str, Table]) -> None:
+        """Tables stopped by a schema change (a copy is asked with the stop, so that a running
+        daemon starts its stream anew for them) are followed again with the source's definition
+        now, their staging tables made anew, and copied online as a table added is; the star
+        schema of such a table is rebuilt when its copy ends."""
+        if not copy_method(self.settings.online_copy, flavor):
+            return
+        retake = {name: current[name] for name in writer.stopped if name in current}
+        for name, new in list(retake.items()):
+            try:
+                writer.replace_table(new)
+            except FatalError as exc:  # the star schema can't follow it: it stays stopped
+                retake.pop(name)
+                forget_copy(pg, self.settings.pipeline_name, name)  # asked no more (or each start would)
+                log.error("table_not_taken_up", table=name, reason=str(exc),
+                          fix="make the source table fit again, then `softcart-sync resnapshot` (daemon stopped)")
+        if not retake:
+            return
+        tables.update(retake)
+        star = writer.star.table.name if writer.star is not None else ""
+        log.warning("tables_taken_up_again", tables=list(retake), note="stopped by a schema change: staging tables made"
+                    " anew with the source's definitions, copied online while the stream goes on")
+        self._start_online_copies(writer, retake, flavor, rebuild_star=[star] if star in retake else [])
+
+    def _start_online_copies(self, writer: StagingWriter, added: dict[str, Table], flavor: Flavor,
+                             rebuild_star: list[str] | None = None) -> None:
         """Tables added to the settings are followed from the stream's position on, and copied
         online while it goes on (cdc/capture/online.py): recorded, with their definitions, in one
         transaction, so a restart resumes them."""
@@ -298,7 +337,7 @@ class Pipeline:
         pipeline = self.settings.pipeline_name
         writer.follow(added.values())
         with writer.conn.cursor() as cur:
-            start_copies(cur, pipeline, added, estimates)
+            start_copies(cur, pipeline, added, estimates, rebuild_star or ())
             for name in added:
                 record_snapshot(cur, pipeline, name, 0, str(start))
         writer.commit(None, None, origin="tables added")
@@ -306,9 +345,14 @@ class Pipeline:
                  rows_estimated=estimates)
 
     def _pending_copies(self, tables: dict[str, Table]) -> dict[str, Copy]:
-        """The online copies recorded and not finished (asked on a staging session of its own)."""
+        """The online copies recorded and not finished (asked on a staging session of its own).
+        Those of tables stopped by a schema change are taken up by a new start of the stream."""
         with pg_connect(self.settings.staging_config, autocommit=True) as pg:
             copies = pending_copies(pg, self.settings.pipeline_name, tables)
+            retake = sorted(set(stopped_tables(pg, self.settings.pipeline_name)) & set(copies))
+        if retake:
+            self._retake = retake  # the supervisor's loop ends the stream; the next start takes them up
+            copies = {name: c for name, c in copies.items() if name not in retake}
         for name in copies:
             self.metrics.online_copy_active.labels(name).set(1)
         return copies
@@ -369,6 +413,10 @@ class Pipeline:
         try:
             while not inner.is_set():
                 if stop.wait(0.2):
+                    break
+                if self._retake:
+                    log.info("stream_restarting", tables=self._retake,
+                             reason="tables stopped by a schema change are to be copied again")
                     break
                 if not feed.alive() and not inner.is_set():
                     inner.wait(1.0)  # the writer takes the reader's last items and its error first

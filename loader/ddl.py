@@ -135,6 +135,10 @@ META_DDL = [
         started_at timestamptz NOT NULL DEFAULT now(),
         finished_at timestamptz,
         PRIMARY KEY (pipeline, source_table))""").format(sql.Identifier(META)),
+    # A table taken up again after a schema change stopped it: its staging table was made anew,
+    # so the star schema built from it is rebuilt once its copy ends (rows gone meanwhile).
+    sql.SQL("ALTER TABLE {}.online_copy ADD COLUMN IF NOT EXISTS rebuild_star boolean NOT NULL DEFAULT false")
+    .format(sql.Identifier(META)),
 ]
 
 
@@ -189,6 +193,23 @@ def forget_tables(conn: psycopg.Connection[Any], pipeline: str, names: Iterable[
         for table in ("source_table", "snapshot", "stopped_table", "online_copy"):
             conn.execute(sql.SQL("DELETE FROM {}.{} WHERE pipeline = %s AND source_table = ANY(%s)").format(
                 sql.Identifier(META), sql.Identifier(table)), (pipeline, list(names)))
+
+
+def request_copy(cur: psycopg.Cursor[Any], pipeline: str, table: str, rows_estimated: int = 0,
+                 rebuild_star: bool = False) -> None:
+    """Record an online copy of ``table`` from its start (a running one starts over), in the
+    caller's transaction; the copier takes it up (cdc/capture/online.py)."""
+    cur.execute(sql.SQL("INSERT INTO {}.online_copy (pipeline, source_table, rows_estimated, rebuild_star)"
+                        " VALUES (%s, %s, %s, %s) ON CONFLICT (pipeline, source_table) DO UPDATE SET next_key = NULL,"
+                        " rows_copied = 0, chunks = 0, rows_estimated = EXCLUDED.rows_estimated, started_at = now(),"
+                        " finished_at = NULL, rebuild_star = EXCLUDED.rebuild_star").format(sql.Identifier(META)),
+                (pipeline, table, rows_estimated, rebuild_star))
+
+
+def forget_copy(conn: psycopg.Connection[Any], pipeline: str, table: str) -> None:
+    """An online copy asked for ``table`` is not to be made (autocommit connection)."""
+    conn.execute(sql.SQL("DELETE FROM {}.online_copy WHERE pipeline = %s AND source_table = %s")
+                 .format(sql.Identifier(META)), (pipeline, table))
 
 
 def record_snapshot(cur: psycopg.Cursor[Any], pipeline: str, table: str, rows: int, position: str) -> None:

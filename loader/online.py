@@ -400,18 +400,28 @@ def apply_chunk(writer: StagingWriter, chunk: Chunk, pipeline: str, skip: Collec
     saved = writer.conn.execute(
         sql.SQL("UPDATE {}.online_copy SET next_key = %s, rows_copied = rows_copied + %s, chunks = chunks + 1,"
                 " finished_at = CASE WHEN %s THEN now() END WHERE pipeline = %s AND source_table = %s"
-                " AND started_at IS NOT DISTINCT FROM coalesce(%s, started_at)")
+                " AND started_at IS NOT DISTINCT FROM coalesce(%s, started_at) RETURNING rebuild_star")
         .format(sql.Identifier(META)),
         (None if chunk.hi is None else pickle.dumps((chunk.next_source, chunk.hi)), len(chunk.rows),
-         chunk.hi is None, pipeline, chunk.table, chunk.started_at)).rowcount
-    if not saved:
+         chunk.hi is None, pipeline, chunk.table, chunk.started_at)).fetchone()
+    if saved is None:
         return applied, True
-    if chunk.hi is None:  # the last: the table's copy record says how many rows it took
-        writer.conn.execute(sql.SQL("UPDATE {0}.snapshot s SET rows_copied = c.rows_copied, finished_at = now()"
-                                    " FROM {0}.online_copy c WHERE s.pipeline = %s AND s.source_table = %s"
-                                    " AND c.pipeline = s.pipeline AND c.source_table = s.source_table")
-                            .format(sql.Identifier(META)), (pipeline, chunk.table))
+    if chunk.hi is None:
+        _finished(writer, chunk.table, pipeline, rebuild_star=bool(saved[0]))
     return applied, False
+
+
+def _finished(writer: StagingWriter, table: str, pipeline: str, rebuild_star: bool) -> None:
+    """The copy's last chunk is in: the table's copy record says how many rows it took; a star
+    schema built from a staging table made anew is rebuilt (rows gone while it was stopped)."""
+    writer.conn.execute(sql.SQL("UPDATE {0}.snapshot s SET rows_copied = c.rows_copied, finished_at = now()"
+                                " FROM {0}.online_copy c WHERE s.pipeline = %s AND s.source_table = %s"
+                                " AND c.pipeline = s.pipeline AND c.source_table = s.source_table")
+                        .format(sql.Identifier(META)), (pipeline, table))
+    star = writer.star
+    if rebuild_star and star is not None and star.table.name == table:
+        built = star.rebuild(writer.conn)
+        log.info("star_schema_rebuilt", table=table, facts=built.facts, reason="its table was copied anew")
 
 
 def order_by(table: Table, dialect: Dialect) -> str:

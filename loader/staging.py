@@ -22,7 +22,7 @@ import structlog
 from psycopg import sql
 
 from loader.checkpoint import lock_apply, save_position
-from loader.ddl import META, STAGING, save_definitions, stopped_tables
+from loader.ddl import META, STAGING, create_table_sql, request_copy, save_definitions, stopped_tables
 from loader.staging_sql import delete_one_sql, delete_sql, ident_list, key_text, upsert_one_sql, upsert_sql
 from loader.star import Applied, StarSchema
 from transform.changes import Key, NetChanges, Row, net_changes
@@ -76,6 +76,8 @@ class StagingWriter:
         self._dead: list[DeadLetter] = []
         self._open = False
         self.unlabeled_held = 0  # chunks of the XA transaction being read, kept in this transaction
+        #: a table stopped by a schema change is copied online again (its request recorded with the stop)
+        self.recopy_stopped = False
 
     # Transaction control ---------------------------------------------------------------------
 
@@ -245,6 +247,24 @@ class StagingWriter:
         for name in names:
             self.stopped.pop(name, None)
 
+    def replace_table(self, new: Table) -> None:
+        """A stopped table taken up again with ``new`` (the source's definition now), in the open
+        transaction: its staging table made anew, empty (an online copy fills it); the star schema
+        follows the new definition of its table. Raises FatalError, before any change, where the
+        star schema can't."""
+        star = self.star
+        if star is not None and star.table.name == new.name:
+            star = StarSchema(new, star.zone, star.deltas_in_sql)
+        self.begin()
+        with self.conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(STAGING, new.name)))
+            cur.execute(create_table_sql(new))
+            if new.name in self._temps:
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(self._temps.pop(new.name))))
+        self.tables[new.name] = new
+        self.star = star
+        log.info("staging_table_made_anew", table=new.name, columns=list(new.column_names))
+
     def apply_schema_change(self, change: SchemaChange) -> list[tuple[Table, list[str]]]:
         """Make staging follow ``change`` inside the open transaction (the caller commits it with
         the statement's position); returns the tables and columns added, whose existing rows need
@@ -301,6 +321,11 @@ class StagingWriter:
                             " position = EXCLUDED.position, stopped_at = now()").format(sql.Identifier(META)),
                     (self.pipeline, name, reason, statement, str(position)))
         self.stopped[name] = reason
+        if self.recopy_stopped:
+            request_copy(cur, self.pipeline, name)
+            log.error("table_stopped", table=name, reason=reason, statement=statement[:500], position=str(position),
+                      fix="the other tables keep streaming; this one is copied online again with its new definition")
+            return
         log.error("table_stopped", table=name, reason=reason, statement=statement[:500], position=str(position),
                   fix="the other tables keep streaming; `softcart-sync resnapshot` takes this one again")
 

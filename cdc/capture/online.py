@@ -16,7 +16,7 @@ import pickle
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from cdc.capture.mysql import connect, read_table
 from cdc.capture.snapshot import open_snapshot, quote_mysql, select_list
 from cdc.errors import as_ours
 from cdc.settings import Settings
-from loader.ddl import META, load_definitions, stopped_tables
+from loader.ddl import META, load_definitions, request_copy, stopped_tables
 from loader.online import SIGNAL_COLUMNS, SIGNAL_TABLE, Chunk, ChunkGate, key_part, order_by
 from loader.pg import pg_connect
 from transform.errors import ConfigError, TransientError
@@ -127,14 +127,12 @@ def pending_copies(conn: Any, pipeline: str, tables: dict[str, Table]) -> dict[s
     return out
 
 
-def start_copies(cur: Any, pipeline: str, tables: dict[str, Table], estimates: dict[str, int]) -> None:
-    """Record the online copies of ``tables`` (from the start), in the caller's transaction."""
+def start_copies(cur: Any, pipeline: str, tables: dict[str, Table], estimates: dict[str, int],
+                 rebuild_star: Collection[str] = ()) -> None:
+    """Record the online copies of ``tables`` (from the start), in the caller's transaction;
+    ``rebuild_star``: those whose star schema is rebuilt when their copy ends."""
     for name in tables:
-        cur.execute(sql.SQL("INSERT INTO {}.online_copy (pipeline, source_table, rows_estimated) VALUES (%s, %s, %s)"
-                            " ON CONFLICT (pipeline, source_table) DO UPDATE SET next_key = NULL, rows_copied = 0,"
-                            " chunks = 0, rows_estimated = EXCLUDED.rows_estimated, started_at = now(),"
-                            " finished_at = NULL").format(sql.Identifier(META)),
-                    (pipeline, name, estimates.get(name, 0)))
+        request_copy(cur, pipeline, name, estimates.get(name, 0), name in rebuild_star)
 
 
 def estimate_rows(conn: pymysql.connections.Connection, database: str, names: list[str]) -> dict[str, int]:
@@ -165,7 +163,9 @@ def read_chunk(conn: pymysql.connections.Connection, table: Table, lo: Key | Non
 
 def request_copies(settings: Settings, names: list[str]) -> dict[str, int]:
     """Record online copies of ``names`` (``softcart-sync resnapshot TABLE...``): a running daemon
-    takes them up within seconds, a stopped one at its start. Returns the source's row estimates."""
+    takes them up within seconds, a stopped one at its start; a table stopped by a schema change
+    is taken up again with the source's definition (the daemon restarts its stream for it).
+    Returns the source's row estimates."""
     unknown = [n for n in names if n not in settings.source_tables]
     if unknown:
         raise ConfigError(f"not among SOFTCART_SOURCE_TABLES ({', '.join(settings.source_tables)}): "
@@ -179,18 +179,14 @@ def request_copies(settings: Settings, names: list[str]) -> dict[str, int]:
         conn.close()
     with pg_connect(settings.staging_config, autocommit=True) as pg:
         followed = load_definitions(pg, settings.pipeline_name)
-        stopped = set(stopped_tables(pg, settings.pipeline_name))
-        if stopped & set(names):
-            which = ", ".join(sorted(stopped & set(names)))
-            raise ConfigError(f"stopped by a schema change staging can't follow: {which}; an online copy can't"
-                              " take it: stop the daemon and run `softcart-sync resnapshot`")
+        stopped = set(stopped_tables(pg, settings.pipeline_name)) & set(names)
         new = [n for n in names if n not in followed]
         if new:
             raise ConfigError(f"not copied yet: {', '.join(new)} (the daemon copies a table of SOFTCART_SOURCE_TABLES"
                               " at its start; start it)")
         with pg.transaction(), pg.cursor() as cur:
             start_copies(cur, settings.pipeline_name, {n: followed[n] for n in names}, estimates)
-    log.info("online_copy_requested", tables=names, rows_estimated=estimates)
+    log.info("online_copy_requested", tables=names, rows_estimated=estimates, stopped=sorted(stopped))
     return estimates
 
 

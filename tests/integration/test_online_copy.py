@@ -433,3 +433,45 @@ def test_a_copy_requested_again_while_it_runs_starts_again_from_the_first_chunk(
         wait_caught_up(staging, source)
     assert copy_state(staging, "items") == (2000, 20, True)
     assert assert_same(source, staging, source_db, "items") == 2000
+
+
+def taken_up_again(staging: PG, table: str, since: Any) -> bool:
+    """``table`` no longer stopped, and its copy asked after ``since`` finished."""
+    if staging.execute("SELECT 1 FROM softcart.stopped_table WHERE source_table = %s", (table,)).fetchone():
+        return False
+    row = staging.execute("SELECT finished_at IS NOT NULL FROM softcart.online_copy WHERE source_table = %s"
+                          " AND started_at > %s", (table, since)).fetchone()
+    return bool(row and row[0])
+
+
+def test_tables_stopped_by_a_schema_change_are_copied_again_online_with_their_new_definitions(
+        settings: Settings, source: Conn, staging: PG, source_db: str) -> None:
+    """A type change staging can't follow stops a table; the daemon records a copy with the stop,
+    starts its stream anew, makes the staging table anew with the source's definition and copies
+    it online. For the star schema's own table, rows deleted while it was stopped leave no fact:
+    the star schema is rebuilt when the copy ends."""
+    items_not_yet_followed(settings, source, staging, 500)
+    with source.cursor() as cur:
+        cur.executemany("INSERT INTO sales_data VALUES (%s, %s, 1, 2.50, 2, '2024-03-01 10:00:00')",
+                        [(i, i % 7) for i in range(1, 301)])
+    both = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 64})
+    with running_pipeline(both) as pipeline:
+        wait_until(lambda: finished(staging, "items"), 60, "the first copy")
+        wait_caught_up(staging, source)
+        (since,) = staging.execute("SELECT now()").fetchone() or (None,)
+        execute(source, "ALTER TABLE items MODIFY v VARCHAR(20)",  # int to text: staging can't follow
+                "UPDATE items SET v = CONCAT('x', id) WHERE id % 3 = 0", "DELETE FROM items WHERE id % 10 = 0",
+                "INSERT INTO items VALUES (900, 'late', 'nine')",
+                "ALTER TABLE sales_data MODIFY price DECIMAL(8,2) NOT NULL DEFAULT 0",  # narrower
+                "DELETE FROM sales_data WHERE rowid % 4 = 0", "UPDATE sales_data SET quantity = 5 WHERE rowid < 20")
+        for table in ("items", "sales_data"):
+            wait_until(lambda t=table: taken_up_again(staging, t, since), 90, f"{table} copied again")
+        execute(source, "UPDATE items SET v = 'after' WHERE id = 1",
+                "UPDATE sales_data SET quantity = 6 WHERE rowid = 1")
+        wait_caught_up(staging, source)
+        assert pipeline.state.restarts == 0, "a new start of the stream, not a failure"
+    assert staging.execute("SELECT data_type FROM information_schema.columns WHERE table_schema = 'staging'"
+                           " AND table_name = 'items' AND column_name = 'v'").fetchone() == ("text",)
+    assert assert_same(source, staging, source_db, "items") == 500 - 50 + 1
+    assert assert_same(source, staging, source_db, "sales_data") == 225
+    assert check_star(both) == []
