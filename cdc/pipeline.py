@@ -27,12 +27,12 @@ from cdc.capture.online import (
     OnlineCopier,
     copy_method,
     ensure_signal_table,
-    estimate_rows,
     pending_copies,
-    start_copies,
+    retake_stopped,
+    start_online_copies,
 )
 from cdc.capture.positions import Resume, resume_from, unavailable
-from cdc.capture.snapshot import SourceRows, binlog_end, open_snapshot, take_snapshot
+from cdc.capture.snapshot import SourceRows, take_snapshot
 from cdc.errors import as_ours
 from cdc.metrics import Metrics
 from cdc.ops.check import refuse_unready_source
@@ -41,10 +41,8 @@ from loader.applier import Applier, BatchDone
 from loader.checkpoint import load_position, load_source, lock_apply
 from loader.ddl import (
     ensure_schema,
-    forget_copy,
     forget_tables,
     load_definitions,
-    record_snapshot,
     snapshot_positions,
     stopped_tables,
 )
@@ -184,11 +182,7 @@ class Pipeline:
             writer, position = self.open_writer(pg, tables)
             writer.recopy_stopped = bool(copy_method(self.settings.online_copy, flavor))
             self._retake = []
-            self.metrics.tables_stopped.set(len(writer.stopped))
-            for name, reason in writer.stopped.items():
-                log.error("table_stopped", table=name, reason=reason,
-                          fix="copied online again with its new definition" if writer.recopy_stopped
-                          else "its rows are skipped; `softcart-sync resnapshot` takes it again")
+            self._stopped_at_start(writer)
             self.state.started = True
             self.state.alive_at = time.time()
             why: str | None = None  # the saved position can't be resumed here
@@ -221,7 +215,7 @@ class Pipeline:
             elif position.file:
                 log.info("resuming", position=str(position))
                 self._follow_settings(pg, writer, tables, flavor, followed)
-                self._retake_stopped(pg, writer, tables, flavor, current)
+                retake_stopped(self.settings, pg, writer, tables, flavor, current)
             fenced = fences(pg, self.settings.pipeline_name, position) if position.file else {}
             self._observe_position(position)
             self._stream(stop, tables, flavor, writer, position, fenced)
@@ -281,7 +275,7 @@ class Pipeline:
         if not added:
             return
         if copy_method(self.settings.online_copy, flavor):
-            self._start_online_copies(writer, added, flavor)
+            start_online_copies(self.settings, writer, added, flavor)
             return
         log.info("tables_added", tables=list(added), note="copied before the stream resumes")
         self.state.snapshotting = True
@@ -290,59 +284,19 @@ class Pipeline:
         finally:
             self.state.snapshotting = False
 
-    def _retake_stopped(self, pg: psycopg.Connection[Any], writer: StagingWriter, tables: dict[str, Table],
-                        flavor: Flavor, current: dict[str, Table]) -> None:
-        """Tables stopped by a schema change (a copy is asked with the stop, so that a running
-        daemon starts its stream anew for them) are followed again with the source's definition
-        now, their staging tables made anew, and copied online as a table added is; the star
-        schema of such a table is rebuilt when its copy ends."""
-        if not copy_method(self.settings.online_copy, flavor):
-            return
-        retake = {name: current[name] for name in writer.stopped if name in current}
-        for name, new in list(retake.items()):
-            try:
-                writer.replace_table(new)
-            except FatalError as exc:  # the star schema can't follow it: it stays stopped
-                retake.pop(name)
-                forget_copy(pg, self.settings.pipeline_name, name)  # asked no more (or each start would)
-                log.error("table_not_taken_up", table=name, reason=str(exc),
-                          fix="make the source table fit again, then `softcart-sync resnapshot` (daemon stopped)")
-        if not retake:
-            return
-        tables.update(retake)
-        star = writer.star.table.name if writer.star is not None else ""
-        log.warning("tables_taken_up_again", tables=list(retake), note="stopped by a schema change: staging tables made"
-                    " anew with the source's definitions, copied online while the stream goes on")
-        self._start_online_copies(writer, retake, flavor, rebuild_star=[star] if star in retake else [])
+    def _stopped_at_start(self, writer: StagingWriter) -> None:
+        self.metrics.tables_stopped.set(len(writer.stopped))
+        for name, reason in writer.stopped.items():
+            log.error("table_stopped", table=name, reason=reason,
+                      fix="copied online again with its new definition" if writer.recopy_stopped
+                      else "its rows are skipped; `softcart-sync resnapshot` takes it again")
 
-    def _start_online_copies(self, writer: StagingWriter, added: dict[str, Table], flavor: Flavor,
-                             rebuild_star: list[str] | None = None) -> None:
-        """Tables added to the settings are followed from the stream's position on, and copied
-        online while it goes on (cdc/capture/online.py): recorded, with their definitions, in one
-        transaction, so a restart resumes them."""
-        conn = mysql.connect(self.settings)
-        try:
-            estimates = estimate_rows(conn, self.settings.source.database, list(added))
-            # Where the copy starts: every chunk is read past it, so what the binlog says of these
-            # tables up to it (a statement-format change, a DDL from before they were added) is in
-            # the copy already, and the stream leaves it out (the fences, as for a table copied
-            # before the stream resumes).
-            if copy_method(self.settings.online_copy, flavor) == "snapshot":
-                start = open_snapshot(conn, flavor)
-                conn.rollback()
-            else:  # no lock: every chunk's low watermark is written after this
-                start = binlog_end(conn, flavor)
-        finally:
-            conn.close()
-        pipeline = self.settings.pipeline_name
-        writer.follow(added.values())
-        with writer.conn.cursor() as cur:
-            start_copies(cur, pipeline, added, estimates, rebuild_star or ())
-            for name in added:
-                record_snapshot(cur, pipeline, name, 0, str(start))
-        writer.commit(None, None, origin="tables added")
-        log.info("tables_added", tables=list(added), note="copied online while the stream goes on",
-                 rows_estimated=estimates)
+    def _restart_asked(self) -> bool:
+        """Is the stream to start anew (stopped tables to take up: ``_pending_copies``)?"""
+        if self._retake:
+            log.info("stream_restarting", tables=self._retake, reason="tables stopped by a schema change are to be"
+                     " copied again")
+        return bool(self._retake)
 
     def _pending_copies(self, tables: dict[str, Table]) -> dict[str, Copy]:
         """The online copies recorded and not finished (asked on a staging session of its own).
@@ -414,9 +368,7 @@ class Pipeline:
             while not inner.is_set():
                 if stop.wait(0.2):
                     break
-                if self._retake:
-                    log.info("stream_restarting", tables=self._retake,
-                             reason="tables stopped by a schema change are to be copied again")
+                if self._restart_asked():
                     break
                 if not feed.alive() and not inner.is_set():
                     inner.wait(1.0)  # the writer takes the reader's last items and its error first

@@ -98,6 +98,9 @@ META_DDL = [
         position text NOT NULL,
         stopped_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (pipeline, source_table))""").format(sql.Identifier(META)),
+    # Taken up again by an online copy (the stop is kept, for the record); NULL: still stopped.
+    sql.SQL("ALTER TABLE {}.stopped_table ADD COLUMN IF NOT EXISTS taken_up_at timestamptz")
+    .format(sql.Identifier(META)),
     # The source definition each staging table follows (the snapshot's, then each schema change
     # followed): at a restart the stream resumes with these, not with the source's current ones,
     # so a schema change made while the daemon was stopped is followed when its statement comes.
@@ -224,8 +227,8 @@ def stopped_tables(conn: psycopg.Connection[Any], pipeline: str) -> dict[str, st
     """The tables staging no longer follows since a schema change, with why ({} before the schema
     exists)."""
     try:
-        rows = conn.execute(sql.SQL("SELECT source_table, reason FROM {}.stopped_table WHERE pipeline = %s")
-                            .format(sql.Identifier(META)), (pipeline,)).fetchall()
+        rows = conn.execute(sql.SQL("SELECT source_table, reason FROM {}.stopped_table WHERE pipeline = %s"
+                                    " AND taken_up_at IS NULL").format(sql.Identifier(META)), (pipeline,)).fetchall()
     except psycopg.errors.UndefinedTable:
         return {}
     return {str(r[0]): str(r[1]) for r in rows}

@@ -234,14 +234,16 @@ class StagingWriter:
 
     # Schema changes -----------------------------------------------------------------------------
 
-    def follow(self, tables: Iterable[Table]) -> None:
-        """Staging follows ``tables`` (again) from the open transaction on: stopped ones no longer,
-        their definitions saved."""
+    def follow(self, tables: Iterable[Table], taken_up: bool = False) -> None:
+        """Staging follows ``tables`` (again) from the open transaction on: stopped ones no longer
+        (``taken_up``: their stop is kept on record, marked taken up), their definitions saved."""
         tables = list(tables)
         names = [t.name for t in tables]
         self.begin()
         with self.conn.cursor() as cur:
-            cur.execute(sql.SQL("DELETE FROM {}.stopped_table WHERE pipeline = %s AND source_table = ANY(%s)")
+            cur.execute(sql.SQL("UPDATE {}.stopped_table SET taken_up_at = now() WHERE pipeline = %s"
+                                " AND source_table = ANY(%s) AND taken_up_at IS NULL" if taken_up else
+                                "DELETE FROM {}.stopped_table WHERE pipeline = %s AND source_table = ANY(%s)")
                         .format(sql.Identifier(META)), (self.pipeline, names))
             save_definitions(cur, self.pipeline, tables)
         for name in names:
@@ -318,7 +320,8 @@ class StagingWriter:
         cur.execute(sql.SQL("INSERT INTO {}.stopped_table (pipeline, source_table, reason, statement, position)"
                             " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (pipeline, source_table) DO UPDATE SET"
                             " reason = EXCLUDED.reason, statement = EXCLUDED.statement,"
-                            " position = EXCLUDED.position, stopped_at = now()").format(sql.Identifier(META)),
+                            " position = EXCLUDED.position, stopped_at = now(), taken_up_at = NULL")
+                    .format(sql.Identifier(META)),
                     (self.pipeline, name, reason, statement, str(position)))
         self.stopped[name] = reason
         if self.recopy_stopped:

@@ -20,19 +20,21 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import pymysql
 import structlog
 from psycopg import sql
 
 from cdc.capture.flavor import Flavor
 from cdc.capture.mysql import connect, read_table
-from cdc.capture.snapshot import open_snapshot, quote_mysql, select_list
+from cdc.capture.snapshot import binlog_end, open_snapshot, quote_mysql, select_list
 from cdc.errors import as_ours
 from cdc.settings import Settings
-from loader.ddl import META, load_definitions, request_copy, stopped_tables
+from loader.ddl import META, forget_copy, load_definitions, record_snapshot, request_copy, stopped_tables
 from loader.online import SIGNAL_COLUMNS, SIGNAL_TABLE, Chunk, ChunkGate, key_part, order_by
 from loader.pg import pg_connect
-from transform.errors import ConfigError, TransientError
+from loader.staging import StagingWriter
+from transform.errors import ConfigError, FatalError, TransientError
 from transform.fingerprint import Dialect, col_of, range_where
 from transform.model import Position
 from transform.schema import Table
@@ -188,6 +190,63 @@ def request_copies(settings: Settings, names: list[str]) -> dict[str, int]:
             start_copies(cur, settings.pipeline_name, {n: followed[n] for n in names}, estimates)
     log.info("online_copy_requested", tables=names, rows_estimated=estimates, stopped=sorted(stopped))
     return estimates
+
+
+def retake_stopped(settings: Settings, pg: psycopg.Connection[Any], writer: StagingWriter, tables: dict[str, Table],
+                   flavor: Flavor, current: dict[str, Table]) -> None:
+    """Tables stopped by a schema change (a copy is asked with the stop, so that a running
+    daemon starts its stream anew for them) are followed again with the source's definition
+    now, their staging tables made anew, and copied online as a table added is; the star
+    schema of such a table is rebuilt when its copy ends."""
+    if not copy_method(settings.online_copy, flavor):
+        return
+    retake = {name: current[name] for name in writer.stopped if name in current}
+    for name, new in list(retake.items()):
+        try:
+            writer.replace_table(new)
+        except FatalError as exc:  # the star schema can't follow it: it stays stopped
+            retake.pop(name)
+            forget_copy(pg, settings.pipeline_name, name)  # asked no more (or each start would)
+            log.error("table_not_taken_up", table=name, reason=str(exc),
+                      fix="make the source table fit again, then `softcart-sync resnapshot` (daemon stopped)")
+    if not retake:
+        return
+    tables.update(retake)
+    star = writer.star.table.name if writer.star is not None else ""
+    log.warning("tables_taken_up_again", tables=list(retake), note="stopped by a schema change: staging tables made"
+                " anew with the source's definitions, copied online while the stream goes on")
+    start_online_copies(settings, writer, retake, flavor, rebuild_star=[star] if star in retake else [],
+                        taken_up=True)
+
+
+def start_online_copies(settings: Settings, writer: StagingWriter, added: dict[str, Table], flavor: Flavor,
+                        rebuild_star: list[str] | None = None, taken_up: bool = False) -> None:
+    """Tables added to the settings (or taken up again) are followed from the stream's position
+    on, and copied online while it goes on (``OnlineCopier``): recorded, with their definitions,
+    in one transaction, so a restart resumes them."""
+    conn = connect(settings)
+    try:
+        estimates = estimate_rows(conn, settings.source.database, list(added))
+        # Where the copy starts: every chunk is read past it, so what the binlog says of these
+        # tables up to it (a statement-format change, a DDL from before they were added) is in
+        # the copy already, and the stream leaves it out (the fences, as for a table copied
+        # before the stream resumes).
+        if copy_method(settings.online_copy, flavor) == "snapshot":
+            start = open_snapshot(conn, flavor)
+            conn.rollback()
+        else:  # no lock: every chunk's low watermark is written after this
+            start = binlog_end(conn, flavor)
+    finally:
+        conn.close()
+    pipeline = settings.pipeline_name
+    writer.follow(added.values(), taken_up)
+    with writer.conn.cursor() as cur:
+        start_copies(cur, pipeline, added, estimates, rebuild_star or ())
+        for name in added:
+            record_snapshot(cur, pipeline, name, 0, str(start))
+    writer.commit(None, None, origin="tables added")
+    log.info("tables_added", tables=list(added), note="copied online while the stream goes on",
+             rows_estimated=estimates)
 
 
 class OnlineCopier:

@@ -5,6 +5,7 @@ the daemon's peak memory, and checks that source and staging agree afterwards.
 Private MariaDB and PostgreSQL, the daemon as a subprocess, as in production.
 
     .venv/bin/python -m tests.bench.bench_online [--rows 1000000] [--rate 2000] [--chunk 2000]
+                                                 [--method auto|signal]
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def main() -> None:
     ap.add_argument("--sales", type=int, default=100_000, help="rows of sales_data before")
     ap.add_argument("--rate", type=int, default=2000, help="changes/s during the copy (half to each table)")
     ap.add_argument("--chunk", type=int, default=2000, help="SOFTCART_ONLINE_COPY_CHUNK_ROWS")
+    ap.add_argument("--method", choices=["auto", "signal"], default="auto",
+                    help="SOFTCART_ONLINE_COPY: auto (snapshot positions, MariaDB) or signal (watermarks, as MySQL)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="softcart-bench-online-"))
     base.chmod(0o755)
@@ -102,6 +105,7 @@ def main() -> None:
         daemon.stop()
 
         env = {**env, "SOFTCART_SOURCE_TABLES": "sales_data,big", "SOFTCART_ONLINE_COPY_CHUNK_ROWS": str(args.chunk),
+               "SOFTCART_ONLINE_COPY": args.method,
                "SOFTCART_LOG_LEVEL": "info", "SOFTCART_LOG_FORMAT": "json"}
         stop = threading.Event()
         commits: dict[int, float] = {}
@@ -130,7 +134,7 @@ def main() -> None:
         agree = cli(env, "reconcile", "--level", "source", "--dry-run")  # segment checksums of every row
         check = cli(env, "rebuild", "--check")
         figures = {
-            "rows": args.rows, "chunk_rows": args.chunk, "changes_per_s": args.rate,
+            "method": args.method, "rows": args.rows, "chunk_rows": args.chunk, "changes_per_s": args.rate,
             "copy_seconds": round(copy_seconds, 1), "copy_rows_per_s": round(args.rows / copy_seconds),
             "changes_during_copy": counts["changes"], "caught_up_after_s": round(caught, 2),
             "freshness_staging_p50_s": round(pct(lag["staging"], 50), 3),

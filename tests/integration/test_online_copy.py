@@ -437,7 +437,8 @@ def test_a_copy_requested_again_while_it_runs_starts_again_from_the_first_chunk(
 
 def taken_up_again(staging: PG, table: str, since: Any) -> bool:
     """``table`` no longer stopped, and its copy asked after ``since`` finished."""
-    if staging.execute("SELECT 1 FROM softcart.stopped_table WHERE source_table = %s", (table,)).fetchone():
+    if staging.execute("SELECT 1 FROM softcart.stopped_table WHERE source_table = %s AND taken_up_at IS NULL",
+                       (table,)).fetchone():
         return False
     row = staging.execute("SELECT finished_at IS NOT NULL FROM softcart.online_copy WHERE source_table = %s"
                           " AND started_at > %s", (table, since)).fetchone()
@@ -475,3 +476,7 @@ def test_tables_stopped_by_a_schema_change_are_copied_again_online_with_their_ne
     assert assert_same(source, staging, source_db, "items") == 500 - 50 + 1
     assert assert_same(source, staging, source_db, "sales_data") == 225
     assert check_star(both) == []
+    stops = staging.execute("SELECT source_table, statement, taken_up_at IS NOT NULL FROM softcart.stopped_table"
+                            " ORDER BY 1").fetchall()
+    assert stops == [("items", "ALTER TABLE items MODIFY v VARCHAR(20)", True),
+                     ("sales_data", "ALTER TABLE sales_data MODIFY price DECIMAL(8,2) NOT NULL DEFAULT 0", True)]
