@@ -84,12 +84,7 @@ def open_snapshot(conn: pymysql.connections.Connection, flavor: Flavor) -> Posit
                 cur.execute(stmt)
             cur.execute(plan.position)
             file, pos = snapshot_position(flavor.mariadb, list(cur.fetchall()))
-            if flavor.mariadb:
-                gtid = _mariadb_gtid(cur, file, pos)
-            else:
-                cur.execute(flavor.gtid_sql)
-                row = cur.fetchone()
-                gtid = _one_line(row[0] if row else None)
+            gtid = _gtid_at(cur, flavor, file, pos)
         finally:
             for stmt in plan.unlock:
                 cur.execute(stmt)
@@ -102,13 +97,16 @@ def binlog_end(conn: pymysql.connections.Connection, flavor: Flavor) -> Position
     with conn.cursor() as cur:
         cur.execute(flavor.binlog_status_sql)
         file, pos = snapshot_position(False, list(cur.fetchall()))
-        if flavor.mariadb:
-            gtid = _mariadb_gtid(cur, file, pos)
-        else:
-            cur.execute(flavor.gtid_sql)
-            row = cur.fetchone()
-            gtid = _one_line(row[0] if row else None)
-    return Position(file, pos, gtid)
+        return Position(file, pos, _gtid_at(cur, flavor, file, pos))
+
+
+def _gtid_at(cur: Any, flavor: Flavor, file: str, pos: int) -> str:
+    """The GTID state at ``file``:``pos`` (MySQL: the server's now, read in the same instant)."""
+    if flavor.mariadb:
+        return _mariadb_gtid(cur, file, pos)
+    cur.execute(flavor.gtid_sql)
+    row = cur.fetchone()
+    return _one_line(row[0] if row else None)
 
 
 def take_snapshot(settings: Settings, tables: dict[str, Table], flavor: Flavor,
