@@ -76,6 +76,7 @@ def _dev_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     gen.add_argument("--old-rows", type=int, default=10000, help="rows in OLD.csv (default 10000)")
     gen.add_argument("--new-rows", type=int, default=1000, help="rows in NEW.csv (default 1000)")
     gen.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    gen.add_argument("--products", type=int, default=500, help="distinct product ids (default 500)")
     demo = sub.add_parser("demo", help="run everything on private servers and watch changes arrive",
                           description="Start private MariaDB and PostgreSQL servers under --dir, load seed-shaped "
                           "data, run the daemon, make live inserts, updates and deletes and show them arriving "
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "generate-data":
         from cdc.dev.seed import generate
 
-        generate(args.old, args.new, args.old_rows, args.new_rows, args.seed)
+        generate(args.old, args.new, args.old_rows, args.new_rows, args.seed, products=args.products)
         print(f"wrote {args.old_rows} rows to {args.old} and {args.new_rows} rows to {args.new}")
         return EXIT_OK
     if args.command == "demo":

@@ -7,7 +7,13 @@ JSON line (every run's figures), and writes a PNG chart of the lag during the fr
 (needs matplotlib, a dev dependency).
 
     .venv/bin/python -m tests.bench.bench_stages [--rows 1000000] [--changes 500000] [--freshness 60]
-        [--runs 3] [--chart lag.png]
+        [--runs 3] [--chart lag.png] [--shape softcart|one-date]
+
+The data is shaped like SoftCart's by default (``--shape softcart``): sales over two years
+(about 1,370 a day for 1,000,000 rows) of 1,000 products; the changes' inserts fall on days
+across those years and their updates keep each sale's day, so the star schema's aggregates are
+touched all over. ``--shape one-date``: the earlier workload, 500 products, every insert and
+update stamped now (the aggregates touched are one day's).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +86,25 @@ class Daemon:
             self.proc.wait(120)
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What the generated sales look like (see the module's text)."""
+
+    name: str
+    products: int
+    spread: bool  # inserts and updates over two years' days (else: stamped now)
+
+    @staticmethod
+    def of(name: str) -> Shape:
+        return SOFTCART if name == "softcart" else ONE_DATE
+
+
+SOFTCART, ONE_DATE = Shape("softcart", 1000, True), Shape("one-date", 500, False)
+FIRST_DAY, DAYS = dt.datetime(2020, 1, 1), 2 * 365
+
+
 def load_source(maria: MariaDBServer, pg: PostgresServer, base: Path, rows: int,
-                extra: dict[str, str] | None = None) -> dict[str, str]:
+                extra: dict[str, str] | None = None, shape: Shape = SOFTCART) -> dict[str, str]:
     """The daemon's environment (databases staging and warehouse must exist), with ``rows`` rows of
     the project's generator in the source and the warehouse's tables created."""
     env = {"SOFTCART_SOURCE_URL": maria.url(database="sales"), "SOFTCART_STAGING_URL": pg.url("staging"),
@@ -88,7 +112,8 @@ def load_source(maria: MariaDBServer, pg: PostgresServer, base: Path, rows: int,
            "SOFTCART_FLUSH_INTERVAL_SECONDS": "5", "SOFTCART_METRICS_LISTEN": "127.0.0.1:0",
            "SOFTCART_LOG_LEVEL": "warning", **(extra or {})}
     old, new = base / "OLD.csv", base / "NEW.csv"
-    assert cli(env, "generate-data", str(old), str(new), "--old-rows", str(rows), "--new-rows", "0").returncode == 0
+    assert cli(env, "generate-data", str(old), str(new), "--old-rows", str(rows), "--new-rows", "0",
+               "--products", str(shape.products)).returncode == 0
     loaded = cli(env, "setup-source", str(old), str(new))
     assert loaded.returncode == 0, loaded.stderr
     assert cli(env, "warehouse", "init").returncode == 0
@@ -147,9 +172,10 @@ def wait_caught_up(src: pymysql.connections.Connection, stg: psycopg.Connection[
 
 
 def write_changes(src: pymysql.connections.Connection, n: int, first_new: int, max_id: int,
-                  seed: int) -> dict[str, int]:
+                  seed: int, shape: Shape = SOFTCART) -> dict[str, int]:
     """n row changes, 70% inserts, 20% updates, 10% deletes, in transactions of 1 to 200 changes."""
     rnd = random.Random(seed)
+    minutes = DAYS * 24 * 60
     counts = {"insert": 0, "update": 0, "delete": 0}
     next_id = first_new
     done = 0
@@ -160,8 +186,9 @@ def write_changes(src: pymysql.connections.Connection, n: int, first_new: int, m
             for _ in range(size):
                 p = rnd.random()
                 if p < 0.7:
-                    inserts.append((next_id, rnd.randint(1, 500), rnd.randint(1, 10000), rnd.randint(100, 50000) / 100,
-                                    rnd.randint(1, 5)))
+                    when = FIRST_DAY + dt.timedelta(minutes=rnd.randrange(minutes)) if shape.spread else None
+                    inserts.append((next_id, rnd.randint(1, shape.products), rnd.randint(1, 10000),
+                                    rnd.randint(100, 50000) / 100, rnd.randint(1, 5), when))
                     next_id += 1
                 elif p < 0.9:
                     updates.append(rnd.randint(1, max_id))
@@ -169,10 +196,11 @@ def write_changes(src: pymysql.connections.Connection, n: int, first_new: int, m
                     deletes.append(rnd.randint(1, max_id))
             cur.execute("BEGIN")
             if inserts:
-                cur.executemany("INSERT INTO sales_data (rowid, product_id, customer_id, price, quantity)"
-                                " VALUES (%s, %s, %s, %s, %s)", inserts)
-            if updates:
-                cur.execute("UPDATE sales_data SET quantity = quantity + 1 WHERE rowid IN %s", (updates,))
+                cur.executemany("INSERT INTO sales_data (rowid, product_id, customer_id, price, quantity, timestamp)"
+                                " VALUES (%s, %s, %s, %s, %s, COALESCE(%s, NOW()))", inserts)
+            if updates:  # SoftCart's shape keeps each sale's day (the column's ON UPDATE would make it now)
+                keep = ", timestamp = timestamp" if shape.spread else ""
+                cur.execute(f"UPDATE sales_data SET quantity = quantity + 1{keep} WHERE rowid IN %s", (updates,))
             if deletes:
                 cur.execute("DELETE FROM sales_data WHERE rowid IN %s", (deletes,))
             cur.execute("COMMIT")
@@ -281,7 +309,8 @@ def one_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[tu
             c.execute("CREATE DATABASE staging")
             c.execute("CREATE DATABASE warehouse")
             c.execute("CREATE DATABASE baseline")
-        env = load_source(maria, pg, base, args.rows)
+        shape = Shape.of(args.shape)
+        env = load_source(maria, pg, base, args.rows, shape=shape)
         src = pymysql.connect(host="127.0.0.1", port=maria.port, user="root", database="sales", autocommit=True)
         stg = psycopg.connect(pg.url("staging"), autocommit=True)
         wh = psycopg.connect(pg.url("warehouse"), autocommit=True)
@@ -297,7 +326,7 @@ def one_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[tu
         daemon = Daemon(env, base / "daemon.log")  # quieter from here on
 
         # 2. Catch-up: changes written while the daemon is stopped.
-        counts = write_changes(src, args.changes, args.rows + 1, args.rows, seed=3)
+        counts = write_changes(src, args.changes, args.rows + 1, args.rows, seed=3, shape=shape)
         daemon.start()
         seconds = wait_caught_up(src, stg)
         figures["catch_up_changes_per_s"] = args.changes / seconds
@@ -370,6 +399,8 @@ def main() -> None:
     p.add_argument("--changes", type=int, default=500_000)
     p.add_argument("--freshness", type=float, default=60.0, help="seconds of steady load")
     p.add_argument("--rate", type=int, default=5000)
+    p.add_argument("--shape", choices=["softcart", "one-date"], default="softcart",
+                   help="the generated sales' shape (see above)")
     p.add_argument("--runs", type=int, default=3, help="runs on fresh servers; the table shows their median")
     p.add_argument("--chart", type=Path, default=Path("bench-lag.png"), help="PNG of the lag during freshness")
     args = p.parse_args()
