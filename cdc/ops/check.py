@@ -26,7 +26,7 @@ log = structlog.get_logger(__name__)
 MIN_RETENTION_SECONDS = 24 * 3600
 
 BINLOG_VARIABLES = ["log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata", "server_id",
-                    "expire_logs_days", "binlog_expire_logs_seconds", "gtid_mode"]
+                    "expire_logs_days", "binlog_expire_logs_seconds", "gtid_mode", "binlog_order_commits"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,10 @@ def judge_binlog(flavor: Flavor, v: dict[str, str], our_server_id: int) -> list[
                        f"binlog retention = {shown} (need at least 24 h)",
                        "set binlog_expire_logs_seconds=604800 (7 days) so the daemon can be down a while",
                        required=False))
+    if v.get("binlog_order_commits", "ON").upper() == "OFF":  # MySQL's; MariaDB always commits in binlog order
+        out.append(Finding(False, "binlog_order_commits = OFF (online copies by watermarks need ON)",
+                           "set binlog_order_commits=ON (the default): a commit may then be seen by a chunk's read"
+                           " before one the binlog has ahead of it", required=False))
     return out
 
 

@@ -84,3 +84,9 @@ def test_online_copies_by_watermarks_need_to_write_the_signal_table() -> None:
     assert failures(missing_privileges(MYSQL84, granted, "sales", ["sales_data"], signal=True)) == []
     everything = ["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"]
     assert failures(missing_privileges(MYSQL84, everything, "sales", ["sales_data"], signal=True)) == []
+
+
+def test_commits_out_of_binlog_order_are_a_warning_for_the_watermarks() -> None:
+    assert failures(judge_binlog(MYSQL84, {**GOOD, "binlog_order_commits": "ON"}, 5401)) == []
+    (finding,) = [f for f in judge_binlog(MYSQL84, {**GOOD, "binlog_order_commits": "OFF"}, 5401) if not f.ok]
+    assert "binlog_order_commits = OFF" in finding.what and not finding.required
