@@ -1,6 +1,6 @@
 """An online copy under load (#18): a large table added to the settings while changes stream into
 it and into sales_data; prints how fast it copied, the freshness of the other table meanwhile,
-the daemon's peak memory, and checks that source and staging agree afterwards.
+the daemon's peak memory, and checks afterwards that source = staging = star rebuild = warehouse.
 
 Private MariaDB and PostgreSQL, the daemon as a subprocess, as in production.
 
@@ -23,7 +23,7 @@ import psycopg
 import pymysql
 
 from cdc.dev.localservers import MariaDBServer, PostgresServer
-from tests.bench.bench_stages import Daemon, cli, load_source, pct, wait_caught_up
+from tests.bench.bench_stages import Daemon, cli, load_source, pct, wait_caught_up, wait_flushed
 
 
 def copy_done(stg: psycopg.Connection[Any]) -> bool:
@@ -127,12 +127,14 @@ def main() -> None:
         threads[0].join(30)
         caught = wait_caught_up(src, stg)
         threads[1].join(30)
+        wait_flushed(stg)  # the warehouse too
         rss = daemon.peak_rss_mb()
         daemon.stop()
         daemon = None
         lag = {k: [v[i] - commits[i] for i in commits if i in v] for k, v in seen.items()}
         agree = cli(env, "reconcile", "--level", "source", "--dry-run")  # segment checksums of every row
         check = cli(env, "rebuild", "--check")
+        warehouse = cli(env, "reconcile", "--level", "warehouse", "--dry-run")
         figures = {
             "method": args.method, "rows": args.rows, "chunk_rows": args.chunk, "changes_per_s": args.rate,
             "copy_seconds": round(copy_seconds, 1), "copy_rows_per_s": round(args.rows / copy_seconds),
@@ -141,6 +143,7 @@ def main() -> None:
             "freshness_staging_p99_s": round(pct(lag["staging"], 99), 3),
             "freshness_star_p99_s": round(pct(lag["star"], 99), 3), "peak_rss_mb": round(rss),
             "source_equals_staging": agree.returncode == 0, "star_equals_rebuild": check.returncode == 0,
+            "warehouse_equals_star": warehouse.returncode == 0,
         }
         print("| figure | value |\n|---|---|")
         for k, v in figures.items():
