@@ -70,3 +70,23 @@ def test_mysql_latin1_decodes_every_byte_as_the_server_does() -> None:
     assert text[0x80] == "€" and text[0xE9] == "é" and text[0x41] == "A"
     assert [text[b] for b in (0x81, 0x8D, 0x8F, 0x90, 0x9D)] == ["\x81", "\x8d", "\x8f", "\x90", "\x9d"]
     assert text.encode(MYSQL_LATIN1) == bytes(range(256))
+
+
+@given(st.lists(st.tuples(st.sampled_from([None, "id", "a", "b", "c", "d"]), st.booleans()), max_size=8),
+       st.one_of(st.none(), st.just("given")))
+def test_our_table_init_is_the_librarys_without_its_cost(cols: list[tuple[str | None, bool]], given_key: str | None
+                                                        ) -> None:
+    from pymysqlreplication.column import Column
+    from pymysqlreplication.table import Table
+
+    from cdc.capture import binlog_fixes
+
+    columns = []
+    for name, primary in cols:
+        c = Column.__new__(Column)
+        c.__dict__.update(type=3, name=name, unsigned=False, is_primary=primary, charset_id=None)
+        columns.append(c)
+    ours, theirs = Table.__new__(Table), Table.__new__(Table)
+    binlog_fixes._table_init(ours, 7, "sales", "t", columns, given_key, True)
+    binlog_fixes._library_table_init(theirs, 7, "sales", "t", columns, given_key, True)
+    assert ours.__dict__ == theirs.__dict__
