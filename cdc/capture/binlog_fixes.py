@@ -13,7 +13,11 @@ And it is slow where it need not be: every TABLE_MAP event (one before each rows
 per small transaction) builds a ``Table`` whose primary key it finds through ``Column.data``, a
 dict of every attribute built anew for each of two look-ups per column: a fifth of the reader's
 time on a stream of small transactions. :func:`_table_init` reads the two attributes directly;
-the result is the same (``tests/unit/test_binlog_fixes.py`` holds it so).
+the result is the same (``tests/unit/test_binlog_fixes.py`` holds it so). And it parses each
+TABLE_MAP event's column metadata anew though a table's map is the same bytes every time: what a
+map's bytes parse to is kept (:func:`_table_map_init`, a few hundred maps at most), and a map
+seen before costs a dictionary look-up (``tests/integration/test_rowcodec.py`` reads the same
+binlog with and without it).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import codecs
 import datetime as dt
 from typing import Any
 
-from pymysqlreplication.row_event import RowsEvent
+from pymysqlreplication.event import BinLogEvent
+from pymysqlreplication.row_event import RowsEvent, TableMapEvent
 from pymysqlreplication.table import Table
 
 _TIMEF_INT_OFS = 0x800000
@@ -104,7 +109,54 @@ def _table_init(self: Any, table_id: Any, schema: Any, table: Any, columns: Any,
                           "primary_key": primary_key, "column_name_flag": column_name_flag})
 
 
+# What the base event sets for each event (its packet, time, size...): not part of a map's parse.
+_PER_EVENT = frozenset(("packet", "table_map", "event_type", "timestamp", "event_size", "_post_header_lengths",
+                        "_ctl_connection", "mysql_version", "_ignore_decode_errors", "_verify_checksum",
+                        "_is_event_valid", "_processed", "complete", "dbms"))
+_FILTERS = ("only_tables", "ignored_tables", "only_schemas", "ignored_schemas", "freeze_schema",
+            "optional_meta_data", "use_column_name_cache")
+_MAPS_KEPT = 512
+table_maps: dict[tuple[Any, ...], dict[str, Any]] = {}  # a map's bytes (and the reader's filters) -> its parse
+table_map_cache = True  # tests read the same binlog with and without it
+table_map_hits = 0
+
+
+def _map_key(from_packet: Any, event_size: int, kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The map's own bytes, or None where they can't be seen whole (then it is parsed)."""
+    raw = getattr(from_packet, "packet", None)
+    data, at = getattr(raw, "_data", None), getattr(raw, "_position", None)
+    if not table_map_cache or data is None or at is None or kwargs.get("freeze_schema") \
+            or getattr(from_packet, "_BinLogPacketWrapper__data_buffer", b"") != b"":
+        return None
+    return (bytes(data[at:at + event_size]), *(repr(kwargs.get(k)) for k in _FILTERS))
+
+
+def _table_map_init(self: Any, from_packet: Any, event_size: int, table_map: dict[int, Any], ctl_connection: Any,
+                    **kwargs: Any) -> None:
+    """``TableMapEvent.__init__``, parsing a map's bytes once: the same bytes again take the
+    same columns and Table (nothing changes them once parsed)."""
+    global table_map_hits
+    key = _map_key(from_packet, event_size, kwargs)
+    known = table_maps.get(key) if key is not None else None
+    if known is None:
+        _library_table_map_init(self, from_packet, event_size, table_map, ctl_connection, **kwargs)
+        meta = getattr(self, "optional_metadata", None)
+        named = meta is not None and len(getattr(meta, "column_name_list", ())) == getattr(self, "column_count", -1)
+        # kept only where the map names its columns (binlog_row_metadata=FULL): without names the
+        # library asks the server for them, and a rename keeps the map's bytes
+        if key is not None and self._processed and named:
+            if len(table_maps) >= _MAPS_KEPT:
+                table_maps.clear()
+            table_maps[key] = {k: v for k, v in self.__dict__.items() if k not in _PER_EVENT}
+        return
+    BinLogEvent.__init__(self, from_packet, event_size, table_map, ctl_connection, **kwargs)
+    self.__dict__.update(known)
+    table_map[self.table_id] = self.table_obj
+    table_map_hits += 1
+
+
 _library_table_init = Table.__init__
+_library_table_map_init = TableMapEvent.__init__
 _library_charset_to_encoding = RowsEvent.charset_to_encoding
 _installed = False
 
@@ -115,6 +167,7 @@ def install() -> None:
     global _installed
     RowsEvent._RowsEvent__read_time2 = _read_time2
     Table.__init__ = _table_init
+    TableMapEvent.__init__ = _table_map_init
     if not _installed:
         codecs.register(_search)
         RowsEvent.charset_to_encoding = staticmethod(_charset_to_encoding)

@@ -188,3 +188,50 @@ def test_generated_rows_decode_as_the_library_does(settings: Settings, source: C
         cur.execute("DELETE FROM fast_types WHERE id = %s", (ids[0],))
     changes = compare(settings, source, start)
     assert len(changes) == len(rows) + changed + 1  # an update to the same values is not in the binlog
+
+
+def test_table_maps_parsed_once_decode_as_parsed_each_time(settings: Settings, source: Conn) -> None:
+    """The same table's map comes before every small transaction: kept parsed, it must decode
+    exactly as a map parsed anew each time, across ALTERs (new maps) and back (an old map's bytes
+    again) and for two tables of the same shape."""
+    from cdc.capture import binlog_fixes
+
+    execute(source, "CREATE TABLE t (id INT PRIMARY KEY, a VARCHAR(10), b DECIMAL(8,2))",
+            "CREATE TABLE u (id INT PRIMARY KEY, a VARCHAR(10), b DECIMAL(8,2))")
+    settings = settings.model_copy(update={"source_tables": ["t", "u"]})
+    start = end_position(source)
+    for i in range(1, 31):
+        execute(source, f"INSERT INTO t (id, a, b) VALUES ({i}, 'a{i}', {i}.5)", f"INSERT INTO u VALUES ({i}, 'u{i}', {i})")
+        if i == 10:
+            execute(source, "ALTER TABLE t ADD COLUMN c INT DEFAULT 7")
+        if i == 20:
+            execute(source, "ALTER TABLE t DROP COLUMN c", "UPDATE t SET a = 'back' WHERE id < 5")
+    end = end_position(source)
+
+    def changes(cache: bool, kept: bool = False) -> tuple[list[tuple[Any, ...]], int]:
+        if not kept:  # else: a new reader (a restart) finds the maps an earlier one parsed
+            binlog_fixes.table_maps.clear()
+        binlog_fixes.table_map_cache, hits = cache, binlog_fixes.table_map_hits
+        try:
+            conn = mysql.connect(settings)
+            try:
+                tables = {n: mysql.read_table(conn, settings.source.database, n) for n in ("t", "u")}
+                flavor: Flavor = mysql.flavor(conn)
+            finally:
+                conn.close()
+            out: list[tuple[Any, ...]] = []
+            for item in BinlogSource(settings, tables, flavor, start, fast_decode=False).chunks(threading.Event()):
+                if isinstance(item, TxnChunk):
+                    out += [(c.table, c.op, c.before, c.after, c.absent) for c in item.changes]
+                at = item.commit if isinstance(item, TxnChunk) else item.position
+                if at is not None and (at.file, at.pos) >= (end.file, end.pos):
+                    return out, binlog_fixes.table_map_hits - hits
+            raise AssertionError("the stream ended early")
+        finally:
+            binlog_fixes.table_map_cache = True
+
+    kept, hits = changes(True)
+    again, all_hits = changes(True, kept=True)
+    parsed, none = changes(False)
+    assert hits >= 50 and all_hits > hits and none == 0, (hits, all_hits, none)
+    assert kept == parsed and again == parsed and len(kept) == 64
