@@ -201,7 +201,8 @@ def test_table_maps_parsed_once_decode_as_parsed_each_time(settings: Settings, s
     settings = settings.model_copy(update={"source_tables": ["t", "u"]})
     start = end_position(source)
     for i in range(1, 31):
-        execute(source, f"INSERT INTO t (id, a, b) VALUES ({i}, 'a{i}', {i}.5)", f"INSERT INTO u VALUES ({i}, 'u{i}', {i})")
+        execute(source, f"INSERT INTO t (id, a, b) VALUES ({i}, 'a{i}', {i}.5)",
+                f"INSERT INTO u VALUES ({i}, 'u{i}', {i})")
         if i == 10:
             execute(source, "ALTER TABLE t ADD COLUMN c INT DEFAULT 7")
         if i == 20:
