@@ -27,7 +27,7 @@ from transform.star import (
     star_delta,
     try_fact,
 )
-from transform.star_shape import DIMDATE, StarTable, staging_types
+from transform.star_shape import DIMDATE, QUANTITY_SUM, StarTable, staging_types
 from transform.star_shape import FACT_INDEX as INDEX
 from transform.star_shape import TABLES as SHAPE
 from transform.star_sql import AGG_COLS, FACT_COLS, RowStatements, SqlRules, batch_statements, row_statements, sql_rules
@@ -46,7 +46,11 @@ def _staging_ddl(t: StarTable) -> str:
 
 _INDEX, _INDEXED, _INDEX_COLUMN = INDEX
 FACT_INDEX = f"CREATE INDEX IF NOT EXISTS {_INDEX} ON {STAR}.{_INDEXED} ({_INDEX_COLUMN})"
-STAR_DDL = [f"CREATE SCHEMA IF NOT EXISTS {STAR}", *(_staging_ddl(t) for t in SHAPE), FACT_INDEX]
+# A staging star schema made before quantity_total was wider than BIGINT gets the shape's type.
+_WIDEN = (f"DO $$ BEGIN IF (SELECT data_type FROM information_schema.columns WHERE table_schema = '{STAR}'"
+          " AND table_name = 'sales_by_day' AND column_name = 'quantity_total') = 'bigint' THEN"
+          f" ALTER TABLE {STAR}.sales_by_day ALTER COLUMN quantity_total TYPE {QUANTITY_SUM}; END IF; END $$")
+STAR_DDL = [f"CREATE SCHEMA IF NOT EXISTS {STAR}", *(_staging_ddl(t) for t in SHAPE), _WIDEN, FACT_INDEX]
 
 DIMDATE_COLS = DIMDATE.columns
 #: (table, columns compared, key) of the star schema's tables, in load order.

@@ -19,6 +19,7 @@ from transform.fingerprint import Kind
 
 MONEY_DIGITS, MONEY_SCALE = 31, 4
 _MONEY = f"numeric({MONEY_DIGITS},{MONEY_SCALE})"
+QUANTITY_SUM = "numeric(38,0)"
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,9 @@ FACTSALES = StarTable("factsales", (
 
 SALES_BY_DAY = StarTable("sales_by_day", (
     _c("dateid", "integer"), _c("product_id", "bigint"), _c("sales_count", "bigint"),
-    _c("quantity_total", "bigint"),
     # staging sums without the warehouse's bound: a batch's total is checked when it is loaded
+    # (quantities of a BIGINT column may sum past BIGINT)
+    _c("quantity_total", QUANTITY_SUM, "bigint"),
     _c("amount_total", f"numeric(38,{MONEY_SCALE})", _MONEY),
 ), key=("dateid", "product_id"))
 

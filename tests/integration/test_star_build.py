@@ -4,6 +4,8 @@ column types and time zones a sales table can have, and for the rows that make n
 
 from __future__ import annotations
 
+import datetime as dt
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -57,3 +59,26 @@ def test_sql_build_equals_the_python_reference(staging: PG, kind: str, zone: str
         assert invalid == sorted(reference.invalid), kept
 
     check()
+
+
+def test_quantities_summing_past_bigint_build_and_an_old_schema_is_widened(staging: PG) -> None:
+    """Found by the test above (America/St_Johns, datetime-wide): two sales of one day and product
+    whose quantities sum past BIGINT stopped the build ('bigint out of range'). Staging's
+    sales_by_day sums without the warehouse's bound, as amount_total does; a staging star schema
+    made before that gets the wider type at the next start."""
+    table = KINDS["datetime-wide"]
+    ensure_schema(staging, {table.name: table})
+    star = StarSchema(table, ZoneInfo("America/St_Johns"))
+    with staging.cursor() as cur:
+        star.ensure_schema(cur)
+        cur.execute("ALTER TABLE star.sales_by_day ALTER COLUMN quantity_total TYPE bigint")  # as it was made
+        star.ensure_schema(cur)
+        cur.execute("SELECT data_type FROM information_schema.columns WHERE table_schema = 'star'"
+                    " AND table_name = 'sales_by_day' AND column_name = 'quantity_total'")
+        assert cur.fetchone() == ("numeric",)
+    big = 9_223_372_036_854_775_807
+    moment = dt.datetime(2000, 1, 1)
+    fill(staging, table, [(0, 0, Decimal("0.00"), 1, moment), (0, 0, Decimal("0.00"), big, moment)])
+    invalid, differences = both_ways(staging, star)
+    assert differences == [] and invalid == []
+    assert staging.execute("SELECT quantity_total FROM star.sales_by_day").fetchone() == (big + 1,)
