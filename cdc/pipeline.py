@@ -345,7 +345,7 @@ class Pipeline:
         signal = ensure_signal_table(self.settings) if method == "signal" else None
         feed = SourceFeed(self.settings, tables, flavor, position, fenced, signal)
         self._feed = feed
-        gate = ChunkGate(max(10.0, self.settings.read_timeout_seconds)) if method else None
+        gate = ChunkGate(max(10.0, self.settings.read_timeout_seconds), method == "signal") if method else None
         applier = Applier(self.settings.apply_config, writer, self.state, self._observer,
                           lambda: SourceRows(self.settings), gate)
 

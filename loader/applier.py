@@ -225,7 +225,7 @@ class Applier:
     def _take(self, item: TxnChunk, feed: Feed) -> bool:
         """One slice of a source transaction into the open batch; True: commit now."""
         marks: list[tuple[str, str]] = []
-        if self.gate is not None:
+        if self.gate is not None and self.gate.watermarks:  # only then are signal rows read
             item, marks = watermarks(item, self.config.pipeline)
         self.observer.read(item.changes)  # as the binlog has them, fenced or not
         if self._fences:

@@ -100,12 +100,14 @@ class ChunkGate:
     each transaction boundary before taking an item, ``idle`` when the queue had nothing or a
     heartbeat came, and ``applied`` once a chunk it was given is in the open batch."""
 
-    def __init__(self, wait_seconds: float = 10.0) -> None:
+    def __init__(self, wait_seconds: float = 10.0, watermarks: bool = False) -> None:
+        """``watermarks``: chunks come by the watermark method (the stream carries signal rows)."""
         self._cond = threading.Condition()
         self._state = _State.IDLE
         self._p: Position | None = None
         self._chunk: Chunk | None = None
         self._wait = wait_seconds
+        self.watermarks = watermarks
         self._applied = 0  # chunks applied so far (the copier waits for its own)
         self._watermark = ""  # the watermark method: the id of the chunk's watermarks
         self._table = ""  # and its table
