@@ -162,8 +162,8 @@ _installed = False
 
 
 def install() -> None:
-    """Replace the library's TIME2 decoder, latin1 mapping and ``Table.__init__`` with ours
-    (idempotent)."""
+    """Replace the library's TIME2 decoder, latin1 mapping, ``Table.__init__`` and
+    ``TableMapEvent.__init__`` with ours (idempotent)."""
     global _installed
     RowsEvent._RowsEvent__read_time2 = _read_time2
     Table.__init__ = _table_init

@@ -59,11 +59,16 @@ SIGNAL_DDL = (f"CREATE TABLE {SIGNAL_TABLE} (pipeline VARCHAR(63) NOT NULL, kind
               " ENGINE=InnoDB")
 
 
+def signal_ddl(database: str) -> str:
+    """The statement that makes the watermark table in ``database`` (for an administrator)."""
+    return SIGNAL_DDL.replace("CREATE TABLE ", f"CREATE TABLE {database}.", 1)
+
+
 def ensure_signal_table(settings: Settings) -> Table:
     """The watermark method's table on the source, made if it is not there; its definition (the
     binlog reader decodes its rows). Without the right to make or write it, says what to grant."""
     db = settings.source.database
-    grant = (f"as an administrator, run: {SIGNAL_DDL.replace('CREATE TABLE ', f'CREATE TABLE {db}.')};"
+    grant = (f"as an administrator, run: {signal_ddl(db)};"
              f" GRANT SELECT, INSERT, UPDATE ON {db}.{SIGNAL_TABLE} TO <the account of SOFTCART_SOURCE_URL>")
     conn = connect(settings)
     try:

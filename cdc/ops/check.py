@@ -15,7 +15,7 @@ import structlog
 
 from cdc.capture import mysql
 from cdc.capture.flavor import Flavor
-from cdc.capture.online import SIGNAL_DDL, copy_method
+from cdc.capture.online import copy_method, signal_ddl
 from cdc.settings import Settings
 from loader.online import SIGNAL_TABLE
 from loader.pg import pg_connect
@@ -119,7 +119,7 @@ def missing_privileges(flavor: Flavor, grants: list[str], database: str, tables:
         out.append(Finding(writes <= privs or "ALL" in privs or "ALL PRIVILEGES" in privs,
                            f"privileges SELECT, INSERT, UPDATE on {database}.{SIGNAL_TABLE} (online copies by"
                            " watermarks: SOFTCART_ONLINE_COPY)",
-                           f"as an administrator: {SIGNAL_DDL.replace('CREATE TABLE ', f'CREATE TABLE {database}.')};"
+                           f"as an administrator: {signal_ddl(database)};"
                            f" GRANT SELECT, INSERT, UPDATE ON {database}.{SIGNAL_TABLE} TO the daemon's user"
                            " (or SOFTCART_ONLINE_COPY=off)"))
     return out
