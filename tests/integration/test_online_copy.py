@@ -430,10 +430,12 @@ def test_a_copy_requested_again_while_it_runs_starts_again_from_the_first_chunk(
     repaired too (the copy starts over), and the record counts the new copy alone."""
     items_not_yet_followed(settings, source, staging, 2000)
     added = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 100,
-                                        "online_copy_rows_per_second": 1000.0, "online_copy": method})
+                                        "online_copy_rows_per_second": 400.0, "online_copy": method})
     env = {**settings_env, "SOFTCART_SOURCE_TABLES": "sales_data,items", "SOFTCART_ONLINE_COPY": method}
     with running_pipeline(added):
         wait_until(lambda: (copy_state(staging, "items") or (0, 0, False))[1] >= 3, 30, "a few chunks")
+        # paced to 5 s for the whole table: the request below comes while the copy runs
+        assert not finished(staging, "items")
         staging.execute("DELETE FROM staging.items WHERE id <= 150")  # drift in the part copied
         out = cli("resnapshot", "items", env=env)
         assert out.returncode == 0, out.stdout + out.stderr
