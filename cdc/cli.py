@@ -90,7 +90,8 @@ def _dev_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _state_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The star schema, the snapshot, the pipeline's state."""
     rb = sub.add_parser("rebuild", help="recompute the star schema from staging (or --check it)",
-                        description="Recompute star.dimdate, star.factsales and star.sales_by_day from staging, "
+                        description="Recompute star.dimdate, star.factsales and the aggregates (star.sales_by_day, "
+                                    "star.sales_by_month_product) from staging, "
                         "from scratch, in one transaction (safe while the daemon runs: it waits). With --check, "
                         "compare the incremental tables with a from-scratch computation without changing "
                         "anything; print the differences and exit 1 if there are any.")

@@ -14,7 +14,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from loader.spool import SpooledBatch
-from loader.warehouse import LEDGER, TABLES, BatchIdTaken, BatchRejected, WTable, already_loaded, load_steps
+from loader.warehouse import (
+    LEDGER,
+    TABLES,
+    VIEWS,
+    BatchIdTaken,
+    BatchRejected,
+    WTable,
+    already_loaded,
+    load_steps,
+)
 from transform.errors import (
     ConfigError,
     Kind,
@@ -108,6 +117,18 @@ def ledger_sql() -> str:
             f" DEFAULT CURRENT TIMESTAMP, {q('batch_uid')} VARCHAR(36))")
 
 
+def old_grain_sql() -> str:
+    """Whether the warehouse's sales_by_day is of the grain before the aggregates' grains changed
+    (per day and product): then it is dropped and made anew (``regrain_sql``; the staging star
+    schema is rebuilt and sends a full reload). Its views become inoperative until made again."""
+    return ("SELECT COUNT(*) FROM SYSCAT.COLUMNS WHERE TABSCHEMA = CURRENT SCHEMA AND TABNAME = 'SALES_BY_DAY'"
+            " AND COLNAME = 'PRODUCT_ID'")
+
+
+def regrain_sql() -> str:
+    return f"DROP TABLE {q('sales_by_day')}"
+
+
 def ledger_upgrade_sql() -> str:
     """A ledger made before batches had uids gets the column (SQL0612N where it has it)."""
     return f"ALTER TABLE {q(LEDGER)} ADD COLUMN {q('batch_uid')} VARCHAR(36)"
@@ -122,12 +143,10 @@ def views_sql() -> list[str]:
         f" {sums} {join} GROUP BY d.{q('year')}, d.{q('month')}, d.{q('monthname')}",
         f"CREATE OR REPLACE VIEW {q('quarterly_sales')} AS SELECT d.{q('year')}, d.{q('quarter')},"
         f" d.{q('quartername')}, {sums} {join} GROUP BY d.{q('year')}, d.{q('quarter')}, d.{q('quartername')}",
-        f"CREATE OR REPLACE VIEW {q('sales_by_product')} AS SELECT s.{q('product_id')}, d.{q('year')}, {sums}"
-        f" {join} GROUP BY s.{q('product_id')}, d.{q('year')}",
+        f"CREATE OR REPLACE VIEW {q('sales_by_product')} AS SELECT s.{q('product_id')},"
+        f" SMALLINT(s.{q('monthid')} / 100) AS {q('year')}, {sums} FROM {q('sales_by_month_product')} s"
+        f" GROUP BY s.{q('product_id')}, s.{q('monthid')} / 100",
     ]
-
-
-VIEWS = ("monthly_sales", "quarterly_sales", "sales_by_product")
 
 
 def dba_script(schema: str = "SOFTCART", loader: str = "SOFTCART", reporting: str = "SOFTCART_REPORTING",
@@ -148,6 +167,9 @@ def dba_script(schema: str = "SOFTCART", loader: str = "SOFTCART", reporting: st
         f"CREATE USER TEMPORARY TABLESPACE {q(tablespace)} MANAGED BY AUTOMATIC STORAGE;",
         f"GRANT USE OF TABLESPACE {q(tablespace)} TO USER {loader};",
         "",
+        "-- A warehouse made by an earlier version, with SALES_BY_DAY per day and product (see README,",
+        "-- 'Upgrading'): drop it before the CREATE TABLEs: it is made anew and reloaded whole by the daemon:",
+        f"-- {regrain_sql()};",
         *(f"{stmt};" for stmt in [*(create_table_sql(t) for t in TABLES), index_sql(), ledger_sql()]),
         "-- A ledger made by an earlier version gets the batch uid column (SQL0612N where it has it):",
         f"-- {ledger_upgrade_sql()};",
@@ -244,6 +266,9 @@ class DB2Warehouse:
         import ibm_db
 
         conn = self._connect()
+        old = ibm_db.exec_immediate(conn, old_grain_sql())
+        if (ibm_db.fetch_tuple(old) or (0,))[0]:
+            ibm_db.exec_immediate(conn, regrain_sql())
         for stmt in [*(create_table_sql(t) for t in TABLES), index_sql(), ledger_sql(), ledger_upgrade_sql()]:
             try:
                 ibm_db.exec_immediate(conn, stmt)

@@ -15,7 +15,7 @@ from psycopg.conninfo import make_conninfo
 
 from loader.pg import ISO_DATES, cut
 from loader.spool import SpooledBatch
-from loader.warehouse import LEDGER, TABLES, BatchRejected, WTable, already_loaded, load_steps
+from loader.warehouse import LEDGER, TABLES, VIEWS, BatchRejected, WTable, already_loaded, load_steps
 from transform.errors import ConfigError, Kind, TransientError, is_duplicate_key, sqlstate_fix, sqlstate_kind
 from transform.fingerprint import Dialect
 from transform.model import Endpoint
@@ -24,7 +24,12 @@ from transform.star_shape import FACT_INDEX
 
 def ddl() -> list[str]:
     """The warehouse DDL for PostgreSQL (also deploy/sql/postgresql-warehouse.sql)."""
-    out = []
+    # A warehouse made before the aggregates' grains changed has sales_by_day per (day, product):
+    # it is made anew (the staging star schema is rebuilt then, and sends a full reload). Without
+    # CASCADE: a view of the operator's own on it stops this with PostgreSQL's error naming it.
+    out = [f"DO $$ BEGIN IF EXISTS (SELECT FROM information_schema.columns WHERE table_schema = current_schema()"
+           f" AND table_name = 'sales_by_day' AND column_name = 'product_id') THEN DROP VIEW IF EXISTS"
+           f" {', '.join(VIEWS)}; DROP TABLE sales_by_day; END IF; END $$"]
     for t in TABLES:
         cols = ", ".join(f"{c.name} {c.warehouse}" + ("" if c.nullable else " NOT NULL") for c in t.schema)
         fk = "".join(f", FOREIGN KEY ({r.column}) REFERENCES {r.table} ({r.target})" for r in t.references)
@@ -41,9 +46,9 @@ def ddl() -> list[str]:
         "CREATE OR REPLACE VIEW quarterly_sales AS SELECT d.year, d.quarter, d.quartername, sum(s.amount_total)"
         " AS total_sales, sum(s.quantity_total) AS total_quantity, sum(s.sales_count) AS sales"
         " FROM sales_by_day s JOIN dimdate d ON d.dateid = s.dateid GROUP BY d.year, d.quarter, d.quartername",
-        "CREATE OR REPLACE VIEW sales_by_product AS SELECT s.product_id, d.year, sum(s.amount_total) AS total_sales,"
-        " sum(s.quantity_total) AS total_quantity FROM sales_by_day s JOIN dimdate d ON d.dateid = s.dateid"
-        " GROUP BY s.product_id, d.year",
+        "CREATE OR REPLACE VIEW sales_by_product AS SELECT product_id, (monthid / 100)::smallint AS year,"
+        " sum(amount_total) AS total_sales, sum(quantity_total) AS total_quantity FROM sales_by_month_product"
+        " GROUP BY product_id, monthid / 100",
     ]
     return out
 
@@ -155,7 +160,7 @@ class PostgresWarehouse:
                 staged = {t.name: self._stage(conn, t, batch, guard) for t in TABLES}
                 full = bool(batch.manifest.get("full_reload"))
                 if full:
-                    conn.execute("DELETE FROM sales_by_day; DELETE FROM factsales; DELETE FROM dimdate")
+                    conn.execute("; ".join(f"DELETE FROM {t.name}" for t in reversed(TABLES)))
                     guard.feed()
                 for t, op in load_steps():
                     if op == "D":

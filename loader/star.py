@@ -27,10 +27,19 @@ from transform.star import (
     star_delta,
     try_fact,
 )
-from transform.star_shape import DIMDATE, QUANTITY_SUM, StarTable, staging_types
+from transform.star_shape import AGGREGATES, DIMDATE, FACTSALES, SALES_BY_DAY, StarTable, staging_types
 from transform.star_shape import FACT_INDEX as INDEX
 from transform.star_shape import TABLES as SHAPE
-from transform.star_sql import AGG_COLS, FACT_COLS, RowStatements, SqlRules, batch_statements, row_statements, sql_rules
+from transform.star_sql import (
+    FACT_COLS,
+    RowStatements,
+    SqlRules,
+    aggregate_from,
+    batch_statements,
+    row_statements,
+    sql_rules,
+    temp,
+)
 from transform.star_sql import ids as _ids
 
 STAR = "star"
@@ -46,11 +55,11 @@ def _staging_ddl(t: StarTable) -> str:
 
 _INDEX, _INDEXED, _INDEX_COLUMN = INDEX
 FACT_INDEX = f"CREATE INDEX IF NOT EXISTS {_INDEX} ON {STAR}.{_INDEXED} ({_INDEX_COLUMN})"
-# A staging star schema made before quantity_total was wider than BIGINT gets the shape's type.
-_WIDEN = (f"DO $$ BEGIN IF (SELECT data_type FROM information_schema.columns WHERE table_schema = '{STAR}'"
-          " AND table_name = 'sales_by_day' AND column_name = 'quantity_total') = 'bigint' THEN"
-          f" ALTER TABLE {STAR}.sales_by_day ALTER COLUMN quantity_total TYPE {QUANTITY_SUM}; END IF; END $$")
-STAR_DDL = [f"CREATE SCHEMA IF NOT EXISTS {STAR}", *(_staging_ddl(t) for t in SHAPE), _WIDEN, FACT_INDEX]
+STAR_DDL = [f"CREATE SCHEMA IF NOT EXISTS {STAR}", *(_staging_ddl(t) for t in SHAPE), FACT_INDEX]
+#: A staging star schema made before the aggregates' grains changed has sales_by_day per (day,
+#: product): it is dropped, made anew and rebuilt (with a full reload of the warehouse).
+OLD_GRAIN = (f"SELECT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = '{STAR}'"
+             " AND table_name = 'sales_by_day' AND column_name = 'product_id')")
 
 DIMDATE_COLS = DIMDATE.columns
 #: (table, columns compared, key) of the star schema's tables, in load order.
@@ -65,8 +74,8 @@ def _drop_keys(cur: Cursor) -> list[tuple[str, str, str]]:
     5.3 s -> 3 s)."""
     keys = cur.execute(
         "SELECT conrelid::regclass::text, quote_ident(conname), pg_get_constraintdef(oid) FROM pg_constraint"
-        " WHERE conrelid IN ('star.factsales'::regclass, 'star.sales_by_day'::regclass)"
-        " AND contype IN ('f', 'p') ORDER BY contype, conname").fetchall()
+        " WHERE conrelid = ANY(%s::regclass[]) AND contype IN ('f', 'p') ORDER BY contype, conname",
+        ([f"{STAR}.{t.name}" for t in (FACTSALES, *AGGREGATES)],)).fetchall()
     for table, name, _ in keys:
         cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.SQL(table), sql.SQL(name)))
     cur.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(sql.Identifier(STAR), sql.Identifier(_INDEX)))
@@ -157,12 +166,17 @@ class StarSchema:
         self._values = operator.itemgetter(*(table.column_names.index(c) for c in SALES_COLUMNS))
 
     def ensure_schema(self, cur: Cursor) -> bool:
-        """Create the star schema if missing; True when it was missing."""
+        """Create the star schema if missing; True when it was missing or its aggregates were made
+        anew at their new grains (either way it needs a build)."""
         cur.execute("SELECT to_regclass('star.factsales') IS NULL")
         row = cur.fetchone()
+        cur.execute(OLD_GRAIN)
+        old = cur.fetchone()
+        if old and old[0]:
+            cur.execute(sql.SQL("DROP TABLE {}.sales_by_day").format(sql.Identifier(STAR)))
         for stmt in STAR_DDL:
             cur.execute(stmt)
-        return bool(row and row[0])
+        return bool(row and row[0]) or bool(old and old[0])
 
     def values(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         """A staging row's values in SALES_COLUMNS order."""
@@ -249,24 +263,24 @@ class StarSchema:
     def prepare_session(self, cur: Cursor) -> None:
         """Create this session's temporary tables, outside any transaction (so no rollback to a
         savepoint can take them away)."""
-        for name, cols in (("factsales", FACT_COLS), ("sales_by_day", AGG_COLS)):
+        for t in (FACTSALES, *AGGREGATES):
             cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {} FROM {}.{}"
-                                " WITH NO DATA").format(sql.Identifier(f"_star_{name}"), _ids(cols),
-                                                        sql.Identifier(STAR), sql.Identifier(name)))
+                                " WITH NO DATA").format(temp(t), _ids(t.columns), sql.Identifier(STAR),
+                                                        sql.Identifier(t.name)))
 
-    def _staged(self, cur: Cursor, name: str, cols: tuple[str, ...], rows: Iterable[tuple[Any, ...]]) -> None:
-        """COPY ``rows`` into the session's temporary ``_star_<name>`` (psycopg's C dumpers make COPY
+    def _staged(self, cur: Cursor, t: StarTable, rows: Iterable[tuple[Any, ...]]) -> None:
+        """COPY ``rows`` into the session's temporary ``_star_<t>`` (psycopg's C dumpers make COPY
         several times cheaper than array parameters for wide rows)."""
-        temp = sql.Identifier(f"_star_{name}")
-        cur.execute(sql.SQL("TRUNCATE {}").format(temp))
-        _copy(cur, temp, cols, rows)
+        cur.execute(sql.SQL("TRUNCATE {}").format(temp(t)))
+        _copy(cur, temp(t), t.columns, rows)
 
     def write(self, cur: Cursor, delta: StarDelta) -> None:
         """Set-based: facts and aggregate deltas COPYed into session temp tables, merged with one
         statement each; the outbox keys are taken from those temp tables in SQL."""
-        self._staged(cur, "factsales", FACT_COLS, (f.row() for f in delta.fact_upserts.values()))
-        self._staged(cur, "sales_by_day", AGG_COLS,
-                     ((k[0], k[1], a.sales, a.quantity, a.amount) for k, a in delta.aggregates.items()))
+        self._staged(cur, FACTSALES, (f.row() for f in delta.fact_upserts.values()))
+        for t in AGGREGATES:
+            self._staged(cur, t, ((*k, a.sales, a.quantity, a.amount) for k, a in delta.aggregates[t.name].items()))
+        changed = any(delta.aggregates.values())
         added: list[int] = []
         if delta.dates:
             cur.execute(UPSERT_DIMDATE, _columns([d.row() for d in delta.dates.values()], len(DIMDATE_COLS)))
@@ -276,14 +290,14 @@ class StarSchema:
             cur.execute(DELETE_FACTS, (deleted,))
         if delta.fact_upserts:
             cur.execute(BATCH.upsert_facts)
-        if delta.aggregates:
+        if changed:
             cur.execute(BATCH.add_aggregates)
         if delta.shrinking:
             cur.execute(BATCH.drop_empty_aggregates)
             cur.execute(BATCH.drop_unused_dates)
         if delta.settled and self._open_fact_dead_letters(cur):
             cur.execute(RESOLVE_DEAD_LETTERS, (self.table.name, [f"[{r}]" for r in delta.settled]))
-        if delta.fact_upserts or deleted or delta.aggregates:
+        if delta.fact_upserts or deleted or changed:
             cur.execute(BATCH.outbox, {"keys": deleted, "dates": added})
 
     def _open_fact_dead_letters(self, cur: Cursor) -> bool:
@@ -311,8 +325,8 @@ class StarSchema:
         built = Built()
         staging = sql.SQL("{}.{}").format(sql.Identifier(STAGING), sql.Identifier(self.table.name))
         with conn.cursor() as cur:
-            # The aggregate has about as many groups as facts: hashed in memory, not spilled (the
-            # setting ends with the transaction).
+            # The facts' keys sorted, and the aggregates hashed, in memory, not spilled (the
+            # settings end with the transaction).
             cur.execute("SET LOCAL work_mem = '128MB'")
             cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
             keys = [] if temp else _drop_keys(cur)
@@ -332,9 +346,9 @@ class StarSchema:
                 target("factsales"), _ids(FACT_COLS), rules.dateid, staging, rules.valid))
             built.facts = cur.rowcount + len(odd)
             _copy(cur, target("factsales"), FACT_COLS, (f.row() for f in odd))
-            cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT dateid, product_id, count(*), sum(quantity),"
-                                " sum(total_price) FROM {} GROUP BY dateid, product_id").format(
-                target("sales_by_day"), _ids(AGG_COLS), target("factsales")))
+            for t in AGGREGATES:
+                cur.execute(sql.SQL("INSERT INTO {} ({}) {}").format(
+                    target(t.name), _ids(t.columns), aggregate_from(t, target("factsales"))))
             # The dates from the aggregate (the facts' foreign key is added after them).
             days = [r[0] for r in cur.execute(sql.SQL("SELECT DISTINCT dateid FROM {} ORDER BY 1").format(
                 target("sales_by_day")))]
@@ -359,21 +373,23 @@ class StarSchema:
             # dimdate first: factsales references it
             _copy(cur, target("dimdate"), DIMDATE_COLS, builder.dimdate())
             _copy(cur, target("factsales"), FACT_COLS, pending)
-            _copy(cur, target("sales_by_day"), AGG_COLS, builder.sales_by_day())
+            for t in AGGREGATES:
+                _copy(cur, target(t.name), t.columns, builder.aggregate(t.name))
         return Built(facts, builder.invalid)
 
     def rebuild(self, conn: psycopg.Connection[Any]) -> Built:
         """Replace the star schema with a from-scratch computation (inside the caller's transaction)."""
         with conn.cursor() as cur:
             self.ensure_schema(cur)
-            cur.execute(sql.SQL("TRUNCATE {0}.sales_by_day, {0}.factsales, {0}.dimdate").format(sql.Identifier(STAR)))
+            cur.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(
+                sql.Identifier(STAR, t.name) for t in reversed(SHAPE))))
             cur.execute(OUTBOX_FULL)  # the warehouse follows with a full reload
         return self.build_into(conn, STAR, in_sql=True)
 
     def _build_scratch(self, conn: psycopg.Connection[Any]) -> None:
         """The from-scratch star schema in temporary ``scratch_*`` tables (dropped at commit)."""
         with conn.cursor() as cur:
-            for name in ("dimdate", "factsales", "sales_by_day"):
+            for name in (t.name for t in SHAPE):
                 cur.execute(sql.SQL(
                     "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}.{} INCLUDING DEFAULTS) ON COMMIT DROP").format(
                     sql.Identifier(f"scratch_{name}"), sql.Identifier(STAR), sql.Identifier(name)))
@@ -403,10 +419,12 @@ class StarSchema:
                          for r in conn.execute(query).fetchall()]
         return out
 
-    def repair(self, cur: Cursor, rowids: list[int], agg_keys: list[tuple[int, int]], dateids: list[int]) -> None:
+    def repair(self, cur: Cursor, rowids: list[int], agg_keys: Mapping[str, Iterable[tuple[Any, ...]]],
+               dateids: list[int]) -> None:
         """Put these keys right, computed afresh from staging, inside the caller's transaction (which
-        holds the apply lock): facts from their staging rows, aggregates recounted from the facts,
-        dates from the aggregates; every key touched goes to the outbox for the warehouse."""
+        holds the apply lock): facts from their staging rows, aggregates (``agg_keys``: keys per
+        aggregate table) recounted from the facts, dates from the facts; every key touched goes to
+        the outbox for the warehouse."""
         rows = cur.execute(sql.SQL("SELECT {} FROM {}.{} WHERE rowid = ANY(%s::bigint[])").format(
             _ids(SALES_COLUMNS), sql.Identifier(STAGING), sql.Identifier(self.table.name)), (rowids,)).fetchall()
         facts = [f for f in (try_fact(tuple(r), self.zone)[0] for r in rows) if f is not None]
@@ -415,17 +433,14 @@ class StarSchema:
         if days:
             cur.execute(UPSERT_DIMDATE, _columns([d.row() for d in days.values()], len(DIMDATE_COLS)))
         cur.execute(DELETE_FACTS, (rowids,))
-        self._staged(cur, "factsales", FACT_COLS, (f.row() for f in facts))
+        self._staged(cur, FACTSALES, (f.row() for f in facts))
         cur.execute(BATCH.upsert_facts)
-        aggs = set(agg_keys) | {f.agg_key for f in old.values()} | {f.agg_key for f in facts}
-        pairs = ([k[0] for k in aggs], [k[1] for k in aggs])
-        cur.execute(sql.SQL("DELETE FROM {0}.sales_by_day WHERE (dateid, product_id) IN"
-                            " (SELECT * FROM unnest(%s::integer[], %s::bigint[]))").format(sql.Identifier(STAR)), pairs)
-        cur.execute(sql.SQL(
-            "INSERT INTO {0}.sales_by_day ({1}) SELECT dateid, product_id, count(*), sum(quantity), sum(total_price)"
-            " FROM {0}.factsales WHERE (dateid, product_id) IN (SELECT * FROM unnest(%s::integer[], %s::bigint[]))"
-            " GROUP BY dateid, product_id").format(sql.Identifier(STAR), _ids(AGG_COLS)), pairs)
-        all_days = sorted(set(dateids) | {k[0] for k in aggs})
+        touched: list[tuple[str, tuple[Any, ...]]] = []
+        for i, t in enumerate(AGGREGATES):
+            keys = {tuple(k) for k in agg_keys.get(t.name, ())} | {f.agg_keys()[i] for f in (*old.values(), *facts)}
+            _recount(cur, t, sorted(keys))
+            touched += [(t.name, k) for k in keys]
+        all_days = sorted(set(dateids) | {k[0] for name, k in touched if name == SALES_BY_DAY.name})
         used = {r[0] for r in cur.execute(sql.SQL(
             "SELECT DISTINCT dateid FROM {}.factsales WHERE dateid = ANY(%s::integer[])").format(
             sql.Identifier(STAR)), (all_days,)).fetchall()}
@@ -437,15 +452,14 @@ class StarSchema:
                 sql.Identifier(STAR), _ids(DIMDATE_COLS), _unnest(DIMDATE_COLS),
                 sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
                                    for c in DIMDATE_COLS[1:])), _columns(right, len(DIMDATE_COLS)))
-        enqueue(cur, [("factsales", (r,)) for r in rowids] + [("sales_by_day", k) for k in aggs]
-                + [("dimdate", (d,)) for d in all_days])
+        enqueue(cur, [("factsales", (r,)) for r in rowids] + touched + [("dimdate", (d,)) for d in all_days])
 
     def differences(self, conn: psycopg.Connection[Any], limit: int = 20) -> list[str]:
         """Rows where the incremental star schema differs from a from-scratch computation."""
         self._build_scratch(conn)
         out: list[str] = []
         with conn.cursor() as cur:
-            for name, cols in (("dimdate", DIMDATE_COLS), ("factsales", FACT_COLS), ("sales_by_day", AGG_COLS)):
+            for name, cols, _ in STAR_TABLES:
                 for label, a, b in (("only in the incremental", sql.Identifier(STAR, name),
                                      sql.Identifier(f"scratch_{name}")),
                                     ("only in the rebuild", sql.Identifier(f"scratch_{name}"),
@@ -454,6 +468,17 @@ class StarSchema:
                         c=_ids(cols), a=a, b=b), (limit,))
                     out += [f"{name} {label}: {dict(zip(cols, r, strict=True))}" for r in cur.fetchall()]
         return out
+
+
+def _recount(cur: Cursor, t: StarTable, keys: list[tuple[Any, ...]]) -> None:
+    """The aggregate ``t``'s rows of ``keys`` recounted from the facts (gone where none is left)."""
+    keyed = sql.SQL("({}) IN ({})").format(_ids(t.key), _unnest(t.key))
+    arrays = _columns(keys, len(t.key))
+    cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(sql.Identifier(STAR, t.name), keyed), arrays)
+    facts = sql.SQL("(SELECT * FROM {} WHERE ({}) IN ({})) f").format(
+        sql.Identifier(STAR, "factsales"), sql.SQL(", ").join(sql.SQL(g) for g in t.grouping), _unnest(t.key))
+    cur.execute(sql.SQL("INSERT INTO {} ({}) {}").format(
+        sql.Identifier(STAR, t.name), _ids(t.columns), aggregate_from(t, facts)), arrays)
 
 
 def enqueue(cur: Cursor, keys: Iterable[tuple[str, tuple[Any, ...]]]) -> int:

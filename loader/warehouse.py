@@ -12,19 +12,21 @@ from typing import Any, Protocol
 
 from loader.spool import SpooledBatch
 from transform.fingerprint import Dialect
-from transform.star_shape import DIMDATE, FACTSALES, SALES_BY_DAY, StarTable
+from transform.star_shape import AGGREGATES, DIMDATE, FACTSALES, StarTable
+from transform.star_shape import TABLES as TABLES
 
 #: The warehouse's tables are the star schema's shape (transform/star_shape.py), in load order:
 #: dimensions before facts (facts reference dates); deletes run in reverse.
 WTable = StarTable
-TABLES = (DIMDATE, FACTSALES, SALES_BY_DAY)
 LEDGER = "softcart_ledger"
+#: The reporting views both backends make over the star schema's tables.
+VIEWS = ("monthly_sales", "quarterly_sales", "sales_by_product")
 
 
 def load_steps() -> list[tuple[WTable, str]]:
     """The order a batch is applied in, so the fact table's foreign key to dimdate holds at every
     step: new dates first, then facts and aggregates (deletes, then upserts), old dates last."""
-    return [(DIMDATE, "U"), (FACTSALES, "D"), (FACTSALES, "U"), (SALES_BY_DAY, "D"), (SALES_BY_DAY, "U"),
+    return [(DIMDATE, "U"), (FACTSALES, "D"), (FACTSALES, "U"), *((t, op) for t in AGGREGATES for op in "DU"),
             (DIMDATE, "D")]
 
 

@@ -1,10 +1,10 @@
 """The star schema's rows and the deltas a batch of staging changes causes (pure).
 
 From one ``sales_data`` row comes one fact: its date in the business time zone, its total price
-(price x quantity, exact), and its place in the ``sales_by_day`` aggregate (per day and product:
-sales, quantity, amount). A batch changes some rows from an old state to a new one; the delta is
-"retract the old fact, add the new one", summed per aggregate key, so applying deltas keeps the
-tables equal to a rebuild from scratch.
+(price x quantity, exact), and its place in each aggregate (``sales_by_day``: per day;
+``sales_by_month_product``: per month and product; each sums sales, quantity, amount). A batch
+changes some rows from an old state to a new one; the delta is "retract the old fact, add the new
+one", summed per aggregate key, so applying deltas keeps the tables equal to a rebuild from scratch.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from decimal import Context, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from transform.star_shape import AGGREGATES
 from transform.star_shape import MONEY_DIGITS as MONEY_DIGITS
 from transform.star_shape import MONEY_SCALE as MONEY_SCALE
 
@@ -78,9 +79,9 @@ class Fact:
         return (self.rowid, self.dateid, self.product_id, self.customer_id, self.price, self.quantity,
                 self.total_price)
 
-    @property
-    def agg_key(self) -> tuple[int, int]:
-        return (self.dateid, self.product_id)
+    def agg_keys(self) -> tuple[tuple[int], tuple[int, int]]:
+        """Its key in each aggregate, in AGGREGATES order (the shape's ``grouping`` in SQL)."""
+        return (self.dateid,), (self.dateid // 100, self.product_id)
 
 
 class InvalidFact(ValueError):
@@ -159,16 +160,22 @@ class StarDelta:
 
     fact_upserts: dict[int, Fact] = field(default_factory=dict)
     fact_deletes: set[int] = field(default_factory=set)
-    aggregates: dict[tuple[int, int], AggDelta] = field(default_factory=dict)
+    #: per aggregate table's name, its nonzero deltas by key
+    aggregates: dict[str, dict[tuple[int, ...], AggDelta]] = field(
+        default_factory=lambda: {t.name: {} for t in AGGREGATES})
     dates: dict[int, DimDate] = field(default_factory=dict)
     invalid: dict[int, str] = field(default_factory=dict)  # rowid -> reason
     settled: set[int] = field(default_factory=set)  # rowids whose fact dead letters are resolved
 
     @property
-    def shrinking(self) -> list[tuple[int, int]]:
-        """The aggregate keys that lose sales: the only ones that can become empty (and leave their
-        date unused), so the only ones worth looking at for removal."""
-        return [k for k, a in self.aggregates.items() if a.sales < 0]
+    def shrinking(self) -> bool:
+        """Some aggregate key loses sales: only those can become empty (and leave their date
+        unused), so only then is removal worth looking at."""
+        return any(a.sales < 0 for aggs in self.aggregates.values() for a in aggs.values())
+
+    def add(self, fact: Fact, sign: int) -> None:
+        for aggs, key in zip(self.aggregates.values(), fact.agg_keys(), strict=True):
+            aggs.setdefault(key, AggDelta()).add(fact, sign)
 
 
 def try_fact(values: tuple[Any, ...] | None, zone: ZoneInfo) -> tuple[Fact | None, str | None]:
@@ -188,9 +195,9 @@ def star_delta(changes: Iterable[tuple[int, Fact | None, tuple[Any, ...] | None]
     for rowid, old_fact, new in changes:
         new_fact, reason = try_fact(new, zone)
         if old_fact is not None:
-            delta.aggregates.setdefault(old_fact.agg_key, AggDelta()).add(old_fact, -1)
+            delta.add(old_fact, -1)
         if new_fact is not None:
-            delta.aggregates.setdefault(new_fact.agg_key, AggDelta()).add(new_fact, +1)
+            delta.add(new_fact, +1)
             delta.fact_upserts[rowid] = new_fact
             delta.dates.setdefault(new_fact.dateid, dim_date(new_fact.date))
             delta.settled.add(rowid)
@@ -200,17 +207,17 @@ def star_delta(changes: Iterable[tuple[int, Fact | None, tuple[Any, ...] | None]
                 delta.invalid[rowid] = reason
             else:
                 delta.settled.add(rowid)  # deleted: nothing left to fix
-    delta.aggregates = {k: v for k, v in delta.aggregates.items() if not v.is_zero}
+    delta.aggregates = {t: {k: v for k, v in aggs.items() if not v.is_zero} for t, aggs in delta.aggregates.items()}
     return delta
 
 
 class ScratchBuilder:
     """The star schema from scratch: feed every sales row, stream the facts, then read the
-    dimension and the aggregate (small: one row per day and product)."""
+    dimension and the aggregates (small: one row per day, one per month and product)."""
 
     def __init__(self, zone: ZoneInfo) -> None:
         self.zone = zone
-        self._aggs: dict[tuple[int, int], AggDelta] = {}
+        self._aggs = StarDelta()
         self._dates: dict[int, DimDate] = {}
         self.invalid: list[tuple[Any, str]] = []  # (rowid, reason) of rows that make no fact
         self.facts = 0
@@ -221,12 +228,13 @@ class ScratchBuilder:
         if reason is not None:
             self.invalid.append((values[0], reason))
         if fact is not None:
-            self._aggs.setdefault(fact.agg_key, AggDelta()).add(fact, +1)
+            self._aggs.add(fact, +1)
             self._dates.setdefault(fact.dateid, dim_date(fact.date))
         return fact
 
     def dimdate(self) -> list[tuple[Any, ...]]:
         return [d.row() for d in self._dates.values()]
 
-    def sales_by_day(self) -> list[tuple[Any, ...]]:
-        return [(k[0], k[1], a.sales, a.quantity, a.amount) for k, a in self._aggs.items()]
+    def aggregate(self, name: str) -> list[tuple[Any, ...]]:
+        """The rows of the aggregate table ``name`` (key columns, then the measures)."""
+        return [(*k, a.sales, a.quantity, a.amount) for k, a in self._aggs.aggregates[name].items()]

@@ -46,6 +46,8 @@ class StarTable:
     unique: tuple[str, ...] = ()  # columns unique besides the key (staging only)
     #: staging-only columns, as DDL (not compared, not loaded)
     staging_extra: tuple[str, ...] = ()
+    #: an aggregate's key as SQL over factsales' columns (``transform.star.agg_keys`` in Python)
+    grouping: tuple[str, ...] = ()
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -77,16 +79,26 @@ FACTSALES = StarTable("factsales", (
 ), key=("rowid",), references=(Reference("dateid", "dimdate", "dateid"),),
     staging_extra=("updated_at timestamptz NOT NULL DEFAULT now()",))
 
-SALES_BY_DAY = StarTable("sales_by_day", (
-    _c("dateid", "integer"), _c("product_id", "bigint"), _c("sales_count", "bigint"),
-    # staging sums without the warehouse's bound: a batch's total is checked when it is loaded
-    # (quantities of a BIGINT column may sum past BIGINT)
-    _c("quantity_total", QUANTITY_SUM, "bigint"),
-    _c("amount_total", f"numeric(38,{MONEY_SCALE})", _MONEY),
-), key=("dateid", "product_id"))
+def _measures() -> tuple[StarColumn, ...]:
+    """An aggregate's measures. Staging sums without the warehouse's bound: a batch's total is
+    checked when it is loaded (quantities of a BIGINT column may sum past BIGINT)."""
+    return (_c("sales_count", "bigint"), _c("quantity_total", QUANTITY_SUM, "bigint"),
+            _c("amount_total", f"numeric(38,{MONEY_SCALE})", _MONEY))
+
+
+#: The aggregates, at grains that compress (README, "The star schema"): per day, and per month and
+#: product. Per (day, product) SoftCart's sales made about one aggregate row per sale.
+SALES_BY_DAY = StarTable("sales_by_day", (_c("dateid", "integer"), *_measures()), key=("dateid",),
+                         grouping=("dateid",))
+SALES_BY_MONTH_PRODUCT = StarTable("sales_by_month_product", (
+    _c("monthid", "integer"),  # year * 100 + month, as dateid is year * 10000 + month * 100 + day
+    _c("product_id", "bigint"), *_measures(),
+), key=("monthid", "product_id"), grouping=("dateid / 100", "product_id"))
+AGGREGATES = (SALES_BY_DAY, SALES_BY_MONTH_PRODUCT)
+MEASURES = tuple(c.name for c in _measures())
 
 #: In load order: dimensions before facts (facts reference dates); deletes run in reverse.
-TABLES = (DIMDATE, FACTSALES, SALES_BY_DAY)
+TABLES = (DIMDATE, FACTSALES, *AGGREGATES)
 
 #: The fact table's foreign key column, indexed (name, table, column): without it every dimdate row
 #: deleted (a full reload, a date that lost its last sale) scans factsales, and BI joins on it.

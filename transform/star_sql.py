@@ -11,18 +11,17 @@ differentially, for the column types and time zones the from-scratch build's tes
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from psycopg import sql
 
 from transform.star import MONEY_DIGITS, MONEY_SCALE
-from transform.star_shape import FACTSALES, SALES_BY_DAY
+from transform.star_shape import AGGREGATES, FACTSALES, MEASURES, SALES_BY_DAY, StarTable
 
 _BIGINT_RANGE = sql.SQL("BETWEEN -9223372036854775808 AND 9223372036854775807")
 _INTEGERS = ("smallint", "integer", "bigint")
 FACT_COLS = FACTSALES.columns
-AGG_COLS = SALES_BY_DAY.columns
 
 
 def ids(cols: Iterable[str]) -> sql.Composable:
@@ -75,14 +74,15 @@ def sql_rules(types: Mapping[str, str], zone: str) -> SqlRules | None:
 @dataclass(frozen=True)
 class BatchStatements:
     """The statements of one batch's star-schema delta that read the session's temporary tables
-    (``_star_factsales``: the batch's new facts; ``_star_sales_by_day``: its aggregate deltas),
-    whoever filled them: the SQL rules (:class:`RowStatements` and ``aggregate_deltas``) or the
-    Python rules (loader.star COPYs them). ``%(keys)s``: rowids whose facts may be gone (every
-    rowid the batch changed; those with a new fact are left alone); ``%(dates)s``: the dates the
-    batch added to dimdate."""
+    (``_star_factsales``: the batch's new facts; ``_star_<aggregate>``: its deltas to each
+    aggregate), whoever filled them: the SQL rules (:class:`RowStatements` and ``aggregate_deltas``)
+    or the Python rules (loader.star COPYs them). ``%(keys)s``: rowids whose facts may be gone
+    (every rowid the batch changed; those with a new fact are left alone); ``%(dates)s``: the dates
+    the batch added to dimdate. Statements over every aggregate are one statement each (writable
+    CTEs): one round trip whatever the number of aggregates."""
 
-    clear: sql.Composed  # empties both temporary tables
-    aggregate_deltas: sql.Composed  # new facts minus the old ones of %(keys)s, per (date, product), nonzero
+    clear: sql.Composed  # empties the temporary tables
+    aggregate_deltas: sql.Composed  # new facts minus the old ones of %(keys)s, per aggregate key, nonzero
     new_dates: sql.Composed  # the new facts' dateids dimdate lacks (rows made by transform.star.dim_date)
     delete_facts: sql.Composed  # the facts of %(keys)s that have no new one
     upsert_facts: sql.Composed
@@ -92,36 +92,75 @@ class BatchStatements:
     outbox: sql.Composed  # the warehouse keys the batch changed
 
 
-@dataclass(frozen=True)
-class RowStatements:
-    """The statements that read the batch's upserted rows (the staging apply's temporary table),
-    by the SQL rules: the facts they vouch for go to ``_star_factsales``, the others to Python."""
-
-    new_facts: sql.Composed
-    odd_rows: sql.Composed
+def temp(t: StarTable) -> sql.Identifier:
+    """The session's temporary table of a batch's rows (facts) or deltas (aggregates) of ``t``."""
+    return sql.Identifier(f"_star_{t.name}")
 
 
-def changed_dates(aggregate_deltas: sql.Composable) -> sql.Composed:
-    """The dimdate keys a batch changed: the dates it added (``%(dates)s``) and the dates of
-    aggregates that lost sales (only those can have gone). Every other date of the batch was in
+def changed_dates(day_deltas: sql.Composable) -> sql.Composed:
+    """The dimdate keys a batch changed: the dates it added (``%(dates)s``) and the dates whose
+    sales_by_day lost sales (only those can have gone). Every other date of the batch was in
     dimdate, and in the warehouse, already: sending it again cost an outbox row and a warehouse
     upsert per date of every batch (sales over two years: about 700 dates a batch of 2,000)."""
     return sql.SQL("SELECT unnest(%(dates)s::integer[]) AS dateid UNION SELECT dateid FROM {}"
-                   " WHERE sales_count < 0").format(aggregate_deltas)
+                   " WHERE sales_count < 0").format(day_deltas)
+
+
+def _each(statements: Sequence[sql.Composable], before: tuple[tuple[str, sql.Composable], ...] = ()) -> sql.Composed:
+    """Several data-modifying statements as one (all but the last as writable CTEs, after the
+    CTEs ``before``: (name, query))."""
+    ctes = [*before, *((f"_s{i}", st) for i, st in enumerate(statements[:-1]))]
+    if not ctes:
+        return sql.Composed([statements[-1]])
+    return sql.SQL("WITH {} {}").format(
+        sql.SQL(", ").join(sql.SQL("{} AS ({})").format(sql.Identifier(n), q) for n, q in ctes), statements[-1])
+
+
+def _on(t: StarTable, a: str, b: str) -> sql.Composed:
+    return sql.SQL(" AND ").join(sql.SQL("{0}.{2} = {1}.{2}").format(sql.Identifier(a), sql.Identifier(b),
+                                                                      sql.Identifier(k)) for k in t.key)
+
+
+def aggregate_from(t: StarTable, source: sql.Composable, n: str = "1", q: str = "quantity",
+                   a: str = "total_price") -> sql.Composed:
+    """``SELECT`` ``t``'s rows (key, then measures) grouped from ``source`` (a relation with
+    factsales' columns, or with ``n``, ``q``, ``a`` summed instead of a count, the quantities and
+    the amounts)."""
+    keys = sql.SQL(", ").join(sql.SQL("{} AS {}").format(sql.SQL(g), sql.Identifier(k))
+                              for g, k in zip(t.grouping, t.key, strict=True))
+    count = sql.SQL("count(*)") if n == "1" else sql.SQL("sum({})").format(sql.Identifier(n))
+    return sql.SQL("SELECT {keys}, {n}, sum({q}), sum({a}) FROM {src} GROUP BY {by}").format(
+        keys=keys, n=count, q=sql.Identifier(q), a=sql.Identifier(a), src=source,
+        by=sql.SQL(", ").join(sql.Literal(i + 1) for i in range(len(t.key))))
 
 
 def batch_statements(star: str, meta: str) -> BatchStatements:
     s, m = sql.Identifier(star), sql.Identifier(meta)
-    facts, aggs = sql.Identifier("_star_factsales"), sql.Identifier("_star_sales_by_day")
+    facts = temp(FACTSALES)
+    nonzero = sql.SQL(" HAVING sum(n) <> 0 OR sum(q) <> 0 OR sum(a) <> 0")
+    # The batch's delta at the finest grain any aggregate needs, read once, then grouped per aggregate.
+    fine = sql.SQL(
+        "SELECT dateid, product_id, sum(n) AS n, sum(q) AS q, sum(a) AS a FROM ("
+        "SELECT dateid, product_id, 1 AS n, quantity AS q, total_price AS a FROM {facts}"
+        " UNION ALL SELECT dateid, product_id, -1, -quantity, -total_price FROM {s}.factsales"
+        " WHERE rowid = ANY(%(keys)s::bigint[])) u GROUP BY dateid, product_id").format(facts=facts, s=s)
+    deltas = [sql.SQL("INSERT INTO {} ({}) {}{}").format(
+        temp(t), ids(t.columns), aggregate_from(t, sql.Identifier("_fine"), "n", "q", "a"), nonzero)
+        for t in AGGREGATES]
+    adds = [sql.SQL("INSERT INTO {s}.{t} AS t ({cols}) SELECT {cols} FROM {d} ON CONFLICT ({key}) DO UPDATE SET {set}")
+            .format(s=s, t=sql.Identifier(t.name), cols=ids(t.columns), d=temp(t), key=ids(t.key),
+                    set=sql.SQL(", ").join(sql.SQL("{0} = t.{0} + EXCLUDED.{0}").format(sql.Identifier(c))
+                                           for c in MEASURES)) for t in AGGREGATES]
+    # Only an aggregate that lost sales can be empty now, and only its date unused: looking at
+    # every touched date instead scanned each one's products (13 ms a batch).
+    drops = [sql.SQL("DELETE FROM {}.{} t USING {} d WHERE {} AND d.sales_count < 0 AND t.sales_count = 0").format(
+        s, sql.Identifier(t.name), temp(t), _on(t, "t", "d")) for t in AGGREGATES]
+    keys = [sql.SQL("SELECT {}, {}").format(sql.Literal(t.name), sql.SQL(", ").join(
+        [*(sql.Identifier(k) for k in t.key), *([sql.SQL("NULL::bigint")] * (2 - len(t.key)))])) + sql.SQL(" FROM ")
+        + temp(t) for t in AGGREGATES]
     return BatchStatements(
-        clear=sql.SQL("TRUNCATE {}, {}").format(facts, aggs),
-        aggregate_deltas=sql.SQL(
-            "INSERT INTO {aggs} ({cols}) SELECT dateid, product_id, sum(n), sum(q), sum(a) FROM ("
-            "SELECT dateid, product_id, 1 AS n, quantity AS q, total_price AS a FROM {facts}"
-            " UNION ALL SELECT dateid, product_id, -1, -quantity, -total_price FROM {s}.factsales"
-            " WHERE rowid = ANY(%(keys)s::bigint[])) d GROUP BY dateid, product_id"
-            " HAVING sum(n) <> 0 OR sum(q) <> 0 OR sum(a) <> 0").format(
-            aggs=aggs, cols=ids(AGG_COLS), facts=facts, s=s),
+        clear=sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(temp(t) for t in (FACTSALES, *AGGREGATES))),
+        aggregate_deltas=_each(deltas, before=(("_fine", fine),)),
         new_dates=sql.SQL("SELECT DISTINCT dateid FROM {} f WHERE NOT EXISTS (SELECT 1 FROM {}.dimdate d"
                           " WHERE d.dateid = f.dateid) ORDER BY 1").format(facts, s),
         delete_facts=sql.SQL("DELETE FROM {}.factsales WHERE rowid = ANY(%(keys)s::bigint[])"
@@ -131,28 +170,30 @@ def batch_statements(star: str, meta: str) -> BatchStatements:
             " updated_at = now()").format(
             s, ids(FACT_COLS), facts,
             sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in FACT_COLS[1:])),
-        add_aggregates=sql.SQL(
-            "INSERT INTO {0}.sales_by_day AS t ({1}) SELECT {1} FROM {2}"
-            " ON CONFLICT (dateid, product_id) DO UPDATE SET sales_count = t.sales_count + EXCLUDED.sales_count,"
-            " quantity_total = t.quantity_total + EXCLUDED.quantity_total,"
-            " amount_total = t.amount_total + EXCLUDED.amount_total").format(s, ids(AGG_COLS), aggs),
-        # Only an aggregate that lost sales can be empty now, and only its date unused: looking at
-        # every touched date instead scanned each one's products (13 ms a batch).
-        drop_empty_aggregates=sql.SQL(
-            "DELETE FROM {}.sales_by_day t USING {} d WHERE t.dateid = d.dateid AND t.product_id = d.product_id"
-            " AND d.sales_count < 0 AND t.sales_count = 0").format(s, aggs),
+        add_aggregates=_each(adds),
+        drop_empty_aggregates=_each(drops),
         drop_unused_dates=sql.SQL(
             "DELETE FROM {0}.dimdate dd WHERE dd.dateid IN (SELECT dateid FROM {1} WHERE sales_count < 0)"
-            " AND NOT EXISTS (SELECT 1 FROM {0}.sales_by_day t WHERE t.dateid = dd.dateid)").format(s, aggs),
+            " AND NOT EXISTS (SELECT 1 FROM {0}.sales_by_day t WHERE t.dateid = dd.dateid)").format(
+            s, temp(SALES_BY_DAY)),
         outbox=sql.SQL(
             "INSERT INTO {m}.outbox (tbl, k1, k2)"
             " SELECT 'factsales', rowid, NULL::bigint FROM {facts}"
             " UNION ALL SELECT 'factsales', r, NULL FROM unnest(%(keys)s::bigint[]) AS r"
             " WHERE r NOT IN (SELECT rowid FROM {facts})"
-            " UNION ALL SELECT 'sales_by_day', dateid, product_id FROM {aggs}"
+            " UNION ALL {aggs}"
             " UNION ALL SELECT 'dimdate', dateid, NULL::bigint FROM ({dates}) d").format(
-            m=m, facts=facts, aggs=aggs, dates=changed_dates(aggs)),
+            m=m, facts=facts, aggs=sql.SQL(" UNION ALL ").join(keys), dates=changed_dates(temp(SALES_BY_DAY))),
     )
+
+
+@dataclass(frozen=True)
+class RowStatements:
+    """The statements that read the batch's upserted rows (the staging apply's temporary table),
+    by the SQL rules: the facts they vouch for go to ``_star_factsales``, the others to Python."""
+
+    new_facts: sql.Composed
+    odd_rows: sql.Composed
 
 
 def row_statements(rules: SqlRules, rows: str, sales_columns: tuple[str, ...]) -> RowStatements:

@@ -65,7 +65,8 @@ def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
              f"new ones ({new.name}) into sales.sales_data, as the old ETL's first step did")
         setup_source(settings, old, new)
         _say("4. Starting the daemon: it snapshots sales_data into staging.sales_data and builds the star schema"
-             " (star.factsales, star.dimdate, star.sales_by_day), then tails the binlog; every 5 s it flushes"
+             " (star.factsales, star.dimdate, star.sales_by_day, star.sales_by_month_product), then tails the"
+             " binlog; every 5 s it flushes"
              " the star schema's changes as CSV batches (" + str(base / "spool") + ") into the warehouse"
              " (a PostgreSQL database standing in for DB2)")
         pipeline, started, errors = _start_daemon(settings, stop)

@@ -56,7 +56,7 @@ from transform.errors import ConfigError, SoftcartError, TransientError
 from transform.fingerprint import Col, Dialect, TableSpec, canonical, col_of, quote
 from transform.model import Op, Position, RowChange
 from transform.schema import Table
-from transform.star_shape import fingerprint_kind
+from transform.star_shape import AGGREGATES, fingerprint_kind
 from transform.values import RowConverter, Unrepresentable
 
 log = structlog.get_logger(__name__)
@@ -299,7 +299,8 @@ class Reconciler:
         try:
             with pg.cursor() as cur:
                 star.repair(cur, [k[0] for _, k in diffs["factsales"]],
-                            [(k[0], k[1]) for _, k in diffs["sales_by_day"]], [k[0] for _, k in diffs["dimdate"]])
+                            {t.name: [k for _, k in diffs[t.name]] for t in AGGREGATES},
+                            [k[0] for _, k in diffs["dimdate"]])
             writer.commit(None)  # the position stays: the source was read at or past it
         except BaseException:
             writer.rollback()

@@ -74,7 +74,8 @@ def test_stream_then_flush_makes_the_warehouse_equal_to_the_star_schema(
     manifest = (spool / "loaded" / loaded[0] / "manifest.json").read_text()
     assert '"sha256"' in manifest and '"source_position": "mysql-bin.' in manifest
     # A rebuild's full reload replaces the (non-empty) warehouse tables.
-    warehouse.execute("INSERT INTO sales_by_day VALUES (20000101, 1, 1, 1, 1)")  # a stray row it must clear
+    warehouse.execute("INSERT INTO sales_by_day VALUES (20000101, 1, 1, 1)")  # stray rows it must clear
+    warehouse.execute("INSERT INTO sales_by_month_product VALUES (200001, 1, 1, 1, 1)")
     assert cli("rebuild", env=wh_env).returncode == 0
     assert cli("flush", env=wh_env).returncode == 0
     assert_warehouse_equals_star(staging, warehouse)
@@ -463,10 +464,14 @@ def _db2_rows(n: int) -> dict[str, Any]:
             yield "".join(f"U,{i},{days[i % 365]:%Y%m%d},{i % 1000},{i % 500},1.2500,2,2.5000\n"
                           for i in range(start, min(n, start + 9999) + 1)).encode()
 
-    def aggs() -> Any:
-        yield "".join(f"U,{d:%Y%m%d},{p},1,2,2.5000\n" for d in days[:30] for p in range(10)).encode()
+    def by_day() -> Any:
+        yield "".join(f"U,{d:%Y%m%d},10,20,25.0000\n" for d in days[:30]).encode()
 
-    return {"dimdate": dim(), "factsales": facts(), "sales_by_day": aggs()}
+    def by_month_product() -> Any:
+        yield "".join(f"U,{m},{p},1,2,2.5000\n" for m in range(202401, 202413) for p in range(25)).encode()
+
+    return {"dimdate": dim(), "factsales": facts(), "sales_by_day": by_day(),
+            "sales_by_month_product": by_month_product()}
 
 
 @pytest.mark.skipif(not DB2_DSN, reason="no DB2 here: set SOFTCART_TEST_DB2_DSN=db2://user:pw@host:port/DB "
@@ -496,7 +501,8 @@ def test_real_db2_full_reload_merge_deletes_rejects_replay_and_time_limit(tmp_pa
     try:
         full = spool.write(base, _db2_rows(n), {"full_reload": True, "batch_uid": f"full-{base}"})
         assert wh.load(full) is True
-        assert (count("dimdate"), count("factsales"), count("sales_by_day")) == (365, n, 300)
+        assert (count("dimdate"), count("factsales"), count("sales_by_day"), count("sales_by_month_product")) \
+            == (365, n, 30, 300)
         assert wh.load(full) is False  # the replay: the ledger has it
         changes = "".join(f"U,{i},20240102,{i},{i},9.0000,1,9.0000\n" for i in range(1, 101)) + \
             "".join(f"D,{i},,,,,,\n" for i in range(101, 151))
@@ -682,3 +688,43 @@ def test_a_flush_run_with_another_spool_folder_is_refused_while_batches_wait_in_
     assert cli("flush", env=wh_env).returncode == 0
     assert_warehouse_equals_star(staging, warehouse)
     assert cli("flush", env=shell).returncode == 0  # nothing waits: that folder may become the pipeline's
+
+
+OLD_GRAIN = ("CREATE TABLE {}sales_by_day (dateid integer NOT NULL, product_id bigint NOT NULL, sales_count bigint"
+             " NOT NULL, quantity_total bigint NOT NULL, amount_total numeric(31,4) NOT NULL,"
+             " PRIMARY KEY (dateid, product_id))")
+
+
+def test_an_installation_of_the_old_aggregate_grain_is_upgraded_by_a_restart_and_warehouse_init(
+        wh_settings: Settings, wh_env: dict[str, str], source: Conn, staging: PG, warehouse: PG) -> None:
+    """Before the aggregates' grains changed, sales_by_day was per (day, product) in staging and in
+    the warehouse (with the reporting views over it), and sales_by_month_product did not exist.
+    `warehouse init` makes the warehouse's anew (views too); the daemon's next start makes staging's
+    anew, rebuilds the star schema and sends the warehouse a full reload."""
+    execute(source, SALES_DDL)
+    assert cli("warehouse", "init", env=wh_env).returncode == 0
+    with running_pipeline(wh_settings):
+        mixed_changes(source, 100)
+        wait_caught_up(staging, source)
+    staging.execute("DROP TABLE star.sales_by_day, star.sales_by_month_product")
+    staging.execute(OLD_GRAIN.format("star."))
+    staging.execute("INSERT INTO star.sales_by_day VALUES (20000101, 1, 1, 1, 1)")
+    warehouse.execute("DROP VIEW monthly_sales, quarterly_sales, sales_by_product")
+    warehouse.execute("DROP TABLE sales_by_day, sales_by_month_product")
+    warehouse.execute(OLD_GRAIN.format(""))
+    warehouse.execute("CREATE VIEW sales_by_product AS SELECT s.product_id, d.year, sum(s.amount_total)"
+                      " AS total_sales FROM sales_by_day s JOIN dimdate d ON d.dateid = s.dateid"
+                      " GROUP BY s.product_id, d.year")
+    out = cli("warehouse", "init", env=wh_env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert warehouse.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'sales_by_day'"
+                             " AND column_name = 'product_id'").fetchone() == (0,)
+    with running_pipeline(wh_settings):
+        execute(source, "INSERT INTO sales_data VALUES (900, 3, 1, 2.00, 1, '2021-06-01 10:00:00')")
+        wait_caught_up(staging, source)  # past the start, so past the rebuild it makes before streaming
+    assert staging.execute("SELECT count(*) FROM star.sales_by_day WHERE dateid = 20000101").fetchone() == (0,)
+    assert cli("rebuild", "--check", env=wh_env).returncode == 0
+    assert cli("flush", env=wh_env).returncode == 0
+    assert assert_warehouse_equals_star(staging, warehouse) > 100
+    by_product = warehouse.execute("SELECT sum(total_sales) FROM sales_by_product").fetchone()
+    assert by_product == warehouse.execute("SELECT sum(total_price) FROM factsales").fetchone()

@@ -114,7 +114,7 @@ def test_a_batch_waits_for_outbox_writers_in_flight_and_takes_their_rows(staging
     t.join(30)
     assert made and made[0] is not None
     assert staging.execute("SELECT keys FROM softcart.batch WHERE id = %s", (made[0],)).fetchone() == (
-        {"factsales": [[7]], "sales_by_day": [], "dimdate": []},)
+        {"factsales": [[7]], "sales_by_day": [], "sales_by_month_product": [], "dimdate": []},)
     assert staging.execute("SELECT count(*) FROM softcart.outbox").fetchone() == (0,)
     writer.close()
     flusher.conn.close()

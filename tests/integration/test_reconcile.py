@@ -170,24 +170,27 @@ def test_source_and_staging_drift_is_found_exactly_and_repaired(streaming: None,
 
 def test_star_drift_is_found_exactly_and_repaired(streaming: None, source: Conn, staging: PG, warehouse: PG,
                                                    rc_settings: Settings) -> None:
-    (dateid, product) = staging.execute("SELECT dateid, product_id FROM star.sales_by_day"
-                                        " ORDER BY 1, 2 LIMIT 1").fetchone()  # type: ignore[misc]
+    (month, product) = staging.execute("SELECT monthid, product_id FROM star.sales_by_month_product"
+                                       " ORDER BY 1, 2 LIMIT 1").fetchone()  # type: ignore[misc]
+    (dateid,) = staging.execute("SELECT min(dateid) FROM star.sales_by_day").fetchone()  # type: ignore[misc]
     (other_day,) = staging.execute("SELECT max(dateid) FROM star.dimdate").fetchone()  # type: ignore[misc]
     staging.execute("DELETE FROM star.factsales WHERE rowid = 20")
     staging.execute("UPDATE star.factsales SET price = price + 1, total_price = total_price + quantity"
                     " WHERE rowid = 22")
-    staging.execute("UPDATE star.sales_by_day SET amount_total = amount_total + 5 WHERE dateid = %s"
-                    " AND product_id = %s", (dateid, product))
+    staging.execute("UPDATE star.sales_by_day SET amount_total = amount_total + 5 WHERE dateid = %s", (dateid,))
+    staging.execute("DELETE FROM star.sales_by_month_product WHERE monthid = %s AND product_id = %s",
+                    (month, product))
     staging.execute("UPDATE star.dimdate SET monthname = 'Nonember' WHERE dateid = %s", (other_day,))
     dry = reconcile(rc_settings, dry_run=True, levels=("star",))
     assert found(dry, "star") == {
         "factsales": {("missing", (20,)), ("changed", (22,))},
-        "sales_by_day": {("changed", (dateid, product))},
+        "sales_by_day": {("changed", (dateid,))},
+        "sales_by_month_product": {("missing", (month, product))},
         "dimdate": {("changed", (other_day,))},
     }
     assert check_star(rc_settings) != []  # dry run: nothing changed
     fixed = reconcile(rc_settings, levels=("star",))
-    assert fixed.repaired == 4
+    assert fixed.repaired == 5
     assert check_star(rc_settings) == []
     assert reconcile(rc_settings).exit_code == 0
     assert_all_agree(source, staging, warehouse, rc_settings)
@@ -196,19 +199,22 @@ def test_star_drift_is_found_exactly_and_repaired(streaming: None, source: Conn,
 def test_warehouse_drift_is_found_exactly_and_repaired(streaming: None, source: Conn, staging: PG, warehouse: PG,
                                                         rc_settings: Settings) -> None:
     assert reconcile(rc_settings).exit_code == 0  # loads the warehouse
-    keys = staging.execute("SELECT dateid, product_id FROM star.sales_by_day ORDER BY 1, 2 LIMIT 2").fetchall()
+    (month_product,) = staging.execute("SELECT monthid, product_id FROM star.sales_by_month_product"
+                                       " ORDER BY 1, 2 LIMIT 1").fetchall()
+    (day,) = staging.execute("SELECT dateid FROM star.sales_by_day ORDER BY 1 DESC LIMIT 1").fetchall()
     warehouse.execute("DELETE FROM factsales WHERE rowid = 30")
     warehouse.execute("UPDATE factsales SET price = 0 WHERE rowid = 31")
     warehouse.execute("INSERT INTO factsales SELECT 5000, dateid, product_id, customer_id, price, quantity,"
                       " total_price FROM factsales WHERE rowid = 32")
-    warehouse.execute("UPDATE sales_by_day SET sales_count = sales_count + 1 WHERE dateid = %s AND product_id = %s",
-                      keys[0])
-    warehouse.execute("DELETE FROM sales_by_day WHERE dateid = %s AND product_id = %s", keys[1])
+    warehouse.execute("UPDATE sales_by_month_product SET sales_count = sales_count + 1 WHERE monthid = %s"
+                      " AND product_id = %s", month_product)
+    warehouse.execute("DELETE FROM sales_by_day WHERE dateid = %s", day)
     dry = reconcile(rc_settings, dry_run=True, levels=("warehouse",))
     assert found(dry, "warehouse") == {
         "dimdate": set(),
         "factsales": {("missing", (30,)), ("changed", (31,)), ("extra", (5000,))},
-        "sales_by_day": {("changed", tuple(keys[0])), ("missing", tuple(keys[1]))},
+        "sales_by_day": {("missing", tuple(day))},
+        "sales_by_month_product": {("changed", tuple(month_product))},
     }
     fixed = reconcile(rc_settings, levels=("warehouse",))
     assert fixed.repaired == 5

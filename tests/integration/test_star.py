@@ -1,4 +1,4 @@
-"""FactSales, DimDate and sales_by_day stay equal to a rebuild from scratch at every commit."""
+"""FactSales, DimDate and the aggregates stay equal to a rebuild from scratch at every commit."""
 
 from __future__ import annotations
 
@@ -24,10 +24,13 @@ def facts(staging: PG) -> dict[int, tuple[Any, ...]]:
     return {r[0]: tuple(r[1:]) for r in rows.fetchall()}
 
 
-def by_day(staging: PG) -> dict[tuple[int, int], tuple[Any, ...]]:
-    rows = staging.execute("SELECT dateid, product_id, sales_count, quantity_total, amount_total"
+def aggregates(staging: PG) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """Both aggregates: ("day", dateid) and ("month", monthid, product_id) -> (sales, quantity, amount)."""
+    days = staging.execute("SELECT 'day', dateid, sales_count, quantity_total, amount_total"
                            " FROM star.sales_by_day").fetchall()
-    return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+    months = staging.execute("SELECT 'month', monthid, product_id, sales_count, quantity_total, amount_total"
+                             " FROM star.sales_by_month_product").fetchall()
+    return {tuple(r[:-3]): tuple(r[-3:]) for r in (*days, *months)}
 
 
 def dates(staging: PG) -> list[int]:
@@ -43,8 +46,9 @@ def test_inserts_updates_and_deletes_move_facts_and_aggregates(settings: Setting
                         " (3, 8, 1, 4.00, 3, '2021-03-02 11:00:00')")
         execute(source, "UPDATE sales_data SET quantity = 5, timestamp = '2021-03-02 09:00:00' WHERE rowid = 1")
         wait_caught_up(staging, source)
-        assert by_day(staging) == {(20210301, 7): (1, 1, Decimal("1.0000")), (20210302, 7): (1, 5, Decimal("12.5000")),
-                                   (20210302, 8): (1, 3, Decimal("12.0000"))}
+        assert aggregates(staging) == {
+            ("day", 20210301): (1, 1, Decimal("1.0000")), ("day", 20210302): (2, 8, Decimal("24.5000")),
+            ("month", 202103, 7): (2, 6, Decimal("13.5000")), ("month", 202103, 8): (1, 3, Decimal("12.0000"))}
         execute(source, "DELETE FROM sales_data WHERE rowid = 2")
         wait_caught_up(staging, source)
         assert dates(staging) == [20210302], "a date with no sale left leaves DimDate"
@@ -55,7 +59,9 @@ def test_inserts_updates_and_deletes_move_facts_and_aggregates(settings: Setting
                 "INSERT INTO sales_data VALUES (1, 9, 1, 3.00, 1, '2021-05-05 05:05:05')")
         source.commit()
         wait_caught_up(staging, source)
-    assert by_day(staging) == {(20210302, 8): (1, 4, Decimal("16.0000")), (20210505, 9): (1, 1, Decimal("3.0000"))}
+    assert aggregates(staging) == {
+        ("day", 20210302): (1, 4, Decimal("16.0000")), ("day", 20210505): (1, 1, Decimal("3.0000")),
+        ("month", 202103, 8): (1, 4, Decimal("16.0000")), ("month", 202105, 9): (1, 1, Decimal("3.0000"))}
     assert dates(staging) == [20210302, 20210505]
     assert check_star(settings) == []
 
@@ -76,7 +82,8 @@ def test_invalid_sale_is_dead_lettered_and_resolved_when_fixed(settings: Setting
         wait_caught_up(staging, source)
     assert sorted(facts(staging)) == [1, 2]
     assert staging.execute("SELECT resolved_at IS NOT NULL FROM softcart.dead_letter").fetchall() == [(True,)]
-    assert by_day(staging) == {(20210301, 7): (2, 3, Decimal("7.5000"))}
+    assert aggregates(staging) == {("day", 20210301): (2, 3, Decimal("7.5000")),
+                                   ("month", 202103, 7): (2, 3, Decimal("7.5000"))}
 
 
 def test_sale_near_midnight_lands_on_the_business_day(settings: Settings, source: Conn, staging: PG) -> None:
@@ -100,11 +107,11 @@ def test_rebuild_check_finds_tampering_and_rebuild_repairs_it(settings: Settings
         wait_caught_up(staging, source)
     assert cli("rebuild", "--check", env=settings_env).returncode == 0
     staging.execute("UPDATE star.factsales SET quantity = 99 WHERE rowid = 1")
-    staging.execute("DELETE FROM star.sales_by_day WHERE product_id = 8")
+    staging.execute("DELETE FROM star.sales_by_month_product WHERE product_id = 8")
     out = cli("rebuild", "--check", env=settings_env)
     assert out.returncode == 1
     assert "factsales only in the incremental: {'rowid': 1" in out.stdout
-    assert "sales_by_day only in the rebuild: {'dateid': 20210302, 'product_id': 8" in out.stdout
+    assert "sales_by_month_product only in the rebuild: {'monthid': 202103, 'product_id': 8" in out.stdout
     fixed = cli("rebuild", env=settings_env)
     assert fixed.returncode == 0 and "2 facts" in fixed.stdout
     assert cli("rebuild", "--check", env=settings_env).returncode == 0

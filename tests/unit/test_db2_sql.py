@@ -10,8 +10,9 @@ from pydantic import SecretStr
 
 from loader.db2_warehouse import connection_string, create_table_sql, declare_sql, delete_sql, merge_sql, q
 from loader.spool import parse_csv
-from loader.warehouse import DIMDATE, FACTSALES, SALES_BY_DAY
+from loader.warehouse import DIMDATE, FACTSALES
 from transform.model import Endpoint
+from transform.star_shape import SALES_BY_MONTH_PRODUCT
 
 EP = Endpoint("db2", "dw.example", 50000, "loader", SecretStr("p4ss"), "SALESDW")
 
@@ -44,13 +45,33 @@ def test_declare_global_temporary_table() -> None:
 
 
 def test_merge_updates_non_keys_and_inserts_all_columns() -> None:
-    sql = merge_sql(SALES_BY_DAY)
-    assert sql.startswith('MERGE INTO "SALES_BY_DAY" AS T USING (SELECT "DATEID", "PRODUCT_ID", "SALES_COUNT",')
-    assert 'FROM SESSION."LOAD_SALES_BY_DAY" WHERE "OP" = \'U\') AS S' in sql
-    assert 'ON T."DATEID" = S."DATEID" AND T."PRODUCT_ID" = S."PRODUCT_ID"' in sql
+    sql = merge_sql(SALES_BY_MONTH_PRODUCT)
+    assert sql.startswith('MERGE INTO "SALES_BY_MONTH_PRODUCT" AS T USING (SELECT "MONTHID", "PRODUCT_ID",'
+                          ' "SALES_COUNT",')
+    assert 'FROM SESSION."LOAD_SALES_BY_MONTH_PRODUCT" WHERE "OP" = \'U\') AS S' in sql
+    assert 'ON T."MONTHID" = S."MONTHID" AND T."PRODUCT_ID" = S."PRODUCT_ID"' in sql
     assert 'WHEN MATCHED THEN UPDATE SET "SALES_COUNT" = S."SALES_COUNT",' in sql
-    assert '"DATEID" = S."DATEID",' not in sql.split("UPDATE SET")[1], "keys are not updated"
-    assert sql.endswith('VALUES (S."DATEID", S."PRODUCT_ID", S."SALES_COUNT", S."QUANTITY_TOTAL", S."AMOUNT_TOTAL")')
+    assert '"MONTHID" = S."MONTHID",' not in sql.split("UPDATE SET")[1], "keys are not updated"
+    assert sql.endswith('VALUES (S."MONTHID", S."PRODUCT_ID", S."SALES_COUNT", S."QUANTITY_TOTAL", S."AMOUNT_TOTAL")')
+
+
+def test_a_warehouse_of_the_old_grain_is_found_in_the_catalog_and_its_aggregate_dropped() -> None:
+    """SYSCAT.COLUMNS (TABSCHEMA, TABNAME, COLNAME: names stored folded to upper case) in the
+    connection's CURRENT SCHEMA, which is SOFTCART_WAREHOUSE_SCHEMA (CurrentSchema at connect)."""
+    from loader.db2_warehouse import old_grain_sql, regrain_sql
+
+    assert old_grain_sql() == ("SELECT COUNT(*) FROM SYSCAT.COLUMNS WHERE TABSCHEMA = CURRENT SCHEMA"
+                               " AND TABNAME = 'SALES_BY_DAY' AND COLNAME = 'PRODUCT_ID'")
+    assert regrain_sql() == 'DROP TABLE "SALES_BY_DAY"'
+
+
+def test_views_read_the_aggregate_of_their_grain() -> None:
+    from loader.db2_warehouse import views_sql
+
+    monthly, quarterly, by_product = views_sql()
+    assert 'FROM "SALES_BY_DAY" s JOIN "DIMDATE" d' in monthly and 'FROM "SALES_BY_DAY" s' in quarterly
+    assert ('SMALLINT(s."MONTHID" / 100) AS "YEAR"' in by_product and 'FROM "SALES_BY_MONTH_PRODUCT" s' in by_product
+            and by_product.endswith('GROUP BY s."PRODUCT_ID", s."MONTHID" / 100'))
 
 
 def test_delete_uses_the_staged_keys() -> None:

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from transform.star import SALES_COLUMNS, Fact, InvalidFact, ScratchBuilder, dim_date, fact_from_row, star_delta
+from transform.star_shape import AGGREGATES
 
 UTC = ZoneInfo("UTC")
 
@@ -36,6 +37,12 @@ def test_fact_has_exact_total_and_business_date() -> None:
     assert tokyo.dateid == 20210701, "23:30 UTC is the next morning in Tokyo"
 
 
+def test_a_fact_counts_in_its_day_and_in_its_month_and_product() -> None:
+    f = fact_from_row(sale(), ZoneInfo("Asia/Tokyo"))
+    assert f.agg_keys() == ((20210701,), (202107, f.product_id))
+    assert [t.key for t in AGGREGATES] == [("dateid",), ("monthid", "product_id")], "agg_keys' order"
+
+
 def test_totals_and_sums_are_exact_beyond_28_digits() -> None:
     # 29 significant digits: the default decimal context would round the last one away and the
     # rounded total would still pass the overflow check.
@@ -45,8 +52,9 @@ def test_totals_and_sums_are_exact_beyond_28_digits() -> None:
     b = ScratchBuilder(UTC)
     for i in range(3):
         b.add((i, 5, 9, price, 99, dt.datetime(2021, 1, 1, tzinfo=dt.UTC)))
-    ((*_, amount),) = b.sales_by_day()
-    assert amount == Decimal("29699999999999999999999999.9703")
+    for name in ("sales_by_day", "sales_by_month_product"):
+        ((*_, sales, quantity, amount),) = b.aggregate(name)
+        assert (sales, quantity, amount) == (3, 297, Decimal("29699999999999999999999999.9703"))
 
 
 @pytest.mark.parametrize(("row", "reason"), [
@@ -78,10 +86,10 @@ def values(row: dict[str, Any] | None) -> tuple[Any, ...] | None:
     return None if row is None else tuple(row[c] for c in SALES_COLUMNS)
 
 
-def scratch(state: dict[int, dict[str, Any]]) -> tuple[set[Any], set[Any], set[Any]]:
+def scratch(state: dict[int, dict[str, Any]]) -> tuple[set[Any], set[Any], dict[str, set[Any]]]:
     b = ScratchBuilder(UTC)
     facts = {f.row() for r in state.values() if (f := b.add(values(r))) is not None}
-    return facts, set(b.dimdate()), set(b.sales_by_day())
+    return facts, set(b.dimdate()), {t.name: set(b.aggregate(t.name)) for t in AGGREGATES}
 
 
 @given(st.lists(OPS, max_size=6))
@@ -89,7 +97,7 @@ def test_applying_deltas_batch_by_batch_equals_a_rebuild(batches: list[list[tupl
     state: dict[int, dict[str, Any]] = {}
     facts: dict[int, Fact] = {}
     dates: dict[int, tuple[Any, ...]] = {}
-    aggs: dict[tuple[int, int], list[Any]] = {}
+    aggs: dict[str, dict[tuple[int, ...], list[Any]]] = {t.name: {} for t in AGGREGATES}
     for batch in batches:
         for rowid, row in batch:  # a batch's net effect: last state per row
             if row is None:
@@ -104,20 +112,22 @@ def test_applying_deltas_batch_by_batch_equals_a_rebuild(batches: list[list[tupl
             facts.pop(r, None)
         for r, f in delta.fact_upserts.items():
             facts[r] = f
-        for k, a in delta.aggregates.items():
-            cur = aggs.setdefault(k, [0, 0, Decimal(0)])
-            cur[0] += a.sales
-            cur[1] += a.quantity
-            cur[2] += a.amount
-        # as loader.star applies it: only shrinking aggregates are looked at for removal
-        for k in delta.shrinking:
-            if aggs[k][0] == 0:
-                del aggs[k]
-        for dateid in {k[0] for k in delta.shrinking}:
-            if not any(k[0] == dateid for k in aggs):
+        for name, deltas in delta.aggregates.items():
+            for k, a in deltas.items():
+                cur = aggs[name].setdefault(k, [0, 0, Decimal(0)])
+                cur[0] += a.sales
+                cur[1] += a.quantity
+                cur[2] += a.amount
+        # as loader.star applies it: only aggregates that lost sales are looked at for removal,
+        # and only the dates whose day lost sales
+        for name, deltas in delta.aggregates.items():
+            for k in [k for k, a in deltas.items() if a.sales < 0 and aggs[name][k][0] == 0]:
+                del aggs[name][k]
+        for (dateid,) in [k for k, a in delta.aggregates["sales_by_day"].items() if a.sales < 0]:
+            if (dateid,) not in aggs["sales_by_day"]:
                 dates.pop(dateid, None)
         assert not (set(delta.invalid) & set(delta.fact_upserts))
     want_facts, want_dates, want_aggs = scratch(state)
     assert {f.row() for f in facts.values()} == want_facts
     assert set(dates.values()) == want_dates
-    assert {(k[0], k[1], a[0], a[1], a[2]) for k, a in aggs.items()} == want_aggs
+    assert {name: {(*k, *a) for k, a in rows.items()} for name, rows in aggs.items()} == want_aggs
