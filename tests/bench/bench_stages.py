@@ -7,7 +7,7 @@ JSON line (every run's figures), and writes a PNG chart of the lag during the fr
 (needs matplotlib, a dev dependency).
 
     .venv/bin/python -m tests.bench.bench_stages [--rows 1000000] [--changes 500000] [--freshness 60]
-        [--runs 3] [--chart lag.png] [--shape softcart|one-date]
+        [--runs 3] [--chart lag.png] [--shape softcart|one-date] [--peer]
 
 The data is shaped like SoftCart's by default (``--shape softcart``): sales over two years
 (about 1,370 a day for 1,000,000 rows) of 1,000 products; the changes' inserts fall on days
@@ -403,6 +403,9 @@ def main() -> None:
                    help="the generated sales' shape (see above)")
     p.add_argument("--runs", type=int, default=3, help="runs on fresh servers; the table shows their median")
     p.add_argument("--chart", type=Path, default=Path("bench-lag.png"), help="PNG of the lag during freshness")
+    p.add_argument("--peer", action="store_true",
+                   help="then the peer benchmark (tests.bench.bench_peer: pg_chameleon 2.0.21 and softcart-sync on"
+                        " the same servers and bursts; needs root and PyPI) with as many runs, its table after ours")
     args = p.parse_args()
     runs: list[dict[str, Any]] = []
     lag: dict[str, list[tuple[float, float]]] = {}
@@ -413,6 +416,8 @@ def main() -> None:
     print(summary_table(runs))
     print(json.dumps({"runs": runs, "median": {k: v[0] for k, v in spread(runs).items()}}, default=str))
     lag_chart(lag, args.chart, args.rate)
+    if args.peer:
+        subprocess.run([sys.executable, "-m", "tests.bench.bench_peer", "--runs", str(args.runs)], cwd=ROOT, check=True)
 
 
 def spread(runs: list[dict[str, Any]]) -> dict[str, tuple[float, float, float]]:
