@@ -50,7 +50,7 @@ class FlushResult:
 
 def _outbox_keys(t: WTable, last: int, hi: int) -> sql.Composed:
     """The distinct keys of ``t`` in outbox rows ``last`` < id <= ``hi``, named as the key columns."""
-    return sql.SQL("SELECT DISTINCT {} FROM {}.outbox o WHERE o.id > {} AND o.id <= {} AND o.tbl = {}").format(
+    return sql.SQL("SELECT DISTINCT {} FROM {}.outbox_keys o WHERE o.id > {} AND o.id <= {} AND o.tbl = {}").format(
         sql.SQL(", ").join(sql.SQL("o.k{} AS {}").format(sql.Literal(i + 1), sql.Identifier(k))
                            for i, k in enumerate(t.key)),
         sql.Identifier(META), sql.Literal(last), sql.Literal(hi), sql.Literal(t.name))
@@ -114,8 +114,8 @@ class Backlog:
     failing_seconds: float
 
 
-#: Outbox rows not yet in a batch (of pipeline %(p)s).
-PENDING_OUTBOX = sql.SQL("SELECT count(*) FROM {m}.outbox WHERE id > COALESCE((SELECT last_outbox_id"
+#: Outbox keys not yet in a batch (of pipeline %(p)s).
+PENDING_OUTBOX = sql.SQL("SELECT count(*) FROM {m}.outbox_keys WHERE id > COALESCE((SELECT last_outbox_id"
                          " FROM {m}.flush_state WHERE pipeline = %(p)s), 0)").format(m=sql.Identifier(META))
 
 

@@ -298,7 +298,7 @@ class StarSchema:
         if delta.settled and self._open_fact_dead_letters(cur):
             cur.execute(RESOLVE_DEAD_LETTERS, (self.table.name, [f"[{r}]" for r in delta.settled]))
         if delta.fact_upserts or deleted or changed:
-            cur.execute(BATCH.outbox, {"keys": deleted, "dates": added})
+            cur.execute(BATCH.outbox, {"keys": [*deleted, *delta.fact_upserts], "dates": added})
 
     def _open_fact_dead_letters(self, cur: Cursor) -> bool:
         cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.dead_letter WHERE kind = 'fact' AND source_table = %s"

@@ -79,7 +79,8 @@ class BatchStatements:
     or the Python rules (loader.star COPYs them). ``%(keys)s``: rowids whose facts may be gone
     (every rowid the batch changed; those with a new fact are left alone); ``%(dates)s``: the dates
     the batch added to dimdate. Statements over every aggregate are one statement each (writable
-    CTEs): one round trip whatever the number of aggregates."""
+    CTEs): one round trip whatever the number of aggregates. The outbox's fact keys are
+    ``%(keys)s``: every rowid the batch changed (its new facts' among them)."""
 
     clear: sql.Composed  # empties the temporary tables
     aggregate_deltas: sql.Composed  # new facts minus the old ones of %(keys)s, per aggregate key, nonzero
@@ -134,6 +135,15 @@ def aggregate_from(t: StarTable, source: sql.Composable, n: str = "1", q: str = 
         by=sql.SQL(", ").join(sql.Literal(i + 1) for i in range(len(t.key))))
 
 
+def _keys_row(table: str, key: tuple[str, ...], source: sql.Composable) -> sql.Composed:
+    """The outbox row of a batch's keys of ``table`` (none when it has none): its key columns in
+    ``source``, aggregated into the arrays k1s (and k2s for a two-column key)."""
+    arrays: list[sql.Composable] = [sql.SQL("array_agg({})::bigint[]").format(sql.Identifier(k)) for k in key]
+    arrays += [sql.SQL("NULL::bigint[]")] * (2 - len(key))
+    return sql.SQL("SELECT {}, {} FROM {} HAVING count(*) > 0").format(
+        sql.Literal(table), sql.SQL(", ").join(arrays), source)
+
+
 def batch_statements(star: str, meta: str) -> BatchStatements:
     s, m = sql.Identifier(star), sql.Identifier(meta)
     facts = temp(FACTSALES)
@@ -155,9 +165,7 @@ def batch_statements(star: str, meta: str) -> BatchStatements:
     # every touched date instead scanned each one's products (13 ms a batch).
     drops = [sql.SQL("DELETE FROM {}.{} t USING {} d WHERE {} AND d.sales_count < 0 AND t.sales_count = 0").format(
         s, sql.Identifier(t.name), temp(t), _on(t, "t", "d")) for t in AGGREGATES]
-    keys = [sql.SQL("SELECT {}, {}").format(sql.Literal(t.name), sql.SQL(", ").join(
-        [*(sql.Identifier(k) for k in t.key), *([sql.SQL("NULL::bigint")] * (2 - len(t.key)))])) + sql.SQL(" FROM ")
-        + temp(t) for t in AGGREGATES]
+    keys = [_keys_row(t.name, t.key, temp(t)) for t in AGGREGATES]
     return BatchStatements(
         clear=sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(temp(t) for t in (FACTSALES, *AGGREGATES))),
         aggregate_deltas=_each(deltas, before=(("_fine", fine),)),
@@ -176,14 +184,11 @@ def batch_statements(star: str, meta: str) -> BatchStatements:
             "DELETE FROM {0}.dimdate dd WHERE dd.dateid IN (SELECT dateid FROM {1} WHERE sales_count < 0)"
             " AND NOT EXISTS (SELECT 1 FROM {0}.sales_by_day t WHERE t.dateid = dd.dateid)").format(
             s, temp(SALES_BY_DAY)),
-        outbox=sql.SQL(
-            "INSERT INTO {m}.outbox (tbl, k1, k2)"
-            " SELECT 'factsales', rowid, NULL::bigint FROM {facts}"
-            " UNION ALL SELECT 'factsales', r, NULL FROM unnest(%(keys)s::bigint[]) AS r"
-            " WHERE r NOT IN (SELECT rowid FROM {facts})"
-            " UNION ALL {aggs}"
-            " UNION ALL SELECT 'dimdate', dateid, NULL::bigint FROM ({dates}) d").format(
-            m=m, facts=facts, aggs=sql.SQL(" UNION ALL ").join(keys), dates=changed_dates(temp(SALES_BY_DAY))),
+        outbox=sql.SQL("INSERT INTO {m}.outbox (tbl, k1s, k2s) {facts} UNION ALL {aggs} UNION ALL {dates}").format(
+            m=m, aggs=sql.SQL(" UNION ALL ").join(keys),
+            facts=sql.SQL("SELECT 'factsales', k, NULL::bigint[] FROM (SELECT %(keys)s::bigint[]) AS f (k)"
+                          " WHERE cardinality(k) > 0"),
+            dates=_keys_row("dimdate", ("dateid",), sql.SQL("({}) d").format(changed_dates(temp(SALES_BY_DAY))))),
     )
 
 

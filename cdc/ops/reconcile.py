@@ -419,7 +419,7 @@ def _hashes(sides: dict[str, tuple[Side, Side]], keys: Keys, which: int) -> Hash
 def _in_flight(pg: psycopg.Connection[Any], pipeline: str) -> dict[str, set[CanonKey]]:
     """Star keys on their way to the warehouse: in the outbox, or in a batch not loaded yet."""
     out: dict[str, set[CanonKey]] = {}
-    for tbl, k1, k2 in pg.execute(sql.SQL("SELECT tbl, k1, k2 FROM {}.outbox").format(sql.Identifier(META))):
+    for tbl, k1, k2 in pg.execute(sql.SQL("SELECT tbl, k1, k2 FROM {}.outbox_keys").format(sql.Identifier(META))):
         out.setdefault(tbl, set()).add(tuple(str(k) for k in (k1, k2) if k is not None))
     for (keys,) in pg.execute(sql.SQL("SELECT keys FROM {}.batch WHERE pipeline = %s AND state <> 'loaded'")
                               .format(sql.Identifier(META)), (pipeline,)):

@@ -67,7 +67,7 @@ def state(conn: PG) -> dict[str, Any]:
         "by_day": q("SELECT * FROM star.sales_by_day ORDER BY 1").fetchall(),
         "by_month_product": q("SELECT * FROM star.sales_by_month_product ORDER BY 1, 2").fetchall(),
         "dates": q("SELECT * FROM star.dimdate ORDER BY 1").fetchall(),
-        "outbox": sorted(q("SELECT tbl, k1, k2 FROM softcart.outbox").fetchall(), key=repr),
+        "outbox": sorted(q("SELECT tbl, k1, k2 FROM softcart.outbox_keys").fetchall(), key=repr),
         "dead_letters": q("SELECT kind, row_key, reason, resolved_at IS NULL FROM softcart.dead_letter"
                           " ORDER BY 1, 2, 3").fetchall(),
     }
