@@ -111,7 +111,7 @@ class Metrics:
 
 #: The warehouse backlog's gauges: (name, help, field of loader.flush.Backlog).
 BACKLOG = (
-    ("outbox_pending_rows", "Star-schema changes not yet in a batch", "outbox_rows"),
+    ("outbox_pending_rows", "Star-schema keys changed and not yet in a batch", "outbox_rows"),
     ("spool_pending_batches", "Batches waiting to be loaded into the warehouse", "pending"),
     ("spool_failed_batches", "Batches the warehouse refused (need an operator)", "failed"),
     ("spool_oldest_pending_age_seconds", "Age of the oldest pending batch", "oldest_pending_seconds"),

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     spool_dir: Path = Field(Path("spool"), description="folder of the CSV batches (pending/, loaded/, failed/)")
     flush_interval_seconds: float = Field(60.0, gt=0,
                                           description="how often the star schema is flushed to the warehouse")
-    flush_rows: int = Field(50000, ge=1, description="flush sooner once this many outbox rows are pending")
+    flush_rows: int = Field(50000, ge=1, description="flush sooner once this many star keys are pending in the outbox")
     server_id: int = Field(5401, ge=1, le=4294967295,
                            description="replica server id the daemon uses; unique among the source's replicas")
     pipeline_name: str = Field("default", min_length=1, max_length=63,
