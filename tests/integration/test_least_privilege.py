@@ -16,8 +16,21 @@ SQL = ROOT / "deploy" / "sql"
 
 
 def _statements(path: Path) -> list[str]:
+    """The file's statements as psql runs them: split at each ';' outside a $$-quoted body (the
+    warehouse file's upgrade step is a DO block)."""
     text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("--"))
-    return [s.strip() for s in text.split(";") if s.strip()]
+    out, current = [], ""
+    for i, part in enumerate(text.split("$$")):
+        if i % 2:  # inside $$ ... $$
+            current += f"$${part}$$"
+            continue
+        first, *rest = part.split(";")
+        current += first
+        for piece in rest:
+            out.append(current)
+            current = piece
+    out.append(current)
+    return [s.strip() for s in out if s.strip()]
 
 
 def test_daemon_flush_and_reconcile_run_with_the_documented_grants_only(
