@@ -34,6 +34,7 @@ from loader.spool import Spool, SpooledBatch
 from loader.star import STAR
 from loader.warehouse import TABLES, BatchIdTaken, BatchRejected, Warehouse, WTable
 from transform.errors import ConfigError, TransientError
+from transform.star_sql import key_match
 
 log = structlog.get_logger(__name__)
 Conn = psycopg.Connection[Any]
@@ -65,15 +66,14 @@ def _key_list_sql(t: WTable, last: int, hi: int) -> sql.Composed:
 def _keys_sql(t: WTable, last: int, hi: int) -> sql.Composed:
     """Current rows of the outbox's keys for ``t``, with op U, or D where the row is gone."""
     ks = [sql.Identifier(k) for k in t.key]
-    join = sql.SQL(" AND ").join(sql.SQL("r.{0} = k.{0}").format(k) for k in ks)
     cols = sql.SQL(", ").join(
         sql.SQL("k.{}").format(sql.Identifier(c)) if c in t.key else sql.SQL("r.{}").format(sql.Identifier(c))
         for c in t.columns)
     return sql.SQL(
         "SELECT CASE WHEN r.{first} IS NULL THEN 'D' ELSE 'U' END, {cols} FROM ({keys}) k"
-        " LEFT JOIN {star}.{table} r ON {join} ORDER BY {order}").format(
+        " LEFT JOIN {star}.{table} r ON {join} ORDER BY {order}").format(join=key_match(t.key, "r", "k"),
         first=ks[0], cols=cols, keys=_outbox_keys(t, last, hi), star=sql.Identifier(STAR),
-        table=sql.Identifier(t.name), join=join, order=sql.SQL(", ").join(sql.SQL("k.{}").format(k) for k in ks))
+        table=sql.Identifier(t.name), order=sql.SQL(", ").join(sql.SQL("k.{}").format(k) for k in ks))
 
 
 def _all_sql(t: WTable) -> sql.Composed:

@@ -20,6 +20,7 @@ from transform.errors import ConfigError, Kind, TransientError, is_duplicate_key
 from transform.fingerprint import Dialect
 from transform.model import Endpoint
 from transform.star_shape import FACT_INDEX
+from transform.star_sql import key_match
 
 
 def ddl() -> list[str]:
@@ -165,7 +166,7 @@ class PostgresWarehouse:
                 for t, op in load_steps():
                     if op == "D":
                         conn.execute(sql.SQL("DELETE FROM {} t USING {} s WHERE s.op = 'D' AND {}").format(
-                            sql.Identifier(t.name), sql.Identifier(staged[t.name]), _match(t)))
+                            sql.Identifier(t.name), sql.Identifier(staged[t.name]), key_match(t.key, "t", "s")))
                     else:  # into emptied tables (a full reload) a plain insert: nothing to match
                         conn.execute((_insert if full else _merge)(t, staged[t.name]))
                     guard.feed()
@@ -254,11 +255,6 @@ class PostgresWarehouse:
             self._conn = None
 
 
-def _match(t: WTable, left: str = "t", right: str = "s") -> sql.Composable:
-    return sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(
-        sql.Identifier(left), sql.Identifier(k), sql.Identifier(right), sql.Identifier(k)) for k in t.key)
-
-
 def _insert(t: WTable, staged: str) -> sql.Composed:
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in t.columns)
     return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE op = 'U'").format(
@@ -271,7 +267,7 @@ def _merge(t: WTable, staged: str) -> sql.Composed:
     sets = sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(c)) for c in t.non_key)
     return sql.SQL("MERGE INTO {} t USING (SELECT * FROM {} WHERE op = 'U') s ON {}"
                    " WHEN MATCHED THEN UPDATE SET {} WHEN NOT MATCHED THEN INSERT ({}) VALUES ({})").format(
-        sql.Identifier(t.name), sql.Identifier(staged), _match(t), sets, cols, values)
+        sql.Identifier(t.name), sql.Identifier(staged), key_match(t.key, "t", "s"), sets, cols, values)
 
 
 if __name__ == "__main__":  # regenerate deploy/sql/postgresql-warehouse.sql

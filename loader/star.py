@@ -36,6 +36,7 @@ from transform.star_sql import (
     SqlRules,
     aggregate_from,
     batch_statements,
+    key_match,
     row_statements,
     sql_rules,
     temp,
@@ -403,7 +404,7 @@ class StarSchema:
         self._build_scratch(conn)
         out: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
         for name, cols, keys in STAR_TABLES:
-            on = sql.SQL(" AND ").join(sql.SQL("a.{0} = b.{0}").format(sql.Identifier(k)) for k in keys)
+            on = key_match(keys, "a", "b")
             rest = [c for c in cols if c not in keys]
             query = sql.SQL(
                 "SELECT {coalesced}, a.{k} IS NULL, b.{k} IS NULL FROM {star} a FULL JOIN {scratch} b ON {on}"

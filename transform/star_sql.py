@@ -117,9 +117,10 @@ def _each(statements: Sequence[sql.Composable], before: tuple[tuple[str, sql.Com
         sql.SQL(", ").join(sql.SQL("{} AS ({})").format(sql.Identifier(n), q) for n, q in ctes), statements[-1])
 
 
-def _on(t: StarTable, a: str, b: str) -> sql.Composed:
-    return sql.SQL(" AND ").join(sql.SQL("{0}.{2} = {1}.{2}").format(sql.Identifier(a), sql.Identifier(b),
-                                                                      sql.Identifier(k)) for k in t.key)
+def key_match(key: Sequence[str], left: str, right: str) -> sql.Composed:
+    """``left.k1 = right.k1 AND ...`` over the key columns: two relations of a star table joined."""
+    return sql.SQL(" AND ").join(sql.SQL("{0}.{2} = {1}.{2}").format(sql.Identifier(left), sql.Identifier(right),
+                                                                      sql.Identifier(k)) for k in key)
 
 
 def aggregate_from(t: StarTable, source: sql.Composable, n: str = "1", q: str = "quantity",
@@ -164,7 +165,7 @@ def batch_statements(star: str, meta: str) -> BatchStatements:
     # Only an aggregate that lost sales can be empty now, and only its date unused: looking at
     # every touched date instead scanned each one's products (13 ms a batch).
     drops = [sql.SQL("DELETE FROM {}.{} t USING {} d WHERE {} AND d.sales_count < 0 AND t.sales_count = 0").format(
-        s, sql.Identifier(t.name), temp(t), _on(t, "t", "d")) for t in AGGREGATES]
+        s, sql.Identifier(t.name), temp(t), key_match(t.key, "t", "d")) for t in AGGREGATES]
     keys = [_keys_row(t.name, t.key, temp(t)) for t in AGGREGATES]
     return BatchStatements(
         clear=sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(temp(t) for t in (FACTSALES, *AGGREGATES))),
