@@ -13,7 +13,8 @@ And it is slow where it need not be: every TABLE_MAP event (one before each rows
 per small transaction) builds a ``Table`` whose primary key it finds through ``Column.data``, a
 dict of every attribute built anew for each of two look-ups per column: a fifth of the reader's
 time on a stream of small transactions. :func:`_table_init` reads the two attributes directly;
-the result is the same (``tests/unit/test_binlog_fixes.py`` holds it so). And it parses each
+the result is the same (``tests/unit/test_binlog_fixes.py`` holds it so), and so does
+``Table.data``, asked once per rows event. And it parses each
 TABLE_MAP event's column metadata anew though a table's map is the same bytes every time: what a
 map's bytes parse to is kept (:func:`_table_map_init`, a few hundred maps at most), and a map
 seen before costs a dictionary look-up (``tests/integration/test_rowcodec.py`` reads the same
@@ -109,6 +110,12 @@ def _table_init(self: Any, table_id: Any, schema: Any, table: Any, columns: Any,
                           "primary_key": primary_key, "column_name_flag": column_name_flag})
 
 
+def _table_data(self: Any) -> dict[str, Any]:
+    """``Table.data`` as the library has it (every public attribute), built by a comprehension:
+    every rows event asks for it to find its primary key."""
+    return {k: v for k, v in self.__dict__.items() if k[0] != "_"}
+
+
 # What the base event sets for each event (its packet, time, size...): not part of a map's parse.
 _PER_EVENT = frozenset(("packet", "table_map", "event_type", "timestamp", "event_size", "_post_header_lengths",
                         "_ctl_connection", "mysql_version", "_ignore_decode_errors", "_verify_checksum",
@@ -128,7 +135,23 @@ def _map_key(from_packet: Any, event_size: int, kwargs: dict[str, Any]) -> tuple
     if not table_map_cache or data is None or at is None or kwargs.get("freeze_schema") \
             or getattr(from_packet, "_BinLogPacketWrapper__data_buffer", b"") != b"":
         return None
-    return (bytes(data[at:at + event_size]), *(repr(kwargs.get(k)) for k in _FILTERS))
+    return (bytes(data[at:at + event_size]), *_filters(kwargs))
+
+
+_filters_seen: tuple[tuple[Any, ...], tuple[str, ...]] = ((), ())
+
+
+def _filters(kwargs: dict[str, Any]) -> tuple[str, ...]:
+    """The reader's filters as text, part of a map's key: worked out again only when they are not
+    the same objects as last time (a reader passes its own each event, and nobody changes them in
+    place)."""
+    global _filters_seen
+    objects = tuple(kwargs.get(k) for k in _FILTERS)
+    seen, text = _filters_seen
+    if len(seen) != len(objects) or any(a is not b for a, b in zip(seen, objects, strict=True)):
+        text = tuple(repr(o) for o in objects)
+        _filters_seen = (objects, text)
+    return text
 
 
 def _table_map_init(self: Any, from_packet: Any, event_size: int, table_map: dict[int, Any], ctl_connection: Any,
@@ -156,6 +179,7 @@ def _table_map_init(self: Any, from_packet: Any, event_size: int, table_map: dic
 
 
 _library_table_init = Table.__init__
+_library_table_data = Table.data
 _library_table_map_init = TableMapEvent.__init__
 _library_charset_to_encoding = RowsEvent.charset_to_encoding
 _installed = False
@@ -167,6 +191,7 @@ def install() -> None:
     global _installed
     RowsEvent._RowsEvent__read_time2 = _read_time2
     Table.__init__ = _table_init
+    Table.data = property(_table_data)
     TableMapEvent.__init__ = _table_map_init
     if not _installed:
         codecs.register(_search)

@@ -68,6 +68,7 @@ class BinlogSource:
         tables = {**tables, signal.name: signal} if signal is not None else tables
         self._fast_decode = fast_decode  # False: every row through the library (tests compare both)
         self._decoders: dict[tuple[str, int, tuple[Any, ...]], tuple[Table, RowsDecoder | None]] = {}
+        self._plans: dict[str, tuple[Any, Table, tuple[str, ...] | None, RowsDecoder | None]] = {}  # see _plan
         self._tables = dict(tables)  # ours: a schema change updates it before the writer has caught up
         self._converters = {name: RowConverter(t) for name, t in tables.items()}
         self._flavor = flavor
@@ -204,7 +205,7 @@ class BinlogSource:
         conv = self._converters.get(table)
         if conv is None:
             raise FatalError(f"binlog row event for unexpected table {event.schema}.{table}")
-        absent = self._absent(event)
+        absent, decoder = self._plan(event)
         if absent is not None:  # written under another definition: by name, through the library
             first = len(out)
             self._library_rows(conv, table, event, out)
@@ -212,8 +213,7 @@ class BinlogSource:
                 out[first:] = [dataclasses.replace(c, absent=absent) if c.after is not None and c.error is None
                                else c for c in out[first:]]
             return
-        decoder = self._decoder(event) if self._fast_decode else None
-        if decoder is not None:
+        if decoder is not None and self._full_images(event):
             body = event.packet.read(event.event_size - event.packet.read_bytes)
             self._decoded(table, event, decoder(body), out)
             return
@@ -247,15 +247,33 @@ class BinlogSource:
         present = set(names)
         return tuple(n for n in held if n not in present)
 
+    def _plan(self, event: Any) -> tuple[tuple[str, ...] | None, RowsDecoder | None]:
+        """How this event's rows decode: :meth:`_absent`, and the compiled decoder (None: the
+        library decodes them), worked out once per table map. While a table's map is the same
+        bytes the library hands back the same map object (``binlog_fixes``), so on a stream of
+        small transactions this is one look-up per event; a schema change replaces our Table."""
+        tm = event.table_map.get(event.table_id)
+        table = self._tables[event.table]
+        plan = self._plans.get(event.table)
+        if plan is None or plan[0] is not tm or plan[1] is not table:
+            absent = self._absent(event)
+            decoder = self._decoder(event) if absent is None and self._fast_decode else None
+            plan = self._plans[event.table] = (tm, table, absent, decoder)
+        return plan[2], plan[3]
+
+    @staticmethod
+    def _full_images(event: Any) -> bool:
+        """Whether the event's row images are whole (every column present) and of a kind the
+        compiled decoders read; else the library decodes it."""
+        if event.event_type not in _ROW_EVENT_TYPES or not event.complete:
+            return False
+        full = (1 << event.number_of_columns) - 1
+        return int.from_bytes(event.columns_present_bitmap, "little") == full and (
+            not isinstance(event, UpdateRowsEvent) or int.from_bytes(event.columns_present_bitmap2, "little") == full)
+
     def _decoder(self, event: Any) -> RowsDecoder | None:
         """The compiled decoder for this event's table map (made on first sight), or None when the
-        library must decode it: a type we don't compile, a partial row image, an unknown charset."""
-        if event.event_type not in _ROW_EVENT_TYPES or not event.complete:
-            return None
-        full = (1 << event.number_of_columns) - 1
-        if int.from_bytes(event.columns_present_bitmap, "little") != full or (
-                isinstance(event, UpdateRowsEvent) and int.from_bytes(event.columns_present_bitmap2, "little") != full):
-            return None
+        library must decode it: a type we don't compile, an unknown charset."""
         table = self._tables[event.table]
         signature = tuple(_signature(c) for c in event.columns)
         key = (event.table, event.table_id, signature)

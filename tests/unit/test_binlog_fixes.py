@@ -90,3 +90,18 @@ def test_our_table_init_is_the_librarys_without_its_cost(cols: list[tuple[str | 
     binlog_fixes._table_init(ours, 7, "sales", "t", columns, given_key, True)
     binlog_fixes._library_table_init(theirs, 7, "sales", "t", columns, given_key, True)
     assert ours.__dict__ == theirs.__dict__
+    ours._private = theirs._private = 1  # type: ignore[attr-defined]  # not part of .data
+    assert binlog_fixes._table_data(ours) == binlog_fixes._library_table_data.fget(theirs) == {
+        "table_id": 7, "schema": "sales", "table": "t", "columns": columns, "primary_key": ours.primary_key,
+        "column_name_flag": True}
+
+
+def test_the_readers_filters_are_read_again_when_they_are_other_objects() -> None:
+    from cdc.capture import binlog_fixes
+
+    one = {"only_tables": ["a"], "only_schemas": ["sales"], "freeze_schema": False}
+    first = binlog_fixes._filters(one)
+    assert first == binlog_fixes._filters(dict(one)) and "['a']" in first and "['sales']" in first
+    other = binlog_fixes._filters({**one, "only_tables": ["b"]})
+    assert "['b']" in other and "['a']" not in other
+    assert binlog_fixes._filters(one) == first
