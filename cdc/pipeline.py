@@ -50,6 +50,7 @@ from loader.online import ChunkGate
 from loader.pg import INSTANCE, holders_text, lock_holders, pg_connect
 from loader.staging import StagingWriter
 from loader.star import StarSchema
+from transform import rowcodec
 from transform.errors import ConfigError, FatalError, SoftcartError, TransientError
 from transform.model import Position, RowChange
 from transform.progress import PipelineState
@@ -362,7 +363,8 @@ class Pipeline:
         self.state.alive_at = time.time()
         self.state.starved_since = 0.0
         self.metrics.connected.labels("source").set(1)
-        log.info("streaming", position=str(position), source=flavor.name)
+        log.info("streaming", position=str(position), source=flavor.name,
+                 row_decoder="compiled" if rowcodec.NATIVE else "python (transform._rowcodec not built)")
         lag_probe = LagProbe(self.settings)
         try:
             while not inner.is_set():

@@ -71,6 +71,9 @@ else
   "$prefix/bin/python" -m pip install -q "$build"/softcart_sync-*.whl  # with what it needs
   "$prefix/bin/python" -m pip install -q --force-reinstall --no-deps "$build"/softcart_sync-*.whl  # same version, new code
 fi
+"$prefix/bin/python" -c 'from transform import rowcodec
+print("binlog row decoder:", "compiled" if rowcodec.NATIVE else "Python: the compiled one was not built (no C"
+      " compiler or Python headers here; apt-get install gcc python3-dev and run install.sh again to have it)")'
 share="$prefix/share/softcart-sync"
 [ -f "$share/systemd/softcart-sync.service" ] || { echo "install.sh: the package carries no units in $share" >&2; exit 1; }
 install -m 0644 "$share"/systemd/*.service "$share"/systemd/*.timer /etc/systemd/system/

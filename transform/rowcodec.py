@@ -10,6 +10,12 @@ differential test on real binlogs holds them equal). A table with any other type
 JSON, BIT, YEAR, TIME, BINARY, GEOMETRY), or a row image that is not full, keeps the library path:
 :func:`compile_decoder` returns None.
 
+The walk is planned once per table map (:func:`decoder_plan`: each column's kind, widths, name
+and codec) and done by one of two decoders of that plan: ``transform._rowcodec``, in C, built at
+install where a C compiler is (about ten times the rows per second of the other), or else a
+generated Python function. Tests run every case through both and hold them equal on arbitrary
+row images; text goes through Python's codecs and decimals through ``Decimal`` in both.
+
 A value staging can't hold (a zero date, a NUL in text, bytes invalid in the column's charset)
 does not stop the walk: the row is decoded to its end, returned with the first reason, and the
 caller dead-letters it.
@@ -26,11 +32,19 @@ from typing import Any
 
 from transform.schema import Table
 
+try:
+    from transform import _rowcodec as _native
+except ImportError:  # not built where it was installed (no C compiler): the generated Python decoder
+    _native = None  # type: ignore[assignment]
+
+#: Whether the compiled decoder was built: compile_decoder's default.
+NATIVE = _native is not None
+
 # MySQL's binlog field type codes (include/field_types.h).
 TINY, SHORT, LONG, FLOAT, DOUBLE, TIMESTAMP, LONGLONG, INT24, DATE = 1, 2, 3, 4, 5, 7, 8, 9, 10
 VARCHAR, TIMESTAMP2, DATETIME2, NEWDECIMAL, BLOB, VAR_STRING, STRING = 15, 17, 18, 246, 252, 253, 254
 
-_INTS = {TINY: ("b", "B", 1), SHORT: ("h", "H", 2), LONG: ("i", "I", 4), LONGLONG: ("q", "Q", 8)}
+_INT_BYTES = {TINY: 1, SHORT: 2, LONG: 4, LONGLONG: 8}
 _INT_DATA_TYPES = {TINY: {"tinyint"}, SHORT: {"smallint"}, INT24: {"mediumint"}, LONG: {"int", "integer"},
                    LONGLONG: {"bigint"}}
 _TEXT = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext"}
@@ -162,27 +176,60 @@ def _date_reader(name: str) -> Callable[[bytes, int], dt.date]:
     return read
 
 
-def compile_decoder(table: Table, columns: list[BinlogColumn]) -> RowsDecoder | None:
+#: A column's step in a decoder's plan: (kind, a, b, column name, Python codec). The kinds, and
+#: what a and b are: K_INT (bytes, signed), K_FLOAT (bytes), K_DECIMAL (precision, scale), K_TEXT
+#: and K_BYTES (bytes of the length prefix), K_DATE, K_DATETIME2 and K_TIMESTAMP2 (fsp).
+Step = tuple[int, int, int, str, str]
+K_INT, K_FLOAT, K_DECIMAL, K_TEXT, K_BYTES, K_DATE, K_DATETIME2, K_TIMESTAMP2 = range(1, 9)
+
+
+def compile_decoder(table: Table, columns: list[BinlogColumn], native: bool | None = None) -> RowsDecoder | None:
     """A decoder for the row images of one table map, or None when the library must decode them
-    (a type not handled here, or a table map that doesn't match the followed definition)."""
+    (a type not handled here, or a table map that doesn't match the followed definition).
+    ``native``: the compiled decoder (``transform._rowcodec``, C) or the generated Python one;
+    by default the compiled one where it was built (:data:`NATIVE`)."""
+    plan = decoder_plan(table, columns)
+    if plan is None:
+        return None
+    if native is None:
+        native = NATIVE
+    if native:
+        if _native is None:
+            raise RuntimeError("transform._rowcodec was not built (a C compiler and Python's headers are needed)")
+        decoder: RowsDecoder = _native.Decoder(plan)
+        return decoder
+    return _python_decoder(table.name, plan)
+
+
+def decoder_plan(table: Table, columns: list[BinlogColumn]) -> list[Step] | None:
+    """Each column's step, or None when one of them is not handled here."""
     if len(columns) != len(table.columns):
         return None
-    env: dict[str, Any] = {"_Bad": _Bad}
-    lines: list[str] = []
-    for i, (col, bc) in enumerate(zip(table.columns, columns, strict=True)):
-        step = _column_code(i, col.name, col.data_type.lower(), col.unsigned, bc, env)
+    plan = []
+    for col, bc in zip(table.columns, columns, strict=True):
+        step = _column_step(col.name, col.data_type.lower(), col.unsigned, bc)
         if step is None:
             return None
+        plan.append(step)
+    return plan
+
+
+def _python_decoder(name: str, plan: list[Step]) -> RowsDecoder:
+    """The plan as one generated Python function per table map."""
+    env: dict[str, Any] = {"_Bad": _Bad}
+    lines: list[str] = []
+    for i, step in enumerate(plan):
+        code = _python_code(i, step, env)
         lines.append(f"    if nulls >> {i} & 1:\n        v{i} = None\n    else:\n"
-                     + "".join(f"        {s}\n" for s in step))
-    n = len(columns)
+                     + "".join(f"        {s}\n" for s in code))
+    n = len(plan)
     values = ", ".join(f"v{i}" for i in range(n)) + ("," if n == 1 else "")
     src = (f"def _row(b, p):\n    nulls = int.from_bytes(b[p:p + {(n + 7) // 8}], 'little')\n"
            f"    p += {(n + 7) // 8}\n    err = None\n" + "".join(lines)
            + f"    return ({values}), err, p\n")
     src += ("def decode(b):\n    out = []\n    p = 0\n    end = len(b)\n    while p < end:\n"
             "        row, err, p = _row(b, p)\n        out.append((row, err))\n    return out\n")
-    exec(compile(src, f"<binlog decoder {table.name}>", "exec"), env)  # noqa: S102 - our own generated code
+    exec(compile(src, f"<binlog decoder {name}>", "exec"), env)  # noqa: S102 - our own generated code
     decoder: RowsDecoder = env["decode"]  # an update's two images alternate: the caller pairs them
     return decoder
 
@@ -193,59 +240,58 @@ def _guarded(i: int, expr: str, advance: str) -> list[str]:
             "    err = err or str(exc)", advance]
 
 
-def _column_code(i: int, name: str, data_type: str, unsigned: bool, bc: BinlogColumn,
-                 env: dict[str, Any]) -> list[str] | None:
+def _python_code(i: int, step: Step, env: dict[str, Any]) -> list[str]:
+    kind, a, b, name, encoding = step
+    if kind == K_INT:
+        if a == 3:
+            return [f"v{i} = int.from_bytes(b[p:p + 3], 'little', signed={bool(b)})", "p += 3"]
+        fmt = {1: "b", 2: "h", 4: "i", 8: "q"}[a]
+        env[f"_u{i}"] = struct.Struct("<" + (fmt if b else fmt.upper())).unpack_from
+        return [f"v{i} = _u{i}(b, p)[0]", f"p += {a}"]
+    if kind == K_FLOAT:
+        env[f"_u{i}"] = struct.Struct("<f" if a == 4 else "<d").unpack_from
+        return [f"v{i} = _u{i}(b, p)[0]", f"p += {a}"]
+    if kind == K_DECIMAL:
+        env[f"_r{i}"], width = _decimal_reader(a, b)
+        return [f"v{i} = _r{i}(b, p)", f"p += {width}"]
+    if kind in (K_TEXT, K_BYTES):
+        length = ["n = b[p]", "p += 1"] if a == 1 else ["n = b[p] | b[p + 1] << 8", "p += 2"] if a == 2 else \
+            [f"n = int.from_bytes(b[p:p + {a}], 'little')", f"p += {a}"]
+        if kind == K_BYTES:
+            return [*length, f"v{i} = bytes(b[p:p + n])", "p += n"]
+        env[f"_t{i}"] = _text_decoder(name, encoding)
+        return length + _guarded(i, f"_t{i}(b[p:p + n])", "p += n")
+    if kind == K_DATE:
+        env[f"_r{i}"] = _date_reader(name)
+        return _guarded(i, f"_r{i}(b, p)", "p += 3")
+    reader = _datetime2_reader if kind == K_DATETIME2 else _timestamp2_reader
+    env[f"_r{i}"], width = reader(name, a)
+    return _guarded(i, f"_r{i}(b, p)", f"p += {width}")
+
+
+def _column_step(name: str, data_type: str, unsigned: bool, bc: BinlogColumn) -> Step | None:
     t = bc.type
     if t in _INT_DATA_TYPES:
         if data_type not in _INT_DATA_TYPES[t] or unsigned != bc.unsigned:
             return None
-        if t == INT24:
-            sign = "False" if unsigned else "True"
-            return [f"v{i} = int.from_bytes(b[p:p + 3], 'little', signed={sign})", "p += 3"]
-        signed_fmt, unsigned_fmt, size = _INTS[t]
-        env[f"_u{i}"] = struct.Struct("<" + (unsigned_fmt if unsigned else signed_fmt)).unpack_from
-        return [f"v{i} = _u{i}(b, p)[0]", f"p += {size}"]
+        return (K_INT, 3 if t == INT24 else _INT_BYTES[t], int(not unsigned), name, "")
     if t in (FLOAT, DOUBLE):
         if data_type != ("float" if t == FLOAT else "double"):
             return None
-        env[f"_u{i}"] = struct.Struct("<f" if t == FLOAT else "<d").unpack_from
-        return [f"v{i} = _u{i}(b, p)[0]", f"p += {4 if t == FLOAT else 8}"]
+        return (K_FLOAT, 4 if t == FLOAT else 8, 0, name, "")
     if t == NEWDECIMAL:
-        if data_type != "decimal":
-            return None
-        env[f"_r{i}"], width = _decimal_reader(bc.precision, bc.decimals)
-        return [f"v{i} = _r{i}(b, p)", f"p += {width}"]
+        return (K_DECIMAL, bc.precision, bc.decimals, name, "") if data_type == "decimal" else None
     if t in (VARCHAR, STRING, VAR_STRING):
         if data_type not in ("char", "varchar") or not bc.encoding:
             return None
-        env[f"_t{i}"] = _text_decoder(name, bc.encoding)
-        wide = bc.max_length > 255  # the length prefix takes 2 bytes
-        length = ["n = b[p] | b[p + 1] << 8", "p += 2"] if wide else ["n = b[p]", "p += 1"]
-        return length + _guarded(i, f"_t{i}(b[p:p + n])", "p += n")
+        return (K_TEXT, 2 if bc.max_length > 255 else 1, 0, name, bc.encoding)  # > 255: a 2-byte length
     if t == BLOB:
         if data_type not in _TEXT_BLOB | _BLOBS or not 1 <= bc.length_size <= 4:
             return None
-        size = bc.length_size
-        length = [f"n = int.from_bytes(b[p:p + {size}], 'little')", f"p += {size}"]
         if data_type in _BLOBS:
-            return [*length, f"v{i} = bytes(b[p:p + n])", "p += n"]
-        if not bc.encoding:
-            return None
-        env[f"_t{i}"] = _text_decoder(name, bc.encoding)
-        return length + _guarded(i, f"_t{i}(b[p:p + n])", "p += n")
-    if t == DATE:
-        if data_type != "date":
-            return None
-        env[f"_r{i}"] = _date_reader(name)
-        return _guarded(i, f"_r{i}(b, p)", "p += 3")
-    if t == DATETIME2:
-        if data_type != "datetime":
-            return None
-        env[f"_r{i}"], width = _datetime2_reader(name, bc.fsp)
-        return _guarded(i, f"_r{i}(b, p)", f"p += {width}")
-    if t == TIMESTAMP2:
-        if data_type != "timestamp":
-            return None
-        env[f"_r{i}"], width = _timestamp2_reader(name, bc.fsp)
-        return _guarded(i, f"_r{i}(b, p)", f"p += {width}")
+            return (K_BYTES, bc.length_size, 0, name, "")
+        return (K_TEXT, bc.length_size, 0, name, bc.encoding) if bc.encoding else None
+    temporal = {DATE: ("date", K_DATE), DATETIME2: ("datetime", K_DATETIME2), TIMESTAMP2: ("timestamp", K_TIMESTAMP2)}
+    if t in temporal and data_type == temporal[t][0]:
+        return (temporal[t][1], bc.fsp, 0, name, "")
     return None

@@ -60,13 +60,14 @@ class BinlogSource:
 
     def __init__(self, settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position,
                  fast_decode: bool = True, fences: dict[str, Position] | None = None,
-                 signal: Table | None = None) -> None:
+                 signal: Table | None = None, native: bool | None = None) -> None:
         """``signal``: a table whose rows are read too but that is not followed (its statements
         are not ours to follow): the online copies' watermarks."""
         self._settings = settings
         self._followed = list(tables)
         tables = {**tables, signal.name: signal} if signal is not None else tables
         self._fast_decode = fast_decode  # False: every row through the library (tests compare both)
+        self._native = native  # our decoders: C or Python (None: C where built; tests compare them)
         self._decoders: dict[tuple[str, int, tuple[Any, ...]], tuple[Table, RowsDecoder | None]] = {}
         self._plans: dict[str, tuple[Any, Table, tuple[str, ...] | None, RowsDecoder | None]] = {}  # see _plan
         self._tables = dict(tables)  # ours: a schema change updates it before the writer has caught up
@@ -279,7 +280,7 @@ class BinlogSource:
         key = (event.table, event.table_id, signature)
         cached = self._decoders.get(key)
         if cached is None or cached[0] is not table:
-            decoder = compile_decoder(table, [_binlog_column(c) for c in event.columns])
+            decoder = compile_decoder(table, [_binlog_column(c) for c in event.columns], self._native)
             cached = self._decoders[key] = (table, decoder)
         return cached[1]
 

@@ -90,14 +90,15 @@ def end_position(source: Conn) -> Position:
     return Position(str(row[0]), int(row[1]))
 
 
-def read(settings: Settings, start: Position, end: Position, fast: bool) -> tuple[list[RowChange], BinlogSource]:
+def read(settings: Settings, start: Position, end: Position, fast: bool, native: bool | None = None
+         ) -> tuple[list[RowChange], BinlogSource]:
     conn = mysql.connect(settings)
     try:
         tables = {"fast_types": mysql.read_table(conn, settings.source.database, "fast_types")}
         flavor: Flavor = mysql.flavor(conn)
     finally:
         conn.close()
-    src = BinlogSource(settings, tables, flavor, start, fast_decode=fast)
+    src = BinlogSource(settings, tables, flavor, start, fast_decode=fast, native=native)
     changes: list[RowChange] = []
     for item in src.chunks(threading.Event()):
         at = item.commit if isinstance(item, TxnChunk) else item.position if isinstance(item, Heartbeat) else None
@@ -116,8 +117,11 @@ def compiled(src: BinlogSource) -> int:
 def compare(settings: Settings, source: Conn, start: Position) -> list[RowChange]:
     end = end_position(source)
     fast, src = read(settings, start, end, fast=True)
+    python, src_python = read(settings, start, end, fast=True, native=False)
     slow, _ = read(settings, start, end, fast=False)
-    assert compiled(src) >= 1  # the fast path was taken
+    assert compiled(src) >= 1 and compiled(src_python) >= 1  # the fast path was taken, in C and in Python
+    assert all(type(d).__name__ == "Decoder" for _, d in src._decoders.values() if d is not None)
+    assert fast == python
     # ``raw`` (a dead letter's diagnostic text) shows each path's own decoded values.
     assert [dataclasses.replace(c, raw=None) for c in fast] == [dataclasses.replace(c, raw=None) for c in slow]
     assert [c.raw is None for c in fast] == [c.raw is None for c in slow]
