@@ -111,9 +111,14 @@ def _table_init(self: Any, table_id: Any, schema: Any, table: Any, columns: Any,
 
 
 def _table_data(self: Any) -> dict[str, Any]:
-    """``Table.data`` as the library has it (every public attribute), built by a comprehension:
-    every rows event asks for it to find its primary key."""
-    return {k: v for k, v in self.__dict__.items() if k[0] != "_"}
+    """``Table.data`` as the library has it (every public attribute), built once per Table: every
+    rows event asks for it to find its primary key, and a Table's attributes are set once, by
+    ``__init__`` (a kept map's Table serves every event of that map). Read, never changed, by
+    the library."""
+    data: dict[str, Any] | None = self.__dict__.get("_data")
+    if data is None:
+        data = self.__dict__["_data"] = {k: v for k, v in self.__dict__.items() if k[0] != "_"}
+    return data
 
 
 # What the base event sets for each event (its packet, time, size...): not part of a map's parse.
@@ -142,15 +147,14 @@ _filters_seen: tuple[tuple[Any, ...], tuple[str, ...]] = ((), ())
 
 
 def _filters(kwargs: dict[str, Any]) -> tuple[str, ...]:
-    """The reader's filters as text, part of a map's key: worked out again only when they are not
-    the same objects as last time (a reader passes its own each event, and nobody changes them in
-    place)."""
+    """The reader's filters as text, part of a map's key: worked out again only when they differ
+    from last time's (kept as copies, so a list changed in place differs too)."""
     global _filters_seen
-    objects = tuple(kwargs.get(k) for k in _FILTERS)
+    objects = tuple(map(kwargs.get, _FILTERS))
     seen, text = _filters_seen
-    if len(seen) != len(objects) or any(a is not b for a, b in zip(seen, objects, strict=True)):
+    if objects != seen:
         text = tuple(repr(o) for o in objects)
-        _filters_seen = (objects, text)
+        _filters_seen = (tuple(list(o) if isinstance(o, list) else o for o in objects), text)
     return text
 
 

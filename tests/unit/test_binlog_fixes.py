@@ -105,3 +105,5 @@ def test_the_readers_filters_are_read_again_when_they_are_other_objects() -> Non
     other = binlog_fixes._filters({**one, "only_tables": ["b"]})
     assert "['b']" in other and "['a']" not in other
     assert binlog_fixes._filters(one) == first
+    one["only_tables"].append("c")  # changed in place: not last time's
+    assert "['a', 'c']" in binlog_fixes._filters(one)
