@@ -7,7 +7,10 @@ JSON line (every run's figures), and writes a PNG chart of the lag during the fr
 (needs matplotlib, a dev dependency).
 
     .venv/bin/python -m tests.bench.bench_stages [--rows 1000000] [--changes 500000] [--freshness 60]
-        [--runs 3] [--chart lag.png] [--shape softcart|one-date] [--peer]
+        [--rate 5000 --rate 20000] [--runs 3] [--chart lag.png] [--shape softcart|one-date] [--peer]
+
+The freshness stage runs at each ``--rate`` in turn (default 5,000 and 20,000 changes/s), one chart
+each (``lag-5000.png``...).
 
 The data is shaped like SoftCart's by default (``--shape softcart``): sales over two years
 (about 1,370 a day for 1,000,000 rows) of 1,000 products; the changes' inserts fall on days
@@ -295,8 +298,8 @@ def baseline(src: pymysql.connections.Connection, pg_url: str, since: int) -> tu
     return time.monotonic() - started, n
 
 
-def one_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[tuple[float, float]]]]:
-    """Every stage once, on fresh servers: (figures, the freshness stage's lag samples)."""
+def one_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[int, dict[str, list[tuple[float, float]]]]]:
+    """Every stage once, on fresh servers: (figures, each rate's freshness lag samples)."""
     base = Path(tempfile.mkdtemp(prefix="softcart-bench-"))
     base.chmod(0o755)
     maria, pg = MariaDBServer(base / "mariadb"), PostgresServer(base / "pg")
@@ -333,17 +336,19 @@ def one_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[tu
         figures["catch_up_peak_rss_mb"] = daemon.peak_rss_mb()
         figures["changes"] = counts
 
-        # 3. Freshness at a steady rate.
+        # 3. Freshness at each steady rate.
         top = src.cursor()
-        top.execute("SELECT max(rowid) FROM sales_data")
-        first = int(top.fetchone()[0]) + 1  # type: ignore[index]
-        lat = freshness({"host": "127.0.0.1", "port": maria.port, "user": "root", "database": "sales"}, stg, wh,
-                        args.rate, args.freshness, first)
-        for stage, samples in lat.items():
-            values = [lag for _, lag in samples]
-            for q in (50, 95, 99):
-                figures[f"freshness_{stage}_p{q}_s"] = pct(values, q)
-            figures[f"freshness_{stage}_samples"] = len(values)
+        lat: dict[int, dict[str, list[tuple[float, float]]]] = {}
+        for rate in args.rates:
+            top.execute("SELECT max(rowid) FROM sales_data")
+            first = int(top.fetchone()[0]) + 1  # type: ignore[index]
+            lat[rate] = freshness({"host": "127.0.0.1", "port": maria.port, "user": "root", "database": "sales"},
+                                  stg, wh, rate, args.freshness, first)
+            for stage, samples in lat[rate].items():
+                values = [lag for _, lag in samples]
+                for q in (50, 95, 99):
+                    figures[f"freshness_{rate}_{stage}_p{q}_s"] = pct(values, q)
+                figures[f"freshness_{rate}_{stage}_samples"] = len(values)
 
         # 5. Reconcile of the (identical) copies, next to count(*).
         started = time.monotonic()
@@ -398,24 +403,28 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--changes", type=int, default=500_000)
     p.add_argument("--freshness", type=float, default=60.0, help="seconds of steady load")
-    p.add_argument("--rate", type=int, default=5000)
+    p.add_argument("--rate", type=int, action="append", dest="rates",
+                   help="changes/s of a freshness stage (repeat for several; default 5000 and 20000)")
     p.add_argument("--shape", choices=["softcart", "one-date"], default="softcart",
                    help="the generated sales' shape (see above)")
     p.add_argument("--runs", type=int, default=3, help="runs on fresh servers; the table shows their median")
-    p.add_argument("--chart", type=Path, default=Path("bench-lag.png"), help="PNG of the lag during freshness")
+    p.add_argument("--chart", type=Path, default=Path("bench-lag.png"),
+                   help="PNG of the lag during freshness (-<rate> added to its name)")
     p.add_argument("--peer", action="store_true",
                    help="then the peer benchmark (tests.bench.bench_peer: pg_chameleon 2.0.21 and softcart-sync on"
                         " the same servers and bursts; needs root and PyPI) with as many runs, its table after ours")
     args = p.parse_args()
+    args.rates = args.rates or [5000, 20000]
     runs: list[dict[str, Any]] = []
-    lag: dict[str, list[tuple[float, float]]] = {}
+    lag: dict[int, dict[str, list[tuple[float, float]]]] = {}
     for i in range(args.runs):
         figures, lag = one_run(args)
         runs.append(figures)
         print(f"run {i + 1}/{args.runs}: {json.dumps(figures, default=str)}", file=sys.stderr, flush=True)
     print(summary_table(runs))
     print(json.dumps({"runs": runs, "median": {k: v[0] for k, v in spread(runs).items()}}, default=str))
-    lag_chart(lag, args.chart, args.rate)
+    for rate, samples in lag.items():
+        lag_chart(samples, args.chart.with_stem(f"{args.chart.stem}-{rate}"), rate)
     if args.peer:
         subprocess.run([sys.executable, "-m", "tests.bench.bench_peer", "--runs", str(args.runs)], cwd=ROOT, check=True)
 

@@ -3,7 +3,10 @@ applied through StagingWriter without it, with its deltas computed by the Python
 them computed inside PostgreSQL (SOFTCART_STAR_DELTAS=sql, the default), on a private PostgreSQL.
 The sales are shaped like SoftCart's: about 1,000 products, dates over two years. Prints figures.
 
-    .venv/bin/python -m tests.bench.bench_star [--changes 200000] [--batch 5000]
+    .venv/bin/python -m tests.bench.bench_star [--changes 200000] [--batch 5000] [--statements]
+
+``--statements``: then PostgreSQL's costliest statements of one more run with the deltas in SQL
+(pg_stat_statements: seconds, calls, rows), to see where the star schema's time goes.
 """
 
 from __future__ import annotations
@@ -87,19 +90,35 @@ def run(url: str, work: list[list[RowChange]], deltas: str) -> float:
         return time.perf_counter() - started
 
 
+def statements(url: str, work: list[list[RowChange]]) -> list[tuple[Any, ...]]:
+    """One more run with the deltas in SQL, and its costliest statements."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        run(url, work[:1], "sql")  # the schema made before the reset
+        conn.execute("SELECT pg_stat_statements_reset()")
+        run(url, work, "sql")
+        return conn.execute(
+            "SELECT round((total_exec_time / 1000)::numeric, 3), calls, rows, left(regexp_replace(query, '\\s+',"
+            " ' ', 'g'), 140) FROM pg_stat_statements WHERE query NOT LIKE '%%pg_stat_statements%%'"
+            " ORDER BY total_exec_time DESC LIMIT 20").fetchall()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--changes", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=5000)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--statements", action="store_true", help="then PostgreSQL's costliest statements (see above)")
     args = p.parse_args()
     base = Path(tempfile.mkdtemp(prefix="softcart-bench-"))
     base.chmod(0o755)
-    pg = PostgresServer(base / "pg")
+    pg = PostgresServer(base / "pg", settings=("shared_preload_libraries=pg_stat_statements",)
+                        if args.statements else ())
     pg.start()
     try:
         work = batches(args.changes, args.batch, 1)
         runs = {mode: [run(pg.url(), work, mode) for _ in range(args.runs)] for mode in ("none", "python", "sql")}
+        costliest = statements(pg.url(), work) if args.statements else []
     finally:
         pg.stop()
     med = {mode: statistics.median(r) for mode, r in runs.items()}
@@ -112,6 +131,10 @@ def main() -> None:
         extra = "" if mode == "none" else f"{(med[mode] - med['none']) / med['none']:.2f}x the staging apply"
         print(f"| {name} | {med[mode]:.2f} | {args.changes / med[mode]:,.0f} | {extra} |")
     print("runs: " + "; ".join(f"{m} {[round(x, 2) for x in r]}" for m, r in runs.items()))
+    if costliest:
+        print("\nPostgreSQL's costliest statements, deltas in SQL (seconds, calls, rows, statement):")
+        for row in costliest:
+            print("  " + " | ".join(str(v) for v in row))
 
 
 if __name__ == "__main__":
