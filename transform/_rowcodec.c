@@ -50,7 +50,21 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     PyObject *seq = PySequence_Fast(plan, "a plan is a sequence of column steps");
     if (!seq) return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    self->cols = PyMem_Calloc(n ? n : 1, sizeof(Col));
+    if (n == 0) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "a plan has at least one column");
+        return -1;
+    }
+    if (self->cols) {  /* __init__ called again: the old plan goes */
+        for (Py_ssize_t i = 0; i < self->n; i++) {
+            Py_XDECREF(self->cols[i].name);
+            PyMem_Free(self->cols[i].encoding);
+        }
+        PyMem_Free(self->cols);
+        self->cols = NULL;
+        self->n = 0;
+    }
+    self->cols = PyMem_Calloc(n, sizeof(Col));
     if (!self->cols) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
     self->n = n;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -270,7 +284,12 @@ static PyObject *Decoder_call(Decoder *self, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTuple(args, "y*", &buf)) return NULL;
     const unsigned char *b = buf.buf;
     Py_ssize_t end = buf.len, p = 0, n = self->n, nulls = (n + 7) / 8;
-    PyObject *out = PyList_New(0);
+    PyObject *out = NULL;
+    if (n == 0) {  /* made by __new__ alone: no plan, and a walk that would never move */
+        PyErr_SetString(PyExc_ValueError, "a Decoder without a plan");
+        goto fail;
+    }
+    out = PyList_New(0);
     if (!out) goto fail;
     while (p < end) {
         if (end - p < nulls) {

@@ -154,3 +154,14 @@ def test_the_compiled_decoder_decodes_as_the_python_one(case: tuple[list[rowcode
     install()  # MySQL's latin1 codec
     plan, body = case
     assert outcome(rowcodec._native.Decoder(plan), body) == outcome(rowcodec._python_decoder("t", plan), body)
+
+
+def test_a_decoder_without_columns_refuses_instead_of_walking_forever() -> None:
+    Decoder = rowcodec._native.Decoder
+    with pytest.raises(ValueError, match="at least one column"):
+        Decoder([])
+    with pytest.raises(ValueError, match="without a plan"):
+        Decoder.__new__(Decoder)(b"\x00")
+    again = Decoder([(rowcodec.K_INT, 1, 1, "a", "")])
+    again.__init__([(rowcodec.K_INT, 2, 1, "a", "")])  # a second plan replaces the first
+    assert again(b"\x00\x01\x02") == [((0x201,), None)]
