@@ -106,7 +106,8 @@ class Settings(BaseSettings):
     pipeline_name: str = Field("default", min_length=1, max_length=63,
                                description="name under which the position is stored (one per source database)")
     metrics_listen: str = Field("127.0.0.1:9401", description="host:port of /metrics, /healthz, /readyz")
-    batch_max_rows: int = Field(20000, ge=1, description="rows per PostgreSQL transaction (micro-batch), soft")
+    batch_max_rows: int = Field(20000, ge=1, description="rows per PostgreSQL transaction (micro-batch), soft;"
+                                " also the rows held before they are written to staging")
     batch_max_seconds: float = Field(0.5, gt=0, description="longest a micro-batch stays open")
     chunk_rows: int = Field(5000, ge=1, description="rows per slice of a source transaction in the queue")
     queue_chunks: int = Field(16, ge=1, description="capacity of the reader->writer queue, in slices")

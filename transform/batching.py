@@ -10,8 +10,10 @@ whether to write the buffered rows now and whether to commit. The rules:
 - it commits when it holds ``max_rows`` rows, when it has been open ``max_seconds``, or when the
   queue has nothing more for it (the stream is not ahead of us: don't make the reader wait);
 - an empty poll commits a batch left complete; a schema change commits everything before it;
-- buffered rows are written to staging every ``chunk_rows`` (memory stays bounded by a chunk even in
-  a transaction of a million rows);
+- buffered rows are written to staging once they reach the batch's size, ``max_rows`` (or
+  ``chunk_rows`` if that is larger): a batch is mostly one write of each statement, whose cost per
+  row falls with its size (about 40% less at 20,000 rows than at 2,000, ``bench_star``), and
+  memory stays bounded by that many rows even in a transaction of a million rows;
 - at stop, a complete batch commits and a partial one rolls back (its transaction is read again).
 
 Times are the caller's monotonic clock, so the policy needs none of its own.
@@ -68,7 +70,7 @@ class Batching:
 
     def write_buffer(self, buffered: int) -> bool:
         """Write the buffered rows to staging now (within the open transaction)?"""
-        return buffered >= self.limits.chunk_rows
+        return buffered >= max(self.limits.max_rows, self.limits.chunk_rows)
 
     def end_slice(self, ends_transaction: bool, now: float, queue_empty: bool) -> bool:
         """The slice has been taken in; commit now?"""

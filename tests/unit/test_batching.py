@@ -25,8 +25,14 @@ def test_a_transaction_in_slices_commits_only_at_its_end() -> None:
         assert b.end_slice(last, now=i * 0.1, queue_empty=True) is last
         assert b.on_empty_poll() is last
         assert b.at_stop() is last
-    assert writes == 1000 // 40  # every second slice: the buffer passed chunk_rows
+    assert writes == 1000 // 100  # every fifth slice: the buffer reached max_rows (more than chunk_rows)
     assert b.rows == 1000 and b.transactions == 1
+
+
+def test_the_buffer_is_written_at_the_larger_of_the_batch_size_and_a_slice() -> None:
+    assert not Batching(LIMITS).write_buffer(99) and Batching(LIMITS).write_buffer(100)
+    wide = Batching(BatchLimits(max_rows=10, max_seconds=1.0, chunk_rows=30))
+    assert not wide.write_buffer(29) and wide.write_buffer(30)
 
 
 def test_commits_when_full_old_or_nothing_more_comes() -> None:
