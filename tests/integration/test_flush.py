@@ -288,6 +288,13 @@ def test_rejected_batch_fails_blocks_its_keys_and_loads_after_retry(
     assert failed.returncode == 1 and "failed 1" in failed.stdout
     (err,) = staging.execute("SELECT error FROM softcart.batch WHERE state = 'failed'").fetchone() or ("",)
     assert "small_qty" in err
+    with running_pipeline(wh_settings):  # a sale of another day and product: no key in common
+        execute(source, "INSERT INTO sales_data VALUES (3, 9, 1, 2.00, 1, '2022-06-01 00:00:00')")
+        wait_caught_up(staging, source)
+    apart = cli("flush", env=wh_env)
+    assert "loaded 1" in apart.stdout, apart.stdout
+    assert warehouse.execute("SELECT quantity FROM factsales WHERE rowid = 3").fetchone() == (1,), \
+        "a batch sharing no key with the failed one loads"
     with running_pipeline(wh_settings):
         execute(source, "UPDATE sales_data SET quantity = 7, timestamp = timestamp WHERE rowid = 1",
                 "UPDATE sales_data SET quantity = 3, timestamp = timestamp WHERE rowid = 2")
