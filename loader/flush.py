@@ -199,7 +199,7 @@ class Flusher:
         position = str(pos_row[0]) if pos_row else None
         # The CSV comes from PostgreSQL: COPY streams it into the spool, Python only moves bytes.
         # The batch's keys (for the loader's per-key ordering after a failure) are its files' key
-        # columns, read only then (_keys); the row's ``keys`` is left empty (earlier versions
+        # columns, read only then (batch_keys); the row's ``keys`` is left empty (earlier versions
         # built it as JSON here: a quarter of a second of PostgreSQL's time per 50,000 keys).
         uid = str(uuid.uuid4())
         (batch_id,) = conn.execute(
@@ -260,7 +260,7 @@ class Flusher:
             sql.SQL("SELECT id, state, full_reload FROM {}.batch WHERE pipeline = %s AND state <> 'loaded'"
                     " ORDER BY id").format(sql.Identifier(META)), (self.pipeline,)).fetchall()]
 
-    def _keys(self, batch_id: int) -> set[tuple[str, tuple[str | None, ...]]]:
+    def batch_keys(self, batch_id: int) -> set[tuple[str, tuple[str | None, ...]]]:
         """The batch's keys as (table, key values as the CSV has them), from its spooled files
         (each row's key columns, after its op): read only when a batch failed, since only then can
         a key be held back (and never for a full reload: it holds back every later batch)."""
@@ -356,11 +356,11 @@ class Flusher:
             held = state == "failed" or everything or bool(blocked and full)
             keys: set[tuple[str, tuple[str | None, ...]]] | None = None
             if not held and blocked:
-                keys = self._keys(batch_id)
+                keys = self.batch_keys(batch_id)
                 held = bool(keys & blocked)
             if held:
                 if not (everything or full):  # past a stuck full reload, or one itself: keys don't matter
-                    blocked |= keys if keys is not None else self._keys(batch_id)
+                    blocked |= keys if keys is not None else self.batch_keys(batch_id)
                 everything |= full
                 waiting += state != "failed"
                 continue
@@ -377,7 +377,7 @@ class Flusher:
             except BatchRejected as exc:
                 self._fail(batch, str(exc))
                 if not full:
-                    blocked |= self._keys(batch_id)
+                    blocked |= self.batch_keys(batch_id)
                 everything |= full
                 failed += 1
                 continue

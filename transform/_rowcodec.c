@@ -34,12 +34,18 @@ static PyObject *Decimal;   /* decimal.Decimal */
 
 static const int DIG2BYTES[10] = {0, 1, 1, 2, 2, 3, 3, 4, 4, 4};
 
-static void Decoder_dealloc(Decoder *self) {
+static void free_plan(Decoder *self) {
     for (Py_ssize_t i = 0; i < self->n; i++) {
         Py_XDECREF(self->cols[i].name);
         PyMem_Free(self->cols[i].encoding);
     }
     PyMem_Free(self->cols);
+    self->cols = NULL;
+    self->n = 0;
+}
+
+static void Decoder_dealloc(Decoder *self) {
+    free_plan(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -55,15 +61,7 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "a plan has at least one column");
         return -1;
     }
-    if (self->cols) {  /* __init__ called again: the old plan goes */
-        for (Py_ssize_t i = 0; i < self->n; i++) {
-            Py_XDECREF(self->cols[i].name);
-            PyMem_Free(self->cols[i].encoding);
-        }
-        PyMem_Free(self->cols);
-        self->cols = NULL;
-        self->n = 0;
-    }
+    free_plan(self);  /* __init__ called again: the old plan goes */
     self->cols = PyMem_Calloc(n, sizeof(Col));
     if (!self->cols) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
     self->n = n;
