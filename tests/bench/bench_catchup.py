@@ -63,6 +63,14 @@ def decode_only(env: dict[str, str], pg_url: str) -> tuple[int, float]:
     return n, time.monotonic() - started
 
 
+def costliest_statements(conn: psycopg.Connection[Any], limit: int) -> list[tuple[Any, ...]]:
+    """pg_stat_statements' costliest statements since its reset: seconds, calls, rows, the text."""
+    return conn.execute(
+        "SELECT round((total_exec_time / 1000)::numeric, 2), calls, rows, left(regexp_replace(query, '\\s+', ' ',"
+        " 'g'), 150) FROM pg_stat_statements WHERE query NOT LIKE '%%pg_stat_statements%%'"
+        " ORDER BY total_exec_time DESC LIMIT %s", (limit,)).fetchall()
+
+
 def restore(admin: psycopg.Connection[Any]) -> None:
     admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'staging'")
     admin.execute("DROP DATABASE IF EXISTS staging")
@@ -161,10 +169,7 @@ def main() -> None:
                 spy.wait(60)
             rss = daemon.peak_rss_mb()
             if spy is not None:
-                statements = stg.execute(
-                    "SELECT round(total_exec_time::numeric / 1000, 2), calls, rows, left(regexp_replace(query,"
-                    " '\\s+', ' ', 'g'), 150) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15"
-                ).fetchall()
+                statements = costliest_statements(stg, 15)
             daemon.stop()
             stg.close()
             rates.append(args.changes / seconds)

@@ -28,6 +28,7 @@ from cdc.dev.localservers import PostgresServer
 from loader.ddl import ensure_schema
 from loader.staging import StagingWriter
 from loader.star import StarSchema
+from tests.bench.bench_catchup import costliest_statements
 from transform.model import Op, Position, RowChange
 from transform.schema import Column, Table
 
@@ -97,10 +98,7 @@ def statements(url: str, work: list[list[RowChange]]) -> list[tuple[Any, ...]]:
         run(url, work[:1], "sql")  # the schema made before the reset
         conn.execute("SELECT pg_stat_statements_reset()")
         run(url, work, "sql")
-        return conn.execute(
-            "SELECT round((total_exec_time / 1000)::numeric, 3), calls, rows, left(regexp_replace(query, '\\s+',"
-            " ' ', 'g'), 140) FROM pg_stat_statements WHERE query NOT LIKE '%%pg_stat_statements%%'"
-            " ORDER BY total_exec_time DESC LIMIT 20").fetchall()
+        return costliest_statements(conn, 20)
 
 
 def main() -> None:
