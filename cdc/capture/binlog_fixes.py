@@ -147,10 +147,13 @@ _filters_seen: tuple[tuple[Any, ...], tuple[str, ...]] = ((), ())
 
 
 def _filters(kwargs: dict[str, Any]) -> tuple[str, ...]:
-    """The reader's filters as text, part of a map's key: worked out again only when they differ
-    from last time's (kept as copies, so a list changed in place differs too)."""
+    return filters_text(tuple(map(kwargs.get, _FILTERS)))
+
+
+def filters_text(objects: tuple[Any, ...]) -> tuple[str, ...]:
+    """The reader's filters (``_FILTERS``' values) as text, part of a map's key: worked out again
+    only when they differ from last time's (kept as copies, so a list changed in place differs too)."""
     global _filters_seen
-    objects = tuple(map(kwargs.get, _FILTERS))
     seen, text = _filters_seen
     if objects != seen:
         text = tuple(repr(o) for o in objects)

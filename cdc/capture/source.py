@@ -28,7 +28,7 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, RowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from cdc.capture import binlog_fixes
+from cdc.capture import binlog_fixes, fast_events
 from cdc.capture.assemble import Assembler, Ddl, xid_text
 from cdc.capture.flavor import Flavor, gtid_advance
 from cdc.capture.mysql import (
@@ -50,6 +50,7 @@ from transform.values import RowConverter, Unrepresentable
 log = structlog.get_logger(__name__)
 
 binlog_fixes.install()
+fast_events.install()
 
 _EVENTS = [GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent, XAPrepareEvent, RotateEvent, HeartbeatLogEvent,
            WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent]
@@ -215,7 +216,9 @@ class BinlogSource:
                                else c for c in out[first:]]
             return
         if decoder is not None and self._full_images(event):
-            body = event.packet.read(event.event_size - event.packet.read_bytes)
+            body = event.__dict__.get("softcart_body")  # read by the fast path (cdc.capture.fast_events)
+            if body is None:
+                body = event.packet.read(event.event_size - event.packet.read_bytes)
             self._decoded(table, event, decoder(body), out)
             return
         self._library_rows(conv, table, event, out)
@@ -223,6 +226,7 @@ class BinlogSource:
     @staticmethod
     def _library_rows(conv: RowConverter, table: str, event: Any, out: list[RowChange]) -> None:
         """The library's decoding (by the table map's column names), converted to staging's form."""
+        event = fast_events.library_event(event)
         for row in event.rows:
             if isinstance(event, WriteRowsEvent):
                 out.append(_change(conv, table, Op.INSERT, None, (row["values"], row["none_sources"])))

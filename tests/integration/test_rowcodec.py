@@ -14,7 +14,7 @@ import pymysql
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc.capture import mysql
+from cdc.capture import fast_events, mysql
 from cdc.capture.binlog_fixes import MYSQL_LATIN1
 from cdc.capture.flavor import Flavor
 from cdc.capture.source import BinlogSource
@@ -115,10 +115,22 @@ def compiled(src: BinlogSource) -> int:
 
 
 def compare(settings: Settings, source: Conn, start: Position) -> list[RowChange]:
+    """The same binlog read five ways: the compiled decoder in C and in Python, the library's
+    decoding, and (cdc.capture.fast_events off) all through the library's event objects."""
     end = end_position(source)
+    hits = fast_events.fast_event_hits
     fast, src = read(settings, start, end, fast=True)
+    assert fast_events.fast_event_hits > hits  # the rows events were read by the fast path
     python, src_python = read(settings, start, end, fast=True, native=False)
-    slow, _ = read(settings, start, end, fast=False)
+    slow, _ = read(settings, start, end, fast=False)  # fast events, their rows parsed again by the library
+    fast_events.fast_events = False
+    try:
+        hits = fast_events.fast_event_hits
+        plain, _ = read(settings, start, end, fast=True)
+        assert fast_events.fast_event_hits == hits
+    finally:
+        fast_events.fast_events = True
+    assert plain == fast
     assert compiled(src) >= 1 and compiled(src_python) >= 1  # the fast path was taken, in C and in Python
     assert all(type(d).__name__ == "Decoder" for _, d in src._decoders.values() if d is not None)
     assert fast == python

@@ -1,0 +1,166 @@
+"""The reader's fast path for the two events an OLTP stream is mostly made of.
+
+An application that changes one row per statement writes, per row, a TABLE_MAP event and a rows
+event. mysql-replication builds a packet wrapper and an event object for each, through layers of
+generic code (keyword arguments, a ``read`` per field, a server query cache look-up): that was
+most of the reader's time on such a stream. :func:`install` puts :func:`_wrap` in the place
+``BinLogStreamReader.fetchone`` builds its wrapper from, and it reads those two events directly:
+
+- a TABLE_MAP whose bytes were parsed before (``binlog_fixes.table_maps``) becomes that parse
+  again without any of the library's objects;
+- a WRITE/UPDATE/DELETE rows event of a followed table becomes the library's event class, with
+  the fields the source reads (table, columns, bitmaps) and the row images as bytes
+  (``softcart_body``) for the compiled row decoder.
+
+Every other event, and any rows event ``transform.binlog_events`` does not read whole, is the
+library's as before; and where the source must decode a fast event's rows through the library
+after all (partial row images, a table map from another definition), :func:`library_event`
+parses the very same bytes the library's way. The tests read the same binlogs with and without
+the fast path (``fast_events``) and hold them equal.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from pymysql.protocol import MysqlPacket
+from pymysqlreplication import binlogstream
+from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
+
+from cdc.capture import binlog_fixes
+from transform.binlog_events import (
+    CHECKSUM_SIZE,
+    EVENT_HEADER_SIZE,
+    PACKET_HEADER,
+    ROWS_EVENTS,
+    TABLE_MAP_EVENT,
+    rows_header,
+)
+
+fast_events = True  # tests read the same binlog with and without it
+fast_event_hits = 0
+_CLASSES = {"write": WriteRowsEvent, "update": UpdateRowsEvent, "delete": DeleteRowsEvent}
+_ROW_CLASSES = {t: _CLASSES[kind] for t, kind in ROWS_EVENTS.items()}
+#: fetchone's arguments, in its order (mysql-replication 1.0): the fast path is installed only
+#: where the library's wrapper takes exactly these.
+_ARGS = ("from_packet", "table_map", "ctl_connection", "mysql_version", "use_checksum", "allowed_events",
+         "only_tables", "ignored_tables", "only_schemas", "ignored_schemas", "freeze_schema",
+         "ignore_decode_errors", "verify_checksum", "optional_meta_data", "enable_logging",
+         "use_column_name_cache", "post_header_lengths")
+_library_wrapper = binlogstream.BinLogPacketWrapper
+
+
+class _Wrapped:
+    """What ``fetchone`` reads of a packet wrapper."""
+
+    __slots__ = ("event", "event_type", "log_pos", "timestamp")
+
+    def __init__(self, event_type: int, log_pos: int, timestamp: int, event: Any) -> None:
+        self.event_type, self.log_pos, self.timestamp, self.event = event_type, log_pos, timestamp, event
+
+
+class _Map:
+    """A table map that is not handed to the caller: what ``fetchone`` reads of it."""
+
+    __slots__ = ("table_id", "table_obj")
+
+    def __init__(self, table_id: int, table_obj: Any) -> None:
+        self.table_id, self.table_obj = table_id, table_obj
+
+    def get_table(self) -> Any:
+        return self.table_obj
+
+
+def _wrap(pkt: Any, table_map: dict[int, Any], *args: Any) -> Any:
+    """``BinLogPacketWrapper(pkt, table_map, *args)``, with the two events above read directly."""
+    global fast_event_hits
+    if fast_events and len(args) == len(_ARGS) - 2 and not args[10] and not args[8]:
+        # (args[10], args[8]: verify_checksum and freeze_schema, the library's to do)
+        data, at = pkt._data, pkt._position
+        if len(data) - at >= PACKET_HEADER.size:
+            timestamp, event_type, _, size, log_pos, _ = PACKET_HEADER.unpack_from(data, at)
+            body = at + 1 + EVENT_HEADER_SIZE
+            end = at + 1 + size - (CHECKSUM_SIZE if args[2] else 0)
+            if end <= len(data):
+                if event_type == TABLE_MAP_EVENT:
+                    event = _table_map(data, body, end, event_type, timestamp, table_map, args)
+                else:
+                    event = _rows(data, body, end, event_type, timestamp, table_map, (pkt, table_map, *args))
+                if event is not None:
+                    fast_event_hits += 1
+                    return _Wrapped(event_type, log_pos, timestamp, event)
+    return _library_wrapper(pkt, table_map, *args)
+
+
+def _table_map(data: bytes, body: int, end: int, event_type: int, timestamp: int, table_map: dict[int, Any],
+               args: tuple[Any, ...]) -> Any:
+    """A map parsed before: its parse again (``binlog_fixes._table_map_init`` keeps them)."""
+    if not binlog_fixes.table_map_cache:
+        return None
+    filters = binlog_fixes.filters_text((args[4], args[5], args[6], args[7], args[8], args[11], args[13]))
+    known = binlog_fixes.table_maps.get((bytes(data[body:end]), *filters))
+    if known is None:
+        return None
+    binlog_fixes.table_map_hits += 1
+    if TableMapEvent not in args[3]:  # fetchone only files it in its table_map
+        return _Map(known["table_id"], known["table_obj"])
+    event = TableMapEvent.__new__(TableMapEvent)
+    event.__dict__.update(table_map=table_map, event_type=event_type, timestamp=timestamp, event_size=end - body,
+                          complete=True, _processed=True, packet=None)
+    event.__dict__.update(known)
+    return event
+
+
+def _rows(data: bytes, body: int, end: int, event_type: int, timestamp: int, table_map: dict[int, Any],
+          call: tuple[Any, ...]) -> Any:
+    """A followed table's rows event of a plain form, its rows left as bytes."""
+    cls = _ROW_CLASSES.get(event_type)
+    allowed, only_tables, ignored_tables, only_schemas, ignored_schemas = call[5:10]
+    if cls is None or cls not in allowed:
+        return None
+    header = rows_header(data, body, end, event_type, _declared(call[-1], event_type))
+    if header is None:
+        return None
+    table_id, columns, present, present2, images = header
+    tm = table_map.get(table_id)
+    if tm is None or (only_tables is not None and tm.table not in only_tables) \
+            or (ignored_tables is not None and tm.table in ignored_tables) \
+            or (only_schemas is not None and tm.schema not in only_schemas) \
+            or (ignored_schemas is not None and tm.schema in ignored_schemas):
+        return None
+    event = cls.__new__(cls)
+    event.__dict__.update(
+        table_map=table_map, event_type=event_type, timestamp=timestamp, event_size=end - body, complete=True,
+        _processed=True, packet=None, table_id=table_id, schema=tm.schema, table=tm.table, columns=tm.columns,
+        number_of_columns=columns, columns_present_bitmap=present, softcart_body=data[images:end],
+        softcart_call=call)
+    if present2 is not None:
+        event.columns_present_bitmap2 = present2
+    return event
+
+
+def _declared(post_header_lengths: Any, event_type: int) -> int | None:
+    if not post_header_lengths or not 0 < event_type <= len(post_header_lengths):
+        return None
+    return int(post_header_lengths[event_type - 1])
+
+
+def library_event(event: Any) -> Any:
+    """The library's own event for ``event``: itself, or (read by the fast path) the same bytes
+    parsed by the library."""
+    call = event.__dict__.get("softcart_call")
+    if call is None:
+        return event
+    pkt = call[0]  # the fast path read nothing from it: its position is still the event's start
+    return _library_wrapper(MysqlPacket(pkt._data[pkt._position:], None), *call[1:]).event
+
+
+def install() -> bool:
+    """Put :func:`_wrap` where ``fetchone`` finds its wrapper (idempotent). False, and nothing
+    changed, where the library's wrapper takes other arguments than the ones read here."""
+    params = tuple(inspect.signature(_library_wrapper.__init__).parameters)[1:]
+    if params != _ARGS:
+        return False
+    binlogstream.BinLogPacketWrapper = _wrap
+    return True
