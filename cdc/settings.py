@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     reader: Literal["thread", "process"] = Field(
         "thread", description="where the binlog is decoded: thread (in the daemon's process) or process (a child "
         "process on its own core: faster catch-up when the daemon has the CPU to itself)")
+    binlog_decoding: Literal["fast", "library"] = Field(
+        "fast", description="how binlog events and rows are read: fast (TABLE_MAP and rows events from the "
+        "packet's bytes, rows by the compiled decoder; anything else by mysql-replication) or library "
+        "(mysql-replication for everything: slower; a way around a binlog the fast path ever reads wrongly)")
     snapshot_reader: Literal["auto", "client", "pymysql"] = Field(
         "auto", description="how the snapshot reads the source: client = the mariadb command-line client piped "
         "into COPY (several times faster; MariaDB without TLS, common column types), pymysql = the Python "

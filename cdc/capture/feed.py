@@ -136,6 +136,7 @@ def _die_with_parent() -> None:
 
 def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: Position, fences: dict[str, Position],
            signal: Table | None, messages: Any, stop: Any, chunk_rows: int, own_process: bool) -> None:
+    from cdc.capture import fast_events
     from cdc.capture.source import BinlogSource
 
     if own_process:
@@ -149,7 +150,9 @@ def _child(settings: Settings, tables: dict[str, Table], flavor: Flavor, start: 
     handoff = _Handoff(messages, stop, chunk_rows)
     ship = threading.Thread(target=handoff.send_all, name="binlog-sender", daemon=True)
     ship.start()
-    source = BinlogSource(settings, tables, flavor, start, fences=fences, signal=signal)
+    fast = settings.binlog_decoding == "fast"
+    fast_events.fast_events = fast  # the process's one reader: its events, fast or the library's
+    source = BinlogSource(settings, tables, flavor, start, fast_decode=fast, fences=fences, signal=signal)
     try:
         for item in source.chunks(handoff.local_stop):
             handoff.put(item)

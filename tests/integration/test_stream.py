@@ -63,6 +63,28 @@ def test_reader_in_its_own_process_streams_the_same_and_ends_with_the_pipeline(
     assert not readers[0].is_alive()
 
 
+def test_library_decoding_streams_the_same_without_the_fast_path(settings: Settings, source: Conn, staging: PG,
+                                                                 source_db: str) -> None:
+    """SOFTCART_BINLOG_DECODING=library: every event through mysql-replication (the fast path,
+    on by default, reads none of them), and the same result."""
+    from cdc.capture import fast_events
+
+    seed_sales(source)
+    try:
+        for decoding, fast in (("library", False), ("fast", True)):
+            hits = fast_events.fast_event_hits
+            with running_pipeline(settings.model_copy(update={"binlog_decoding": decoding})):
+                wait_caught_up(staging, source)
+                execute(source, "INSERT INTO sales_data VALUES (100, 1, 2, 3.50, 4, '2022-01-01 00:00:00')",
+                        "UPDATE sales_data SET quantity = quantity + 10 WHERE rowid <= 5",
+                        "DELETE FROM sales_data WHERE rowid IN (7, 8, 100)")
+                wait_caught_up(staging, source)
+            assert (fast_events.fast_event_hits > hits) is fast, decoding
+            assert assert_same(source, staging, source_db, "sales_data") == 8
+    finally:
+        fast_events.fast_events = True
+
+
 def test_transaction_spanning_tables_commits_as_one(settings: Settings, source: Conn, staging: PG,
                                                      source_db: str) -> None:
     seed_sales(source, 3)

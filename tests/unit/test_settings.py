@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc.settings import load_settings
+from cdc.settings import Settings, load_settings
 from transform.errors import ConfigError
 
 CANARY = "Canary-Pa55word-7731"
@@ -177,3 +177,9 @@ def test_settings_as_toml_hold_what_differs_and_load_back_the_same_without_a_sec
     assert as_toml(after) == text
     assert (after.source_tables, after.auto_resnapshot, after.staging.query) == (
         before.source_tables, True, "sslmode=require")
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    """The README's settings table is where an operator looks: a setting missing from it fails here."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert [n for n in Settings.model_fields if f"`SOFTCART_{n.upper()}`" not in readme] == []
