@@ -83,9 +83,10 @@ def _wrap(pkt: Any, table_map: dict[int, Any], *args: Any) -> Any:
             body = at + 1 + EVENT_HEADER_SIZE
             end = at + 1 + size - (CHECKSUM_SIZE if args[2] else 0)
             if end <= len(data):
+                event = None
                 if event_type == TABLE_MAP_EVENT:
                     event = _table_map(data, body, end, event_type, timestamp, table_map, args)
-                else:
+                elif event_type in _ROW_CLASSES:
                     event = _rows(data, body, end, event_type, timestamp, table_map, (pkt, table_map, *args))
                 if event is not None:
                     fast_event_hits += 1
@@ -115,9 +116,9 @@ def _table_map(data: bytes, body: int, end: int, event_type: int, timestamp: int
 def _rows(data: bytes, body: int, end: int, event_type: int, timestamp: int, table_map: dict[int, Any],
           call: tuple[Any, ...]) -> Any:
     """A followed table's rows event of a plain form, its rows left as bytes."""
-    cls = _ROW_CLASSES.get(event_type)
+    cls = _ROW_CLASSES[event_type]
     allowed, only_tables, ignored_tables, only_schemas, ignored_schemas = call[5:10]
-    if cls is None or cls not in allowed:
+    if cls not in allowed:
         return None
     header = rows_header(data, body, end, event_type, _declared(call[-1], event_type))
     if header is None:
