@@ -230,9 +230,10 @@ class StarSchema:
         if net.upserts:
             cur.execute(st.new_facts)
             upserts = max(0, cur.rowcount)
-            cur.execute(st.odd_rows)
+            # The rows the rules didn't vouch for, if any (the temporary table holds the batch's upserts)
+            odd_rows = cur.execute(st.odd_rows).fetchall() if upserts < len(net.upserts) else []
             odd = []
-            for row in cur.fetchall():
+            for row in odd_rows:
                 fact, reason = try_fact(tuple(row), self.zone)
                 if fact is not None:
                     odd.append(fact)
@@ -331,21 +332,23 @@ class StarSchema:
             cur.execute("SET LOCAL work_mem = '128MB'")
             cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
             keys = [] if temp else _drop_keys(cur)
-            # The rows the SQL rules don't vouch for (NULLs, overflows, odd values): Python says
-            # whether they make a fact and, if not, why.
-            cur.execute(sql.SQL("SELECT {} FROM {} WHERE NOT COALESCE({}, false)").format(
-                _ids(SALES_COLUMNS), staging, rules.valid))
-            odd = []
-            for row in cur.fetchall():
-                fact, reason = try_fact(tuple(row), self.zone)
-                if fact is not None:
-                    odd.append(fact)
-                elif reason is not None:
-                    built.invalid.append((row[0], reason))
             cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT rowid, {}, product_id, customer_id, price, quantity,"
                                 " price * quantity FROM {} WHERE {}").format(
                 target("factsales"), _ids(FACT_COLS), rules.dateid, staging, rules.valid))
-            built.facts = cur.rowcount + len(odd)
+            vouched = cur.rowcount
+            # The rows the rules don't vouch for (NULLs, overflows...), if any: Python judges them.
+            total = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(staging)).fetchone()
+            odd = []
+            if total is None or vouched < total[0]:
+                cur.execute(sql.SQL("SELECT {} FROM {} WHERE NOT COALESCE({}, false)").format(
+                    _ids(SALES_COLUMNS), staging, rules.valid))
+                for row in cur.fetchall():
+                    fact, reason = try_fact(tuple(row), self.zone)
+                    if fact is not None:
+                        odd.append(fact)
+                    elif reason is not None:
+                        built.invalid.append((row[0], reason))
+            built.facts = vouched + len(odd)
             _copy(cur, target("factsales"), FACT_COLS, (f.row() for f in odd))
             for t in AGGREGATES:
                 cur.execute(sql.SQL("INSERT INTO {} ({}) {}").format(
