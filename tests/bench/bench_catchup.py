@@ -2,7 +2,8 @@
 
 Sets up once (private servers, ``--rows`` rows snapshotted, the daemon stopped, ``--changes`` row
 changes written), keeps staging as it was before the changes as a template database, and then, for
-each run, restores staging from the template and times the daemon through the backlog. With
+each run, restores staging from the template and times the daemon through the backlog; each run
+also prints the CPU seconds the daemon (from its start), PostgreSQL and MariaDB spent. With
 ``--profile`` the last run is sampled by py-spy (``pip install py-spy``) and the hottest functions
 are printed per thread.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -69,6 +71,28 @@ def costliest_statements(conn: psycopg.Connection[Any], limit: int) -> list[tupl
         "SELECT round((total_exec_time / 1000)::numeric, 2), calls, rows, left(regexp_replace(query, '\\s+', ' ',"
         " 'g'), 150) FROM pg_stat_statements WHERE query NOT LIKE '%%pg_stat_statements%%'"
         " ORDER BY total_exec_time DESC LIMIT %s", (limit,)).fetchall()
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) of a process, its live descendants and the children they reaped
+    (PostgreSQL's exited backends count in the postmaster's)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    ticks: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        children[int(fields[1])].append(int(d.name))
+        ticks[int(d.name)] = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo += children.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def restore(admin: psycopg.Connection[Any]) -> None:
@@ -152,8 +176,11 @@ def main() -> None:
         for run in range(args.runs):
             restore(admin)
             stg = psycopg.connect(pg.url("staging"), autocommit=True)
+            servers = {"PostgreSQL": pg.proc, "MariaDB": maria.proc}
             daemon = Daemon(env, base / "daemon.log")
             daemon.start()
+            assert daemon.proc is not None and all(servers.values())
+            cpu = {name: cpu_seconds(p.pid) for name, p in servers.items() if p is not None}
             spy = None
             if args.profile and run == args.runs - 1:
                 stg.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -164,6 +191,8 @@ def main() -> None:
                                         "--subprocesses", "--rate", "200", "-o", str(base / "raw.txt")],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             seconds = wait_caught_up(src, stg)
+            cpu = {"daemon": cpu_seconds(daemon.proc.pid),
+                   **{name: cpu_seconds(p.pid) - cpu[name] for name, p in servers.items() if p is not None}}
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(60)
@@ -173,8 +202,8 @@ def main() -> None:
             daemon.stop()
             stg.close()
             rates.append(args.changes / seconds)
-            print(f"run {run + 1}: {seconds:.2f} s, {args.changes / seconds:,.0f} changes/s, peak RSS {rss:.0f} MB",
-                  flush=True)
+            print(f"run {run + 1}: {seconds:.2f} s, {args.changes / seconds:,.0f} changes/s, peak RSS {rss:.0f} MB;"
+                  " CPU s " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()), flush=True)
         print(json.dumps({"changes": counts, "runs": rates, "median": statistics.median(rates)}))
         if args.profile:
             print(profile_summary(base / "raw.txt"))
