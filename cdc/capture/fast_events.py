@@ -26,7 +26,7 @@ from typing import Any
 
 from pymysql.protocol import MysqlPacket
 from pymysqlreplication import binlogstream
-from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
+from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 from cdc.capture import binlog_fixes
 from transform.binlog_events import (
@@ -85,7 +85,7 @@ def _wrap(pkt: Any, table_map: dict[int, Any], *args: Any) -> Any:
             if end <= len(data):
                 event = None
                 if event_type == TABLE_MAP_EVENT:
-                    event = _table_map(data, body, end, event_type, timestamp, table_map, args)
+                    event = _table_map(data, body, end, args)
                 elif event_type in _ROW_CLASSES:
                     event = _rows(data, body, end, event_type, timestamp, table_map, (pkt, table_map, *args))
                 if event is not None:
@@ -94,9 +94,10 @@ def _wrap(pkt: Any, table_map: dict[int, Any], *args: Any) -> Any:
     return _library_wrapper(pkt, table_map, *args)
 
 
-def _table_map(data: bytes, body: int, end: int, event_type: int, timestamp: int, table_map: dict[int, Any],
-               args: tuple[Any, ...]) -> Any:
-    """A map parsed before: its parse again (``binlog_fixes._table_map_init`` keeps them)."""
+def _table_map(data: bytes, body: int, end: int, args: tuple[Any, ...]) -> _Map | None:
+    """A map parsed before: its parse again (``binlog_fixes._table_map_init`` keeps them), as
+    what ``fetchone`` reads of a map to file it in its ``table_map``. The caller never sees it (it
+    is no TableMapEvent): the source asks for none (``cdc.capture.source._EVENTS``)."""
     if not binlog_fixes.table_map_cache:
         return None
     filters = binlog_fixes.filters_text((args[4], args[5], args[6], args[7], args[8], args[11], args[13]))
@@ -104,13 +105,7 @@ def _table_map(data: bytes, body: int, end: int, event_type: int, timestamp: int
     if known is None:
         return None
     binlog_fixes.table_map_hits += 1
-    if TableMapEvent not in args[3]:  # fetchone only files it in its table_map
-        return _Map(known["table_id"], known["table_obj"])
-    event = TableMapEvent.__new__(TableMapEvent)
-    event.__dict__.update(table_map=table_map, event_type=event_type, timestamp=timestamp, event_size=end - body,
-                          complete=True, _processed=True, packet=None)
-    event.__dict__.update(known)
-    return event
+    return _Map(known["table_id"], known["table_obj"])
 
 
 def _rows(data: bytes, body: int, end: int, event_type: int, timestamp: int, table_map: dict[int, Any],
