@@ -90,15 +90,20 @@ def end_position(source: Conn) -> Position:
     return Position(str(row[0]), int(row[1]))
 
 
-def read(settings: Settings, start: Position, end: Position, fast: bool, native: bool | None = None
-         ) -> tuple[list[RowChange], BinlogSource]:
+def source_of(settings: Settings, names: list[str], start: Position, **options: Any) -> BinlogSource:
+    """A binlog source of the tables ``names`` from ``start``, their definitions read now."""
     conn = mysql.connect(settings)
     try:
-        tables = {"fast_types": mysql.read_table(conn, settings.source.database, "fast_types")}
+        tables = {n: mysql.read_table(conn, settings.source.database, n) for n in names}
         flavor: Flavor = mysql.flavor(conn)
     finally:
         conn.close()
-    src = BinlogSource(settings, tables, flavor, start, fast_decode=fast, native=native)
+    return BinlogSource(settings, tables, flavor, start, **options)
+
+
+def read(settings: Settings, start: Position, end: Position, fast: bool, native: bool | None = None
+         ) -> tuple[list[RowChange], BinlogSource]:
+    src = source_of(settings, ["fast_types"], start, fast_decode=fast, native=native)
     changes: list[RowChange] = []
     for item in src.chunks(threading.Event()):
         at = item.commit if isinstance(item, TxnChunk) else item.position if isinstance(item, Heartbeat) else None
@@ -230,14 +235,8 @@ def test_table_maps_parsed_once_decode_as_parsed_each_time(settings: Settings, s
             binlog_fixes.table_maps.clear()
         binlog_fixes.table_map_cache, hits = cache, binlog_fixes.table_map_hits
         try:
-            conn = mysql.connect(settings)
-            try:
-                tables = {n: mysql.read_table(conn, settings.source.database, n) for n in ("t", "u")}
-                flavor: Flavor = mysql.flavor(conn)
-            finally:
-                conn.close()
             out: list[tuple[Any, ...]] = []
-            for item in BinlogSource(settings, tables, flavor, start, fast_decode=False).chunks(threading.Event()):
+            for item in source_of(settings, ["t", "u"], start, fast_decode=False).chunks(threading.Event()):
                 if isinstance(item, TxnChunk):
                     out += [(c.table, c.op, c.before, c.after, c.absent) for c in item.changes]
                 at = item.commit if isinstance(item, TxnChunk) else item.position
@@ -269,14 +268,8 @@ def test_partial_row_images_read_alike_with_and_without_the_fast_path(settings: 
     end = end_position(source)
 
     def changes() -> list[tuple[Any, ...]]:
-        conn = mysql.connect(settings)
-        try:
-            tables = {"parts": mysql.read_table(conn, settings.source.database, "parts")}
-            flavor: Flavor = mysql.flavor(conn)
-        finally:
-            conn.close()
         out: list[tuple[Any, ...]] = []
-        for item in BinlogSource(settings, tables, flavor, start).chunks(threading.Event()):
+        for item in source_of(settings, ["parts"], start).chunks(threading.Event()):
             if isinstance(item, TxnChunk):
                 out += [(c.op, c.before, c.after, c.absent, c.error) for c in item.changes]
             at = item.commit if isinstance(item, TxnChunk) else item.position
