@@ -431,11 +431,17 @@ def cluster_pids(server: PostgresServer) -> list[int]:
 
 @contextlib.contextmanager
 def paused(server: PostgresServer) -> Iterator[None]:
-    pids = cluster_pids(server)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    """The cluster's processes stopped (SIGSTOP) for the block, and continued after it, whatever
+    happens: a backend that ends between the listing and its signal is skipped (it raised
+    before, and left the ones already stopped stopped for every later test)."""
+    stopped: list[int] = []
     try:
+        for pid in cluster_pids(server):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
         yield
     finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
