@@ -22,6 +22,7 @@ the fast path (``fast_events``) and hold them equal.
 from __future__ import annotations
 
 import inspect
+import operator
 from typing import Any
 
 from pymysql.protocol import MysqlPacket
@@ -49,6 +50,12 @@ _ARGS = ("from_packet", "table_map", "ctl_connection", "mysql_version", "use_che
          "ignore_decode_errors", "verify_checksum", "optional_meta_data", "enable_logging",
          "use_column_name_cache", "post_header_lengths")
 _library_wrapper = binlogstream.BinLogPacketWrapper
+# Where _wrap finds these among its ``*args`` (the arguments after the packet and table_map).
+_USE_CHECKSUM, _ALLOWED, _FREEZE, _VERIFY, _POST_HEADERS = (_ARGS.index(n) - 2 for n in (
+    "use_checksum", "allowed_events", "freeze_schema", "verify_checksum", "post_header_lengths"))
+_TABLE_FILTERS = (_ARGS.index("only_tables") - 2, _ARGS.index("ignored_tables") - 2,
+                  _ARGS.index("only_schemas") - 2, _ARGS.index("ignored_schemas") - 2)
+_MAP_FILTERS = operator.itemgetter(*(_ARGS.index(n) - 2 for n in binlog_fixes._FILTERS))  # a map key's part
 
 
 class _Wrapped:
@@ -75,19 +82,18 @@ class _Map:
 def _wrap(pkt: Any, table_map: dict[int, Any], *args: Any) -> Any:
     """``BinLogPacketWrapper(pkt, table_map, *args)``, with the two events above read directly."""
     global fast_event_hits
-    if fast_events and len(args) == len(_ARGS) - 2 and not args[10] and not args[8]:
-        # (args[10], args[8]: verify_checksum and freeze_schema, the library's to do)
+    if fast_events and len(args) == len(_ARGS) - 2 and not args[_VERIFY] and not args[_FREEZE]:
         data, at = pkt._data, pkt._position
         if len(data) - at >= PACKET_HEADER.size:
             timestamp, event_type, _, size, log_pos, _ = PACKET_HEADER.unpack_from(data, at)
             body = at + 1 + EVENT_HEADER_SIZE
-            end = at + 1 + size - (CHECKSUM_SIZE if args[2] else 0)
+            end = at + 1 + size - (CHECKSUM_SIZE if args[_USE_CHECKSUM] else 0)
             if end <= len(data):
                 event = None
                 if event_type == TABLE_MAP_EVENT:
                     event = _table_map(data, body, end, args)
                 elif event_type in _ROW_CLASSES:
-                    event = _rows(data, body, end, event_type, timestamp, table_map, (pkt, table_map, *args))
+                    event = _rows(data, body, end, event_type, timestamp, table_map, pkt, args)
                 if event is not None:
                     fast_event_hits += 1
                     return _Wrapped(event_type, log_pos, timestamp, event)
@@ -100,7 +106,7 @@ def _table_map(data: bytes, body: int, end: int, args: tuple[Any, ...]) -> _Map 
     is no TableMapEvent): the source asks for none (``cdc.capture.source._EVENTS``)."""
     if not binlog_fixes.table_map_cache:
         return None
-    filters = binlog_fixes.filters_text((args[4], args[5], args[6], args[7], args[8], args[11], args[13]))
+    filters = binlog_fixes.filters_text(_MAP_FILTERS(args))
     known = binlog_fixes.table_maps.get((bytes(data[body:end]), *filters))
     if known is None:
         return None
@@ -109,13 +115,13 @@ def _table_map(data: bytes, body: int, end: int, args: tuple[Any, ...]) -> _Map 
 
 
 def _rows(data: bytes, body: int, end: int, event_type: int, timestamp: int, table_map: dict[int, Any],
-          call: tuple[Any, ...]) -> Any:
+          pkt: Any, args: tuple[Any, ...]) -> Any:
     """A followed table's rows event of a plain form, its rows left as bytes."""
     cls = _ROW_CLASSES[event_type]
-    allowed, only_tables, ignored_tables, only_schemas, ignored_schemas = call[5:10]
-    if cls not in allowed:
+    if cls not in args[_ALLOWED]:
         return None
-    header = rows_header(data, body, end, event_type, _declared(call[-1], event_type))
+    only_tables, ignored_tables, only_schemas, ignored_schemas = (args[i] for i in _TABLE_FILTERS)
+    header = rows_header(data, body, end, event_type, _declared(args[_POST_HEADERS], event_type))
     if header is None:
         return None
     table_id, columns, present, present2, images = header
@@ -130,7 +136,7 @@ def _rows(data: bytes, body: int, end: int, event_type: int, timestamp: int, tab
         table_map=table_map, event_type=event_type, timestamp=timestamp, event_size=end - body, complete=True,
         _processed=True, packet=None, table_id=table_id, schema=tm.schema, table=tm.table, columns=tm.columns,
         number_of_columns=columns, columns_present_bitmap=present, softcart_body=data[images:end],
-        softcart_call=call)
+        softcart_call=(pkt, table_map, *args))
     if present2 is not None:
         event.columns_present_bitmap2 = present2
     return event

@@ -41,6 +41,7 @@ from cdc.capture.mysql import (
     server_variables,
 )
 from cdc.settings import Settings
+from transform.binlog_events import ROWS_EVENTS
 from transform.errors import FatalError, TransientError
 from transform.model import Heartbeat, Op, Position, RowChange, SchemaChange, TxnChunk
 from transform.rowcodec import BinlogColumn, RowsDecoder, compile_decoder
@@ -270,7 +271,7 @@ class BinlogSource:
     def _full_images(event: Any) -> bool:
         """Whether the event's row images are whole (every column present) and of a kind the
         compiled decoders read; else the library decodes it."""
-        if event.event_type not in _ROW_EVENT_TYPES or not event.complete:
+        if event.event_type not in ROWS_EVENTS or not event.complete:
             return False
         full = (1 << event.number_of_columns) - 1
         return int.from_bytes(event.columns_present_bitmap, "little") == full and (
@@ -314,8 +315,6 @@ class BinlogSource:
                 out.append(RowChange(name, op, row, None))
 
 
-#: WRITE/UPDATE/DELETE_ROWS_EVENT v1 (MariaDB) and v2 (MySQL); not MySQL's partial JSON updates.
-_ROW_EVENT_TYPES = frozenset({23, 24, 25, 30, 31, 32})
 
 
 def _signature(c: Any) -> tuple[Any, ...]:

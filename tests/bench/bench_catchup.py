@@ -176,11 +176,11 @@ def main() -> None:
         for run in range(args.runs):
             restore(admin)
             stg = psycopg.connect(pg.url("staging"), autocommit=True)
-            servers = {"PostgreSQL": pg.proc, "MariaDB": maria.proc}
             daemon = Daemon(env, base / "daemon.log")
             daemon.start()
-            assert daemon.proc is not None and all(servers.values())
-            cpu = {name: cpu_seconds(p.pid) for name, p in servers.items() if p is not None}
+            assert daemon.proc is not None and pg.proc is not None and maria.proc is not None
+            servers = {"PostgreSQL": pg.proc.pid, "MariaDB": maria.proc.pid}
+            cpu = {name: cpu_seconds(pid) for name, pid in servers.items()}
             spy = None
             if args.profile and run == args.runs - 1:
                 stg.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -192,7 +192,7 @@ def main() -> None:
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             seconds = wait_caught_up(src, stg)
             cpu = {"daemon": cpu_seconds(daemon.proc.pid),
-                   **{name: cpu_seconds(p.pid) - cpu[name] for name, p in servers.items() if p is not None}}
+                   **{name: cpu_seconds(pid) - cpu[name] for name, pid in servers.items()}}
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(60)
