@@ -24,6 +24,7 @@ from loader.online import Chunk, ChunkGate, Fence, Key, Window, apply_chunk, fen
 from loader.pg import cut, pg_connect
 from loader.staging import StagingWriter
 from transform.batching import Batching, BatchLimits
+from transform.changes import filled
 from transform.errors import SoftcartError, SourceColumnGone
 from transform.model import ApplyConfig, Heartbeat, Position, RowChange, SchemaChange, TxnChunk
 from transform.progress import PipelineState
@@ -205,17 +206,18 @@ class Applier:
         """The stream is at ``at``: the fences of chunks read before it no longer hold."""
         self._fences = [f for f in self._fences if at.order() <= f.position.order()]
 
-    def _keep(self) -> Callable[[tuple[RowChange, ...]], tuple[RowChange, ...]] | None:
-        """What the live fences leave of a transaction's changes (they all hold: the transaction
-        ends by each one's position), noted by the open window; None: neither."""
+    def _keep(self) -> Callable[[tuple[RowChange, ...]], tuple[RowChange, ...]]:
+        """What becomes of a held transaction's changes when they apply (they all hold: the
+        transaction ends by each live fence's position): what the fences leave, with the columns
+        their images lack read (:meth:`_filled`), noted by the open window."""
         fences, window = list(self._fences), self._window
-        if not fences and window is None:
-            return None
         keys = self._fence_keys(fences)
 
         def keep(changes: tuple[RowChange, ...]) -> tuple[RowChange, ...]:
             if fences:
                 changes = fenced(changes, fences, keys)
+            if any(ch.absent for ch in changes):
+                changes = tuple(self._filled(changes))
             if window is not None:
                 window.note(changes)
             return changes
@@ -263,10 +265,10 @@ class Applier:
         buffer = self._buffer
         if not buffer:
             return
+        if any(ch.absent for ch in buffer):
+            buffer = self._filled(buffer)
         with self.guarded():
             self.writer.apply(buffer)
-        if any(ch.absent for ch in buffer):
-            self._fill_absent(buffer)
         self._buffer = []
         self.state.progress_at = time.time()  # a huge transaction is progress too
 
@@ -339,35 +341,53 @@ class Applier:
         self.state.last_commit_at = self.state.progress_at = time.time()
         self.observer.tables_stopped(len(writer.stopped))
 
-    def _fill_absent(self, changes: list[RowChange]) -> None:
-        """Rows written before a column of the followed definition existed (replayed after a lag
-        across several ALTERs) get that column's value from the source by key, in the open batch,
-        as a column added does for every row: later changes to those rows replay on top."""
+    def _filled(self, changes: Sequence[RowChange]) -> list[RowChange]:
+        """``changes`` with the columns their row images lack read from the source by key, before
+        they apply (the star schema sees whole rows): rows written before a column of the followed
+        definition existed (replayed after a lag across ALTERs), and another session's partial
+        images (binlog_row_image MINIMAL or NOBLOB). Values are the source's current ones, as a
+        column added gets: later changes replay on top (``transform.changes.filled``). A row read
+        with a value staging can't hold is dead-lettered (with that value) and removed from staging,
+        as one the source no longer has."""
         writer = self.writer
         wanted: dict[str, tuple[set[str], dict[tuple[Any, ...], None]]] = {}
         for ch in changes:
-            if ch.absent and ch.after is not None and ch.table not in writer.stopped:
+            if ch.absent and ch.after is not None and ch.error is None and ch.table not in writer.stopped:
                 table = writer.tables[ch.table]
                 cols, keys = wanted.setdefault(ch.table, (set(), {}))
                 cols.update(ch.absent)
                 keys[tuple(ch.after[i] for i in table.key_indexes())] = None
+        read: dict[str, tuple[list[str], dict[tuple[Any, ...], tuple[Any, ...]]]] = {}
         source = self._open_source()
         try:
             for name, (cols, keys) in wanted.items():
                 table = writer.tables[name]
                 columns = [c for c in table.column_names if c in cols and c not in table.primary_key]
-                listed = list(keys)
-                try:
-                    rows = [r for i in range(0, len(listed), 1000)
-                            for r in self._source_values(source, table, columns, listed[i:i + 1000])]
-                except SourceColumnGone:  # gone from the source since: a later DDL drops it
-                    log.info("absent_columns_gone", table=name, columns=columns)
-                    continue
-                with self.guarded():
-                    writer.backfill(table, columns, rows)
-                log.info("absent_columns_filled", table=name, columns=columns, rows=len(rows))
+                got, values = self._current(source, table, columns, list(keys))
+                if got or not columns:  # else every column is gone: no row is known gone, nothing to fill
+                    read[name] = (got, values)
+                    log.info("absent_columns_filled", table=name, columns=got, rows=len(values), keys=len(keys))
         finally:
             source.close()
+        return filled(changes, writer.tables, read)
+
+    def _current(self, source: SourceRows, table: Table, columns: list[str], keys: list[tuple[Any, ...]]
+                 ) -> tuple[list[str], dict[tuple[Any, ...], tuple[Any, ...]]]:
+        """The source's current values of ``columns`` of the rows with ``keys``: the columns read
+        (without those gone from the source since: a later DDL drops them) and their values by key."""
+        n = len(table.primary_key)
+        try:
+            rows = [r for i in range(0, len(keys), 1000)
+                    for r in self._source_values(source, table, columns, keys[i:i + 1000])]
+            return columns, {r[:n]: r[n:] for r in rows}
+        except SourceColumnGone:
+            if len(columns) == 1:
+                log.info("absent_columns_gone", table=table.name, columns=columns)
+                return [], {}
+        parts = [self._current(source, table, [c], keys) for c in columns]  # each alone: which are gone
+        kept = [(cols[0], values) for cols, values in parts if cols]
+        common = set.intersection(*(set(values) for _, values in kept)) if kept else set()
+        return [c for c, _ in kept], {k: tuple(values[k][0] for _, values in kept) for k in common}
 
     def _source_values(self, source: SourceRows, table: Table, columns: list[str],
                        keys: list[tuple[Any, ...]] | None = None) -> Iterator[tuple[Any, ...]]:

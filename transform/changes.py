@@ -8,7 +8,7 @@ order of changes within the batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,3 +53,33 @@ def deletion(table: Table, key: Sequence[Any]) -> RowChange:
     for i, v in zip(table.key_indexes(), key, strict=True):
         before[i] = v
     return RowChange(table.name, Op.DELETE, tuple(before), None)
+
+
+def filled(changes: Sequence[RowChange], tables: Mapping[str, Table],
+           values: Mapping[str, tuple[Sequence[str], Mapping[Key, Row]]]) -> list[RowChange]:
+    """``changes`` with their ``absent`` columns set from the source's current rows: ``values``
+    per table, the columns read and those columns' values by primary key. A change whose row the
+    source no longer has becomes a delete of its row (a later change in the binlog removed the row,
+    so the end state is the same, and nothing half-known is applied meanwhile). Changes of tables
+    not in ``values`` (nothing could be read) stay as they are."""
+    out: list[RowChange] = []
+    for ch in changes:
+        read = values.get(ch.table)
+        if not ch.absent or ch.after is None or ch.error is not None or read is None:
+            out.append(ch)
+            continue
+        table = tables[ch.table]
+        keys = table.key_indexes()
+        current = read[1].get(tuple(ch.after[i] for i in keys))
+        if current is None:
+            image = ch.before if ch.before is not None else ch.after
+            out.append(deletion(table, [image[i] for i in keys]))
+            continue
+        row = list(ch.after)
+        names = table.column_names
+        for name, v in zip(read[0], current, strict=True):
+            if name in ch.absent:
+                row[names.index(name)] = v
+        out.append(RowChange(ch.table, ch.op, ch.before, tuple(row),
+                             absent=tuple(n for n in ch.absent if n not in read[0])))
+    return out

@@ -17,6 +17,7 @@ from typing import Any
 import pymysql
 import structlog
 from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.constants.NONE_SOURCE import COLS_BITMAP
 from pymysqlreplication.event import (
     GtidEvent,
     HeartbeatLogEvent,
@@ -213,8 +214,8 @@ class BinlogSource:
             first = len(out)
             self._library_rows(conv, table, event, out)
             if absent:
-                out[first:] = [dataclasses.replace(c, absent=absent) if c.after is not None and c.error is None
-                               else c for c in out[first:]]
+                out[first:] = [dataclasses.replace(c, absent=tuple(dict.fromkeys((*absent, *c.absent))))
+                               if c.after is not None and c.error is None else c for c in out[first:]]
             return
         if decoder is not None and self._full_images(event):
             body = event.__dict__.get("softcart_body")  # read by the fast path (cdc.capture.fast_events)
@@ -365,7 +366,30 @@ def _change(conv: RowConverter, table: str, op: Op, before: tuple[Any, Any] | No
         assert raw is not None
         key = _raw_key(conv.table, raw[0], before)
         return RowChange(table, op, None, None, error=str(exc), raw=repr(raw[0])[:10000], key=key)
+    if a is not None and after is not None and COLS_BITMAP in after[1].values():
+        return _partial(conv.table, table, op, b, a, after[1])
     return RowChange(table, op, b, a)
+
+
+def _partial(t: Table, table: str, op: Op, before: tuple[Any, ...] | None, after: tuple[Any, ...],
+             reasons: dict[str, str]) -> RowChange:
+    """An after image without some columns (another session's ``binlog_row_image`` MINIMAL or
+    NOBLOB: only the columns the statement set, and a before image of the key alone): those are
+    ``absent``, for the applier to read from the source by key before applying; an update's key,
+    where its after image lacks it (unchanged), is its before image's."""
+    missing = {name for name, why in reasons.items() if why == COLS_BITMAP}
+    row = list(after)
+    for i in t.key_indexes():
+        name = t.column_names[i]
+        if name in missing:
+            if before is None:  # an insert that left its key to a default: nothing to read it by
+                return RowChange(table, op, None, None, error=f"the row image lacks key column {name!r}"
+                                 " (binlog_row_image MINIMAL), and nothing else gives it",
+                                 raw=repr(dict(zip(t.column_names, after, strict=True)))[:10000],
+                                 key=tuple(after[j] for j in t.key_indexes()))
+            row[i] = before[i]
+    absent = tuple(n for n in t.column_names if n in missing and n not in t.primary_key)
+    return RowChange(table, op, before, tuple(row), absent=absent)
 
 
 def _raw_key(table: Table, values: dict[str, Any], before: tuple[Any, Any] | None) -> tuple[Any, ...]:

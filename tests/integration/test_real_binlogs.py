@@ -256,6 +256,49 @@ def test_a_table_added_to_the_settings_is_copied_before_it_streams_and_copied_ag
             assert_same(source, staging, source_db, t)
 
 
+def test_partial_row_images_of_another_session_apply_whole(settings: Settings, source: Conn, staging: PG,
+                                                           source_db: str, connect: Connect) -> None:
+    """Another client's session with binlog_row_image MINIMAL (or NOBLOB) writes row images that
+    lack the columns its statements left alone (and an update's key, in its after image). Staging
+    and the star schema get whole rows: the columns an image lacks are read from the source by key
+    before the batch applies; a row the source no longer has by then is removed (a later change
+    removes it anyway). Nothing is dead-lettered, nothing is NULL that the source holds."""
+    execute(source, SALES_DDL,
+            "CREATE TABLE notes (id INT PRIMARY KEY, a VARCHAR(10) NOT NULL DEFAULT 'd', b INT, body TEXT)",
+            *(f"INSERT INTO sales_data VALUES ({k}, {k}, {k}, {k}.5, {k}, '2024-03-0{k} 10:00:00')"
+              for k in range(1, 7)),
+            "INSERT INTO notes VALUES (1, 'x', 1, 'one'), (2, 'y', 2, 'two'), (3, 'z', 3, 'three')")
+    s = settings.model_copy(update={"source_tables": ["sales_data", "notes"]})
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+    minimal, noblob = connect(), connect()
+    execute(minimal, "SET SESSION binlog_row_image = 'MINIMAL'")
+    execute(noblob, "SET SESSION binlog_row_image = 'NOBLOB'")
+    # while the daemon is stopped, so that by the time it reads them some rows are gone
+    execute(minimal, "UPDATE sales_data SET quantity = quantity + 10 WHERE rowid <= 2",
+            "UPDATE sales_data SET price = 99 WHERE rowid = 3",
+            "UPDATE sales_data SET rowid = 100 WHERE rowid = 4",
+            "INSERT INTO sales_data (rowid, product_id, customer_id, quantity) VALUES (7, 7, 7, 7)",
+            "INSERT INTO notes (id) VALUES (10)", "UPDATE notes SET b = 7 WHERE id = 1",
+            "UPDATE notes SET b = 8 WHERE id = 3")
+    execute(noblob, "UPDATE notes SET b = 9 WHERE id = 2")
+    execute(source, "DELETE FROM sales_data WHERE rowid = 3", "DELETE FROM notes WHERE id = 3",
+            "UPDATE notes SET a = 'later' WHERE id = 1")
+    # a batch per transaction: each partial image is filled in a batch of its own
+    with running_pipeline(s.model_copy(update={"batch_max_rows": 1})):
+        wait_caught_up(staging, source)
+        for t in ("sales_data", "notes"):
+            assert_same(source, staging, source_db, t)
+        execute(minimal, "UPDATE sales_data SET customer_id = 42 WHERE rowid = 5", "UPDATE notes SET b = 0")
+        wait_caught_up(staging, source)
+        for t in ("sales_data", "notes"):
+            assert_same(source, staging, source_db, t)
+    assert staging.execute("SELECT count(*) FROM softcart.dead_letter").fetchone() == (0,)
+    assert staging.execute("SELECT quantity FROM star.factsales WHERE rowid IN (1, 2, 100) ORDER BY rowid"
+                           ).fetchall() == [(11,), (12,), (4,)]
+    assert check_star(s) == []
+
+
 # All of it at once: other clients doing ordinary things, drawn by hypothesis -----------------
 
 _KEYS = st.integers(1, 30)
@@ -268,6 +311,7 @@ _STEP = st.one_of(
     st.tuples(st.just("xa"), _ROW_OPS, st.sampled_from(["commit", "rollback", "later"])),
     st.tuples(st.just("other_db"), st.sampled_from(["create", "truncate", "drop", "alter"])),
     st.tuples(st.just("alter"), st.integers(0, 2)),
+    st.tuples(st.just("image"), st.sampled_from(["MINIMAL", "NOBLOB", "FULL"])),  # partial row images
 )
 
 
@@ -335,6 +379,8 @@ def test_mixed_client_sessions_end_with_source_staging_star_and_warehouse_equal(
                 execute(source, f"XA {step[2].upper()} '{xid}'")
         elif kind == "other_db":
             execute(other, *_OTHER_DB[step[1]])
+        elif kind == "image":
+            execute(session, f"SET SESSION binlog_row_image = '{step[1]}'")
         elif kind == "alter":
             if step[1] == 0 and len(added) < 3:
                 name = f"c{next(counter)}"

@@ -1,4 +1,5 @@
-"""The net effect of a batch equals applying its changes one by one."""
+"""The net effect of a batch equals applying its changes one by one; partial row images filled from
+the source's current rows end where the source is."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transform.changes import net_changes
+from transform.changes import filled, net_changes
 from transform.model import Op, RowChange
+from transform.schema import Column, Table
 
 KEYS = st.integers(0, 5)
 
@@ -70,3 +72,42 @@ def test_primary_key_change_deletes_the_old_key() -> None:
 def test_delete_then_reinsert_is_an_upsert() -> None:
     net = net_changes([RowChange("t", Op.DELETE, (1, "a"), None), RowChange("t", Op.INSERT, None, (1, "b"))], (0,))
     assert net.deletes == set() and net.upserts == {(1,): (1, "b")}
+
+
+T = Table("t", (Column("id", "int", "int", False), Column("v", "int", "int")), ("id",))
+
+
+@given(change_sequences(), st.data())
+def test_partial_images_filled_from_the_source_end_where_the_source_is(changes: list[RowChange],
+                                                                        data: st.DataObject) -> None:
+    """Some after images lack their value (another session's binlog_row_image MINIMAL): filled
+    from the source's current rows, which are where the whole history ends, applying them one by
+    one ends there too; nothing absent is left, and a row gone from the source is never upserted."""
+    final = apply_one_by_one({}, changes)
+    partial = [RowChange("t", ch.op, ch.before, (ch.after[0], None), absent=("v",))
+               if ch.after is not None and data.draw(st.booleans()) else ch for ch in changes]
+    current = {(k,): (row[1],) for k, row in final.items()}
+    out = filled(partial, {"t": T}, {"t": (["v"], current)})
+    state: dict[int, tuple[Any, ...]] = {}
+    for ch in out:  # as staging applies them: a delete of a row not there is nothing
+        if ch.before is not None:
+            state.pop(ch.before[0], None)
+        if ch.after is not None:
+            state[ch.after[0]] = ch.after
+    assert state == final
+    assert not any(ch.absent for ch in out)
+    assert all(ch.after is None or (ch.after[0],) in current for ch, was in zip(out, partial, strict=True)
+               if was.absent)
+
+
+def test_fill_leaves_what_it_could_not_read() -> None:
+    """A table the source could not be read for (a column dropped since), a change already
+    dead-lettered, and a whole image stay as they are; a column not read stays absent."""
+    wide = Table("w", (*T.columns, Column("x", "int", "int")), ("id",))
+    kept = [RowChange("t", Op.INSERT, None, (1, None), absent=("v",)),
+            RowChange("w", Op.INSERT, None, (1, 5, None), error="bad", absent=("x",)),
+            RowChange("w", Op.INSERT, None, (2, 6, 7))]
+    assert filled(kept, {"t": T, "w": wide}, {"w": (["x"], {(1,): (3,), (2,): (4,)})}) == kept
+    part = RowChange("w", Op.UPDATE, (1, None, None), (1, None, 9), absent=("v", "x"))
+    assert filled([part], {"w": wide}, {"w": (["v"], {(1,): (8,)})}) == [
+        RowChange("w", Op.UPDATE, (1, None, None), (1, 8, 9), absent=("x",))]
