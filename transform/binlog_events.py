@@ -11,6 +11,7 @@ parses that event as before.
 from __future__ import annotations
 
 import struct
+import zlib
 
 #: A binlog network packet's start: the OK byte, then the common event header (timestamp, type,
 #: server_id, event_size, log_pos, flags), 20 bytes.
@@ -18,6 +19,7 @@ PACKET_HEADER = struct.Struct("<xIBIIIH")
 EVENT_HEADER_SIZE = 19
 CHECKSUM_SIZE = 4
 TABLE_MAP_EVENT = 19
+TRANSACTION_PAYLOAD_EVENT = 40  # MySQL 8.0.20+'s compressed transaction (binlog_transaction_compression)
 #: WRITE/UPDATE/DELETE_ROWS_EVENT v1 (MariaDB) and v2 (MySQL 5.6+): post-headers of 8 and 10 bytes.
 ROWS_V1 = {23: "write", 24: "update", 25: "delete"}
 ROWS_V2 = {30: "write", 31: "update", 32: "delete"}
@@ -56,3 +58,96 @@ def rows_header(data: bytes, at: int, end: int, event_type: int, declared: int |
     if p > end:
         return None
     return table_id, columns, present, present2, p
+
+
+#: MariaDB's compressed events (``log_bin_compress``), each with the plain event type it stands
+#: for: QUERY_COMPRESSED_EVENT and the v1 WRITE/UPDATE/DELETE_ROWS_COMPRESSED_EVENTs.
+COMPRESSED = {165: 2, 166: 23, 167: 24, 168: 25}
+QUERY_POST_HEADER = 13  # thread id, exec time, db length, error code, status vars length
+_EVENT_HEADER = struct.Struct("<IBIIIH")
+
+
+class CompressedEventError(ValueError):
+    """A compressed event not in the form MariaDB writes (an algorithm other than zlib, lengths
+    that disagree): it can't be read, and must not be skipped."""
+
+
+def uncompressed_packet(data: bytes, at: int, checksum: bool, declared: int | None) -> bytes | None:
+    """The binlog packet at ``data[at]`` (the OK byte, then one event) as its plain form, where the
+    event is a compressed one: the same header but for its type and size, the uncompressed part of
+    the body as it is, the compressed part (a statement's text, a rows event's row images)
+    inflated, and a new checksum where events carry one (``checksum``). None for any other event.
+    ``declared``: the post-header length the binlog's format description gives the event's type."""
+    if len(data) - at < PACKET_HEADER.size:
+        return None
+    timestamp, event_type, server_id, size, log_pos, flags = PACKET_HEADER.unpack_from(data, at)
+    plain = COMPRESSED.get(event_type)
+    if plain is None:
+        return None
+    body = at + 1 + EVENT_HEADER_SIZE
+    end = at + 1 + size - (CHECKSUM_SIZE if checksum else 0)
+    if end > len(data) or end <= body:
+        raise CompressedEventError(f"a compressed event of {size} bytes in a packet of {len(data) - at}")
+    start = _query_text(data, body, end, declared) if plain == 2 else _row_images(data, body, end, plain, declared)
+    inflated = inflate(data[start:end])
+    new_size = EVENT_HEADER_SIZE + (start - body) + len(inflated) + (CHECKSUM_SIZE if checksum else 0)
+    event = _EVENT_HEADER.pack(timestamp, plain, server_id, new_size, log_pos, flags) + data[body:start] + inflated
+    if checksum:
+        event += (zlib.crc32(event) & 0xFFFFFFFF).to_bytes(4, "little")
+    return b"\x00" + event
+
+
+def inflate(part: bytes) -> bytes:
+    """A compressed part as MariaDB writes it: a header byte (0x80, the algorithm in bits 4-6: 0 is
+    zlib, and in bits 0-2 how many bytes hold the uncompressed length), that length big-endian,
+    then the zlib stream."""
+    if not part or part[0] & 0xF0 != 0x80 or not 1 <= part[0] & 0x07 <= 4:
+        raise CompressedEventError(f"compressed part header {part[:1].hex() or 'missing'}:"
+                                   " not zlib as MariaDB writes it")
+    width = part[0] & 0x07
+    length = int.from_bytes(part[1:1 + width], "big")
+    try:
+        out = zlib.decompress(part[1 + width:])
+    except zlib.error as exc:
+        raise CompressedEventError(f"compressed part: {exc}") from None
+    if len(out) != length:
+        raise CompressedEventError(f"compressed part inflated to {len(out)} bytes, its header says {length}")
+    return out
+
+
+def _query_text(data: bytes, body: int, end: int, declared: int | None) -> int:
+    """Where a query event's statement text starts: after the post-header, the status variables,
+    and the default database's name and its NUL."""
+    post = declared if declared is not None else QUERY_POST_HEADER
+    if post < QUERY_POST_HEADER or end - body < post:
+        raise CompressedEventError(f"a compressed query event with a post-header of {post} bytes")
+    db_len = data[body + 8]
+    status_len = int.from_bytes(data[body + 11:body + 13], "little")
+    start = body + post + status_len + db_len + 1
+    if start > end:
+        raise CompressedEventError("a compressed query event shorter than its own lengths")
+    return start
+
+
+def _row_images(data: bytes, body: int, end: int, plain: int, declared: int | None) -> int:
+    """Where a v1 rows event's row images start: after the post-header (table id, flags), the
+    number of columns (length-coded) and the columns-present bitmap(s)."""
+    post = declared if declared is not None else 8
+    p = body + post
+    if post < 8 or p >= end:
+        raise CompressedEventError(f"a compressed rows event with a post-header of {post} bytes")
+    first = data[p]
+    if first < 251:
+        columns, p = first, p + 1
+    elif first in _LENGTH_CODED:
+        width = _LENGTH_CODED[first]
+        columns, p = int.from_bytes(data[p + 1:p + 1 + width], "little"), p + 1 + width
+    else:
+        raise CompressedEventError(f"a compressed rows event's column count starts with {first}")
+    p += ((columns + 7) >> 3) * (2 if plain in _UPDATES else 1)
+    if p > end:
+        raise CompressedEventError("a compressed rows event shorter than its bitmaps")
+    return p
+
+
+_LENGTH_CODED = {252: 2, 253: 3, 254: 8}

@@ -148,6 +148,15 @@ class Assembler:
             return []
         return self._send(txn, event_time)
 
+    def unreadable(self, table: str, reason: str, at: Position | None = None) -> list[Item]:
+        """A rows event of ``table`` whose rows can't be read as row images (MySQL's partial JSON
+        updates): the table stops at this transaction's commit, as for a statement-format change;
+        ``at``: the event's end position (for the fences)."""
+        txn = self._open()
+        if at is None or txn.xa or not self.copied(table, at):
+            txn.stops.setdefault(table, (reason, ""))
+        return []
+
     def xid(self, at: Position, event_time: float) -> list[Item]:
         return self._end(at, event_time)
 

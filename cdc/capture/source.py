@@ -27,7 +27,13 @@ from pymysqlreplication.event import (
     XAPrepareEvent,
     XidEvent,
 )
-from pymysqlreplication.row_event import DeleteRowsEvent, RowsEvent, UpdateRowsEvent, WriteRowsEvent
+from pymysqlreplication.row_event import (
+    DeleteRowsEvent,
+    PartialUpdateRowsEvent,
+    RowsEvent,
+    UpdateRowsEvent,
+    WriteRowsEvent,
+)
 
 from cdc.capture import binlog_fixes, fast_events
 from cdc.capture.assemble import Assembler, Ddl, xid_text
@@ -55,7 +61,10 @@ binlog_fixes.install()
 fast_events.install()
 
 _EVENTS = [GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent, XAPrepareEvent, RotateEvent, HeartbeatLogEvent,
-           WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent]
+           WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, PartialUpdateRowsEvent]
+#: why a table stops at a MySQL partial JSON update (its after image holds JSON diffs, not values)
+PARTIAL_JSON = ("a partial JSON update changed it (MySQL's binlog_row_value_options=PARTIAL_JSON, set globally or "
+                "by a client's session): its after images hold changes to JSON documents, not the documents")
 
 
 class BinlogSource:
@@ -168,6 +177,8 @@ class BinlogSource:
             elif isinstance(event, XAPrepareEvent):
                 xid = xid_text(event.xid_gtrid, event.xid_bqual, int(event.xid_format_id))
                 items = asm.xa_prepare(xid, bool(event.one_phase), Position(file, int(reader.log_pos), gtid), when)
+            elif isinstance(event, PartialUpdateRowsEvent):
+                items = asm.unreadable(event.table, PARTIAL_JSON, Position(file, int(reader.log_pos), gtid))
             else:
                 changes: list[RowChange] = []
                 self._rows(event, changes)

@@ -26,7 +26,8 @@ log = structlog.get_logger(__name__)
 MIN_RETENTION_SECONDS = 24 * 3600
 
 BINLOG_VARIABLES = ["log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata", "server_id",
-                    "expire_logs_days", "binlog_expire_logs_seconds", "gtid_mode", "binlog_order_commits"]
+                    "expire_logs_days", "binlog_expire_logs_seconds", "gtid_mode", "binlog_order_commits",
+                    "binlog_transaction_compression", "binlog_row_value_options"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,14 @@ def judge_binlog(flavor: Flavor, v: dict[str, str], our_server_id: int) -> list[
         out.append(Finding(False, "binlog_order_commits = OFF (online copies by watermarks need ON)",
                            "set binlog_order_commits=ON (the default): a commit may then be seen by a chunk's read"
                            " before one the binlog has ahead of it", required=False))
+    if v.get("binlog_transaction_compression", "OFF").upper() == "ON":  # MySQL 8.0.20+
+        out.append(Finding(False, "binlog_transaction_compression = ON (need OFF: the reader can't read compressed"
+                                  " transactions, and stops at the first)",
+                           "SET GLOBAL binlog_transaction_compression=OFF and in [mysqld]; a session can still set it"))
+    if v.get("binlog_row_value_options", "").upper() == "PARTIAL_JSON":  # MySQL 8
+        out.append(Finding(False, "binlog_row_value_options = PARTIAL_JSON (a followed table's partial JSON update"
+                                  " stops that table: its row images hold changes, not documents)",
+                           "SET GLOBAL binlog_row_value_options='' and in [mysqld]", required=False))
     return out
 
 

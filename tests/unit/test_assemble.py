@@ -29,7 +29,7 @@ def at(pos: int) -> Position:
 
 def run(asm: Assembler, events: list[tuple[Any, ...]]) -> list[TxnChunk | Ddl]:
     """Feed events: ("gtid", flags|None), ("rows", table, *keys), ("q", text[, default_db]),
-    ("xid",), ("xa_prepare", xid, one_phase); positions count up."""
+    ("xid",), ("xa_prepare", xid, one_phase), ("partial_json", table); positions count up."""
     out: list[TxnChunk | Ddl] = []
     for n, ev in enumerate(events, 1):
         kind = ev[0]
@@ -43,6 +43,8 @@ def run(asm: Assembler, events: list[tuple[Any, ...]]) -> list[TxnChunk | Ddl]:
             out += asm.xid(at(n), float(n))
         elif kind == "xa_prepare":
             out += asm.xa_prepare(ev[1], ev[2], at(n), float(n))
+        elif kind == "partial_json":
+            out += asm.unreadable(ev[1], "partial JSON", at(n))
     return out
 
 
@@ -245,3 +247,17 @@ def test_positions_order_by_file_number_then_offset() -> None:
     assert Position("bin.000002", 4).order() > Position("bin.000001", 99999).order()
     p = Position("mysql-bin.000009", 5727, "0-1-9066")
     assert Position.parse(str(p)) == p and Position.parse("b.000001:4") == Position("b.000001", 4)
+
+
+def test_mysql8_partial_json_update_stops_its_table_at_the_commit_unless_its_copy_has_it() -> None:
+    """MySQL's binlog_row_value_options=PARTIAL_JSON writes an update's JSON columns as changes to
+    the documents: no row image to apply. Like a statement-format change, the table stops at the
+    transaction's commit (the other rows apply), and not where its copy has the change already."""
+    out = run(assembler(), [("gtid", None), ("q", "BEGIN"), ("partial_json", "t"), ("rows", "sales_data", 5),
+                            ("xid",), ("gtid", None), ("q", "BEGIN"), ("rows", "t", 6), ("xid",)])
+    first, second = out
+    assert isinstance(first, TxnChunk) and first.stops == (("t", "partial JSON", ""),)
+    assert keys(out) == [([5], at(5)), ([6], at(9))] and isinstance(second, TxnChunk) and second.stops == ()
+    fenced = run(assembler(fences={"t": at(4)}), [("gtid", None), ("q", "BEGIN"), ("partial_json", "t"), ("xid",),
+                                                  ("gtid", None), ("q", "BEGIN"), ("partial_json", "t"), ("xid",)])
+    assert [i.stops for i in fenced if isinstance(i, TxnChunk)] == [(), (("t", "partial JSON", ""),)]

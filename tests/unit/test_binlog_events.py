@@ -5,10 +5,23 @@ tests/integration/test_rowcodec.py's."""
 
 from __future__ import annotations
 
+import zlib
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transform.binlog_events import PACKET_HEADER, ROWS_EVENTS, ROWS_V2, rows_header
+from transform.binlog_events import (
+    COMPRESSED,
+    PACKET_HEADER,
+    ROWS_EVENTS,
+    ROWS_V1,
+    ROWS_V2,
+    CompressedEventError,
+    rows_header,
+    uncompressed_packet,
+)
+from transform.errors import FatalError
 
 UPDATES = {24, 31}
 
@@ -79,3 +92,83 @@ def test_the_fast_path_is_in_the_library_s_place() -> None:
     from pymysqlreplication.row_event import TableMapEvent
 
     assert TableMapEvent not in source._EVENTS
+    # The library hands out only the event classes asked for, compared exactly (not subclasses):
+    # MySQL's partial JSON updates are asked for, so they stop their table instead of vanishing.
+    from pymysqlreplication.row_event import PartialUpdateRowsEvent
+
+    assert PartialUpdateRowsEvent in source._EVENTS
+
+
+# MariaDB's compressed events (log_bin_compress), built to the layout MariaDB's replication
+# protocol pages give: the compressed part is a header byte (0x80 | bytes of the length), the
+# uncompressed length big-endian, the zlib stream.
+
+def packet(event_type: int, body: bytes, checksum: bool, log_pos: int = 4321) -> bytes:
+    size = 19 + len(body) + (4 if checksum else 0)
+    event = (1700000000).to_bytes(4, "little") + bytes([event_type]) + (5).to_bytes(4, "little") \
+        + size.to_bytes(4, "little") + log_pos.to_bytes(4, "little") + (0).to_bytes(2, "little") + body
+    return b"\x00" + event + ((zlib.crc32(event) & 0xFFFFFFFF).to_bytes(4, "little") if checksum else b"")
+
+
+def compressed(part: bytes, width: int) -> bytes:
+    return bytes([0x80 | width]) + len(part).to_bytes(width, "big") + zlib.compress(part)
+
+
+def query_head(db: bytes, status: bytes) -> bytes:
+    """A query event's post-header (thread id, exec time, db length, error code, status vars
+    length), status variables and default database with its NUL."""
+    return (9).to_bytes(4, "little") + (0).to_bytes(4, "little") + bytes([len(db)]) + (0).to_bytes(2, "little") \
+        + len(status).to_bytes(2, "little") + status + db + b"\x00"
+
+
+@given(st.sampled_from(sorted(ROWS_V1)), st.integers(0, 300), st.binary(max_size=3000), st.booleans(),
+       st.integers(1, 4), st.binary(max_size=5))
+def test_a_compressed_rows_event_reads_as_its_plain_form(event_type: int, columns: int, images: bytes,
+                                                          checksum: bool, width: int, before: bytes) -> None:
+    n = (columns + 7) // 8
+    width = max(width, (len(images).bit_length() + 7) // 8)  # as many bytes as the length needs, or more
+    count = bytes([columns]) if columns < 251 else b"\xfc" + columns.to_bytes(2, "little")
+    head = (7).to_bytes(6, "little") + (1).to_bytes(2, "little") + count + b"\xff" * n * (2 if event_type == 24 else 1)
+    plain = packet(event_type, head + images, checksum)
+    kind = {v: k for k, v in COMPRESSED.items()}[event_type]
+    squeezed = before + packet(kind, head + compressed(images, width), checksum)
+    assert uncompressed_packet(squeezed, len(before), checksum, 8) == plain
+    assert uncompressed_packet(squeezed, len(before), checksum, None) == plain
+
+
+@given(st.binary(max_size=40), st.binary(max_size=30), st.text(max_size=2000), st.booleans())
+def test_a_compressed_statement_reads_as_its_plain_form(db: bytes, status: bytes, query: str, checksum: bool) -> None:
+    head = query_head(db.replace(b"\x00", b"_"), status)
+    text = query.encode()
+    assert uncompressed_packet(packet(165, head + compressed(text, 2), checksum), 0, checksum, 13) == \
+        packet(2, head + text, checksum)
+
+
+def test_other_events_and_forms_not_as_mariadb_writes_them() -> None:
+    assert uncompressed_packet(packet(23, b"\x00" * 20, True), 0, True, 8) is None  # not compressed
+    assert uncompressed_packet(packet(2, query_head(b"d", b"") + b"BEGIN", False), 0, False, 13) is None
+    head = query_head(b"d", b"")
+    good = compressed(b"ALTER TABLE t ADD c INT", 1)
+    for part, why in ((b"\x90" + good[1:], "not zlib"), (bytes([0x80]) + good[1:], "not zlib"),
+                      (good[:1] + bytes([good[1] + 1]) + good[2:], "its header says"),
+                      (good[:-3], "compressed part"), (b"", "missing")):
+        with pytest.raises(CompressedEventError, match=why):
+            uncompressed_packet(packet(165, head + part, False), 0, False, 13)
+    with pytest.raises(CompressedEventError, match="post-header"):
+        uncompressed_packet(packet(165, head + good, False), 0, False, 11)
+    with pytest.raises(CompressedEventError, match="shorter than its own lengths"):
+        uncompressed_packet(packet(165, head[:-2], False), 0, False, 13)
+    with pytest.raises(CompressedEventError, match="shorter than its bitmaps"):
+        uncompressed_packet(packet(167, (7).to_bytes(8, "little") + bytes([64]) + b"\xff" * 8, False), 0, False, 8)
+
+
+def test_a_compressed_mysql_transaction_stops_the_reader_by_name() -> None:
+    """MySQL 8's TRANSACTION_PAYLOAD_EVENT (binlog_transaction_compression, which a session may
+    set): the library reads none, and its reader skipped them; ours stops, naming the setting."""
+    from pymysql.protocol import MysqlPacket
+
+    from cdc.capture import fast_events
+
+    args = [None] * (len(fast_events._ARGS) - 2)
+    with pytest.raises(FatalError, match=r"position 999 .*binlog_transaction_compression.*resnapshot"):
+        fast_events._wrap(MysqlPacket(packet(40, b"\x00" * 40, True, log_pos=999), None), {}, *args)

@@ -90,3 +90,20 @@ def test_commits_out_of_binlog_order_are_a_warning_for_the_watermarks() -> None:
     assert failures(judge_binlog(MYSQL84, {**GOOD, "binlog_order_commits": "ON"}, 5401)) == []
     (finding,) = [f for f in judge_binlog(MYSQL84, {**GOOD, "binlog_order_commits": "OFF"}, 5401) if not f.ok]
     assert "binlog_order_commits = OFF" in finding.what and not finding.required
+
+
+def test_compressed_transactions_are_refused_by_name() -> None:
+    """MySQL 8's binlog_transaction_compression puts a transaction's events in one zstd payload
+    the reader can't read (it stops there, by name): `check` fails and `run` won't start."""
+    assert failures(judge_binlog(MYSQL84, {**GOOD, "binlog_transaction_compression": "OFF"}, 5401)) == []
+    (finding,) = [f for f in judge_binlog(MYSQL84, {**GOOD, "binlog_transaction_compression": "ON"}, 5401)
+                  if not f.ok]
+    assert "binlog_transaction_compression = ON" in finding.what and finding.required
+    assert "SET GLOBAL binlog_transaction_compression=OFF" in finding.fix
+
+
+def test_partial_json_updates_are_a_warning() -> None:
+    assert failures(judge_binlog(MYSQL84, {**GOOD, "binlog_row_value_options": ""}, 5401)) == []
+    (finding,) = [f for f in judge_binlog(MYSQL84, {**GOOD, "binlog_row_value_options": "PARTIAL_JSON"}, 5401)
+                  if not f.ok]
+    assert "stops that table" in finding.what and not finding.required
