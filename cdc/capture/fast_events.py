@@ -91,7 +91,8 @@ class _Map:
 
 
 def _wrap(pkt: Any, table_map: dict[int, Any], *args: Any) -> Any:
-    """``BinLogPacketWrapper(pkt, table_map, *args)``, with the two events above read directly."""
+    """``BinLogPacketWrapper(pkt, table_map, *args)``, with the two events above read directly, a
+    compressed event as its plain form, and a compressed MySQL transaction refused."""
     global fast_event_hits
     if len(pkt._data) - pkt._position >= PACKET_HEADER.size:
         kind = pkt._data[pkt._position + 5]
@@ -136,7 +137,8 @@ def _uncompressed(pkt: Any, args: tuple[Any, ...]) -> Any:
 def _refuse_payload(pkt: Any) -> None:
     """MySQL 8's compressed transaction (``binlog_transaction_compression``, global or a
     session's): its events are inside one zstd payload that mysql-replication doesn't read, and
-    its reader skipped it silently. Stop, naming the setting, rather than lose the transaction."""
+    its reader skipped it silently. Stop, naming the setting, rather than lose the transaction
+    (whichever tables it changed: that too is inside the payload)."""
     log_pos = PACKET_HEADER.unpack_from(pkt._data, pkt._position)[4]
     raise FatalError(f"the binlog transaction ending at position {log_pos} is compressed (MySQL's "
                      "binlog_transaction_compression, set globally or by a client's session), which this reader "
