@@ -300,6 +300,25 @@ def test_partial_row_images_of_another_session_apply_whole(settings: Settings, s
     assert check_star(s) == []
 
 
+def test_partial_images_fill_the_columns_the_source_still_has(settings: Settings, source: Conn, staging: PG,
+                                                              source_db: str, connect: Connect) -> None:
+    """A partial image read after a later ALTER dropped one of the columns it lacks: the others are
+    still read from the source (the dropped one goes with the ALTER, replayed after it)."""
+    execute(source, "CREATE TABLE wide (id INT PRIMARY KEY, v INT, c1 INT, c2 INT)",
+            "INSERT INTO wide VALUES (1, 1, 10, 20), (2, 2, 11, 21)")
+    s = settings.model_copy(update={"source_tables": ["wide"], "star_table": ""})
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+    minimal = connect()
+    execute(minimal, "SET SESSION binlog_row_image = 'MINIMAL'", "UPDATE wide SET v = 5 WHERE id = 1",
+            "UPDATE wide SET c2 = 22 WHERE id = 2")
+    execute(source, "ALTER TABLE wide DROP COLUMN c1")
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "wide")
+    assert staging.execute("SELECT count(*) FROM softcart.dead_letter").fetchone() == (0,)
+
+
 @pytest.mark.parametrize("decoding", ["fast", "library"])
 def test_compressed_binlog_events_are_read_as_written(settings: Settings, source: Conn, staging: PG,
                                                      source_db: str, decoding: str) -> None:
