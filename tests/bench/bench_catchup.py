@@ -2,7 +2,8 @@
 
 Sets up once (private servers, ``--rows`` rows snapshotted, the daemon stopped, ``--changes`` row
 changes written), keeps staging as it was before the changes as a template database, and then, for
-each run, restores staging from the template and times the daemon through the backlog; each run
+each run, restores staging from the template and times the daemon through the backlog, from its
+start and once it streams (start-up: imports, connections, the source's tables read); each run
 also prints the CPU seconds the daemon (from its start), PostgreSQL and MariaDB spent. With
 ``--profile`` the last run is sampled by py-spy (``pip install py-spy``) and the hottest functions
 are printed per thread.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import datetime as dt
 import json
 import os
 import shutil
@@ -30,6 +33,19 @@ import pymysql
 
 from cdc.dev.localservers import MariaDBServer, PostgresServer
 from tests.bench.bench_stages import Daemon, load_source, wait_caught_up, write_changes
+
+
+def streaming_since(log: Path, offset: int) -> float:
+    """When (wall clock) the daemon logged ``streaming`` (its start-up over: imports, connections,
+    the source's tables read), in its log from ``offset`` on."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        for line in f:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if event.get("event") == "streaming":
+                    return dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+    raise RuntimeError(f"the daemon never logged `streaming`; see {log}")
 
 
 def decode_only(env: dict[str, str], pg_url: str) -> tuple[int, float]:
@@ -176,7 +192,8 @@ def main() -> None:
         for run in range(args.runs):
             restore(admin)
             stg = psycopg.connect(pg.url("staging"), autocommit=True)
-            daemon = Daemon(env, base / "daemon.log")
+            daemon = Daemon({**env, "SOFTCART_LOG_LEVEL": "info", "SOFTCART_LOG_FORMAT": "json"}, base / "daemon.log")
+            offset = daemon.log.stat().st_size if daemon.log.exists() else 0
             daemon.start()
             assert daemon.proc is not None and pg.proc is not None and maria.proc is not None
             servers = {"PostgreSQL": pg.proc.pid, "MariaDB": maria.proc.pid}
@@ -191,6 +208,7 @@ def main() -> None:
                                         "--subprocesses", "--rate", "200", "-o", str(base / "raw.txt")],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             seconds = wait_caught_up(src, stg)
+            streamed = time.time() - streaming_since(daemon.log, offset)
             cpu = {"daemon": cpu_seconds(daemon.proc.pid),
                    **{name: cpu_seconds(pid) - cpu[name] for name, pid in servers.items()}}
             if spy is not None:
@@ -202,8 +220,9 @@ def main() -> None:
             daemon.stop()
             stg.close()
             rates.append(args.changes / seconds)
-            print(f"run {run + 1}: {seconds:.2f} s, {args.changes / seconds:,.0f} changes/s, peak RSS {rss:.0f} MB;"
-                  " CPU s " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()), flush=True)
+            print(f"run {run + 1}: {seconds:.2f} s, {args.changes / seconds:,.0f} changes/s (of which start-up"
+                  f" {seconds - streamed:.2f} s; {args.changes / streamed:,.0f} changes/s once streaming), peak RSS"
+                  f" {rss:.0f} MB; CPU s " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()), flush=True)
         print(json.dumps({"changes": counts, "runs": rates, "median": statistics.median(rates)}))
         if args.profile:
             print(profile_summary(base / "raw.txt"))
