@@ -294,9 +294,19 @@ def test_partial_row_images_of_another_session_apply_whole(settings: Settings, s
         wait_caught_up(staging, source)
         for t in ("sales_data", "notes"):
             assert_same(source, staging, source_db, t)
+        # an XA transaction's partial images are held at its prepare and filled when its commit applies them
+        xa = connect()
+        execute(xa, "SET SESSION binlog_row_image = 'MINIMAL'")
+        prepare(xa, "px", "UPDATE sales_data SET quantity = 77 WHERE rowid = 6", "UPDATE notes SET b = 5 WHERE id = 10")
+        wait_caught_up(staging, source)
+        assert staging.execute("SELECT count(*) FROM softcart.xa_pending").fetchone() == (1,)
+        execute(source, "XA COMMIT 'px'")
+        wait_caught_up(staging, source)
+        for t in ("sales_data", "notes"):
+            assert_same(source, staging, source_db, t)
     assert staging.execute("SELECT count(*) FROM softcart.dead_letter").fetchone() == (0,)
-    assert staging.execute("SELECT quantity FROM star.factsales WHERE rowid IN (1, 2, 100) ORDER BY rowid"
-                           ).fetchall() == [(11,), (12,), (4,)]
+    assert staging.execute("SELECT quantity FROM star.factsales WHERE rowid IN (1, 2, 6, 100) ORDER BY rowid"
+                           ).fetchall() == [(11,), (12,), (77,), (4,)]
     assert check_star(s) == []
 
 
