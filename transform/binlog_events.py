@@ -25,6 +25,7 @@ ROWS_V1 = {23: "write", 24: "update", 25: "delete"}
 ROWS_V2 = {30: "write", 31: "update", 32: "delete"}
 ROWS_EVENTS = {**ROWS_V1, **ROWS_V2}
 _UPDATES = frozenset((24, 31))
+_LENGTH_CODED = {252: 2, 253: 3, 254: 8}  # a length-coded number's first byte: how many bytes follow
 
 
 def rows_header(data: bytes, at: int, end: int, event_type: int, declared: int | None
@@ -43,21 +44,35 @@ def rows_header(data: bytes, at: int, end: int, event_type: int, declared: int |
     if v2 and data[at + 8] | (data[at + 9] << 8) != 2:  # extra data (ndb, partitions): the library's
         return None
     table_id = int.from_bytes(data[at:at + 6], "little")
-    p = at + known
-    columns = data[p]
-    if columns >= 251:  # a longer length-coded number
+    found = _columns_and_bitmaps(data, at + known, end, event_type in _UPDATES)
+    if found is None or found[0] >= 251:  # 251 columns and more: left to the library
+        return None
+    columns, present, present2, p = found
+    return table_id, columns, present, present2, p
+
+
+def _columns_and_bitmaps(data: bytes, p: int, end: int, update: bool) -> tuple[int, bytes, bytes | None, int] | None:
+    """A rows event's number of columns (length-coded, at ``data[p]``) and its columns-present
+    bitmap(s) (two for an update): (columns, bitmap, the update's after-image bitmap, where the row
+    images start). None where they don't fit before ``end`` or the count isn't a length-coded number."""
+    if p >= end:
+        return None
+    first = data[p]
+    if first < 251:
+        columns, p = first, p + 1
+    elif first in _LENGTH_CODED:
+        width = _LENGTH_CODED[first]
+        columns, p = int.from_bytes(data[p + 1:p + 1 + width], "little"), p + 1 + width
+    else:
         return None
     width = (columns + 7) >> 3
-    p += 1
     present = data[p:p + width]
     p += width
     present2 = None
-    if event_type in _UPDATES:
+    if update:
         present2 = data[p:p + width]
         p += width
-    if p > end:
-        return None
-    return table_id, columns, present, present2, p
+    return None if p > end else (columns, present, present2, p)
 
 
 #: MariaDB's compressed events (``log_bin_compress``), each with the plain event type it stands
@@ -136,18 +151,8 @@ def _row_images(data: bytes, body: int, end: int, plain: int, declared: int | No
     p = body + post
     if post < 8 or p >= end:
         raise CompressedEventError(f"a compressed rows event with a post-header of {post} bytes")
-    first = data[p]
-    if first < 251:
-        columns, p = first, p + 1
-    elif first in _LENGTH_CODED:
-        width = _LENGTH_CODED[first]
-        columns, p = int.from_bytes(data[p + 1:p + 1 + width], "little"), p + 1 + width
-    else:
-        raise CompressedEventError(f"a compressed rows event's column count starts with {first}")
-    p += ((columns + 7) >> 3) * (2 if plain in _UPDATES else 1)
-    if p > end:
-        raise CompressedEventError("a compressed rows event shorter than its bitmaps")
-    return p
-
-
-_LENGTH_CODED = {252: 2, 253: 3, 254: 8}
+    found = _columns_and_bitmaps(data, p, end, plain in _UPDATES)
+    if found is None:
+        raise CompressedEventError(f"a compressed rows event shorter than its bitmaps, or a column count"
+                                   f" starting with {data[p]}")
+    return found[3]
