@@ -67,6 +67,58 @@ def wait_until(cond: Callable[[], Any], timeout: float = 60.0, what: str = "cond
                                                                              if last_exc else ""))
 
 
+class OutageLoad:
+    """A client of the source that carries on through server outages, as a shop's application would:
+    a transaction that fails is given up (its connection closed, so a half-done transaction can't keep
+    its row locks until the garbage collector finds it) and the next runs on a new connection. Every
+    socket wait is bounded, so a server killed mid-handshake can't hang it, and the last errors are
+    kept for a failure message. Afterwards the source is the truth, whatever a lost commit became."""
+
+    def __init__(self, port: int, database: str, transaction: Callable[[Any], None], pause: float) -> None:
+        self.port, self.database, self.transaction, self.pause = port, database, transaction, pause
+        self.committed = 0
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        conn: pymysql.connections.Connection | None = None
+        while not self.stop.is_set():
+            try:
+                conn = conn or pymysql.connect(host="127.0.0.1", port=self.port, user="root", database=self.database,
+                                               autocommit=False, connect_timeout=2, read_timeout=10,
+                                               write_timeout=10)
+                with conn.cursor() as cur:
+                    self.transaction(cur)
+                conn.commit()
+                self.committed += 1
+                self.stop.wait(self.pause)
+            except pymysql.err.MySQLError as exc:
+                self.errors = [*self.errors[-4:], f"{time.strftime('%H:%M:%S')} {exc!r}"]
+                if conn is not None:
+                    with contextlib.suppress(pymysql.err.MySQLError):
+                        conn.close()
+                conn = None
+                self.stop.wait(0.2)
+
+    def start(self) -> OutageLoad:
+        self.thread.start()
+        return self
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def wait_for(self, more: int, what: str, timeout: float = 60.0) -> None:
+        """Wait until ``more`` further transactions have committed; a failure says what the load saw."""
+        n = self.committed
+        try:
+            wait_until(lambda: self.committed >= n + more, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.committed - n} committed, load thread alive: "
+                                 f"{self.thread.is_alive()}, its last errors: {self.errors}") from None
+
+
 def execute(conn: pymysql.connections.Connection, *stmts: str) -> None:
     with conn.cursor() as cur:
         for s in stmts:

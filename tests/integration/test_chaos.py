@@ -5,10 +5,10 @@ star rebuild = warehouse. A short run is part of the default suite; the long one
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pymysql
@@ -17,54 +17,39 @@ import pytest
 from cdc.dev.localservers import MariaDBServer, PostgresServer
 from cdc.ops.star_ops import check_star
 from cdc.settings import load_settings
-from tests.helpers import SALES_DDL, Daemons, execute, pg_database, source_rows, staging_rows, wait_until
+from tests.helpers import SALES_DDL, Daemons, OutageLoad, execute, pg_database, source_rows, staging_rows, wait_until
 
 Conn = pymysql.connections.Connection
 
 
 class SalesLoad:
     """Inserts, counter-like quantity bumps, price changes and deletes on sales_data, some with
-    partial row images, carrying on through outages (afterwards the source is the truth)."""
+    partial row images: one transaction of an :class:`OutageLoad`."""
 
-    def __init__(self, mariadb: MariaDBServer, database: str, seed: int) -> None:
-        self.mariadb, self.database = mariadb, database
+    def __init__(self, seed: int) -> None:
         self.rnd = random.Random(seed)
-        self.transactions = 0
         self.next_id = 100_000
 
-    def run(self, stop: threading.Event) -> None:
-        conn: Conn | None = None
-        while not stop.is_set():
-            try:
-                conn = conn or pymysql.connect(host="127.0.0.1", port=self.mariadb.port, user="root",
-                                               database=self.database, autocommit=False, connect_timeout=2)
-                r = self.rnd
-                with conn.cursor() as cur:
-                    # another client's row images: some transactions write only the columns they set
-                    cur.execute(f"SET SESSION binlog_row_image = '{r.choice(['FULL', 'MINIMAL'])}'")
-                    for _ in range(r.randint(1, 5)):
-                        kind = r.choices(["insert", "bump", "reprice", "delete"], [50, 30, 10, 10])[0]
-                        lo = r.randint(1, self.next_id)
-                        if kind == "insert":
-                            cur.executemany("INSERT INTO sales_data VALUES (%s, %s, %s, %s, %s, %s)", [
-                                (self.next_id + i, r.randint(1, 40), r.randint(1, 500), r.randint(100, 9999) / 100,
-                                 r.randint(1, 5), f"2021-{r.randint(1, 12):02d}-{r.randint(1, 28):02d} 12:00:00")
-                                for i in range(r.randint(1, 10))])
-                            self.next_id += 10
-                        elif kind == "bump":
-                            cur.execute("UPDATE sales_data SET quantity = quantity + 1, timestamp = timestamp"
-                                        " WHERE rowid BETWEEN %s AND %s", (lo, lo + 50))
-                        elif kind == "reprice":
-                            cur.execute("UPDATE sales_data SET price = price + 1 WHERE rowid BETWEEN %s AND %s",
-                                        (lo, lo + 20))
-                        else:
-                            cur.execute("DELETE FROM sales_data WHERE rowid BETWEEN %s AND %s", (lo, lo + 3))
-                conn.commit()
-                self.transactions += 1
-                stop.wait(0.01)
-            except pymysql.err.MySQLError:
-                conn = None
-                stop.wait(0.2)
+    def __call__(self, cur: Any) -> None:
+        r = self.rnd
+        # another client's row images: some transactions write only the columns they set
+        cur.execute(f"SET SESSION binlog_row_image = '{r.choice(['FULL', 'MINIMAL'])}'")
+        for _ in range(r.randint(1, 5)):
+            kind = r.choices(["insert", "bump", "reprice", "delete"], [50, 30, 10, 10])[0]
+            lo = r.randint(1, self.next_id)
+            if kind == "insert":
+                self.next_id += 10  # taken before the commit, whose answer an outage may lose
+                cur.executemany("INSERT INTO sales_data VALUES (%s, %s, %s, %s, %s, %s)", [
+                    (self.next_id - 10 + i, r.randint(1, 40), r.randint(1, 500), r.randint(100, 9999) / 100,
+                     r.randint(1, 5), f"2021-{r.randint(1, 12):02d}-{r.randint(1, 28):02d} 12:00:00")
+                    for i in range(r.randint(1, 10))])
+            elif kind == "bump":
+                cur.execute("UPDATE sales_data SET quantity = quantity + 1, timestamp = timestamp"
+                            " WHERE rowid BETWEEN %s AND %s", (lo, lo + 50))
+            elif kind == "reprice":
+                cur.execute("UPDATE sales_data SET price = price + 1 WHERE rowid BETWEEN %s AND %s", (lo, lo + 20))
+            else:
+                cur.execute("DELETE FROM sales_data WHERE rowid BETWEEN %s AND %s", (lo, lo + 3))
 
 
 @pytest.mark.parametrize("seconds", [pytest.param(20, id="short"),
@@ -91,15 +76,12 @@ def test_random_faults_under_load_end_with_every_copy_equal(
         wh.close()
         daemon = daemons(env, tmp_path / "daemon.log")
         daemon.start()
-        load = SalesLoad(mariadb, source_db, seed=seconds)
-        stop = threading.Event()
-        writer = threading.Thread(target=load.run, args=(stop,), daemon=True)
-        writer.start()
+        load = OutageLoad(mariadb.port, source_db, SalesLoad(seed=seconds), pause=0.01).start()
         faults: Counter[str] = Counter()
         ends = time.monotonic() + seconds
         try:
             while time.monotonic() < ends:
-                stop.wait(rnd.uniform(0.5, 3.0))  # a random moment, not a synchronisation
+                time.sleep(rnd.uniform(0.5, 3.0))  # a random moment, not a synchronisation
                 fault = rnd.choice(["daemon", "daemon", "mariadb", "postgres"])
                 if fault == "daemon":
                     daemon.kill()
@@ -111,8 +93,7 @@ def test_random_faults_under_load_end_with_every_copy_equal(
                     postgres.kill()
                     postgres.start()
                 faults[fault] += 1
-            stop.set()
-            writer.join(30)
+            load.finish()
             source = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db,
                                      autocommit=True)
             staging = psycopg.connect(postgres.url(staging_db), autocommit=True)
@@ -147,7 +128,7 @@ def test_random_faults_under_load_end_with_every_copy_equal(
 
             FAULT_FIGURES.append((f"chaos, {seconds} s", ", ".join(f"{k} {v}" for k, v in faults.items()), len(want),
                                   lost, extra))
-            print(f"\nchaos ({seconds} s): faults injected {dict(faults)}, {load.transactions} source transactions,"
+            print(f"\nchaos ({seconds} s): faults injected {dict(faults)}, {load.committed} source transactions,"
                   f" {len(want)} rows compared, rows lost {lost}, rows duplicated or wrong {extra},"
                   f" star differences {len(differences)}")
             assert lost == 0 and extra == 0 and differences == []
@@ -157,7 +138,7 @@ def test_random_faults_under_load_end_with_every_copy_equal(
             staging.close()
             warehouse.close()
         finally:
-            stop.set()
+            load.finish()
             for server in (mariadb, postgres):
                 if server.proc is None:
                     server.start()

@@ -4,7 +4,6 @@ saved position, and loses or doubles nothing."""
 from __future__ import annotations
 
 import random
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,50 +12,30 @@ import psycopg
 import pymysql
 
 from cdc.dev.localservers import MariaDBServer, PostgresServer
-from tests.helpers import Daemons, assert_fault_free, execute, wait_caught_up, wait_until
+from tests.helpers import Daemons, OutageLoad, assert_fault_free, execute, wait_caught_up, wait_until
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
 
 
-class ResilientLoad:
-    """Counter increments and inserts that carry on through a source outage (the source is the
-    truth afterwards, so a transaction whose fate the outage hid is simply whatever it became)."""
+class Counters:
+    """Counter increments and inserts, one transaction at a time."""
 
-    def __init__(self, mariadb: MariaDBServer, database: str) -> None:
-        self.mariadb, self.database = mariadb, database
+    def __init__(self) -> None:
         self.rnd = random.Random(5)
-        self.done = 0
         self.next_id = 1000
 
-    def _connect(self) -> Conn:
-        return pymysql.connect(host="127.0.0.1", port=self.mariadb.port, user="root", database=self.database,
-                               autocommit=False, connect_timeout=2)
-
-    def run(self, stop: threading.Event) -> None:
-        conn: Conn | None = None
-        while not stop.is_set():
-            try:
-                conn = conn or self._connect()
-                with conn.cursor() as cur:
-                    cur.execute("UPDATE counters SET n = n + 1 WHERE id BETWEEN %s AND %s",
-                                (lo := self.rnd.randint(1, 200), lo + 20))
-                    cur.execute("INSERT INTO counters VALUES (%s, 0)", (self.next_id,))
-                conn.commit()
-                self.next_id += 1
-                self.done += 1
-                stop.wait(0.005)
-            except pymysql.err.MySQLError:
-                conn = None
-                stop.wait(0.2)
+    def __call__(self, cur: Any) -> None:
+        # The id is taken before the commit: a commit whose answer the outage lost may have happened,
+        # and inserting its id again would fail on every try from then on.
+        self.next_id += 1
+        lo = self.rnd.randint(1, 200)
+        cur.execute("UPDATE counters SET n = n + 1 WHERE id BETWEEN %s AND %s", (lo, lo + 20))
+        cur.execute("INSERT INTO counters VALUES (%s, 0)", (self.next_id,))
 
 
-def start_load(mariadb: MariaDBServer, database: str) -> tuple[ResilientLoad, threading.Event, threading.Thread]:
-    load = ResilientLoad(mariadb, database)
-    stop = threading.Event()
-    t = threading.Thread(target=load.run, args=(stop,), daemon=True)
-    t.start()
-    return load, stop, t
+def start_load(mariadb: MariaDBServer, database: str) -> OutageLoad:
+    return OutageLoad(mariadb.port, database, Counters(), pause=0.005).start()
 
 
 def test_mariadb_killed_and_restarted_mid_stream_loses_nothing(
@@ -68,24 +47,23 @@ def test_mariadb_killed_and_restarted_mid_stream_loses_nothing(
     daemon = daemons({**settings_env, "SOFTCART_SOURCE_TABLES": "counters", "SOFTCART_RETRY_MAX_SECONDS": "2",
                      "SOFTCART_READ_TIMEOUT_SECONDS": "5"}, tmp_path / "daemon.log")
     daemon.start()
-    load, stop, t = start_load(mariadb, source_db)
+    load = start_load(mariadb, source_db)
     try:
         daemon.wait_streaming()
         for kill in (True, False):  # SIGKILL, then a clean restart
-            wait_until(lambda n=load.done: load.done > n + 100, 60, "load before the fault")
+            load.wait_for(100, "load before the fault")
             mariadb.kill() if kill else mariadb.stop()
             time.sleep(0.5)  # the outage itself, not a synchronisation
             mariadb.start()
-        wait_until(lambda n=load.done: load.done > n + 100, 60, "load after the faults")
-        stop.set()
-        t.join(30)
+        load.wait_for(100, "load after the faults")
+        load.finish()
         source = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db,
                                  autocommit=True)  # the fixture's connection died with the server
         wait_caught_up(staging, source, timeout=120)
         assert daemon.proc is not None and daemon.proc.poll() is None, "the daemon must ride out the outages"
         assert daemon.stop(30) == 0
     finally:
-        stop.set()
+        load.finish()
         if mariadb.proc is None:
             mariadb.start()
     assert_fault_free("mariadb killed and restarted", "MariaDB SIGKILL 1, restart 1", source, staging, source_db,
@@ -102,17 +80,16 @@ def test_postgres_killed_mid_batch_and_restarted_loses_nothing(
     daemon = daemons({**settings_env, "SOFTCART_SOURCE_TABLES": "counters", "SOFTCART_RETRY_MAX_SECONDS": "2"},
                     tmp_path / "daemon.log")
     daemon.start()
-    load, stop, t = start_load(mariadb, source_db)
+    load = start_load(mariadb, source_db)
     try:
         daemon.wait_streaming()
         for kill in (True, False):
-            wait_until(lambda n=load.done: load.done > n + 100, 60, "load before the fault")
+            load.wait_for(100, "load before the fault")
             postgres.kill() if kill else postgres.stop()
             time.sleep(0.5)  # the outage itself, not a synchronisation
             postgres.start()
-        wait_until(lambda n=load.done: load.done > n + 100, 60, "load after the faults")
-        stop.set()
-        t.join(30)
+        load.wait_for(100, "load after the faults")
+        load.finish()
         with psycopg.connect(postgres.url(staging_db), autocommit=True) as staging:
             wait_caught_up(staging, source, timeout=120)
             assert daemon.proc is not None and daemon.proc.poll() is None
@@ -120,7 +97,7 @@ def test_postgres_killed_mid_batch_and_restarted_loses_nothing(
             assert_fault_free("postgres killed and restarted", "PostgreSQL SIGKILL 1, restart 1", source, staging,
                               source_db, "counters")
     finally:
-        stop.set()
+        load.finish()
         if postgres.proc is None:
             postgres.start()
     assert "pipeline_retrying" in daemon.log.read_text()
