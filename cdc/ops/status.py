@@ -57,7 +57,9 @@ def read_status(settings: Settings) -> dict[str, Any]:
                                     " WHERE pipeline = %s ORDER BY source_table").format(sql.Identifier(META)),
                             (settings.pipeline_name,)).fetchall()
         copies = online_copies(conn, settings.pipeline_name)
-    out: dict[str, Any] = {"pipeline": settings.pipeline_name, "daemon": daemon, "online_copies": copies}
+        stops = table_stops(conn, settings.pipeline_name, retaken=settings.online_copy != "off")
+    out: dict[str, Any] = {"pipeline": settings.pipeline_name, "daemon": daemon, "online_copies": copies,
+                           "stopped_tables": stops}
     if pos is None:
         out["state"] = "not started (no position stored yet)"
     else:
@@ -97,6 +99,23 @@ def online_copies(conn: Any, pipeline: str) -> list[dict[str, Any]]:
     return out
 
 
+def table_stops(conn: Any, pipeline: str, retaken: bool) -> list[dict[str, Any]]:
+    """Each table the stream stopped following (a schema change staging can't follow, a
+    statement-format change): why, where, and whether it is still stopped or was taken up again;
+    ``retaken``: online copies are on, so the daemon copies a stopped table again by itself."""
+    if conn.execute("SELECT to_regclass(%s)", (f"{META}.stopped_table",)).fetchone() == (None,):
+        return []
+    rows = conn.execute(sql.SQL("SELECT source_table, reason, statement, position, stopped_at, taken_up_at"
+                                " FROM {}.stopped_table WHERE pipeline = %s ORDER BY taken_up_at NULLS FIRST,"
+                                " stopped_at, source_table").format(sql.Identifier(META)), (pipeline,)).fetchall()
+    fix = ("copied again online by the running daemon" if retaken else
+           "its rows are skipped; `softcart-sync resnapshot` (daemon stopped) takes it again")
+    return [{"table": t, "reason": reason, "statement": statement, "position": position,
+             "stopped_at": stopped.isoformat(), "taken_up_at": taken.isoformat() if taken else None,
+             "fix": None if taken else fix}
+            for t, reason, statement, position, stopped, taken in rows]
+
+
 def render(status: dict[str, Any]) -> str:
     lines = [f"pipeline       {status['pipeline']}: {status['state']}"]
     d = status["daemon"]
@@ -127,6 +146,7 @@ def render(status: dict[str, Any]) -> str:
                          f" ({retrying['attempts']} attempts): {retrying['last_error']}")
     else:
         lines.append("warehouse      no batches yet")
+    lines.extend(_stops(status.get("stopped_tables", [])))
     for s in status["snapshot"]:
         lines.append(f"snapshot       {s['table']}: {s['rows']} rows at {s['position']}, {s['finished_at']}")
     if not status["snapshot"]:
@@ -141,6 +161,23 @@ def render(status: dict[str, Any]) -> str:
             lines.append(f"online copy    {c['table']}: {c['rows_copied']} of ~{c['rows_estimated']} rows{share},"
                          f" {c['chunks']} chunks{eta}  (copying while the stream goes on)")
     return "\n".join(lines)
+
+
+def _stops(stops: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for s in stops:
+        statement = " ".join(s["statement"].split())
+        statement = statement if len(statement) <= 100 else statement[:99] + "…"
+        if s["taken_up_at"] is None:
+            lines.append(f"STOPPED        {s['table']}: not followed since {s['stopped_at']} at {s['position']}:"
+                         f" {s['reason']}")
+            if statement:
+                lines.append(f"               statement: {statement}")
+            lines.append(f"               {s['fix']}")
+        else:
+            lines.append(f"taken up       {s['table']}: copied again {s['taken_up_at']} after its stop at"
+                         f" {s['stopped_at']} ({s['reason']})")
+    return lines
 
 
 def _ago(seconds: float) -> str:

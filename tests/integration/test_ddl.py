@@ -84,6 +84,10 @@ def test_staging_follows_safe_changes_and_stops_only_the_table_it_cannot_follow(
         assert [(r[0], r[2]) for r in stopped] == [("items", "ALTER TABLE items MODIFY a2 TINYINT")]
         assert "changed from int(11) to tinyint(4)" in stopped[0][1] and "mysql-bin." in stopped[0][3]
         assert staging.execute("SELECT count(*) FROM staging.items WHERE id = 6").fetchone() == (0,)
+        shown = cli("status", env=env).stdout  # the operator sees it, with why and the way out
+        assert "STOPPED        items: not followed since " in shown and "changed from int(11) to tinyint(4)" in shown
+        assert "statement: ALTER TABLE items MODIFY a2 TINYINT" in shown, shown
+        assert "its rows are skipped; `softcart-sync resnapshot` (daemon stopped) takes it again" in shown, shown
         execute(source, "INSERT INTO other VALUES (2, 2)", "INSERT INTO sales_data VALUES"
                 " (3, 1, 'x', 1, 2.00, 1, '2024-03-03 12:00:00')")
         same("other", "sales_data")
@@ -101,6 +105,7 @@ def test_staging_follows_safe_changes_and_stops_only_the_table_it_cannot_follow(
         execute(source, "INSERT INTO items (id, a2, price) VALUES (7, 2, 7.0)")
         same("items", "other", "sales_data")
     assert staging.execute("SELECT count(*) FROM softcart.stopped_table").fetchone() == (0,)
+    assert "STOPPED" not in cli("status", env=env).stdout
     assert check_star(s) == []
 
 

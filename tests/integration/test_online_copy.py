@@ -490,3 +490,9 @@ def test_tables_stopped_by_a_schema_change_are_copied_again_online_with_their_ne
                             " ORDER BY 1").fetchall()
     assert stops == [("items", "ALTER TABLE items MODIFY v VARCHAR(20)", True),
                      ("sales_data", "ALTER TABLE sales_data MODIFY price DECIMAL(8,2) NOT NULL DEFAULT 0", True)]
+    from cdc.ops.status import read_status, render
+
+    shown = render(read_status(both))  # the stops stay on record, shown as taken up
+    assert "STOPPED" not in shown, shown
+    for table in ("items", "sales_data"):
+        assert f"taken up       {table}: copied again " in shown, shown

@@ -147,6 +147,31 @@ def test_progress_and_eta_in_status() -> None:
     assert "online copy    tags: 126 rows in 18 chunks, done 2026-12-04T20:00:00+00:00" in text
 
 
+def test_a_stopped_table_is_shown_with_why_where_and_the_way_out_and_a_taken_up_one_as_done() -> None:
+    from cdc.ops.status import render
+
+    status = {"pipeline": "default", "state": "streaming position stored", "snapshot": [], "dead_letters": {},
+              "batches": {}, "daemon": {"answering": False, "at": "127.0.0.1:9187", "why": "refused"},
+              "stopped_tables": [
+                  {"table": "items", "reason": "column a changed from int(11) to tinyint(4)",
+                   "statement": "UPDATE items\n  SET a = 1 WHERE " + "id > 0 AND " * 20 + "TRUE",
+                   "position": "mysql-bin.000003:4242", "stopped_at": "2026-12-06T10:00:00+00:00",
+                   "taken_up_at": None, "fix": "copied again online by the running daemon"},
+                  {"table": "notes", "reason": "partial JSON", "statement": "", "position": "mysql-bin.000003:9",
+                   "stopped_at": "2026-12-06T09:00:00+00:00", "taken_up_at": "2026-12-06T09:05:00+00:00",
+                   "fix": None}]}
+    lines = render(status).splitlines()
+    at = lines.index("STOPPED        items: not followed since 2026-12-06T10:00:00+00:00 at mysql-bin.000003:4242:"
+                     " column a changed from int(11) to tinyint(4)")
+    statement = lines[at + 1]
+    assert statement.startswith("               statement: UPDATE items SET a = 1 WHERE id > 0 AND")  # one line
+    assert statement.endswith("…") and len(statement) == len("               statement: ") + 100
+    assert lines[at + 2] == "               copied again online by the running daemon"
+    assert ("taken up       notes: copied again 2026-12-06T09:05:00+00:00 after its stop at"
+            " 2026-12-06T09:00:00+00:00 (partial JSON)") in lines
+    assert sum("notes" in line for line in lines) == 1, "a stop without a statement shows no statement line"
+
+
 # The watermark method ----------------------------------------------------------------------------
 
 def mark(pipeline: str, kind: str, watermark: str, op: Op = Op.UPDATE) -> RowChange:
