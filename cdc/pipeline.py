@@ -43,6 +43,7 @@ from loader.ddl import (
     ensure_schema,
     forget_tables,
     load_definitions,
+    retakes_due,
     snapshot_positions,
     stopped_tables,
 )
@@ -182,6 +183,7 @@ class Pipeline:
             current, tables = tables, {name: followed.get(name, t) for name, t in tables.items()}
             writer, position = self.open_writer(pg, tables)
             writer.recopy_stopped = bool(copy_method(self.settings.online_copy, flavor))
+            writer.retake_backoff = self.settings.retake_backoff_seconds
             self._retake = []
             self._stopped_at_start(writer)
             self.state.started = True
@@ -304,10 +306,11 @@ class Pipeline:
         Those of tables stopped by a schema change are taken up by a new start of the stream."""
         with pg_connect(self.settings.staging_config, autocommit=True) as pg:
             copies = pending_copies(pg, self.settings.pipeline_name, tables)
-            retake = sorted(set(stopped_tables(pg, self.settings.pipeline_name)) & set(copies))
+            stopped = set(stopped_tables(pg, self.settings.pipeline_name)) & set(copies)
+            retake = sorted(stopped & retakes_due(pg, self.settings.pipeline_name))  # the others wait their turn
         if retake:
             self._retake = retake  # the supervisor's loop ends the stream; the next start takes them up
-            copies = {name: c for name, c in copies.items() if name not in retake}
+        copies = {name: c for name, c in copies.items() if name not in stopped}
         for name in copies:
             self.metrics.online_copy_active.labels(name).set(1)
         return copies
@@ -360,6 +363,7 @@ class Pipeline:
             copier = OnlineCopier(self.settings, flavor, lambda: self._pending_copies(tables), gate, method)
             threads.append(_worker("online-copier", lambda: copier.run(inner), inner, errors))
         self.state.streaming = True
+        self.state.streams_started += 1
         self.state.alive_at = time.time()
         self.state.starved_since = 0.0
         self.metrics.connected.labels("source").set(1)

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     online_copy_chunk_rows: int = Field(2000, ge=1, description="rows per chunk of an online copy (the stream"
                                         " waits for each chunk's apply: smaller keeps it fresher)")
     online_copy_rows_per_second: float = Field(0.0, ge=0, description="throttle of an online copy (0: none)")
+    retake_backoff_seconds: float = Field(
+        30.0, ge=0, description="a table stopped again while its online copy ran (a client that keeps writing it in "
+        "STATEMENT format, say) waits this long before its next copy, twice as long each time up to an hour, so "
+        "its copy and the stream do not start over for ever (0: no wait)")
     reader: Literal["thread", "process"] = Field(
         "thread", description="where the binlog is decoded: thread (in the daemon's process) or process (a child "
         "process on its own core: faster catch-up when the daemon has the CPU to itself)")

@@ -112,6 +112,12 @@ META_DDL = [
     # Taken up again by an online copy (the stop is kept, for the record); NULL: still stopped.
     sql.SQL("ALTER TABLE {}.stopped_table ADD COLUMN IF NOT EXISTS taken_up_at timestamptz")
     .format(sql.Identifier(META)),
+    # Stopped how many times in a row while being copied again, and when the next copy may start
+    # (NULL: at once): a table stopped over and over waits longer each time.
+    sql.SQL("ALTER TABLE {}.stopped_table ADD COLUMN IF NOT EXISTS stops integer NOT NULL DEFAULT 1")
+    .format(sql.Identifier(META)),
+    sql.SQL("ALTER TABLE {}.stopped_table ADD COLUMN IF NOT EXISTS retake_at timestamptz")
+    .format(sql.Identifier(META)),
     # The source definition each staging table follows (the snapshot's, then each schema change
     # followed): at a restart the stream resumes with these, not with the source's current ones,
     # so a schema change made while the daemon was stopped is followed when its statement comes.
@@ -243,6 +249,14 @@ def stopped_tables(conn: psycopg.Connection[Any], pipeline: str) -> dict[str, st
     except psycopg.errors.UndefinedTable:
         return {}
     return {str(r[0]): str(r[1]) for r in rows}
+
+
+def retakes_due(conn: psycopg.Connection[Any], pipeline: str) -> set[str]:
+    """The stopped tables whose next online copy may start now (their wait, if any, is over)."""
+    rows = conn.execute(sql.SQL("SELECT source_table FROM {}.stopped_table WHERE pipeline = %s AND taken_up_at IS NULL"
+                                " AND (retake_at IS NULL OR retake_at <= now())").format(sql.Identifier(META)),
+                        (pipeline,)).fetchall()
+    return {str(r[0]) for r in rows}
 
 
 def snapshot_positions(conn: psycopg.Connection[Any], pipeline: str) -> dict[str, str]:

@@ -30,6 +30,7 @@ from transform.ddl import SchemaPlan
 from transform.ddl import plan as ddl_plan
 from transform.errors import FatalError
 from transform.model import Position, RowChange, SchemaChange
+from transform.progress import retake_delay
 from transform.schema import Table
 
 log = structlog.get_logger(__name__)
@@ -78,6 +79,8 @@ class StagingWriter:
         self.unlabeled_held = 0  # chunks of the XA transaction being read, kept in this transaction
         #: a table stopped by a schema change is copied online again (its request recorded with the stop)
         self.recopy_stopped = False
+        #: the first wait before copying again a table stopped while its copy ran (doubles each time)
+        self.retake_backoff = 30.0
 
     # Transaction control ---------------------------------------------------------------------
 
@@ -317,20 +320,32 @@ class StagingWriter:
 
     def _stop_table(self, cur: psycopg.Cursor[Any], name: str, reason: str, statement: str,
                     position: Position) -> None:
-        cur.execute(sql.SQL("INSERT INTO {}.stopped_table (pipeline, source_table, reason, statement, position)"
-                            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (pipeline, source_table) DO UPDATE SET"
-                            " reason = EXCLUDED.reason, statement = EXCLUDED.statement,"
-                            " position = EXCLUDED.position, stopped_at = now(), taken_up_at = NULL")
+        # Stopped again while a copy of it ran: the streak goes on, and the next copy waits.
+        cur.execute(sql.SQL("SELECT (SELECT stops FROM {0}.stopped_table WHERE pipeline = %s AND source_table = %s),"
+                            " EXISTS (SELECT 1 FROM {0}.online_copy WHERE pipeline = %s AND source_table = %s"
+                            " AND finished_at IS NULL)").format(sql.Identifier(META)), (self.pipeline, name) * 2)
+        before, copying = cur.fetchone() or (None, False)
+        stops = (before or 0) + 1 if copying else 1
+        wait = retake_delay(stops, self.retake_backoff) if self.recopy_stopped else 0.0
+        cur.execute(sql.SQL("INSERT INTO {}.stopped_table (pipeline, source_table, reason, statement, position, stops,"
+                            " retake_at) VALUES (%s, %s, %s, %s, %s, %s, now() + %s * interval '1 second')"
+                            " ON CONFLICT (pipeline, source_table) DO UPDATE SET reason = EXCLUDED.reason,"
+                            " statement = EXCLUDED.statement, position = EXCLUDED.position, stopped_at = now(),"
+                            " taken_up_at = NULL, stops = EXCLUDED.stops, retake_at = EXCLUDED.retake_at")
                     .format(sql.Identifier(META)),
-                    (self.pipeline, name, reason, statement, str(position)))
+                    (self.pipeline, name, reason, statement, str(position), stops, wait))
         self.stopped[name] = reason
-        if self.recopy_stopped:
-            request_copy(cur, self.pipeline, name)
+        if not self.recopy_stopped:
             log.error("table_stopped", table=name, reason=reason, statement=statement[:500], position=str(position),
-                      fix="the other tables keep streaming; this one is copied online again with its new definition")
+                      fix="the other tables keep streaming; `softcart-sync resnapshot` takes this one again")
             return
+        request_copy(cur, self.pipeline, name)
+        fix = "the other tables keep streaming; this one is copied online again with its new definition"
+        if wait:
+            fix += (f" in {wait:.0f} s: stopped {stops} times in a row while its copy ran, so each next copy waits"
+                    " twice as long (up to an hour): stop what stops it (the statement says who)")
         log.error("table_stopped", table=name, reason=reason, statement=statement[:500], position=str(position),
-                  fix="the other tables keep streaming; `softcart-sync resnapshot` takes this one again")
+                  stops_in_a_row=stops, fix=fix)
 
     def stop_tables(self, stops: Iterable[tuple[str, str, str]], position: Position) -> None:
         """Stop following tables (table, reason, statement) from the transaction ending at

@@ -3,6 +3,7 @@ supervisor, read from other threads by status, metrics, /readyz and the watchdog
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ class PipelineState:
     transactions_applied: int = 0
     batches_committed: int = 0
     restarts: int = 0
+    streams_started: int = 0  # the first start, restarts after errors, new starts to take up stopped tables
     started: bool = False  # connected, checked, schema in place (READY for systemd)
     streaming: bool = False
     snapshotting: bool = False
@@ -69,3 +71,16 @@ def copy_eta(copied: int, estimated: int, elapsed: float) -> float | None:
     if copied <= 0 or elapsed <= 0 or estimated <= copied:
         return None
     return (estimated - copied) / (copied / elapsed)
+
+
+def retake_delay(stops: int, base: float, cap: float = 3600.0) -> float:
+    """Seconds a stopped table waits before its next online copy, when it was stopped ``stops``
+    times in a row, each time while its copy ran: none the first time (a one-off change), then
+    ``base`` doubling up to ``cap``. Without the wait, a client that keeps writing the table in a
+    form the binlog can't carry (STATEMENT format) restarts its copy, and the stream, for ever."""
+    if stops <= 1 or base <= 0:
+        return 0.0
+    try:
+        return min(math.ldexp(base, stops - 2), cap)
+    except OverflowError:
+        return cap

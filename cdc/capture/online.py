@@ -30,7 +30,15 @@ from cdc.capture.mysql import connect, read_table
 from cdc.capture.snapshot import binlog_end, open_snapshot, quote_mysql, select_list
 from cdc.errors import as_ours
 from cdc.settings import Settings
-from loader.ddl import META, forget_copy, load_definitions, record_snapshot, request_copy, stopped_tables
+from loader.ddl import (
+    META,
+    forget_copy,
+    load_definitions,
+    record_snapshot,
+    request_copy,
+    retakes_due,
+    stopped_tables,
+)
 from loader.online import SIGNAL_COLUMNS, SIGNAL_TABLE, Chunk, ChunkGate, key_part, order_by
 from loader.pg import pg_connect
 from loader.staging import StagingWriter
@@ -205,7 +213,8 @@ def retake_stopped(settings: Settings, pg: psycopg.Connection[Any], writer: Stag
     schema of such a table is rebuilt when its copy ends."""
     if not copy_method(settings.online_copy, flavor):
         return
-    retake = {name: current[name] for name in writer.stopped if name in current}
+    due = retakes_due(pg, settings.pipeline_name)  # a table stopped again and again waits its turn
+    retake = {name: current[name] for name in writer.stopped if name in current and name in due}
     for name, new in list(retake.items()):
         try:
             writer.replace_table(new)

@@ -105,15 +105,29 @@ def table_stops(conn: Any, pipeline: str, retaken: bool) -> list[dict[str, Any]]
     ``retaken``: online copies are on, so the daemon copies a stopped table again by itself."""
     if conn.execute("SELECT to_regclass(%s)", (f"{META}.stopped_table",)).fetchone() == (None,):
         return []
-    rows = conn.execute(sql.SQL("SELECT source_table, reason, statement, position, stopped_at, taken_up_at"
-                                " FROM {}.stopped_table WHERE pipeline = %s ORDER BY taken_up_at NULLS FIRST,"
-                                " stopped_at, source_table").format(sql.Identifier(META)), (pipeline,)).fetchall()
-    fix = ("copied again online by the running daemon" if retaken else
-           "its rows are skipped; `softcart-sync resnapshot` (daemon stopped) takes it again")
-    return [{"table": t, "reason": reason, "statement": statement, "position": position,
-             "stopped_at": stopped.isoformat(), "taken_up_at": taken.isoformat() if taken else None,
-             "fix": None if taken else fix}
-            for t, reason, statement, position, stopped, taken in rows]
+    rows = conn.execute(sql.SQL("SELECT source_table, reason, statement, position, stopped_at, taken_up_at, stops,"
+                                " CASE WHEN retake_at > now() THEN retake_at END FROM {}.stopped_table"
+                                " WHERE pipeline = %s ORDER BY taken_up_at NULLS FIRST, stopped_at, source_table")
+                        .format(sql.Identifier(META)), (pipeline,)).fetchall()
+    out = []
+    for t, reason, statement, position, stopped, taken, stops, waits in rows:
+        next_copy = waits.isoformat() if waits else None
+        out.append({"table": t, "reason": reason, "statement": statement, "position": position,
+                    "stopped_at": stopped.isoformat(), "taken_up_at": taken.isoformat() if taken else None,
+                    "stops_in_a_row": stops, "next_copy_at": next_copy,
+                    "fix": None if taken else stop_fix(retaken, stops, next_copy)})
+    return out
+
+
+def stop_fix(retaken: bool, stops: int, next_copy_at: str | None) -> str:
+    """What takes a stopped table again: the running daemon's online copy (now, or when the wait
+    of a table stopped again and again ends), or `resnapshot` with online copies off."""
+    if not retaken:
+        return "its rows are skipped; `softcart-sync resnapshot` (daemon stopped) takes it again"
+    if next_copy_at is None:
+        return "copied again online by the running daemon"
+    return (f"copied again online by the running daemon from {next_copy_at}: stopped {stops} times in a row while"
+            " its copy ran, each next copy waits twice as long (SOFTCART_RETAKE_BACKOFF_SECONDS)")
 
 
 def render(status: dict[str, Any]) -> str:

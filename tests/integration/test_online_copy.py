@@ -496,3 +496,71 @@ def test_tables_stopped_by_a_schema_change_are_copied_again_online_with_their_ne
     assert "STOPPED" not in shown, shown
     for table in ("items", "sales_data"):
         assert f"taken up       {table}: copied again " in shown, shown
+
+
+
+def taken_up_and_copied(staging: PG, table: str) -> bool:
+    """``table`` followed again (its stop taken up) and its copy finished."""
+    return staging.execute("SELECT 1 FROM softcart.stopped_table WHERE source_table = %s AND taken_up_at IS NULL",
+                           (table,)).fetchone() is None and finished(staging, table)
+
+
+def test_a_table_written_in_statement_format_again_and_again_waits_longer_each_time_then_is_taken_up(
+        settings: Settings, mariadb: MariaDBServer, source: Conn, staging: PG, source_db: str) -> None:
+    """A client that keeps writing a table in STATEMENT format stops it at each statement, and
+    each stop restarted its copy and the stream at once: the copy never ended. Now a table stopped
+    again while its copy runs waits twice as long each time before the next copy; once the client
+    stops, the table is copied and followed again, and a later one-off stop is taken up at once."""
+    from transform.progress import retake_delay
+
+    items_not_yet_followed(settings, source, staging, 1000)
+    s = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 100,
+                                    "online_copy_rows_per_second": 1000.0, "retake_backoff_seconds": 1.0})
+    legacy = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db, autocommit=True)
+    execute(legacy, "SET SESSION binlog_format = 'STATEMENT'")
+
+    def stops_since(t: Any) -> tuple[int, float, bool] | None:
+        """The latest stop of items after ``t``: stops in a row, its wait, taken up yet."""
+        return staging.execute("SELECT stops, extract(epoch FROM retake_at - stopped_at)::float8,"
+                               " taken_up_at IS NOT NULL FROM softcart.stopped_table WHERE source_table = 'items'"
+                               " AND stopped_at > %s", (t,)).fetchone()
+
+    with running_pipeline(s):
+        wait_until(lambda: finished(staging, "items"), 60, "the first copy")
+        (began,) = staging.execute("SELECT now()").fetchone() or (None,)
+        stop = threading.Event()
+
+        def legacy_job() -> None:
+            n = 0
+            while not stop.wait(0.1):  # the job's pace, not a synchronisation
+                n += 1
+                execute(legacy, f"UPDATE items SET v = v + 1 WHERE id = {n % 50 + 1}")
+
+        job = threading.Thread(target=legacy_job, daemon=True)
+        job.start()
+        try:
+            seen = wait_until(lambda: (row := stops_since(began)) is not None and row[0] >= 4 and row, 90,
+                              "four stops in a row, each while the copy ran")
+        finally:
+            stop.set()
+            job.join(30)
+    stops, waits, _ = seen
+    assert waits == pytest.approx(retake_delay(stops, 1.0), abs=0.001), "each next copy waits twice as long"
+    assert waits >= 4
+    # A restart of the daemon during the wait doesn't cut it short, and while it waits, the stream
+    # does not start over (it did at each poll for requests): one start, and one to take it up.
+    with running_pipeline(s) as pipeline:
+        wait_until(lambda: taken_up_and_copied(staging, "items"), 90, "items copied again once the job stopped")
+        assert staging.execute("SELECT taken_up_at >= retake_at FROM softcart.stopped_table"
+                               " WHERE source_table = 'items'").fetchone() == (True,), "taken up when its wait ended"
+        assert pipeline.state.streams_started <= 2
+        wait_caught_up(staging, source)
+        assert assert_same(source, staging, source_db, "items") == 1000
+        (quiet,) = staging.execute("SELECT now()").fetchone() or (None,)
+        execute(legacy, "UPDATE items SET v = 0 WHERE id = 7")  # a one-off, after a copy that ended
+        one_off = wait_until(lambda: stops_since(quiet), 30, "the one-off stop")
+        assert one_off[:2] == (1, 0.0), "after a copy that ended, a stop is taken up at once"
+        wait_until(lambda: taken_up_and_copied(staging, "items"), 60, "the one-off stop taken up")
+        wait_caught_up(staging, source)
+    legacy.close()
+    assert assert_same(source, staging, source_db, "items") == 1000

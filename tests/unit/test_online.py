@@ -172,6 +172,31 @@ def test_a_stopped_table_is_shown_with_why_where_and_the_way_out_and_a_taken_up_
     assert sum("notes" in line for line in lines) == 1, "a stop without a statement shows no statement line"
 
 
+
+def test_a_stopped_table_that_waits_for_its_next_copy_says_until_when_and_why() -> None:
+    from cdc.ops.status import stop_fix
+
+    assert stop_fix(True, 4, "2026-12-06T10:00:08+00:00") == (
+        "copied again online by the running daemon from 2026-12-06T10:00:08+00:00: stopped 4 times in a row while its"
+        " copy ran, each next copy waits twice as long (SOFTCART_RETAKE_BACKOFF_SECONDS)")
+    assert stop_fix(True, 1, None) == "copied again online by the running daemon"
+    assert "`softcart-sync resnapshot`" in stop_fix(False, 3, None)
+
+
+@given(st.integers(-3, 200), st.floats(0, 1e4), st.floats(1, 1e5))
+def test_a_table_stopped_again_and_again_waits_twice_as_long_each_time_up_to_the_cap(
+        stops: int, base: float, cap: float) -> None:
+    from transform.progress import retake_delay
+
+    wait, after = retake_delay(stops, base, cap), retake_delay(stops + 1, base, cap)
+    if stops <= 1 or base == 0:
+        assert wait == 0.0, "a one-off stop (or no backoff asked) is copied again at once"
+    else:
+        assert 0 < wait <= cap
+        assert after == min(2 * wait, cap)
+    assert retake_delay(2, base, cap) == (min(base, cap) if base else 0.0)
+
+
 # The watermark method ----------------------------------------------------------------------------
 
 def mark(pipeline: str, kind: str, watermark: str, op: Op = Op.UPDATE) -> RowChange:
