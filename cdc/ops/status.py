@@ -58,6 +58,8 @@ def read_status(settings: Settings) -> dict[str, Any]:
                             (settings.pipeline_name,)).fetchall()
         copies = online_copies(conn, settings.pipeline_name)
         stops = table_stops(conn, settings.pipeline_name, retaken=settings.online_copy != "off")
+    for c in copies:  # a stopped table's copy waits for its take-up (and its wait, if any)
+        c["waits_for_take_up"] = any(t["table"] == c["table"] and t["taken_up_at"] is None for t in stops)
     out: dict[str, Any] = {"pipeline": settings.pipeline_name, "daemon": daemon, "online_copies": copies,
                            "stopped_tables": stops}
     if pos is None:
@@ -169,6 +171,8 @@ def render(status: dict[str, Any]) -> str:
         if c["finished_at"]:
             lines.append(f"online copy    {c['table']}: {c['rows_copied']} rows in {c['chunks']} chunks,"
                          f" done {c['finished_at']}")
+        elif c.get("waits_for_take_up"):
+            lines.append(f"online copy    {c['table']}: asked, starts when the table is taken up (STOPPED above)")
         else:
             share = f" ({100 * c['rows_copied'] // c['rows_estimated']}%)" if c["rows_estimated"] else ""
             eta = f", ETA {_ago(c['eta_seconds']).removesuffix(' ago')}" if c["eta_seconds"] is not None else ""

@@ -141,8 +141,11 @@ def test_progress_and_eta_in_status() -> None:
                   {"table": "items", "rows_copied": 100, "rows_estimated": 1000, "chunks": 2, "finished_at": None,
                    "eta_seconds": 90.0},
                   {"table": "tags", "rows_copied": 126, "rows_estimated": 120, "chunks": 18,
-                   "finished_at": "2026-12-04T20:00:00+00:00", "eta_seconds": None}]}
+                   "finished_at": "2026-12-04T20:00:00+00:00", "eta_seconds": None},
+                  {"table": "stops", "rows_copied": 0, "rows_estimated": 50, "chunks": 0, "finished_at": None,
+                   "eta_seconds": None, "waits_for_take_up": True}]}
     text = render(status)
+    assert "online copy    stops: asked, starts when the table is taken up (STOPPED above)" in text
     assert "online copy    items: 100 of ~1000 rows (10%), 2 chunks, ETA 0:01:30" in text
     assert "online copy    tags: 126 rows in 18 chunks, done 2026-12-04T20:00:00+00:00" in text
 
