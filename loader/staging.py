@@ -79,8 +79,9 @@ class StagingWriter:
         self.unlabeled_held = 0  # chunks of the XA transaction being read, kept in this transaction
         #: a table stopped by a schema change is copied online again (its request recorded with the stop)
         self.recopy_stopped = False
-        #: the first wait before copying again a table stopped while its copy ran (doubles each time)
-        self.retake_backoff = 30.0
+        #: the first wait before copying again a table stopped while its copy ran (doubles each time;
+        #: the pipeline sets it from SOFTCART_RETAKE_BACKOFF_SECONDS)
+        self.retake_backoff = 0.0
 
     # Transaction control ---------------------------------------------------------------------
 
@@ -343,7 +344,7 @@ class StagingWriter:
         fix = "the other tables keep streaming; this one is copied online again with its new definition"
         if wait:
             fix += (f" in {wait:.0f} s: stopped {stops} times in a row while its copy ran, so each next copy waits"
-                    " twice as long (up to an hour): stop what stops it (the statement says who)")
+                    " twice as long (up to an hour); the statement shows which client keeps stopping it")
         log.error("table_stopped", table=name, reason=reason, statement=statement[:500], position=str(position),
                   stops_in_a_row=stops, fix=fix)
 
