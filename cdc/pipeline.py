@@ -372,9 +372,7 @@ class Pipeline:
         lag_probe = LagProbe(self.settings)
         try:
             while not inner.is_set():
-                if stop.wait(0.2):
-                    break
-                if self._restart_asked():
+                if stop.wait(0.2) or self._restart_asked():
                     break
                 if not feed.alive() and not inner.is_set():
                     inner.wait(1.0)  # the writer takes the reader's last items and its error first
