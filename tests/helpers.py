@@ -14,12 +14,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pymysql
+import zstandard
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.capture.mysql import read_table
@@ -65,6 +67,26 @@ def wait_until(cond: Callable[[], Any], timeout: float = 60.0, what: str = "cond
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})"
                                                                              if last_exc else ""))
+
+
+def payload_event(events: list[bytes], log_pos: int, timestamp: int = 0, server_id: int = 1, zstd: bool = True,
+                  checksum: bool = True) -> bytes:
+    """A TRANSACTION_PAYLOAD_EVENT as MySQL 8.0.32 writes one (checked against a recorded binlog):
+    its fields (compression type, uncompressed size, payload size; each a type, the value's length
+    and the value, length-coded), an end mark, then ``events`` (whole, without checksums, 0 as
+    their end position) one after the other, zstd-compressed."""
+    def coded(n: int) -> bytes:
+        return bytes([n]) if n < 251 else b"\xfc" + n.to_bytes(2, "little") if n < 1 << 16 else \
+            b"\xfd" + n.to_bytes(3, "little") if n < 1 << 24 else b"\xfe" + n.to_bytes(8, "little")
+
+    raw = b"".join(events)
+    packed = zstandard.ZstdCompressor().compress(raw) if zstd else raw
+    fields = b"".join(coded(kind) + coded(len(coded(value))) + coded(value)
+                      for kind, value in ((2, 0 if zstd else 255), (3, len(raw)), (1, len(packed))))
+    body = fields + b"\x00" + packed
+    size = 19 + len(body) + (4 if checksum else 0)
+    event = struct.pack("<IBIIIH", timestamp, 40, server_id, size, log_pos, 0) + body
+    return event + ((zlib.crc32(event) & 0xFFFFFFFF).to_bytes(4, "little") if checksum else b"")
 
 
 class OutageLoad:

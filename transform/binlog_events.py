@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import zstandard
 
 #: A binlog network packet's start: the OK byte, then the common event header (timestamp, type,
 #: server_id, event_size, log_pos, flags), 20 bytes.
@@ -156,3 +160,134 @@ def _row_images(data: bytes, body: int, end: int, plain: int, declared: int | No
         raise CompressedEventError(f"a compressed rows event shorter than its bitmaps, or a column count"
                                    f" starting with {data[p]}")
     return found[3]
+
+
+# MySQL 8's compressed transaction -----------------------------------------------------------------
+
+#: The fields before a TRANSACTION_PAYLOAD_EVENT's payload (MySQL's binary_log Transaction_payload
+#: "on the wire"): each a type, the length of its value, the value, all length-coded numbers;
+#: type 0 ends them and the payload follows. Compression types: 0 zstd, 255 none.
+PAYLOAD_END, PAYLOAD_SIZE, PAYLOAD_COMPRESSION, PAYLOAD_UNCOMPRESSED_SIZE = 0, 1, 2, 3
+ZSTD, UNCOMPRESSED = 0, 255
+
+
+class PayloadError(ValueError):
+    """A compressed transaction not in the form MySQL writes: it can't be read, and must not be
+    skipped."""
+
+
+@dataclass(frozen=True)
+class Payload:
+    """Where a TRANSACTION_PAYLOAD_EVENT's payload is (``data[start:end]``), and how it is packed."""
+
+    compression: int
+    uncompressed_size: int
+    start: int
+    end: int
+
+
+def payload(data: bytes, body: int, end: int) -> Payload:
+    """The payload of the TRANSACTION_PAYLOAD_EVENT whose body is ``data[body:end]`` (the checksum
+    excluded). Fields of types this doesn't know are passed over by their length."""
+    fields: dict[int, int] = {}
+    p = body
+    while True:
+        kind, p = _length_coded(data, p, end)
+        if kind == PAYLOAD_END:
+            break
+        length, p = _length_coded(data, p, end)
+        if p + length > end:
+            raise PayloadError(f"field {kind} of {length} bytes runs past the event")
+        value, q = _length_coded(data, p, p + length)
+        if q != p + length and kind in (PAYLOAD_SIZE, PAYLOAD_COMPRESSION, PAYLOAD_UNCOMPRESSED_SIZE):
+            raise PayloadError(f"field {kind}: a value of {q - p} bytes where its length says {length}")
+        fields[kind] = value
+        p += length
+    size = fields.get(PAYLOAD_SIZE, end - p)
+    if p + size != end:
+        raise PayloadError(f"a payload of {size} bytes where the event holds {end - p}")
+    compression = fields.get(PAYLOAD_COMPRESSION)
+    if compression not in (ZSTD, UNCOMPRESSED):
+        raise PayloadError(f"compression type {compression} (known: 0 zstd, 255 none)")
+    return Payload(compression, fields.get(PAYLOAD_UNCOMPRESSED_SIZE, -1), p, end)
+
+
+def payload_events(data: bytes, where: Payload) -> Iterator[bytes]:
+    """The events inside the payload, one at a time (each whole: header and body; the server
+    writes them without checksums, and 0 as their end position), decompressed as they are read,
+    so that memory holds one event of a large transaction at a time."""
+    packed = memoryview(data)[where.start:where.end]
+    read: Callable[[int], bytes]
+    if where.compression == ZSTD:
+        try:
+            source = zstandard.ZstdDecompressor().stream_reader(packed)
+        except zstandard.ZstdError as exc:
+            raise PayloadError(f"zstd: {exc}") from None
+        read = source.read
+    else:
+        read = _reader(bytes(packed))
+    total = 0
+    while True:
+        head = _exactly(read, EVENT_HEADER_SIZE)
+        if not head:
+            break
+        size = int.from_bytes(head[9:13], "little") if len(head) == EVENT_HEADER_SIZE else 0
+        if size < EVENT_HEADER_SIZE:
+            raise PayloadError(f"an inner event of {size or len(head)} bytes after {total} bytes")
+        rest = _exactly(read, size - EVENT_HEADER_SIZE)
+        if len(rest) != size - EVENT_HEADER_SIZE:
+            raise PayloadError(f"an inner event of {size} bytes cut short after {total} bytes")
+        total += size
+        yield head + rest
+    if where.uncompressed_size >= 0 and total != where.uncompressed_size:
+        raise PayloadError(f"{total} bytes of events where the payload says {where.uncompressed_size}")
+
+
+def inner_packet(event: bytes, log_pos: int, checksum: bool) -> bytes:
+    """An event from a payload as a packet of the stream carries it: the OK byte, the event with
+    the payload's end position (the server writes 0 there: a transaction inside a payload ends
+    where the payload does) and, where the stream's events carry one (``checksum``), its CRC32
+    and its size counting it."""
+    size = len(event) + (CHECKSUM_SIZE if checksum else 0)
+    out = event[:9] + size.to_bytes(4, "little") + log_pos.to_bytes(4, "little") + event[17:]
+    if checksum:
+        out += (zlib.crc32(out) & 0xFFFFFFFF).to_bytes(4, "little")
+    return b"\x00" + out
+
+
+def _length_coded(data: bytes, p: int, end: int) -> tuple[int, int]:
+    if p >= end:
+        raise PayloadError("fields run past the event")
+    first = data[p]
+    if first < 251:
+        return first, p + 1
+    width = _LENGTH_CODED.get(first)
+    if width is None or p + 1 + width > end:
+        raise PayloadError(f"a length-coded number starting with {first} at byte {p}")
+    return int.from_bytes(data[p + 1:p + 1 + width], "little"), p + 1 + width
+
+
+def _exactly(read: Callable[[int], bytes], n: int) -> bytes:
+    """``n`` bytes from ``read`` (fewer only at the end)."""
+    out = b""
+    while len(out) < n:
+        try:
+            part = read(n - len(out))
+        except zstandard.ZstdError as exc:
+            raise PayloadError(f"zstd: {exc}") from None
+        if not part:
+            break
+        out += part
+    return out
+
+
+def _reader(data: bytes) -> Callable[[int], bytes]:
+    at = 0
+
+    def read(n: int) -> bytes:
+        nonlocal at
+        part = data[at:at + n]
+        at += len(part)
+        return part
+
+    return read

@@ -14,8 +14,10 @@ most of the reader's time on such a stream. :func:`install` puts :func:`_wrap` i
 
 It is also where a compressed event (MariaDB's ``log_bin_compress``: statements and row images of
 at least ``log_bin_compress_min_len`` bytes, zlib) becomes its plain form before anything reads
-it, fast path or not: mysql-replication knows no compressed event types, and its reader skipped
-them silently (a multi-row statement's rows, a long ALTER).
+it, fast path or not, and where MySQL 8's compressed transaction (``binlog_transaction_compression``:
+a transaction's events in one zstd payload) becomes a :class:`TransactionPayload` whose events the
+source reads in its place: mysql-replication knows neither, and its reader skipped them silently
+(a multi-row statement's rows, a long ALTER, whole transactions).
 
 Every other event, and any rows event ``transform.binlog_events`` does not read whole, is the
 library's as before; and where the source must decode a fast event's rows through the library
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+from collections.abc import Iterator
 from typing import Any
 
 from pymysql.protocol import MysqlPacket
@@ -44,6 +47,11 @@ from transform.binlog_events import (
     TABLE_MAP_EVENT,
     TRANSACTION_PAYLOAD_EVENT,
     CompressedEventError,
+    Payload,
+    PayloadError,
+    inner_packet,
+    payload,
+    payload_events,
     rows_header,
     uncompressed_packet,
 )
@@ -52,6 +60,7 @@ from transform.errors import FatalError
 fast_events = True  # tests read the same binlog with and without it
 fast_event_hits = 0
 compressed_events = 0  # read as their plain form (tests)
+compressed_transactions = payload_events_read = 0  # MySQL 8's, and the events read inside them (tests)
 _CLASSES = {"write": WriteRowsEvent, "update": UpdateRowsEvent, "delete": DeleteRowsEvent}
 _ROW_CLASSES = {t: _CLASSES[kind] for t, kind in ROWS_EVENTS.items()}
 #: fetchone's arguments, in its order (mysql-replication 1.0): the fast path is installed only
@@ -92,14 +101,15 @@ class _Map:
 
 def _wrap(pkt: Any, table_map: dict[int, Any], *args: Any) -> Any:
     """``BinLogPacketWrapper(pkt, table_map, *args)``, with the two events above read directly, a
-    compressed event as its plain form, and a compressed MySQL transaction refused."""
+    compressed event as its plain form, and a compressed MySQL transaction as a
+    :class:`TransactionPayload`."""
     global fast_event_hits
     if len(pkt._data) - pkt._position >= PACKET_HEADER.size:
         kind = pkt._data[pkt._position + 5]
         if kind in COMPRESSED:
             pkt = _uncompressed(pkt, args)
         elif kind == TRANSACTION_PAYLOAD_EVENT:
-            _refuse_payload(pkt)
+            return _payload(pkt, table_map, args)
     if fast_events and len(args) == len(_ARGS) - 2 and not args[_VERIFY] and not args[_FREEZE]:
         data, at = pkt._data, pkt._position
         if len(data) - at >= PACKET_HEADER.size:
@@ -134,16 +144,63 @@ def _uncompressed(pkt: Any, args: tuple[Any, ...]) -> Any:
     return MysqlPacket(plain, None) if plain is not None else pkt
 
 
-def _refuse_payload(pkt: Any) -> None:
-    """MySQL 8's compressed transaction (``binlog_transaction_compression``, global or a
-    session's): its events are inside one zstd payload that mysql-replication doesn't read, and
-    its reader skipped it silently. Stop, naming the setting, rather than lose the transaction
-    (whichever tables it changed: that too is inside the payload)."""
-    log_pos = PACKET_HEADER.unpack_from(pkt._data, pkt._position)[4]
-    raise FatalError(f"the binlog transaction ending at position {log_pos} is compressed (MySQL's "
-                     "binlog_transaction_compression, set globally or by a client's session), which this reader "
-                     "can't read: set it OFF globally and in the sessions that set it, then take a new snapshot "
-                     "with `softcart-sync resnapshot` (daemon stopped)")
+class TransactionPayload:
+    """MySQL 8's compressed transaction (``binlog_transaction_compression``, set globally or by a
+    client's session) as one event of the stream: its events are inside one zstd payload, which
+    mysql-replication doesn't read (its reader skipped them without a word). :meth:`events` gives
+    the events inside, each read as the stream's own (fast path or library, table maps filed in
+    the stream's map) when it is taken, so memory holds one event of a large transaction at a
+    time; each ends where the payload ends (the server writes no position for them)."""
+
+    def __init__(self, data: bytes, where: Payload, log_pos: int, timestamp: int, table_map: dict[int, Any],
+                 args: tuple[Any, ...]) -> None:
+        self.log_pos, self.timestamp = log_pos, timestamp
+        self._data, self._where, self._table_map, self._args = data, where, table_map, args
+
+    def events(self) -> Iterator[Any]:
+        global payload_events_read
+        checksum, allowed = bool(self._args[_USE_CHECKSUM]), self._args[_ALLOWED]
+        try:
+            for raw in payload_events(self._data, self._where):
+                payload_events_read += 1
+                wrapped = _wrap(MysqlPacket(inner_packet(raw, self.log_pos, checksum), None), self._table_map,
+                                *self._args)
+                event = wrapped.event
+                if wrapped.event_type == TABLE_MAP_EVENT:
+                    if event is not None:  # as fetchone files a table map
+                        self._table_map[event.table_id] = event.get_table()
+                elif event is not None and event.__class__ in allowed:
+                    yield event
+        except PayloadError as exc:
+            raise _unknown_form(self.log_pos, exc) from None
+
+
+def _payload(pkt: Any, table_map: dict[int, Any], args: tuple[Any, ...]) -> _Wrapped:
+    """A compressed MySQL transaction's packet, for a reader that asks for them (the source's);
+    any other caller would drop it without a word, so it stops, naming the setting."""
+    data, at = pkt._data, pkt._position
+    timestamp, _, _, size, log_pos, _ = PACKET_HEADER.unpack_from(data, at)
+    if len(args) != len(_ARGS) - 2 or TransactionPayload not in args[_ALLOWED]:
+        raise FatalError(f"the binlog transaction ending at position {log_pos} is compressed (MySQL's "
+                         "binlog_transaction_compression) and this reader doesn't ask for compressed transactions")
+    body = at + 1 + EVENT_HEADER_SIZE
+    end = at + 1 + size - (CHECKSUM_SIZE if args[_USE_CHECKSUM] else 0)
+    try:
+        if end > len(data):
+            raise PayloadError(f"an event of {size} bytes in a packet of {len(data) - at}")
+        where = payload(data, body, end)
+    except PayloadError as exc:
+        raise _unknown_form(log_pos, exc) from None
+    global compressed_transactions
+    compressed_transactions += 1
+    return _Wrapped(TRANSACTION_PAYLOAD_EVENT, log_pos, timestamp,
+                    TransactionPayload(bytes(data), where, log_pos, timestamp, table_map, args))
+
+
+def _unknown_form(log_pos: int, exc: PayloadError) -> FatalError:
+    return FatalError(f"the binlog transaction ending at position {log_pos} is compressed (MySQL's "
+                      f"binlog_transaction_compression) in a form this reader doesn't know ({exc}); it can't be"
+                      " skipped")
 
 
 def _table_map(data: bytes, body: int, end: int, args: tuple[Any, ...]) -> _Map | None:

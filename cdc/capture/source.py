@@ -11,7 +11,8 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from importlib.metadata import version
 from typing import Any
 
 import pymysql
@@ -58,13 +59,25 @@ from transform.values import RowConverter, Unrepresentable
 log = structlog.get_logger(__name__)
 
 binlog_fixes.install()
-fast_events.install()
+#: compressed events (MariaDB's log_bin_compress, MySQL's binlog_transaction_compression) are read
+#: only where fast_events sits in the library's place: without it they would be skipped
+_READS_COMPRESSED = fast_events.install()
 
 _EVENTS = [GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent, XAPrepareEvent, RotateEvent, HeartbeatLogEvent,
-           WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, PartialUpdateRowsEvent]
+           WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, PartialUpdateRowsEvent, fast_events.TransactionPayload]
 #: why a table stops at a MySQL partial JSON update (its after image holds JSON diffs, not values)
 PARTIAL_JSON = ("a partial JSON update changed it (MySQL's binlog_row_value_options=PARTIAL_JSON, set globally or "
                 "by a client's session): its after images hold changes to JSON documents, not the documents")
+
+
+def _unpacked(events: Iterable[Any]) -> Iterator[Any]:
+    """The stream's events, a compressed transaction's (MySQL's ``fast_events.TransactionPayload``)
+    in its place: the reader's position stays at the payload's end while they are read."""
+    for event in events:
+        if type(event) is fast_events.TransactionPayload:
+            yield from event.events()
+        else:
+            yield event
 
 
 class BinlogSource:
@@ -101,6 +114,11 @@ class BinlogSource:
 
     def chunks(self, stop: threading.Event) -> Iterator[TxnChunk | Heartbeat | SchemaChange]:
         s = self._settings
+        if not _READS_COMPRESSED:
+            raise FatalError(f"mysql-replication {version('mysql-replication')} builds its packet wrappers with other"
+                             " arguments than 1.0.17's, so compressed binlog events (MariaDB's log_bin_compress, "
+                             "MySQL's binlog_transaction_compression) would be skipped without a word: install "
+                             "mysql-replication 1.0.17 (pip install 'mysql-replication==1.0.17')")
         conn = connect(s)
         try:
             nontransactional = nontransactional_tables(conn, s.source.database)
@@ -148,7 +166,7 @@ class BinlogSource:
         assert reader is not None
         asm = self._assembler
         file, gtid = self._start.file, self._start.gtid
-        for event in reader:
+        for event in _unpacked(reader):
             if stop.is_set():
                 return
             if isinstance(event, RotateEvent):

@@ -73,9 +73,7 @@ def judge_binlog(flavor: Flavor, v: dict[str, str], our_server_id: int) -> list[
                            "set binlog_order_commits=ON (the default): a commit may then be seen by a chunk's read"
                            " before one the binlog has ahead of it", required=False))
     if v.get("binlog_transaction_compression", "OFF").upper() == "ON":  # MySQL 8.0.20+
-        out.append(Finding(False, "binlog_transaction_compression = ON (need OFF: the reader can't read compressed"
-                                  " transactions, and stops at the first)",
-                           "SET GLOBAL binlog_transaction_compression=OFF and in [mysqld]; a session can still set it"))
+        out.append(Finding(True, "binlog_transaction_compression = ON (compressed transactions are read: zstd)", ""))
     if v.get("binlog_row_value_options", "").upper() == "PARTIAL_JSON":  # MySQL 8
         out.append(Finding(False, "binlog_row_value_options = PARTIAL_JSON (a followed table's partial JSON update"
                                   " stops that table: its row images hold changes, not documents)",

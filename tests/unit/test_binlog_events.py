@@ -5,12 +5,15 @@ tests/integration/test_rowcodec.py's."""
 
 from __future__ import annotations
 
+import struct
 import zlib
 
 import pytest
+import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers import payload_event
 from transform.binlog_events import (
     COMPRESSED,
     PACKET_HEADER,
@@ -18,6 +21,10 @@ from transform.binlog_events import (
     ROWS_V1,
     ROWS_V2,
     CompressedEventError,
+    PayloadError,
+    inner_packet,
+    payload,
+    payload_events,
     rows_header,
     uncompressed_packet,
 )
@@ -162,13 +169,109 @@ def test_other_events_and_forms_not_as_mariadb_writes_them() -> None:
         uncompressed_packet(packet(167, (7).to_bytes(8, "little") + bytes([64]) + b"\xff" * 8, False), 0, False, 8)
 
 
-def test_a_compressed_mysql_transaction_stops_the_reader_by_name() -> None:
-    """MySQL 8's TRANSACTION_PAYLOAD_EVENT (binlog_transaction_compression, which a session may
-    set): the library reads none, and its reader skipped them; ours stops, naming the setting."""
+def inner(event_type: int, body: bytes, timestamp: int = 1700000000) -> bytes:
+    """An event as MySQL writes it inside a payload: no checksum, 0 as its end position."""
+    return struct.pack("<IBIIIH", timestamp, event_type, 1, 19 + len(body), 0, 0) + body
+
+
+INNER = st.lists(st.tuples(st.sampled_from([2, 16, 19, 30, 31, 32]), st.binary(max_size=300)), min_size=1,
+                 max_size=12).map(lambda evs: [inner(t, b) for t, b in evs])
+
+
+@given(INNER, st.booleans(), st.booleans(), st.integers(4, 2**32 - 1))
+def test_a_compressed_mysql_transaction_reads_as_the_events_inside_it(
+        events: list[bytes], zstd: bool, checksum: bool, log_pos: int) -> None:
+    event = b"\x00" + payload_event(events, log_pos, zstd=zstd, checksum=checksum)
+    where = payload(event, 20, len(event) - (4 if checksum else 0))
+    assert (where.compression, where.uncompressed_size) == (0 if zstd else 255, sum(map(len, events)))
+    got = list(payload_events(event, where))
+    assert got == events
+    for raw in got:  # as the stream carries them: the payload's position, a checksum where the stream has one
+        pkt = inner_packet(raw, log_pos, checksum)
+        timestamp, event_type, _, size, at, _ = PACKET_HEADER.unpack_from(pkt)
+        assert (timestamp, event_type, at, size) == (int.from_bytes(raw[:4], "little"), raw[4], log_pos, len(pkt) - 1)
+        assert pkt[1:9] == raw[:8] and pkt[20:len(pkt) - (4 if checksum else 0)] == raw[19:]
+        if checksum:
+            assert pkt[-4:] == (zlib.crc32(pkt[1:-4]) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+@given(INNER, st.integers(0, 3))
+def test_fields_of_a_later_version_are_passed_over_and_their_order_does_not_matter(events: list[bytes], n: int) -> None:
+    raw = b"".join(events)
+    packed = zstandard.ZstdCompressor().compress(raw)
+    fields = [bytes([3, 1 if len(raw) < 251 else 3]) + (bytes([len(raw)]) if len(raw) < 251 else
+                                                          b"\xfc" + len(raw).to_bytes(2, "little")),
+              bytes([2, 1, 0]), bytes([9, 2, 0xAB, 0xCD])][n % 3:] + [bytes([2, 1, 0]), bytes([7, 1, 5])][:n]
+    body = b"".join(fields) + bytes([1, 3, 0xFC]) + len(packed).to_bytes(2, "little") + b"\x00" + packed
+    where = payload(body, 0, len(body))
+    assert where.compression == 0 and list(payload_events(body, where)) == events
+
+
+def test_a_compressed_transaction_in_a_form_mysql_does_not_write_is_refused() -> None:
+    good = [inner(2, b"BEGIN"), inner(16, bytes(8))]
+    event = payload_event(good, 500, checksum=False)
+    cases = {
+        "compression type 1": event[:19] + bytes([2, 1, 1]) + event[22:],  # an algorithm MySQL doesn't write
+        "payload of": event[:-1],  # shorter than its payload size says
+        "zstd": event[:19] + event[19:-6] + b"\xff" * 6,  # a damaged frame
+        "length-coded": event[:19] + b"\xfb",
+    }
+    for why, bad in cases.items():
+        with pytest.raises(PayloadError, match=why):
+            list(payload_events(bad, payload(bad, 19, len(bad))))
+    cut = payload_event([inner(2, b"BEGIN")[:21]], 500, checksum=False)  # its header says 24 bytes
+    with pytest.raises(PayloadError, match="cut short"):
+        list(payload_events(cut, payload(cut, 19, len(cut))))
+    short = payload_event([struct.pack("<IBIIIH", 0, 2, 1, 7, 0, 0)], 500, checksum=False)  # a size under 19
+    with pytest.raises(PayloadError, match="an inner event of 7 bytes"):
+        list(payload_events(short, payload(short, 19, len(short))))
+
+
+def test_a_compressed_transaction_for_a_reader_that_does_not_ask_for_them_stops_it_by_name() -> None:
+    """Only the source reads them (its events list holds TransactionPayload); any other reader of
+    the library would drop the event without a word: it stops, naming the setting."""
     from pymysql.protocol import MysqlPacket
 
     from cdc.capture import fast_events
 
     args = [None] * (len(fast_events._ARGS) - 2)
-    with pytest.raises(FatalError, match=r"position 999 .*binlog_transaction_compression.*resnapshot"):
-        fast_events._wrap(MysqlPacket(packet(40, b"\x00" * 40, True, log_pos=999), None), {}, *args)
+    args[fast_events._ALLOWED] = frozenset()
+    with pytest.raises(FatalError, match=r"position 999 .*binlog_transaction_compression.*doesn't ask"):
+        fast_events._wrap(MysqlPacket(b"\x00" + payload_event([inner(16, bytes(8))], 999), None), {}, *args)
+    args[fast_events._ALLOWED] = frozenset({fast_events.TransactionPayload})
+    args[fast_events._USE_CHECKSUM] = True
+    wrapped = fast_events._wrap(MysqlPacket(b"\x00" + payload_event([inner(16, bytes(8))], 999), None), {}, *args)
+    assert (wrapped.event_type, wrapped.log_pos) == (40, 999)
+    assert isinstance(wrapped.event, fast_events.TransactionPayload)
+    bad = payload_event([inner(16, bytes(8))], 999)
+    bad = bad[:19] + bytes([2, 1, 3]) + bad[22:]
+    with pytest.raises(FatalError, match=r"position 999 .*in a form this reader doesn't know \(compression type 3"):
+        fast_events._wrap(MysqlPacket(b"\x00" + bad[:-4] + (zlib.crc32(bad[:-4]) & 0xFFFFFFFF).to_bytes(4, "little"),
+                                      None), {}, *args)
+
+
+def test_a_library_whose_wrapper_takes_other_arguments_stops_the_source_by_name(monkeypatch: pytest.MonkeyPatch
+                                                                               ) -> None:
+    """Compressed events are read only where the fast path sits in the library's place: a
+    mysql-replication whose wrapper changed is not patched, and the source won't start."""
+    import threading
+
+    from pymysqlreplication import binlogstream
+
+    from cdc.capture import fast_events, source
+    from cdc.capture.flavor import Flavor
+    from cdc.settings import load_settings
+    from transform.model import Position
+
+    class Changed:
+        def __init__(self, from_packet: object, table_map: object, ctl_connection: object) -> None: ...
+
+    before = binlogstream.BinLogPacketWrapper
+    monkeypatch.setattr(fast_events, "_library_wrapper", Changed)
+    assert fast_events.install() is False and binlogstream.BinLogPacketWrapper is before
+    monkeypatch.setattr(source, "_READS_COMPRESSED", False)
+    settings = load_settings(environ={}, source_url="mysql://u@127.0.0.1:1/sales",
+                             staging_url="postgresql://u@127.0.0.1:1/staging")
+    reader = source.BinlogSource(settings, {}, Flavor(True, (10, 11, 0)), Position("mysql-bin.000001", 4))
+    with pytest.raises(FatalError, match=r"mysql-replication 1\.0\.\d+ builds .* would be skipped .*==1\.0\.17"):
+        next(reader.chunks(threading.Event()))
