@@ -60,7 +60,7 @@ from transform.errors import FatalError
 fast_events = True  # tests read the same binlog with and without it
 fast_event_hits = 0
 compressed_events = 0  # read as their plain form (tests)
-compressed_transactions = payload_events_read = 0  # MySQL 8's, and the events read inside them (tests)
+compressed_transactions = 0  # MySQL 8's, read as the events inside them (tests)
 _CLASSES = {"write": WriteRowsEvent, "update": UpdateRowsEvent, "delete": DeleteRowsEvent}
 _ROW_CLASSES = {t: _CLASSES[kind] for t, kind in ROWS_EVENTS.items()}
 #: fetchone's arguments, in its order (mysql-replication 1.0): the fast path is installed only
@@ -158,11 +158,9 @@ class TransactionPayload:
         self._data, self._where, self._table_map, self._args = data, where, table_map, args
 
     def events(self) -> Iterator[Any]:
-        global payload_events_read
         checksum, allowed = bool(self._args[_USE_CHECKSUM]), self._args[_ALLOWED]
         try:
             for raw in payload_events(self._data, self._where):
-                payload_events_read += 1
                 wrapped = _wrap(MysqlPacket(inner_packet(raw, self.log_pos, checksum), None), self._table_map,
                                 *self._args)
                 event = wrapped.event
