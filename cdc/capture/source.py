@@ -70,6 +70,11 @@ PARTIAL_JSON = ("a partial JSON update changed it (MySQL's binlog_row_value_opti
                 "by a client's session): its after images hold changes to JSON documents, not the documents")
 
 
+def _closed_socket(exc: AttributeError) -> bool:
+    """pymysql's way of saying its socket was closed under it (``self._sock`` is None)."""
+    return str(exc).startswith("'NoneType' object has no attribute")
+
+
 def _unpacked(events: Iterable[Any]) -> Iterator[Any]:
     """The stream's events, a compressed transaction's (MySQL's ``fast_events.TransactionPayload``)
     in its place: the reader's position stays at the payload's end while they are read."""
@@ -149,6 +154,8 @@ class BinlogSource:
         except (OSError, EOFError, AttributeError) as exc:
             if stop.is_set():
                 return
+            if isinstance(exc, AttributeError) and not _closed_socket(exc):
+                raise  # a fault of ours (the supervisor stops with it), not a lost connection to retry
             raise TransientError(f"source connection lost: {exc}") from None
         finally:
             self.close()

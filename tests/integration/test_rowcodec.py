@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pymysql
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -296,3 +297,23 @@ def test_partial_row_images_read_alike_with_and_without_the_fast_path(settings: 
                     (Op.INSERT, None, None, (), "the row image lacks key column 'id' (binlog_row_image MINIMAL),"
                      " and nothing else gives it"),
                     (Op.UPDATE, (3, None, None), (3, "z", None), (), None)]
+
+
+def test_a_fault_of_ours_while_reading_stops_and_a_closed_socket_is_retried(
+        settings: Settings, source: Conn, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymysql says a socket closed under it with an AttributeError on None: a lost connection,
+    retried. Any other AttributeError is a fault of ours: it was retried as a lost connection
+    for ever (seen with a bug in a test's stream rewriter); now it reaches the supervisor."""
+    from pymysqlreplication import BinLogStreamReader
+
+    from transform.errors import TransientError
+
+    execute(source, "CREATE TABLE fast_types (id INT PRIMARY KEY)")
+    for message, raised in (("'NoneType' object has no attribute 'settimeout'", TransientError),
+                            ("'MysqlPacket' object has no attribute '_encoding'", AttributeError)):
+        def fetchone(self: Any, message: str = message) -> Any:
+            raise AttributeError(message)
+
+        monkeypatch.setattr(BinLogStreamReader, "fetchone", fetchone)
+        with pytest.raises(raised, match=message.split()[0]):
+            next(source_of(settings, ["fast_types"], end_position(source)).chunks(threading.Event()))
