@@ -59,16 +59,10 @@ def _columns_and_bitmaps(data: bytes, p: int, end: int, update: bool) -> tuple[i
     """A rows event's number of columns (length-coded, at ``data[p]``) and its columns-present
     bitmap(s) (two for an update): (columns, bitmap, the update's after-image bitmap, where the row
     images start). None where they don't fit before ``end`` or the count isn't a length-coded number."""
-    if p >= end:
+    found = _number_at(data, p, end)
+    if found is None:
         return None
-    first = data[p]
-    if first < 251:
-        columns, p = first, p + 1
-    elif first in _LENGTH_CODED:
-        width = _LENGTH_CODED[first]
-        columns, p = int.from_bytes(data[p + 1:p + 1 + width], "little"), p + 1 + width
-    else:
-        return None
+    columns, p = found
     width = (columns + 7) >> 3
     present = data[p:p + width]
     p += width
@@ -189,6 +183,8 @@ class Payload:
 def payload(data: bytes, body: int, end: int) -> Payload:
     """The payload of the TRANSACTION_PAYLOAD_EVENT whose body is ``data[body:end]`` (the checksum
     excluded). Fields of types this doesn't know are passed over by their length."""
+    if end > len(data):
+        raise PayloadError(f"an event whose body ends at byte {end} in a packet of {len(data)}")
     fields: dict[int, int] = {}
     p = body
     while True:
@@ -255,16 +251,26 @@ def inner_packet(event: bytes, log_pos: int, checksum: bool) -> bytes:
     return b"\x00" + out
 
 
-def _length_coded(data: bytes, p: int, end: int) -> tuple[int, int]:
+def _number_at(data: bytes, p: int, end: int) -> tuple[int, int] | None:
+    """The length-coded number at ``data[p]`` and where it ends; None where it doesn't fit before
+    ``end`` or its first byte starts no number (251 is SQL NULL, 255 an error packet's)."""
     if p >= end:
-        raise PayloadError("fields run past the event")
+        return None
     first = data[p]
     if first < 251:
         return first, p + 1
     width = _LENGTH_CODED.get(first)
     if width is None or p + 1 + width > end:
-        raise PayloadError(f"a length-coded number starting with {first} at byte {p}")
+        return None
     return int.from_bytes(data[p + 1:p + 1 + width], "little"), p + 1 + width
+
+
+def _length_coded(data: bytes, p: int, end: int) -> tuple[int, int]:
+    found = _number_at(data, p, end)
+    if found is None:
+        raise PayloadError("fields run past the event" if p >= end else
+                           f"a length-coded number starting with {data[p]} at byte {p}")
+    return found
 
 
 def _exactly(read: Callable[[int], bytes], n: int) -> bytes:

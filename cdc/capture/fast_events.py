@@ -184,8 +184,6 @@ def _payload(pkt: Any, table_map: dict[int, Any], args: tuple[Any, ...]) -> _Wra
     body = at + 1 + EVENT_HEADER_SIZE
     end = at + 1 + size - (CHECKSUM_SIZE if args[_USE_CHECKSUM] else 0)
     try:
-        if end > len(data):
-            raise PayloadError(f"an event of {size} bytes in a packet of {len(data) - at}")
         where = payload(data, body, end)
     except PayloadError as exc:
         raise _unknown_form(log_pos, exc) from None

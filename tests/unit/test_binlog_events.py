@@ -219,6 +219,8 @@ def test_a_compressed_transaction_in_a_form_mysql_does_not_write_is_refused() ->
     for why, bad in cases.items():
         with pytest.raises(PayloadError, match=why):
             list(payload_events(bad, payload(bad, 19, len(bad))))
+    with pytest.raises(PayloadError, match="ends at byte"):  # a packet shorter than its event says
+        payload(event, 19, len(event) + 1)
     cut = payload_event([inner(2, b"BEGIN")[:21]], 500, checksum=False)  # its header says 24 bytes
     with pytest.raises(PayloadError, match="cut short"):
         list(payload_events(cut, payload(cut, 19, len(cut))))
