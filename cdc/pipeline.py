@@ -52,7 +52,7 @@ from loader.pg import INSTANCE, holders_text, lock_holders, pg_connect
 from loader.staging import StagingWriter
 from loader.star import StarSchema
 from transform import rowcodec
-from transform.errors import ConfigError, FatalError, SoftcartError, TransientError
+from transform.errors import ConfigError, FatalError, SoftcartError, TableUnusable, TransientError
 from transform.model import Position, RowChange
 from transform.progress import PipelineState
 from transform.schema import Table
@@ -158,29 +158,39 @@ class Pipeline:
                 raise
 
     def prepare(self) -> tuple[dict[str, Table], Flavor]:
-        """Connect to the source, read the configured tables' definitions."""
+        """Connect to the source, read the configured tables' definitions (each must be followable)."""
+        tables, flavor, unusable = self._read_source()
+        for error in unusable.values():
+            raise error
+        return tables, flavor
+
+    def _read_source(self) -> tuple[dict[str, Table], Flavor, dict[str, TableUnusable]]:
+        """The source's flavour and the configured tables' definitions, and apart those that can't
+        be followed as they are now (a table stopped for that waits for its fix: ``run_once``)."""
         conn = mysql.connect(self.settings)
         try:
             flavor = mysql.flavor(conn)
             refuse_unready_source(self.settings, conn, flavor)
-            tables = {t: mysql.read_table(conn, self.settings.source.database, t)
-                      for t in self.settings.source_tables}
+            tables: dict[str, Table] = {}
+            unusable: dict[str, TableUnusable] = {}
+            for t in self.settings.source_tables:
+                try:
+                    tables[t] = mysql.read_table(conn, self.settings.source.database, t)
+                except TableUnusable as exc:
+                    unusable[t] = exc
             self._binlogs = mysql.binary_logs(conn)
         finally:
             conn.close()
-        return tables, flavor
+        return tables, flavor, unusable
 
     def run_once(self, stop: threading.Event) -> None:
-        tables, flavor = self.prepare()
+        tables, flavor, unusable = self._read_source()
         pg = pg_connect(self.settings.staging_config, autocommit=True)
         self.metrics.connected.labels("staging").set(1)
         try:
             hold_pipeline_lock(pg, self.settings.pipeline_name)
-            # Resume with the definitions staging follows (saved with the snapshot's position, so
-            # none before the first snapshot): a schema change made while we were stopped is
-            # followed when its statement comes in the stream.
-            followed = load_definitions(pg, self.settings.pipeline_name)
-            current, tables = tables, {name: followed.get(name, t) for name, t in tables.items()}
+            current = tables
+            tables, followed = self._followed(pg, current, unusable)
             writer, position = self.open_writer(pg, tables)
             writer.recopy_stopped = bool(copy_method(self.settings.online_copy, flavor))
             writer.retake_backoff = self.settings.retake_backoff_seconds
@@ -208,6 +218,8 @@ class Pipeline:
                 self.metrics.binlog_purged.set(1)
                 if not self.settings.auto_resnapshot:
                     raise FatalError(why)
+                for error in unusable.values():  # a new snapshot takes every table as it is now
+                    raise error
                 log.warning("resnapshotting", reason=why, position=str(position))
                 # a new snapshot takes the source's definitions as they are now
                 source, tables = writer.source, current
@@ -228,6 +240,20 @@ class Pipeline:
             self.state.snapshotting = False
             self.metrics.connected.labels("staging").set(0)
             pg.close()
+
+    def _followed(self, pg: psycopg.Connection[Any], current: dict[str, Table], unusable: dict[str, TableUnusable]
+                  ) -> tuple[dict[str, Table], dict[str, Table]]:
+        """The definitions to resume with, and those staging follows (saved with the snapshot's
+        position, so none before the first snapshot): a schema change made while we were stopped
+        is followed when its statement comes in the stream. Only a table stopped already may be
+        one the source's definition can't follow now: it waits for the statement that fixes it."""
+        followed = load_definitions(pg, self.settings.pipeline_name)
+        for name, error in unusable.items():
+            if name not in followed or name not in stopped_tables(pg, self.settings.pipeline_name):
+                raise error
+        tables = {name: followed.get(name) or current[name] for name in self.settings.source_tables
+                  if name in current or name in followed}
+        return tables, followed
 
     def open_writer(self, pg: psycopg.Connection[Any], tables: dict[str, Table]) -> tuple[StagingWriter,
                                                                                           Position | None]:

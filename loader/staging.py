@@ -277,23 +277,33 @@ class StagingWriter:
         their values from the source."""
         self.begin()
         backfill: list[tuple[Table, list[str]]] = []
+        unusable = dict(change.unusable)
         with self.conn.cursor() as cur:
             for name, new in change.tables:
                 old = self.tables.get(name)
-                if old is None or name in self.stopped:
+                if old is None:
                     continue
-                rel = sql.Identifier(STAGING, name)
+                if change.emptied():
+                    # The statement says the source's rows are gone (a table renamed away or
+                    # dropped is empty to us; one renamed into this name brings rows the binlog
+                    # never showed): staging's go too, stopped or not.
+                    self._empty(cur, name)
+                if name in self.stopped:
+                    if new is not None:
+                        self._recopy_once_followable(cur, name)
+                    continue
                 if change.kind == "rename" and new is not None:
                     self._stop(cur, name, f"another table was renamed into {name}: its rows are not in the binlog",
                                change)
                     continue
-                if change.kind in ("truncate", "drop", "rename", "replace", "drop_database") or new is None:
-                    # The source's rows are gone (a table renamed away or dropped is empty to us).
-                    cur.execute(sql.SQL("TRUNCATE {}").format(rel))
-                    if self.star is not None and self.star.table.name == name:
-                        self.star.rebuild(self.conn)
-                    if new is None:
-                        continue
+                if new is None:
+                    if name in unusable:
+                        self._stop(cur, name, unusable[name], change, recopy=False)
+                    elif not change.emptied():
+                        self._stop(cur, name, "its definition after this statement could not be read: the table is"
+                                   " no longer in the source (a later statement dropped or renamed it away); its rows"
+                                   " are kept as they were", change, recopy=False)
+                    continue
                 p = ddl_plan(STAGING, old, new, change.statement)
                 if p.stop is None and self.star is not None and self.star.table.name == name:
                     try:
@@ -316,11 +326,32 @@ class StagingWriter:
                 log.info("staging_followed_ddl", table=name, statements=p.statements, position=str(change.position))
         return backfill
 
-    def _stop(self, cur: psycopg.Cursor[Any], name: str, reason: str, change: SchemaChange) -> None:
-        self._stop_table(cur, name, reason, change.statement, change.position)
+    def _empty(self, cur: psycopg.Cursor[Any], name: str) -> None:
+        cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(STAGING, name)))
+        if self.star is not None and self.star.table.name == name:
+            self.star.rebuild(self.conn)
+
+    def _recopy_once_followable(self, cur: psycopg.Cursor[Any], name: str) -> None:
+        """A stopped table whose definition can be followed again (a primary key back, say): with
+        online copies on, its copy is asked now if its stop asked none (see ``recopy``)."""
+        if not self.recopy_stopped:
+            return
+        cur.execute(sql.SQL("SELECT 1 FROM {}.online_copy WHERE pipeline = %s AND source_table = %s"
+                            " AND finished_at IS NULL").format(sql.Identifier(META)), (self.pipeline, name))
+        if cur.fetchone() is None:
+            request_copy(cur, self.pipeline, name)
+            log.warning("stopped_table_followable", table=name, note="its definition can be followed again:"
+                        " copied online again")
+
+    def _stop(self, cur: psycopg.Cursor[Any], name: str, reason: str, change: SchemaChange,
+              recopy: bool = True) -> None:
+        self._stop_table(cur, name, reason, change.statement, change.position, recopy)
 
     def _stop_table(self, cur: psycopg.Cursor[Any], name: str, reason: str, statement: str,
-                    position: Position) -> None:
+                    position: Position, recopy: bool = True) -> None:
+        """``recopy``: with online copies on, is the table to be copied again now? Not when the
+        source's definition can't be followed as it is (no key, a type staging can't hold; gone):
+        the statement that makes it followable again asks the copy (``_recopy_once_followable``)."""
         # Stopped again while a copy of it ran: the streak goes on, and the next copy waits.
         cur.execute(sql.SQL("SELECT (SELECT stops FROM {0}.stopped_table WHERE pipeline = %s AND source_table = %s),"
                             " EXISTS (SELECT 1 FROM {0}.online_copy WHERE pipeline = %s AND source_table = %s"
@@ -336,6 +367,12 @@ class StagingWriter:
                     .format(sql.Identifier(META)),
                     (self.pipeline, name, reason, statement, str(position), stops, wait))
         self.stopped[name] = reason
+        if self.recopy_stopped and not recopy:
+            log.error("table_stopped", table=name, reason=reason, statement=statement[:500], position=str(position),
+                      fix="the other tables keep streaming; staging keeps this one's rows as they were. Make the"
+                          " source table fit (a primary key, supported types): the statement that does so is seen"
+                          " in the stream and the table is copied online again")
+            return
         if not self.recopy_stopped:
             log.error("table_stopped", table=name, reason=reason, statement=statement[:500], position=str(position),
                       fix="the other tables keep streaming; `softcart-sync resnapshot` takes this one again")

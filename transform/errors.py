@@ -47,6 +47,15 @@ class FatalError(SoftcartError):
     """A failure that retrying will not fix: stop, log the position, exit non-zero."""
 
 
+class TableGone(FatalError):
+    """A followed table is not in the source's catalogue (dropped, renamed away, or never made)."""
+
+
+class TableUnusable(FatalError):
+    """A followed table is in the source but can't be followed as it is defined now (no primary
+    key, a column type staging can't hold): the table stops; nothing of it is emptied."""
+
+
 class SourceColumnGone(TransientError):
     """A column asked of the source is no longer there (a later DDL dropped it): what the followed
     definition still names is read again once the stream reaches that DDL."""

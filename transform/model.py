@@ -138,6 +138,15 @@ class SchemaChange:
     position: Position
     event_time: float
     tables: tuple[tuple[str, Table | None], ...]
+    #: tables in the source whose definition after the statement can't be followed (no primary
+    #: key, a type staging can't hold): (table, why); their entry in ``tables`` is None
+    unusable: tuple[tuple[str, str], ...] = ()
+
+    def emptied(self) -> bool:
+        """Does the statement itself say the tables' rows are gone (DROP, TRUNCATE, RENAME away,
+        CREATE OR REPLACE)? Only such positive evidence empties staging; a definition that can't
+        be read after an ALTER is no evidence of anything."""
+        return self.kind in ("truncate", "drop", "rename", "replace", "drop_database")
 
 
 @dataclass(frozen=True)

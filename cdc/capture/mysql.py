@@ -11,7 +11,7 @@ import pymysql.cursors
 from cdc.capture.flavor import Flavor
 from cdc.capture.positions import SourceFacts, mariadb_gtid_contains
 from cdc.settings import Settings
-from transform.errors import ConfigError, FatalError, Kind, TransientError, mysql_kind
+from transform.errors import ConfigError, FatalError, Kind, TableGone, TableUnusable, TransientError, mysql_kind
 from transform.model import Endpoint, Position
 from transform.schema import Column, Table, UnsupportedType, pg_type
 
@@ -121,7 +121,7 @@ def read_table(conn: pymysql.connections.Connection, database: str, name: str) -
             " ORDER BY ORDINAL_POSITION", (database, name))
         rows = cur.fetchall()
         if not rows:
-            raise FatalError(f"source table {database}.{name} does not exist "
+            raise TableGone(f"source table {database}.{name} does not exist "
                              "(check SOFTCART_SOURCE_TABLES and the database in SOFTCART_SOURCE_URL)")
         cur.execute(
             "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA = %s"
@@ -134,14 +134,14 @@ def read_table(conn: pymysql.connections.Connection, database: str, name: str) -
                char_length=_int(r[7]), charset=r[8])
         for r in rows)
     if not pk:
-        raise FatalError(f"source table {database}.{name} has no primary key; softcart-sync needs one "
+        raise TableUnusable(f"source table {database}.{name} has no primary key; softcart-sync needs one "
                          f"to apply updates and deletes (ALTER TABLE {name} ADD PRIMARY KEY (...))")
     table = Table(name=name, columns=columns, primary_key=pk)
     for col in columns:
         try:
             pg_type(col)
         except UnsupportedType as exc:
-            raise FatalError(f"source table {database}.{name}: {exc}") from None
+            raise TableUnusable(f"source table {database}.{name}: {exc}") from None
     return table
 
 

@@ -50,7 +50,7 @@ from cdc.capture.mysql import (
 )
 from cdc.settings import Settings
 from transform.binlog_events import ROWS_EVENTS
-from transform.errors import FatalError, TransientError
+from transform.errors import FatalError, TableGone, TableUnusable, TransientError
 from transform.model import Heartbeat, Op, Position, RowChange, SchemaChange, TxnChunk
 from transform.rowcodec import BinlogColumn, RowsDecoder, compile_decoder
 from transform.schema import Table
@@ -225,11 +225,15 @@ class BinlogSource:
         conn = connect(self._settings)
         try:
             tables: list[tuple[str, Table | None]] = []
+            unusable: list[tuple[str, str]] = []
             for name in names:
                 try:
                     new: Table | None = read_table(conn, self._settings.source.database, name)
-                except FatalError:
-                    new = None  # gone (dropped, renamed away), or no longer usable: the writer decides
+                except TableGone:
+                    new = None  # dropped or renamed away (by this statement or a later one): the writer decides
+                except TableUnusable as exc:
+                    new = None  # there, but not to be followed as it is now: the writer stops it
+                    unusable.append((name, str(exc)))
                 tables.append((name, new))
                 if new is not None:
                     self._tables[name] = new
@@ -238,7 +242,7 @@ class BinlogSource:
         finally:
             conn.close()
         log.info("source_ddl", statement=ddl.statement[:500], kind=ddl.kind, tables=names, position=str(ddl.position))
-        return SchemaChange(ddl.statement, ddl.kind, ddl.position, ddl.event_time, tuple(tables))
+        return SchemaChange(ddl.statement, ddl.kind, ddl.position, ddl.event_time, tuple(tables), tuple(unusable))
 
     def _rows(self, event: Any, out: list[RowChange]) -> None:
         table = event.table
