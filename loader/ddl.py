@@ -222,8 +222,10 @@ def request_copy(cur: psycopg.Cursor[Any], pipeline: str, table: str, rows_estim
     cur.execute(sql.SQL("INSERT INTO {}.online_copy (pipeline, source_table, rows_estimated, rebuild_star)"
                         " VALUES (%s, %s, %s, %s) ON CONFLICT (pipeline, source_table) DO UPDATE SET next_key = NULL,"
                         " rows_copied = 0, chunks = 0, rows_estimated = EXCLUDED.rows_estimated, started_at = now(),"
-                        " finished_at = NULL, rebuild_star = EXCLUDED.rebuild_star").format(sql.Identifier(META)),
-                (pipeline, table, rows_estimated, rebuild_star))
+                        " finished_at = NULL, rebuild_star = EXCLUDED.rebuild_star"
+                        # a copy asked again before it ended still rebuilds the star schema if it was to
+                        " OR (online_copy.finished_at IS NULL AND online_copy.rebuild_star)")
+                .format(sql.Identifier(META)), (pipeline, table, rows_estimated, rebuild_star))
 
 
 def forget_copy(conn: psycopg.Connection[Any], pipeline: str, table: str) -> None:

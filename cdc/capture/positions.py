@@ -83,19 +83,21 @@ def resume_from(saved: Position, saved_source: tuple[int, str] | None, facts: So
                              f" {saved}: its binary log was reset (RESET MASTER) or the server restored, so that"
                              f" offset means nothing now; {fix}")
         return Resume(saved)
-    before = identity_text(*saved_source) if saved_source and not same else "another server"
-    if not same:
-        found = f"{facts.name} is {here}"
-    else:
-        found = (f"the binary log of {facts.name} holds another history at that offset (GTID state"
-                 f" {facts.gtid_at_saved or 'none'}): another server, or its binary log was reset")
+    if same:
+        # The same server with another history under the saved file name and offset: a RESET
+        # MASTER or a restore, never a failover (a replica has a server_id of its own). Its new
+        # history may well number past the saved GTIDs: that proves nothing, so nothing is skipped.
+        at = f"GTID state {facts.gtid_at_saved}" if facts.gtid_at_saved else "no event boundary"
+        raise FatalError(f"the binary log of {facts.name} ({here}) holds another history at the saved position"
+                         f" {saved} ({at} there; saved: {saved.gtid}): its binary log was reset (RESET MASTER)"
+                         f" or the server restored, and where the saved changes end in the new history can't"
+                         f" be known; {fix} (or set SOFTCART_AUTO_RESNAPSHOT=true to have the daemon do it)")
+    before = identity_text(*saved_source) if saved_source else "another server"
+    found = f"{facts.name} is {here}"
     if saved.gtid and facts.has_saved_gtid:
         return Resume(Position("", 4, saved.gtid),
                       f"the saved position {saved} was read from {before}; {found}, and it holds every saved"
                       " transaction: resuming after them by GTID")
-    if same:
-        raise FatalError(f"the saved position {saved} can't be resumed: {found}, and it does not hold every"
-                         f" transaction of the saved GTID state; {fix}")
     why = ("it does not hold every transaction of the saved GTID state" if saved.gtid
            else "without GTIDs the same place can't be found in its binary log")
     raise FatalError(f"the saved position {saved} was read from {before}, but SOFTCART_SOURCE_URL now reaches"

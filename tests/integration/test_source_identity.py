@@ -149,3 +149,36 @@ def test_a_reset_binlog_stops_with_the_way_out_or_resnapshots_when_allowed(
     with running_pipeline(at(other, SOFTCART_AUTO_RESNAPSHOT="true")):
         wait_caught_up(staging, src)
         assert_same(src, staging, "resetdb", "items")
+
+
+def test_a_reset_binlog_whose_new_history_numbers_past_the_saved_gtids_is_a_reset_not_a_failover(
+        servers: dict[str, MariaDBServer], settings_env: dict[str, str], staging: PG) -> None:
+    """RESET MASTER while the daemon is stopped, then more transactions than the saved GTID state
+    counts: the new history "holds" the saved sequence numbers, and the daemon took that for a
+    failover and resumed after them by GTID, skipping the new history's first transactions (#30).
+    The same server_id with another history at the saved offset is a reset: it stops (or takes a
+    new snapshot when allowed), and nothing is skipped."""
+    other = servers["other"]
+    with contextlib.closing(connect(other, None)) as root:
+        execute(root, "CREATE DATABASE IF NOT EXISTS resetdb2", "USE resetdb2", "DROP TABLE IF EXISTS items",
+                ITEMS, "INSERT INTO items VALUES (1, 1), (2, 2)")
+    src = pymysql.connect(host="127.0.0.1", port=other.port, user="root", database="resetdb2", autocommit=True)
+
+    def at(server: MariaDBServer, **extra: str) -> Settings:
+        return pointed_at(settings_env, server, "resetdb2", **extra)
+
+    with running_pipeline(at(other)):
+        execute(src, "INSERT INTO items VALUES (3, 3)")
+        wait_caught_up(staging, src)
+    (saved,) = staging.execute("SELECT gtid FROM softcart.position").fetchone() or ("",)
+    seq = int(str(saved).split("-")[-1])
+    execute(src, "RESET MASTER")
+    for i in range(seq + 40):  # the new history numbers past the saved state
+        execute(src, f"INSERT INTO items VALUES ({100 + i}, {i})")
+    assert mariadb_gtid_contains(gtid(src), str(saved)), "the new history holds the saved sequence numbers"
+    text = fatal_at_start(at(other))
+    assert "another history at the saved position" in text and "RESET MASTER" in text, text
+    assert staging.execute("SELECT count(*) FROM staging.items").fetchone() == (3,), "nothing applied"
+    with running_pipeline(at(other, SOFTCART_AUTO_RESNAPSHOT="true")):
+        wait_caught_up(staging, src)
+        assert assert_same(src, staging, "resetdb2", "items") == seq + 43

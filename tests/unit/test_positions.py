@@ -80,13 +80,21 @@ def test_mariadb_gtid_state_holds_a_saved_one_per_domain_by_sequence() -> None:
     assert mariadb_gtid_contains("0-1-1", "")
 
 
-def test_mariadb_the_same_server_id_with_another_history_at_the_offset_is_not_the_same_server() -> None:
-    # server_id 1 is every MariaDB's default: the GTID state at the saved offset tells
+def test_mariadb_the_same_server_id_with_another_history_at_the_offset_is_a_reset_never_a_failover() -> None:
+    """The GTID state at the saved offset tells the same history from another. Under the same
+    server_id (MariaDB has no uuid) another history is a RESET MASTER or a restore: the new
+    history's sequence numbers may pass the saved ones, which proves nothing, and resuming after
+    them by GTID skipped the new history's first transactions (#30). A failover is to a server of
+    another server_id (replication refuses equal ids)."""
     here = SourceFacts(1, "", "db2.example:3306", True, gtid_at_saved="0-1-9066")
     assert resume_from(SAVED, (1, ""), here).position == SAVED
-    elsewhere = SourceFacts(1, "", "db2.example:3306", True, gtid_at_saved="0-1-311")
-    r = resume_from(SAVED, (1, ""), elsewhere)
-    assert r.by_gtid and "another history at that offset" in r.note
-    reset = SourceFacts(1, "", "db2.example:3306", False, gtid_at_saved="")
-    with pytest.raises(FatalError, match=r"another history at that offset .* does not hold every transaction"):
-        resume_from(SAVED, (1, ""), reset)
+    for has_saved in (True, False):
+        reset = SourceFacts(1, "", "db2.example:3306", has_saved, gtid_at_saved="0-1-311")
+        with pytest.raises(FatalError, match=r"another history at the saved position .* reset \(RESET MASTER\)"
+                                             r".*resnapshot"):
+            resume_from(SAVED, (1, ""), reset)
+        inside = SourceFacts(1, "", "db2.example:3306", has_saved, gtid_at_saved="")  # no event boundary there
+        with pytest.raises(FatalError, match="another history at the saved position"):
+            resume_from(SAVED, (1, ""), inside)
+    failover = SourceFacts(2, "", "db2.example:3306", True, gtid_at_saved="0-1-311")
+    assert resume_from(SAVED, (1, ""), failover).by_gtid
