@@ -76,6 +76,9 @@ def connect(settings: Settings, *, database: bool = True, **extra: Any) -> pymys
     require_tls(conn, settings)
     with conn.cursor() as cur:
         cur.execute("SET SESSION time_zone = '+00:00'")
+        # Our own isolation, whatever the server's default: under a global READ UNCOMMITTED a chunk
+        # read or a fill would copy a change later rolled back (a rollback writes no binlog).
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     return conn
 
 

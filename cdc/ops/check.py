@@ -27,7 +27,8 @@ MIN_RETENTION_SECONDS = 24 * 3600
 
 BINLOG_VARIABLES = ["log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata", "server_id",
                     "expire_logs_days", "binlog_expire_logs_seconds", "gtid_mode", "binlog_order_commits",
-                    "binlog_transaction_compression", "binlog_row_value_options"]
+                    "binlog_transaction_compression", "binlog_row_value_options",
+                    "transaction_isolation", "tx_isolation"]  # MySQL's name, MariaDB 10.x's
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ def judge_binlog(flavor: Flavor, v: dict[str, str], our_server_id: int) -> list[
         out.append(Finding(False, "binlog_order_commits = OFF (online copies by watermarks need ON)",
                            "set binlog_order_commits=ON (the default): a commit may then be seen by a chunk's read"
                            " before one the binlog has ahead of it", required=False))
+    isolation = (v.get("transaction_isolation") or v.get("tx_isolation") or "").upper()
+    if isolation and isolation != "REPEATABLE-READ":
+        out.append(Finding(True, f"the server's default isolation is {isolation} (softcart-sync's source sessions"
+                                 " read at REPEATABLE READ whatever it is)", ""))
     if v.get("binlog_transaction_compression", "OFF").upper() == "ON":  # MySQL 8.0.20+
         out.append(Finding(True, "binlog_transaction_compression = ON (compressed transactions are read: zstd)", ""))
     if v.get("binlog_row_value_options", "").upper() == "PARTIAL_JSON":  # MySQL 8

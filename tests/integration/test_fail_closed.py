@@ -114,3 +114,33 @@ def test_a_copy_asked_again_before_it_ends_still_rebuilds_the_star_schema(stagin
         staging.execute("UPDATE softcart.online_copy SET finished_at = now()")
         request_copy(cur, "p", "sales_data")  # a new copy after that one ended: its own flag
         assert not flag()
+
+
+def test_source_sessions_read_committed_rows_whatever_the_servers_default_isolation(
+        settings: Settings, source: Conn, source_db: str) -> None:
+    """With a global READ UNCOMMITTED, a chunk read or a fill on a session of ours copied a change
+    another client later rolled back (a rollback writes no binlog, so it stayed): our sessions
+    set their own isolation (#30, item 9); `check` says what the server's default is."""
+    from cdc.capture.mysql import connect, read_table
+    from cdc.capture.online import read_chunk
+    from cdc.ops.check import run_checks
+
+    execute(source, "CREATE TABLE items (id INT PRIMARY KEY, v INT)", "INSERT INTO items VALUES (1, 1)")
+    execute(source, "SET GLOBAL TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
+    other = pymysql.connect(host=source.host, port=source.port, user="root", database=source_db)
+    try:
+        execute(other, "BEGIN", "UPDATE items SET v = 99 WHERE id = 1", "INSERT INTO items VALUES (2, 2)")
+        ours = connect(settings)
+        try:
+            rows, _ = read_chunk(ours, read_table(ours, source_db, "items"), None, 10)
+        finally:
+            ours.close()
+        assert rows == [(1, 1)], "only what is committed"
+        lines: list[str] = []
+        run_checks(settings, lines.append)
+        shown = "\n".join(lines)
+        assert "default isolation is READ-UNCOMMITTED" in shown, shown
+    finally:
+        execute(source, "SET GLOBAL TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        other.rollback()
+        other.close()
