@@ -50,6 +50,19 @@ static void Decoder_dealloc(Decoder *self) {
 }
 
 /* Decoder(plan): plan is a sequence of (kind, a, b, name, encoding). */
+/* Is a step within what the walk handles? A table map's metadata comes from the wire: a DECIMAL
+ * of precision 144 overran read_decimal's buffers. Held equal to rowcodec.step_error. */
+static int step_in_range(const Col *c) {
+    int a = c->a, b = c->b;
+    switch (c->kind) {
+    case K_INT: return (a == 1 || a == 2 || a == 3 || a == 4 || a == 8) && (b == 0 || b == 1);
+    case K_FLOAT: return (a == 4 || a == 8) && b == 0;
+    case K_DECIMAL: return a >= 1 && a <= 65 && b >= 0 && b <= (a < 30 ? a : 30);
+    case K_TEXT: case K_BYTES: return a >= 1 && a <= 4;
+    default: return a >= 0 && a <= 6;
+    }
+}
+
 static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     PyObject *plan;
     if (!PyArg_ParseTuple(args, "O", &plan)) return -1;
@@ -80,6 +93,12 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
         if (c->kind < K_INT || c->kind > K_TIMESTAMP2) {
             Py_DECREF(seq);
             PyErr_Format(PyExc_ValueError, "column %R: unknown kind %d", c->name, c->kind);
+            return -1;
+        }
+        if (!step_in_range(c)) {  /* the same ranges as rowcodec.step_error */
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_ValueError, "column %R: kind %d with (%d, %d) is out of range", c->name, c->kind,
+                         c->a, c->b);
             return -1;
         }
     }

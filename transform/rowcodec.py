@@ -183,6 +183,21 @@ Step = tuple[int, int, int, str, str]
 K_INT, K_FLOAT, K_DECIMAL, K_TEXT, K_BYTES, K_DATE, K_DATETIME2, K_TIMESTAMP2 = range(1, 9)
 
 
+def step_error(step: Step) -> str | None:
+    """Why a plan's step is out of the ranges the decoders handle (a table map's metadata is the
+    server's, read from the wire: a DECIMAL of precision 144 overflowed the compiled decoder's
+    buffers), or None. Both decoders refuse such a plan; :func:`decoder_plan` leaves it to the
+    library."""
+    kind, a, b, _, _ = step
+    ok = {K_INT: a in (1, 2, 3, 4, 8) and b in (0, 1),
+          K_FLOAT: a in (4, 8) and b == 0,
+          K_DECIMAL: 1 <= a <= 65 and 0 <= b <= min(a, 30),  # MySQL's and MariaDB's limits
+          K_TEXT: 1 <= a <= 4, K_BYTES: 1 <= a <= 4}.get(kind, 0 <= a <= 6)  # dates: the fraction's digits
+    if not K_INT <= kind <= K_TIMESTAMP2:
+        return f"unknown kind {kind}"
+    return None if ok else f"kind {kind} with ({a}, {b}) is out of range"
+
+
 def compile_decoder(table: Table, columns: list[BinlogColumn], native: bool | None = None) -> RowsDecoder | None:
     """A decoder for the row images of one table map, or None when the library must decode them
     (a type not handled here, or a table map that doesn't match the followed definition).
@@ -208,7 +223,7 @@ def decoder_plan(table: Table, columns: list[BinlogColumn]) -> list[Step] | None
     plan = []
     for col, bc in zip(table.columns, columns, strict=True):
         step = _column_step(col.name, col.data_type.lower(), col.unsigned, bc)
-        if step is None:
+        if step is None or step_error(step) is not None:
             return None
         plan.append(step)
     return plan
@@ -216,6 +231,11 @@ def decoder_plan(table: Table, columns: list[BinlogColumn]) -> list[Step] | None
 
 def _python_decoder(name: str, plan: list[Step]) -> RowsDecoder:
     """The plan as one generated Python function per table map."""
+    if not plan:
+        raise ValueError("a plan has at least one column")
+    for step in plan:
+        if (why := step_error(step)) is not None:
+            raise ValueError(f"column {step[3]!r}: {why}")
     env: dict[str, Any] = {"_Bad": _Bad}
     lines: list[str] = []
     for i, step in enumerate(plan):
@@ -228,7 +248,9 @@ def _python_decoder(name: str, plan: list[Step]) -> RowsDecoder:
            f"    p += {(n + 7) // 8}\n    err = None\n" + "".join(lines)
            + f"    return ({values}), err, p\n")
     src += ("def decode(b):\n    out = []\n    p = 0\n    end = len(b)\n    while p < end:\n"
-            "        row, err, p = _row(b, p)\n        out.append((row, err))\n    return out\n")
+            "        row, err, p = _row(b, p)\n"
+            "        if p > end:\n            raise ValueError('a row image runs past the end of the event')\n"
+            "        out.append((row, err))\n    return out\n")
     exec(compile(src, f"<binlog decoder {name}>", "exec"), env)  # noqa: S102 - our own generated code
     decoder: RowsDecoder = env["decode"]  # an update's two images alternate: the caller pairs them
     return decoder
