@@ -210,7 +210,9 @@ def key_expr(col: Col, dialect: Dialect, alias: str = "") -> str:
     if not col.text_key:
         return c
     if dialect is Dialect.MYSQL:
-        return f"(CONVERT({c} USING utf8mb4) COLLATE utf8mb4_bin)"
+        # The UTF-8 bytes, as PostgreSQL's "C" orders them: a _bin collation is PAD SPACE on
+        # MariaDB and MySQL 5.7 ('a\t' < 'a'), and NO PAD ones tie otherwise (0900_ai_ci).
+        return f"CAST(CONVERT({c} USING utf8mb4) AS BINARY)"
     if dialect is Dialect.POSTGRES:
         return f'({c} COLLATE "C")'
     return c
@@ -218,7 +220,7 @@ def key_expr(col: Col, dialect: Dialect, alias: str = "") -> str:
 
 def _param(col: Col, dialect: Dialect) -> str:
     if col.text_key and dialect is Dialect.MYSQL:
-        return "(CONVERT(%s USING utf8mb4) COLLATE utf8mb4_bin)"
+        return "CAST(CONVERT(%s USING utf8mb4) AS BINARY)"
     return dialect.mark
 
 
