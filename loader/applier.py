@@ -24,7 +24,7 @@ from loader.online import Chunk, ChunkGate, Fence, Key, Window, apply_chunk, fen
 from loader.pg import cut, pg_connect
 from loader.staging import StagingWriter
 from transform.batching import Batching, BatchLimits
-from transform.changes import filled
+from transform.changes import carried, filled
 from transform.errors import SoftcartError, SourceColumnGone
 from transform.model import ApplyConfig, Heartbeat, Position, RowChange, SchemaChange, TxnChunk
 from transform.progress import PipelineState
@@ -347,8 +347,8 @@ class Applier:
         definition existed (replayed after a lag across ALTERs), and another session's partial
         images (binlog_row_image MINIMAL or NOBLOB). Values are the source's current ones, as a
         column added gets: later changes replay on top (``transform.changes.filled``). A row read
-        with a value staging can't hold is dead-lettered (with that value) and removed from staging,
-        as one the source no longer has."""
+        with a value staging can't hold makes its change a dead letter (staging keeps the row as it
+        was); a column gone from the source since keeps the row's previous value (``carried``)."""
         writer = self.writer
         wanted: dict[str, tuple[set[str], dict[tuple[Any, ...], None]]] = {}
         for ch in changes:
@@ -358,41 +358,52 @@ class Applier:
                 cols.update(ch.absent)
                 keys[tuple(ch.after[i] for i in table.key_indexes())] = None
         read: dict[str, tuple[list[str], dict[tuple[Any, ...], tuple[Any, ...]]]] = {}
+        refused: dict[str, dict[tuple[Any, ...], str]] = {}  # a value staging can't hold: the change's dead letter
         source = self._open_source()
         try:
             for name, (cols, keys) in wanted.items():
                 table = writer.tables[name]
                 columns = [c for c in table.column_names if c in cols and c not in table.primary_key]
-                got, values = self._current(source, table, columns, list(keys))
+                got, values = self._current(source, table, columns, list(keys), refused.setdefault(name, {}))
                 if got or not columns:  # else every column is gone: no row is known gone, nothing to fill
                     read[name] = (got, values)
                     log.info("absent_columns_filled", table=name, columns=got, rows=len(values), keys=len(keys))
         finally:
             source.close()
-        return filled(changes, writer.tables, read)
+        out = filled(changes, writer.tables, read, refused)
+        gone: dict[str, list[tuple[Any, ...]]] = {}  # still absent: gone from the source since
+        for ch in out:
+            if ch.absent and ch.after is not None and ch.error is None:
+                image = ch.before if ch.before is not None else ch.after
+                gone.setdefault(ch.table, []).append(tuple(image[i] for i in writer.tables[ch.table].key_indexes()))
+        if not gone:
+            return out
+        return carried(out, writer.tables, {name: writer.rows_by_key(name, keys) for name, keys in gone.items()})
 
-    def _current(self, source: SourceRows, table: Table, columns: list[str], keys: list[tuple[Any, ...]]
-                 ) -> tuple[list[str], dict[tuple[Any, ...], tuple[Any, ...]]]:
+    def _current(self, source: SourceRows, table: Table, columns: list[str], keys: list[tuple[Any, ...]],
+                 refused: dict[tuple[Any, ...], str]) -> tuple[list[str], dict[tuple[Any, ...], tuple[Any, ...]]]:
         """The source's current values of ``columns`` of the rows with ``keys``: the columns read
         (without those gone from the source since: a later DDL drops them) and their values by key."""
         n = len(table.primary_key)
         try:
             rows = [r for i in range(0, len(keys), 1000)
-                    for r in self._source_values(source, table, columns, keys[i:i + 1000])]
+                    for r in self._source_values(source, table, columns, keys[i:i + 1000], refused)]
             return columns, {r[:n]: r[n:] for r in rows}
         except SourceColumnGone:
             if len(columns) == 1:
                 log.info("absent_columns_gone", table=table.name, columns=columns)
                 return [], {}
-        parts = [self._current(source, table, [c], keys) for c in columns]  # each alone: which are gone
+        parts = [self._current(source, table, [c], keys, refused) for c in columns]  # each alone: which are gone
         kept = [(cols[0], values) for cols, values in parts if cols]
         common = set.intersection(*(set(values) for _, values in kept)) if kept else set()
         return [c for c, _ in kept], {k: tuple(values[k][0] for _, values in kept) for k in common}
 
     def _source_values(self, source: SourceRows, table: Table, columns: list[str],
-                       keys: list[tuple[Any, ...]] | None = None) -> Iterator[tuple[Any, ...]]:
-        """(key..., columns...) of every source row (or of those with ``keys``), converted; a value
-        with no PostgreSQL form is dead-lettered."""
+                       keys: list[tuple[Any, ...]] | None = None, refused: dict[tuple[Any, ...], str] | None = None
+                       ) -> Iterator[tuple[Any, ...]]:
+        """(key..., columns...) of every source row (or of those with ``keys``), converted; a row
+        with a value that has no PostgreSQL form is dead-lettered, or noted in ``refused`` (by key,
+        with the reason) for the caller to dead-letter the change it fills."""
         part = Table(table.name, tuple(c for c in table.columns if c.name in table.primary_key or c.name in columns),
                      table.primary_key)
         conv = RowConverter(part)
@@ -402,6 +413,11 @@ class Applier:
             try:
                 row = conv.from_snapshot(raw)
             except Unrepresentable as exc:
+                if refused is not None:
+                    key_conv = RowConverter(Table(table.name, tuple(part.column(k) for k in part.primary_key),
+                                                  part.primary_key))
+                    refused[key_conv.from_snapshot([raw[i] for i in part.key_indexes()])] = str(exc)
+                    continue
                 self.writer.dead_letter(table.name, [raw[i] for i in part.key_indexes()], str(exc), repr(raw)[:10000])
                 continue
             yield tuple(row[i] for i in pick)

@@ -23,7 +23,15 @@ from psycopg import sql
 
 from loader.checkpoint import lock_apply, save_position
 from loader.ddl import META, STAGING, create_table_sql, request_copy, save_definitions, stopped_tables
-from loader.staging_sql import delete_one_sql, delete_sql, ident_list, key_text, upsert_one_sql, upsert_sql
+from loader.staging_sql import (
+    delete_one_sql,
+    delete_sql,
+    ident_list,
+    key_text,
+    select_by_keys_sql,
+    upsert_one_sql,
+    upsert_sql,
+)
 from loader.star import Applied, StarSchema
 from transform.changes import Key, NetChanges, Row, net_changes
 from transform.ddl import SchemaPlan
@@ -45,6 +53,8 @@ class DeadLetter:
     reason: str
     row: str | None
     kind: str = "value"
+    #: a later change of the same key in the same transaction applied: recorded, and resolved
+    resolved: bool = False
 
 
 class StagingWriter:
@@ -125,10 +135,20 @@ class StagingWriter:
     def _save_dead_letters(self, cur: psycopg.Cursor[Any], position: str) -> None:
         if not self._dead:
             return
+        newest = {(d.table, d.key): i for i, d in enumerate(self._dead) if d.kind == "value"}
+        self._dead = [DeadLetter(d.table, d.key, d.reason, d.row, d.kind, True)
+                      if d.kind == "value" and newest[(d.table, d.key)] != i else d for i, d in enumerate(self._dead)]
+        value = [d for d in self._dead if d.kind == "value"]
+        if value:  # a key's newer dead letter supersedes its older open one
+            cur.execute(sql.SQL("UPDATE {}.dead_letter d SET resolved_at = now() FROM unnest(%s::text[], %s::text[])"
+                                " AS n(t, k) WHERE d.pipeline = %s AND d.kind = 'value' AND d.resolved_at IS NULL"
+                                " AND d.source_table = n.t AND d.row_key = n.k").format(sql.Identifier(META)),
+                        ([d.table for d in value], [d.key for d in value], self.pipeline))
         cur.executemany(
             sql.SQL("INSERT INTO {}.dead_letter (pipeline, source_table, row_key, position, reason,"
-                    " row_data, kind) VALUES (%s, %s, %s, %s, %s, %s, %s)").format(sql.Identifier(META)),
-            [(self.pipeline, d.table, d.key, position, d.reason, d.row, d.kind) for d in self._dead])
+                    " row_data, kind, resolved_at) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+                    " CASE WHEN %s THEN now() END)").format(sql.Identifier(META)),
+            [(self.pipeline, d.table, d.key, position, d.reason, d.row, d.kind, d.resolved) for d in self._dead])
         for d in self._dead:
             log.warning("row_dead_lettered", table=d.table, key=d.key, reason=d.reason, kind=d.kind,
                         position=position)
@@ -140,19 +160,57 @@ class StagingWriter:
         """Apply changes (any tables, in order) inside the open transaction; returns rows applied."""
         self.begin()
         by_table: dict[str, list[RowChange]] = defaultdict(list)
+        last_bad: set[tuple[str, str]] = set()  # keys whose last change here can't be applied
         for ch in changes:
             if ch.table in self.stopped:
                 continue
             if ch.error is not None:
                 self._dead.append(DeadLetter(ch.table, key_text(ch.key), ch.error, ch.raw))
+                last_bad.add((ch.table, key_text(ch.key)))
             else:
                 by_table[ch.table].append(ch)
+                picks = self.tables[ch.table].key_indexes()
+                for image in (ch.before, ch.after):  # both keys of a key change
+                    if image is not None:
+                        last_bad.discard((ch.table, key_text([image[i] for i in picks])))
         applied = 0
         for name, table_changes in by_table.items():
             table = self.tables[name]
             net = net_changes(table_changes, table.key_indexes())
+            refused = len(self._dead)
             applied += self._apply_net(table, net)
+            refused_keys = {d.key for d in self._dead[refused:] if d.kind == "value"}  # refused just now
+            self._settle_dead_letters(table, {key_text(k) for k in (*net.upserts, *net.deletes)}
+                                      - {k for t, k in last_bad if t == name} - refused_keys)
         return applied
+
+    def rows_by_key(self, name: str, keys: Sequence[Key]) -> dict[Key, Row]:
+        """Staging's rows of table ``name`` with ``keys`` (in the open transaction), by key."""
+        table = self.tables[name]
+        self.begin()
+        picks = table.key_indexes()
+        with self.conn.cursor() as cur:
+            cur.execute(select_by_keys_sql(table), [[k[i] for k in keys] for i in range(len(picks))])
+            return {tuple(r[i] for i in picks): tuple(r) for r in cur.fetchall()}
+
+    def _settle_dead_letters(self, table: Table, keys: set[str]) -> None:
+        """Rows of ``table`` dead-lettered earlier whose key has now been applied (a later UPDATE
+        fixed the value, or a DELETE removed the row): their dead letters are resolved, in the
+        open transaction (the caller leaves out keys refused or unreadable in this batch)."""
+        if not keys:
+            return
+        self._dead = [DeadLetter(d.table, d.key, d.reason, d.row, d.kind, True)
+                      if d.table == table.name and d.kind == "value" and d.key in keys else d for d in self._dead]
+        with self.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.dead_letter WHERE source_table = %s AND pipeline = %s"
+                                " AND resolved_at IS NULL AND kind = 'value')").format(sql.Identifier(META)),
+                        (table.name, self.pipeline))
+            row = cur.fetchone()
+            if row and row[0]:
+                cur.execute(sql.SQL("UPDATE {}.dead_letter SET resolved_at = now() WHERE source_table = %s"
+                                    " AND pipeline = %s AND kind = 'value' AND row_key = ANY(%s::text[])"
+                                    " AND resolved_at IS NULL").format(sql.Identifier(META)),
+                            (table.name, self.pipeline, sorted(keys)))
 
     def _temp_tables(self, cur: psycopg.Cursor[Any], table: Table) -> str:
         if table.name not in self._temps:

@@ -70,3 +70,15 @@ def jsonable(v: Any) -> Any:
     if isinstance(v, bytes):
         return v.hex()
     return str(v)
+
+
+def select_by_keys_sql(table: Table) -> sql.Composed:
+    """Staging's rows (every column, in the definition's order) whose keys come as one array
+    parameter per key column, as :func:`delete_sql` takes them."""
+    types = {c.name: pg_type(c) for c in table.columns}
+    arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(types[k])) for k in table.primary_key)
+    cond = sql.SQL(" AND ").join(
+        sql.SQL("t.{0} = d.{0}").format(sql.Identifier(k)) for k in table.primary_key)
+    return sql.SQL("SELECT {} FROM {}.{} t JOIN unnest({}) AS d({}) ON {}").format(
+        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in table.column_names),
+        sql.Identifier(STAGING), sql.Identifier(table.name), arrays, ident_list(table.primary_key), cond)

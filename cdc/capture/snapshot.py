@@ -20,7 +20,7 @@ from cdc.capture.extract import ClientReader, client_reader
 from cdc.capture.flavor import Flavor, snapshot_position
 from cdc.capture.mysql import connect, read_table
 from cdc.settings import Settings
-from loader.ddl import STAGING, record_snapshot
+from loader.ddl import META, STAGING, record_snapshot
 from loader.staging import StagingWriter
 from transform.errors import ConfigError, SourceColumnGone, TransientError
 from transform.fingerprint import Dialect, quote
@@ -172,6 +172,10 @@ def _begin_copy(settings: Settings, writer: StagingWriter, tables: dict[str, Tab
     with writer.conn.cursor() as cur:
         for t in tables:
             cur.execute(sql.SQL("TRUNCATE {}.{}").format(sql.Identifier(STAGING), sql.Identifier(t)))
+        # The copy reads every row again: what is still bad is dead-lettered anew.
+        cur.execute(sql.SQL("UPDATE {}.dead_letter SET resolved_at = now() WHERE pipeline = %s"
+                            " AND source_table = ANY(%s) AND resolved_at IS NULL").format(sql.Identifier(META)),
+                    (settings.pipeline_name, list(tables)))
     writer.follow(tables.values())
 
 

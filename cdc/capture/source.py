@@ -347,8 +347,11 @@ class BinlogSource:
                     out.append(RowChange(name, Op.UPDATE, before, after))
             return
         op = Op.INSERT if isinstance(event, WriteRowsEvent) else Op.DELETE
+        keys = table.key_indexes()
         for row, err in rows:
-            if err:
+            if err and op is Op.DELETE and all(row[k] is not None for k in keys):
+                out.append(RowChange(name, op, row, None))  # a delete needs the key alone
+            elif err:
                 out.append(_bad(table, op, err, row, None))
             elif op is Op.INSERT:
                 out.append(RowChange(name, op, None, row))
@@ -398,9 +401,11 @@ def _change(conv: RowConverter, table: str, op: Op, before: tuple[Any, Any] | No
         try:
             b = conv.from_binlog(*before) if before else None
         except Unrepresentable:
-            if a is None or before is None:
+            if before is None or (a is None and op is not Op.DELETE):
                 raise
-            b = conv.with_key_of(a, before[0])  # an update away from a value staging can't hold
+            # an update away from a value staging can't hold, or a delete of such a row: the old
+            # image is only needed for its key
+            b = conv.with_key_of(a if a is not None else (None,) * len(conv.table.columns), before[0])
     except Unrepresentable as exc:
         raw = (after or before)
         assert raw is not None

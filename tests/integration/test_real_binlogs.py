@@ -566,3 +566,53 @@ def test_mixed_client_sessions_end_with_source_staging_star_and_warehouse_equal(
         cols = ", ".join(t.columns)
         assert sorted(warehouse.execute(f"SELECT {cols} FROM {t.name}").fetchall()) == \
             sorted(staging.execute(f"SELECT {cols} FROM star.{t.name}").fetchall()), t.name
+
+
+def test_a_partial_image_read_after_a_later_rename_of_a_column_it_lacks_keeps_that_columns_value(
+        settings: Settings, source: Conn, staging: PG, source_db: str, connect: Connect) -> None:
+    """A partial image read after a later ALTER renamed one of the columns it lacks: the source
+    has no column of that name any more, and the fill left it NULL, which the upsert wrote and the
+    RENAME kept: the values were lost (#30, item 7). The statement didn't set that column, so it
+    keeps the row's value; a row inserted with a partial image and the column set later in the
+    same transaction keeps that later value."""
+    execute(source, "CREATE TABLE wide (id INT PRIMARY KEY, v INT, c1 INT, c2 INT)",
+            "INSERT INTO wide VALUES (1, 1, 10, 20), (2, 2, 11, 21)")
+    s = settings.model_copy(update={"source_tables": ["wide"], "star_table": ""})
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+    minimal = connect()
+    execute(minimal, "SET SESSION binlog_row_image = 'MINIMAL'", "UPDATE wide SET v = 5 WHERE id = 1",
+            "BEGIN", "UPDATE wide SET v = 6, c1 = 12 WHERE id = 2", "UPDATE wide SET v = 7 WHERE id = 2", "COMMIT")
+    execute(source, "ALTER TABLE wide RENAME COLUMN c1 TO c1_renamed")
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "wide")
+    assert staging.execute("SELECT id, v, c1_renamed, c2 FROM staging.wide ORDER BY id").fetchall() == [
+        (1, 5, 10, 20), (2, 7, 12, 21)]
+    assert staging.execute("SELECT count(*) FROM softcart.dead_letter").fetchone() == (0,)
+
+
+def test_a_partial_image_whose_fill_reads_a_value_staging_cannot_hold_is_dead_lettered_not_deleted(
+        settings: Settings, source: Conn, staging: PG, source_db: str, connect: Connect) -> None:
+    """The fill of a partial image reads the source's current row; when that row holds a value
+    staging can't hold (a zero date, set by a later change), the change was made a delete of the
+    row, as for a row the source no longer has: the row vanished from staging (#30, item 13). Now
+    the change is dead-lettered and staging keeps the row; a later fix applies as usual."""
+    execute(source, "CREATE TABLE wide (id INT PRIMARY KEY, v INT, d DATE)",
+            "INSERT INTO wide VALUES (1, 1, '2024-01-01'), (2, 2, '2024-01-02')")
+    s = settings.model_copy(update={"source_tables": ["wide"], "star_table": ""})
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+    minimal = connect()
+    execute(minimal, "SET SESSION binlog_row_image = 'MINIMAL'", "UPDATE wide SET v = 5 WHERE id = 1")
+    execute(source, "SET SESSION sql_mode = ''", "UPDATE wide SET d = '0000-00-00' WHERE id = 1")
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+        assert staging.execute("SELECT id, v, d::text FROM staging.wide ORDER BY id").fetchall() == [
+            (1, 1, "2024-01-01"), (2, 2, "2024-01-02")], "kept as it was"
+        assert staging.execute("SELECT row_key FROM softcart.dead_letter WHERE resolved_at IS NULL").fetchall() \
+            == [("[1]",)], "the newest dead letter of the key"
+        execute(source, "UPDATE wide SET d = '2024-05-05' WHERE id = 1")
+        wait_caught_up(staging, source)
+        assert_same(source, staging, source_db, "wide")
+    assert staging.execute("SELECT count(*) FROM softcart.dead_letter WHERE resolved_at IS NULL").fetchone() == (0,)

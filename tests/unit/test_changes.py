@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transform.changes import filled, net_changes
+from transform.changes import carried, filled, net_changes
 from transform.model import Op, RowChange
 from transform.schema import Column, Table
 
@@ -111,3 +111,26 @@ def test_fill_leaves_what_it_could_not_read() -> None:
     part = RowChange("w", Op.UPDATE, (1, None, None), (1, None, 9), absent=("v", "x"))
     assert filled([part], {"w": wide}, {"w": (["v"], {(1,): (8,)})}) == [
         RowChange("w", Op.UPDATE, (1, None, None), (1, 8, 9), absent=("x",))]
+
+
+W = Table("w", (Column("id", "int", "int", False), Column("v", "int", "int"), Column("c", "int", "int")), ("id",))
+
+
+def test_columns_gone_from_the_source_keep_the_rows_previous_value() -> None:
+    """What a fill could not read (renamed or dropped since) is the row's previous value: the
+    batch's own last image of the key, else staging's row; a row deleted before in the batch, or
+    not in staging, keeps NULL."""
+    staged = {"w": {(1,): (1, 0, 10), (3,): (3, 0, 30)}}
+    changes = [
+        RowChange("w", Op.UPDATE, (1, 0, None), (1, 5, None), absent=("c",)),  # staging's 10
+        RowChange("w", Op.INSERT, None, (2, 1, 21)),
+        RowChange("w", Op.UPDATE, (2, 1, None), (2, 6, None), absent=("c",)),  # the batch's 21
+        RowChange("w", Op.DELETE, (3, 0, 30), None),
+        RowChange("w", Op.INSERT, None, (3, 9, None), absent=("c",)),  # deleted before: unknown
+        RowChange("w", Op.UPDATE, (4, 0, None), (4, 1, None), absent=("c",)),  # nowhere: unknown
+        RowChange("w", Op.UPDATE, (1, 5, None), (7, 5, None), absent=("c",)),  # a key change: the old key's row
+    ]
+    out = carried(changes, {"w": W}, staged)
+    assert [ch.after for ch in out] == [(1, 5, 10), (2, 1, 21), (2, 6, 21), None, (3, 9, None), (4, 1, None),
+                                        (7, 5, 10)]
+    assert [ch.absent for ch in out] == [(), (), (), (), ("c",), ("c",), ()]
