@@ -14,7 +14,6 @@ from __future__ import annotations
 import pickle
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -22,7 +21,8 @@ import structlog
 from psycopg import sql
 
 from loader.checkpoint import lock_apply, save_position
-from loader.ddl import META, STAGING, create_table_sql, request_copy, save_definitions, stopped_tables
+from loader.ddl import META, STAGING, create_table_sql, save_definitions, stopped_tables
+from loader.dead_letters import DeadLetter, DeadLetters
 from loader.staging_sql import (
     delete_one_sql,
     delete_sql,
@@ -33,28 +33,17 @@ from loader.staging_sql import (
     upsert_sql,
 )
 from loader.star import Applied, StarSchema
+from loader.stops import recopy_if_asked_none, record_stop
 from transform.changes import Key, NetChanges, Row, net_changes
 from transform.ddl import SchemaPlan
 from transform.ddl import plan as ddl_plan
 from transform.errors import FatalError
 from transform.model import Position, RowChange, SchemaChange
-from transform.progress import retake_delay
 from transform.schema import Table
 
 log = structlog.get_logger(__name__)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    table: str
-    key: str
-    reason: str
-    row: str | None
-    kind: str = "value"
-    #: a later change of the same key in the same transaction applied: recorded, and resolved
-    resolved: bool = False
 
 
 class StagingWriter:
@@ -67,7 +56,6 @@ class StagingWriter:
         self.tables = tables
         self.pipeline = pipeline
         self.star = star
-        self.dead_letters: dict[str, int] = {}  # committed dead letters by kind, for metrics
         self.star_rows_changed = 0  # committed fact upserts and deletes, for metrics
         self._star_pending = 0
         self._temps: dict[str, str] = {}  # source table -> its session's upsert temp table
@@ -84,7 +72,7 @@ class StagingWriter:
                 self._temp_tables(cur, table)
             if star is not None:
                 star.prepare_session(cur)
-        self._dead: list[DeadLetter] = []
+        self._letters = DeadLetters(pipeline)
         self._open = False
         self.unlabeled_held = 0  # chunks of the XA transaction being read, kept in this transaction
         #: a table stopped by a schema change is copied online again (its request recorded with the stop)
@@ -108,7 +96,7 @@ class StagingWriter:
             lock_apply(self.conn, self.pipeline, self.lock_wait)
 
     def rollback(self) -> None:
-        self._dead.clear()
+        self._letters.pending.clear()
         self._star_pending = 0
         self.unlabeled_held = 0
         if self._open:
@@ -122,7 +110,7 @@ class StagingWriter:
         and copied) the position stays as it is and the dead letters say ``origin``."""
         self.begin()
         with self.conn.cursor() as cur:
-            self._save_dead_letters(cur, str(position) if position is not None else origin)
+            self._letters.save(cur, str(position) if position is not None else origin)
             if position is not None:
                 save_position(cur, self.pipeline, position, event_time, self.source)
         assert self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
@@ -130,29 +118,7 @@ class StagingWriter:
         self.star_rows_changed += self._star_pending
         self._star_pending = 0
         self._open = False
-        self._dead.clear()
-
-    def _save_dead_letters(self, cur: psycopg.Cursor[Any], position: str) -> None:
-        if not self._dead:
-            return
-        newest = {(d.table, d.key): i for i, d in enumerate(self._dead) if d.kind == "value"}
-        self._dead = [DeadLetter(d.table, d.key, d.reason, d.row, d.kind, True)
-                      if d.kind == "value" and newest[(d.table, d.key)] != i else d for i, d in enumerate(self._dead)]
-        value = [d for d in self._dead if d.kind == "value"]
-        if value:  # a key's newer dead letter supersedes its older open one
-            cur.execute(sql.SQL("UPDATE {}.dead_letter d SET resolved_at = now() FROM unnest(%s::text[], %s::text[])"
-                                " AS n(t, k) WHERE d.pipeline = %s AND d.kind = 'value' AND d.resolved_at IS NULL"
-                                " AND d.source_table = n.t AND d.row_key = n.k").format(sql.Identifier(META)),
-                        ([d.table for d in value], [d.key for d in value], self.pipeline))
-        cur.executemany(
-            sql.SQL("INSERT INTO {}.dead_letter (pipeline, source_table, row_key, position, reason,"
-                    " row_data, kind, resolved_at) VALUES (%s, %s, %s, %s, %s, %s, %s,"
-                    " CASE WHEN %s THEN now() END)").format(sql.Identifier(META)),
-            [(self.pipeline, d.table, d.key, position, d.reason, d.row, d.kind, d.resolved) for d in self._dead])
-        for d in self._dead:
-            log.warning("row_dead_lettered", table=d.table, key=d.key, reason=d.reason, kind=d.kind,
-                        position=position)
-            self.dead_letters[d.kind] = self.dead_letters.get(d.kind, 0) + 1
+        self._letters.pending.clear()
 
     # Applying ---------------------------------------------------------------------------------
 
@@ -165,7 +131,7 @@ class StagingWriter:
             if ch.table in self.stopped:
                 continue
             if ch.error is not None:
-                self._dead.append(DeadLetter(ch.table, key_text(ch.key), ch.error, ch.raw))
+                self._letters.add(ch.table, ch.key, ch.error, ch.raw)
                 last_bad.add((ch.table, key_text(ch.key)))
             else:
                 by_table[ch.table].append(ch)
@@ -177,11 +143,12 @@ class StagingWriter:
         for name, table_changes in by_table.items():
             table = self.tables[name]
             net = net_changes(table_changes, table.key_indexes())
-            refused = len(self._dead)
+            refused = len(self._letters.pending)
             applied += self._apply_net(table, net)
-            refused_keys = {d.key for d in self._dead[refused:] if d.kind == "value"}  # refused just now
-            self._settle_dead_letters(table, {key_text(k) for k in (*net.upserts, *net.deletes)}
-                                      - {k for t, k in last_bad if t == name} - refused_keys)
+            refused_keys = {d.key for d in self._letters.pending[refused:] if d.kind == "value"}  # refused just now
+            with self.conn.cursor() as cur:
+                self._letters.settle(cur, name, {key_text(k) for k in (*net.upserts, *net.deletes)}
+                                             - {k for t, k in last_bad if t == name} - refused_keys)
         return applied
 
     def rows_by_key(self, name: str, keys: Sequence[Key]) -> dict[Key, Row]:
@@ -192,25 +159,6 @@ class StagingWriter:
         with self.conn.cursor() as cur:
             cur.execute(select_by_keys_sql(table), [[k[i] for k in keys] for i in range(len(picks))])
             return {tuple(r[i] for i in picks): tuple(r) for r in cur.fetchall()}
-
-    def _settle_dead_letters(self, table: Table, keys: set[str]) -> None:
-        """Rows of ``table`` dead-lettered earlier whose key has now been applied (a later UPDATE
-        fixed the value, or a DELETE removed the row): their dead letters are resolved, in the
-        open transaction (the caller leaves out keys refused or unreadable in this batch)."""
-        if not keys:
-            return
-        self._dead = [DeadLetter(d.table, d.key, d.reason, d.row, d.kind, True)
-                      if d.table == table.name and d.kind == "value" and d.key in keys else d for d in self._dead]
-        with self.conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.dead_letter WHERE source_table = %s AND pipeline = %s"
-                                " AND resolved_at IS NULL AND kind = 'value')").format(sql.Identifier(META)),
-                        (table.name, self.pipeline))
-            row = cur.fetchone()
-            if row and row[0]:
-                cur.execute(sql.SQL("UPDATE {}.dead_letter SET resolved_at = now() WHERE source_table = %s"
-                                    " AND pipeline = %s AND kind = 'value' AND row_key = ANY(%s::text[])"
-                                    " AND resolved_at IS NULL").format(sql.Identifier(META)),
-                            (table.name, self.pipeline, sorted(keys)))
 
     def _temp_tables(self, cur: psycopg.Cursor[Any], table: Table) -> str:
         if table.name not in self._temps:
@@ -247,8 +195,8 @@ class StagingWriter:
         self._star_pending += delta.upserts + delta.deletes
         for rowid, reason in delta.invalid.items():
             row = net.upserts[(rowid,)]
-            self._dead.append(DeadLetter(table.name, key_text((rowid,)), f"no valid fact: {reason}",
-                                         repr(dict(zip(table.column_names, row, strict=True)))[:10000], "fact"))
+            self._letters.add(table.name, (rowid,), f"no valid fact: {reason}",
+                              repr(dict(zip(table.column_names, row, strict=True)))[:10000], "fact")
 
     def _apply_set(self, cur: psycopg.Cursor[Any], table: Table, net: NetChanges) -> None:
         up = self._temp_tables(cur, table)
@@ -292,7 +240,7 @@ class StagingWriter:
         if len(ops) > 1 and len(refused) == len(ops) and len(causes) == 1:
             raise FatalError(f"every one of {len(ops)} changes to {table.name} failed the same way "
                              f"({causes.pop()}): a schema problem, not bad rows; fix it and restart")
-        self._dead.extend(refused)
+        self._letters.pending.extend(refused)
 
     # Schema changes -----------------------------------------------------------------------------
 
@@ -347,8 +295,8 @@ class StagingWriter:
                     # never showed): staging's go too, stopped or not.
                     self._empty(cur, name)
                 if name in self.stopped:
-                    if new is not None:
-                        self._recopy_once_followable(cur, name)
+                    if new is not None and self.recopy_stopped:
+                        recopy_if_asked_none(cur, self.pipeline, name)
                     continue
                 if change.kind == "rename" and new is not None:
                     self._stop(cur, name, f"another table was renamed into {name}: its rows are not in the binlog",
@@ -389,59 +337,17 @@ class StagingWriter:
         if self.star is not None and self.star.table.name == name:
             self.star.rebuild(self.conn)
 
-    def _recopy_once_followable(self, cur: psycopg.Cursor[Any], name: str) -> None:
-        """A stopped table whose definition can be followed again (a primary key back, say): with
-        online copies on, its copy is asked now if its stop asked none (see ``recopy``)."""
-        if not self.recopy_stopped:
-            return
-        cur.execute(sql.SQL("SELECT 1 FROM {}.online_copy WHERE pipeline = %s AND source_table = %s"
-                            " AND finished_at IS NULL").format(sql.Identifier(META)), (self.pipeline, name))
-        if cur.fetchone() is None:
-            request_copy(cur, self.pipeline, name)
-            log.warning("stopped_table_followable", table=name, note="its definition can be followed again:"
-                        " copied online again")
-
     def _stop(self, cur: psycopg.Cursor[Any], name: str, reason: str, change: SchemaChange,
               recopy: bool = True) -> None:
         self._stop_table(cur, name, reason, change.statement, change.position, recopy)
 
     def _stop_table(self, cur: psycopg.Cursor[Any], name: str, reason: str, statement: str,
                     position: Position, recopy: bool = True) -> None:
-        """``recopy``: with online copies on, is the table to be copied again now? Not when the
-        source's definition can't be followed as it is (no key, a type staging can't hold; gone):
-        the statement that makes it followable again asks the copy (``_recopy_once_followable``)."""
-        # Stopped again while a copy of it ran: the streak goes on, and the next copy waits.
-        cur.execute(sql.SQL("SELECT (SELECT stops FROM {0}.stopped_table WHERE pipeline = %s AND source_table = %s),"
-                            " EXISTS (SELECT 1 FROM {0}.online_copy WHERE pipeline = %s AND source_table = %s"
-                            " AND finished_at IS NULL)").format(sql.Identifier(META)), (self.pipeline, name) * 2)
-        before, copying = cur.fetchone() or (None, False)
-        stops = (before or 0) + 1 if copying else 1
-        wait = retake_delay(stops, self.retake_backoff) if self.recopy_stopped else 0.0
-        cur.execute(sql.SQL("INSERT INTO {}.stopped_table (pipeline, source_table, reason, statement, position, stops,"
-                            " retake_at) VALUES (%s, %s, %s, %s, %s, %s, now() + %s * interval '1 second')"
-                            " ON CONFLICT (pipeline, source_table) DO UPDATE SET reason = EXCLUDED.reason,"
-                            " statement = EXCLUDED.statement, position = EXCLUDED.position, stopped_at = now(),"
-                            " taken_up_at = NULL, stops = EXCLUDED.stops, retake_at = EXCLUDED.retake_at")
-                    .format(sql.Identifier(META)),
-                    (self.pipeline, name, reason, statement, str(position), stops, wait))
+        """``recopy``: with online copies on, is the table to be copied again now, or only once
+        the source's definition can be followed again (see ``loader.stops``)?"""
+        policy = "off" if not self.recopy_stopped else "now" if recopy else "when_followable"
+        record_stop(cur, self.pipeline, name, reason, statement, position, policy, self.retake_backoff)
         self.stopped[name] = reason
-        if self.recopy_stopped and not recopy:
-            log.error("table_stopped", table=name, reason=reason, statement=statement[:500], position=str(position),
-                      fix="the other tables keep streaming; staging keeps this one's rows as they were. Make the"
-                          " source table fit (a primary key, supported types): the statement that does so is seen"
-                          " in the stream and the table is copied online again")
-            return
-        if not self.recopy_stopped:
-            log.error("table_stopped", table=name, reason=reason, statement=statement[:500], position=str(position),
-                      fix="the other tables keep streaming; `softcart-sync resnapshot` takes this one again")
-            return
-        request_copy(cur, self.pipeline, name)
-        fix = "the other tables keep streaming; this one is copied online again with its new definition"
-        if wait:
-            fix += (f" in {wait:.0f} s: stopped {stops} times in a row while its copy ran, so each next copy waits"
-                    " twice as long (up to an hour); the statement shows which client keeps stopping it")
-        log.error("table_stopped", table=name, reason=reason, statement=statement[:500], position=str(position),
-                  stops_in_a_row=stops, fix=fix)
 
     def stop_tables(self, stops: Iterable[tuple[str, str, str]], position: Position) -> None:
         """Stop following tables (table, reason, statement) from the transaction ending at
@@ -537,15 +443,20 @@ class StagingWriter:
 
     @property
     def pending_dead_letters(self) -> int:
-        return len(self._dead)
+        return len(self._letters.pending)
 
     def forget_dead_letters(self, since: int) -> None:
         """Drop the dead letters recorded after the first ``since`` (their rows were rolled back)."""
-        del self._dead[since:]
+        del self._letters.pending[since:]
 
     def dead_letter(self, table: str, key: Sequence[Any] | None, reason: str, row: str | None,
                     kind: str = "value") -> None:
-        self._dead.append(DeadLetter(table, key_text(key), reason, row, kind))
+        self._letters.add(table, key, reason, row, kind)
+
+    @property
+    def dead_letters(self) -> dict[str, int]:
+        """Committed dead letters by kind, for metrics."""
+        return self._letters.saved
 
 
 def _pg_error(exc: psycopg.Error) -> str:
