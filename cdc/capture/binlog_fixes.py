@@ -27,7 +27,7 @@ import codecs
 import datetime as dt
 from typing import Any
 
-from pymysqlreplication.event import BinLogEvent
+from pymysqlreplication.event import BinLogEvent, QueryEvent
 from pymysqlreplication.row_event import RowsEvent, TableMapEvent
 from pymysqlreplication.table import Table
 
@@ -185,6 +185,26 @@ def _table_map_init(self: Any, from_packet: Any, event_size: int, table_map: dic
     table_map_hits += 1
 
 
+#: the query event status variables mysql-replication 1.0 reads (MySQL's 0x00-0x14, MariaDB's 0x80, 0x81)
+_STATUS_VARS_KNOWN = frozenset([*range(0x15), 0x80, 0x81])
+
+
+def _read_status_var(self: Any, key: int) -> None:
+    """``QueryEvent._read_status_vars_value_for_key``, reading past a status variable the library
+    doesn't know (MySQL 9 writes 0x15, on DML logged as statements) instead of failing the event,
+    which stalled the stream at it for good. The block's length is in the event's post-header, so
+    the rest of the block is skipped without a guess; nothing we read is in it (the default
+    database and the statement follow the block)."""
+    end = self.__dict__.get("_softcart_vars_end")
+    if end is None:  # the first variable: its key byte was just read
+        end = self._softcart_vars_end = self.packet.read_bytes - 1 + self.status_vars_length
+    if key in _STATUS_VARS_KNOWN:
+        _library_read_status_var(self, key)
+        return
+    self.packet.read(end - self.packet.read_bytes)
+
+
+_library_read_status_var = QueryEvent._read_status_vars_value_for_key
 _library_table_init = Table.__init__
 _library_table_data = Table.data
 _library_table_map_init = TableMapEvent.__init__
@@ -193,13 +213,14 @@ _installed = False
 
 
 def install() -> None:
-    """Replace the library's TIME2 decoder, latin1 mapping, ``Table.__init__`` and
-    ``TableMapEvent.__init__`` with ours (idempotent)."""
+    """Replace the library's TIME2 decoder, latin1 mapping, ``Table.__init__``,
+    ``TableMapEvent.__init__`` and the query event's status variable reader with ours (idempotent)."""
     global _installed
     RowsEvent._RowsEvent__read_time2 = _read_time2
     Table.__init__ = _table_init
     Table.data = property(_table_data)
     TableMapEvent.__init__ = _table_map_init
+    QueryEvent._read_status_vars_value_for_key = _read_status_var
     if not _installed:
         codecs.register(_search)
         RowsEvent.charset_to_encoding = staticmethod(_charset_to_encoding)
