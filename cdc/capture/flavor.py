@@ -33,6 +33,13 @@ class Flavor:
         return "SHOW MASTER STATUS"
 
     @property
+    def replica_hosts_sql(self) -> str:
+        """MySQL 8.0.22 renamed SHOW SLAVE HOSTS to SHOW REPLICAS and 8.4 removed the old name."""
+        if not self.mariadb and self.version >= (8, 0, 22):
+            return "SHOW REPLICAS"
+        return "SHOW SLAVE HOSTS"
+
+    @property
     def has_row_metadata(self) -> bool:
         """binlog_row_metadata exists from MariaDB 10.5 and MySQL 8.0.1."""
         if self.mariadb:

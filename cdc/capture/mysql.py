@@ -216,17 +216,24 @@ def report_name(settings: Settings) -> str:
     return f"softcart-sync-{settings.pipeline_name}"[:60]
 
 
+#: the user may not list replicas (MariaDB wants REPLICATION MASTER ADMIN, MySQL REPLICATION SLAVE)
+_NOT_ALLOWED = (1227, 1142, 1044, 1045)
+
+
 def replicas_with_id(conn: pymysql.connections.Connection, server_id: int) -> list[str] | None:
-    """Registered replicas (SHOW SLAVE HOSTS) using ``server_id``, as host:port; None when the
-    user may not ask (MariaDB wants REPLICATION MASTER ADMIN, MySQL REPLICATION SLAVE)."""
+    """Registered replicas (SHOW SLAVE HOSTS; MySQL 8.0.22+: SHOW REPLICAS) using ``server_id``,
+    as host:port; None when the user may not ask. Any other error is raised: a statement the
+    server doesn't know (MySQL 8.4 removed SHOW SLAVE HOSTS) must not pass for "no clash"."""
+    statement = flavor(conn).replica_hosts_sql
     try:
         with conn.cursor(pymysql.cursors.DictCursor) as cur:
-            cur.execute("SHOW SLAVE HOSTS")
-            rows = cur.fetchall()
-    except pymysql.err.MySQLError:
-        return None
-    return [f"{r.get('Host') or '?'}:{r.get('Port') or '?'}" for r in rows
-            if int(r.get("Server_id") or 0) == server_id]
+            cur.execute(statement)
+            rows = [{str(k).lower(): v for k, v in r.items()} for r in cur.fetchall()]
+    except pymysql.err.MySQLError as exc:
+        if exc.args and exc.args[0] in _NOT_ALLOWED:
+            return None
+        raise FatalError(f"source: {statement} failed: {exc.args[-1] if exc.args else exc}") from None
+    return [f"{r.get('host') or '?'}:{r.get('port') or '?'}" for r in rows if int(r.get("server_id") or 0) == server_id]
 
 
 def server_id_clash(settings: Settings, conn: pymysql.connections.Connection) -> str | None:
@@ -237,4 +244,4 @@ def server_id_clash(settings: Settings, conn: pymysql.connections.Connection) ->
     if not others:
         return None
     return (f"server_id {settings.server_id} is already used by the replica at {', '.join(others)} "
-            "(SHOW SLAVE HOSTS): set SOFTCART_SERVER_ID to an id no server or replica uses")
+            "(SHOW SLAVE HOSTS / SHOW REPLICAS): set SOFTCART_SERVER_ID to an id no server or replica uses")

@@ -12,15 +12,18 @@ import pymysql
 import pytest
 from pymysqlreplication import BinLogStreamReader
 
-from cdc.dev.localservers import MariaDBServer
+from cdc.capture.flavor import Flavor
+from cdc.dev.localservers import MariaDBServer, MySQLServer
 from tests.helpers import SALES_DDL, Daemons, cli, execute, wait_until
+
+pytestmark = pytest.mark.both_sources  # MySQL 8.4 and later know SHOW REPLICAS only
 
 
 @pytest.fixture
-def other_replica(mariadb: MariaDBServer, server_id: int) -> Iterator[int]:
-    """Another replica, registered in SHOW SLAVE HOSTS with ``server_id``, streaming."""
+def other_replica(source_server: MariaDBServer | MySQLServer, server_id: int) -> Iterator[int]:
+    """Another replica, registered (SHOW SLAVE HOSTS, SHOW REPLICAS) with ``server_id``, streaming."""
     reader = BinLogStreamReader(
-        connection_settings={"host": "127.0.0.1", "port": mariadb.port, "user": "root", "passwd": ""},
+        connection_settings={"host": "127.0.0.1", "port": source_server.port, "user": "root", "passwd": ""},
         server_id=server_id, blocking=True, report_slave="replica-7.internal")
     stop = threading.Event()
 
@@ -34,11 +37,14 @@ def other_replica(mariadb: MariaDBServer, server_id: int) -> Iterator[int]:
 
     t = threading.Thread(target=read, daemon=True)
     t.start()
-    root = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root")
+    root = pymysql.connect(host="127.0.0.1", port=source_server.port, user="root")
+    with root.cursor() as cur:
+        cur.execute("SELECT VERSION()")
+        listing = Flavor.from_version(str((cur.fetchone() or ("",))[0])).replica_hosts_sql
 
     def registered() -> bool:
         with root.cursor() as cur:
-            cur.execute("SHOW SLAVE HOSTS")
+            cur.execute(listing)
             return any(int(r[0]) == server_id for r in cur.fetchall())
 
     wait_until(registered, 30, "the other replica to register")

@@ -24,6 +24,13 @@ def test_mysql_84_uses_show_binary_log_status() -> None:
     assert MARIADB.binlog_status_sql == "SHOW MASTER STATUS"
 
 
+def test_mysql_8_0_22_and_later_list_replicas_with_show_replicas() -> None:
+    assert Flavor.from_version("9.7.4-2").replica_hosts_sql == "SHOW REPLICAS"
+    assert MYSQL84.replica_hosts_sql == "SHOW REPLICAS"
+    assert Flavor.from_version("8.0.21").replica_hosts_sql == "SHOW SLAVE HOSTS"
+    assert MARIADB.replica_hosts_sql == "SHOW SLAVE HOSTS"
+
+
 def test_mariadb_snapshot_takes_no_lock_and_mysql_only_a_brief_one() -> None:
     m = MARIADB.snapshot_statements()
     assert m.lock == () and m.unlock == ()
