@@ -1,5 +1,9 @@
-"""Shared fixtures: one private MariaDB and one private PostgreSQL per test run, fresh databases
-per test."""
+"""Shared fixtures: one private MariaDB, one private MySQL (started when a test asks for it) and
+one private PostgreSQL per test run, fresh databases per test.
+
+The source of a test is ``source_server``: MariaDB, and MySQL too for a test marked
+``both_sources`` (run once on each; its id ends in ``[mariadb]`` / ``[mysql]``). A test of a
+feature one server has alone asks for ``mariadb`` (or ``mysql``) by name."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.dev.localservers import MariaDBServer, PostgresServer
+from cdc.dev.localservers import MariaDBServer, MySQLServer, PostgresServer
 from cdc.settings import Settings, load_settings
 from tests.helpers import Daemon, Daemons, pg_database
 
@@ -41,6 +45,30 @@ def mariadb(server_root: Path) -> Iterator[MariaDBServer]:
 
 
 @pytest.fixture(scope="session")
+def mysql(server_root: Path) -> Iterator[MySQLServer]:
+    server = MySQLServer(server_root / "mysql")
+    server.start()
+    yield server
+    server.remove()
+
+
+Source = MariaDBServer | MySQLServer
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "source_server" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_sources"):
+        metafunc.parametrize("source_server", ["mariadb", "mysql"], indirect=True)
+
+
+@pytest.fixture
+def source_server(request: pytest.FixtureRequest) -> Source:
+    """The test's source server: ``mariadb``, or ``mysql`` for the second run of a test marked
+    ``both_sources``."""
+    server: Source = request.getfixturevalue(getattr(request, "param", "mariadb"))
+    return server
+
+
+@pytest.fixture(scope="session")
 def postgres(server_root: Path) -> Iterator[PostgresServer]:
     server = PostgresServer(server_root / "postgres")
     server.start()
@@ -49,13 +77,13 @@ def postgres(server_root: Path) -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def source_db(mariadb: MariaDBServer) -> Iterator[str]:
+def source_db(source_server: Source) -> Iterator[str]:
     """A fresh, empty source database."""
     name = f"sales_t{next(_counter)}_{os.getpid()}"
 
     def run(statement: str) -> None:
         # A connection each time: a fault test may have restarted the server in between.
-        conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
+        conn = pymysql.connect(host="127.0.0.1", port=source_server.port, user="root", autocommit=True)
         with conn.cursor() as cur:
             cur.execute(statement)
         conn.close()
@@ -79,11 +107,11 @@ def server_id() -> int:
 
 
 @pytest.fixture
-def settings_env(mariadb: MariaDBServer, postgres: PostgresServer, source_db: str, staging_db: str,
+def settings_env(source_server: Source, postgres: PostgresServer, source_db: str, staging_db: str,
                  server_id: int) -> dict[str, str]:
     """The environment a daemon subprocess needs for this test's databases."""
     return {
-        "SOFTCART_SOURCE_URL": mariadb.url(database=source_db),
+        "SOFTCART_SOURCE_URL": source_server.url(database=source_db),
         "SOFTCART_STAGING_URL": postgres.url(staging_db),
         "SOFTCART_SERVER_ID": str(server_id),
         "SOFTCART_METRICS_LISTEN": "127.0.0.1:0",
@@ -98,8 +126,8 @@ def settings(settings_env: dict[str, str]) -> Settings:
 
 
 @pytest.fixture
-def source(mariadb: MariaDBServer, source_db: str) -> Iterator[pymysql.connections.Connection]:
-    conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db,
+def source(source_server: Source, source_db: str) -> Iterator[pymysql.connections.Connection]:
+    conn = pymysql.connect(host="127.0.0.1", port=source_server.port, user="root", database=source_db,
                            autocommit=True, charset="utf8mb4")
     with conn.cursor() as cur:
         cur.execute("SET SESSION time_zone = '+00:00'")

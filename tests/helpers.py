@@ -24,6 +24,7 @@ import pymysql
 import zstandard
 from prometheus_client.parser import text_string_to_metric_families
 
+from cdc.capture.flavor import Flavor
 from cdc.capture.mysql import read_table
 from cdc.capture.snapshot import quote_mysql, select_list
 from cdc.dev.localservers import PostgresServer
@@ -197,7 +198,8 @@ def running_pipeline(settings: Settings) -> Iterator[Pipeline]:
 
 def source_position(conn: pymysql.connections.Connection) -> tuple[str, int]:
     with conn.cursor() as cur:
-        cur.execute("SHOW MASTER STATUS")
+        cur.execute("SELECT VERSION()")
+        cur.execute(Flavor.from_version(str((cur.fetchone() or ("",))[0])).binlog_status_sql)
         row = cur.fetchone()
     return str(row[0]), int(row[1])
 

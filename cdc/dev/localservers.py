@@ -148,6 +148,97 @@ class MariaDBServer:
         self.stop(signal.SIGKILL)
 
 
+def mysql_root() -> Path:
+    """The root filesystem holding MySQL (deploy/mysql-root.sh builds it, once)."""
+    root = Path(os.environ.get("SOFTCART_MYSQL_ROOT", "/var/cache/softcart-sync/mysql-root"))
+    if not (root / "usr/sbin/mysqld").exists():
+        script = Path(__file__).resolve().parents[2] / "deploy" / "mysql-root.sh"
+        if not script.exists():
+            raise FatalError(f"no MySQL root at {root}: build it with deploy/mysql-root.sh (from the repository)")
+        done = subprocess.run([str(script)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise FatalError(f"building the MySQL root with {script} failed:\n{done.stderr[-2000:]}")
+    return root
+
+
+@dataclass
+class MySQLServer:
+    """A private MySQL (9.7 LTS, from Debian sid, in a root of its own run with chroot: Debian 12
+    has none), with the binlog in ROW format, full metadata and GTIDs on, as a MySQL source of
+    SoftCart's runs; root without a password over TCP, like the private MariaDB. Its data lives in
+    the root (``/srv/softcart/<port>``), made anew at each start unless ``keep`` (a restart)."""
+
+    base: Path
+    port: int = field(default_factory=free_port)
+    server_id: int = 1
+    extra_args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def root(self) -> Path:
+        return mysql_root()
+
+    @property
+    def datadir(self) -> str:  # inside the root
+        return f"/srv/softcart/{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "mysqld.log"
+
+    def url(self, user: str = "root", password: str = "", database: str = "sales") -> str:
+        auth = f"{user}:{password}" if password else user
+        return f"mysql://{auth}@127.0.0.1:{self.port}/{database}"
+
+    def init(self) -> None:
+        data = self.root / self.datadir.lstrip("/")
+        if (data / "mysql").exists():
+            return
+        self.base.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(data, ignore_errors=True)
+        data.parent.mkdir(parents=True, exist_ok=True)
+        # root@'%' without a password (caching_sha2_password, MySQL's default): over TCP as the
+        # private MariaDB's root
+        boot = self.root / "srv/softcart" / f"init-{self.port}.sql"
+        boot.write_text("CREATE USER 'root'@'%' IDENTIFIED BY ''; GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION;\n")
+        done = subprocess.run(["chroot", str(self.root), "/usr/sbin/mysqld", "--no-defaults", "--initialize-insecure",
+                               "--user=root", f"--datadir={self.datadir}", f"--init-file=/srv/softcart/{boot.name}"],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise FatalError(f"mysqld --initialize failed: {done.stderr[-2000:]}")
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        self.init()
+        args = [
+            "chroot", str(self.root), "/usr/sbin/mysqld", "--no-defaults", "--user=root",
+            f"--datadir={self.datadir}", f"--port={self.port}", "--bind-address=127.0.0.1",
+            f"--socket=/run/mysqld/{self.port}.sock", "--mysqlx=OFF", f"--pid-file=/run/mysqld/{self.port}.pid",
+            f"--server-id={self.server_id}", "--log-bin=binlog", "--binlog-format=ROW", "--binlog-row-image=FULL",
+            "--binlog-row-metadata=FULL", "--gtid-mode=ON", "--enforce-gtid-consistency=ON", "--skip-name-resolve",
+            "--innodb-buffer-pool-size=256M", "--innodb-flush-log-at-trx-commit=2", "--sync-binlog=0",
+            "--max-allowed-packet=64M", "--character-set-server=utf8mb4", "--binlog-expire-logs-seconds=604800",
+            "--log-error-verbosity=2", *self.extra_args,
+        ]
+        self.base.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:  # chroot execs mysqld: the process is the server
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        _wait_port(self.port, self.proc, self.log, timeout_s)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> None:
+        _stop(self.proc, sig, timeout_s)
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def remove(self) -> None:
+        """Stop it and delete its data (it lives in the shared root, not under ``base``)."""
+        self.stop()
+        shutil.rmtree(self.root / self.datadir.lstrip("/"), ignore_errors=True)
+        (self.root / "srv/softcart" / f"init-{self.port}.sql").unlink(missing_ok=True)
+
+
 @dataclass
 class PostgresServer:
     """A private PostgreSQL cluster with trust authentication on loopback."""

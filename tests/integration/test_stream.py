@@ -16,6 +16,8 @@ from loader.pg import pg_connect
 from tests.helpers import SALES_DDL, assert_same, execute, running_pipeline, wait_caught_up
 from transform.errors import FatalError
 
+pytestmark = pytest.mark.both_sources
+
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
 
