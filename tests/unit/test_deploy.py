@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -59,10 +60,11 @@ def test_service_unit_is_hardened_and_notifies() -> None:
 
 
 PROMETHEUS = DEPLOY.parent / "prometheus"
-PROMTOOL = shutil.which("promtool")
+# deploy/bootstrap.sh puts promtool beside the venv's Python (out of Debian's prometheus package)
+PROMTOOL = shutil.which("promtool", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian package prometheus) is not installed")
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed: run deploy/bootstrap.sh")
 def test_alert_rules_check_and_their_tests_pass() -> None:
     check = subprocess.run([str(PROMTOOL), "check", "rules", "alerts.yml"], cwd=PROMETHEUS, capture_output=True,
                            text=True, timeout=60)
