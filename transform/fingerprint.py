@@ -12,13 +12,14 @@ and differs for different ones:
   double range), so the text doesn't depend on either side's float printing;
 - DATE / DATETIME: ``YYYY-MM-DD[ HH:MM:SS.ffffff]`` (always six fractional digits); TIMESTAMP in UTC;
 - TIME: seconds with six decimals (TIME spans -838..838 hours, an interval in PostgreSQL);
-- text (any character set): the MD5 of its UTF-8 bytes; binary and blobs: the MD5 of the bytes
-  (hashing first keeps a 16 MB value under MySQL's packet limit);
+- text (any character set): the digest of its UTF-8 bytes; binary and blobs: the digest of the
+  bytes (hashing first keeps a 16 MB value under MySQL's packet limit): SHA-256 between the
+  source and staging (MySQL 9 has no MD5()), MD5 between the star schema and the warehouse;
 - BIT(n): ``n`` binary digits; JSON: only NULL or not (MySQL and PostgreSQL print JSON differently,
   and neither can print it the other's way: a JSON-only difference is not seen, see README);
 - NULL: ``N``; any other value is prefixed with its length, so no two rows run together alike.
 
-A row's fingerprint is the MD5 of the concatenation; a segment's checksum is the count of its rows
+A row's fingerprint is the digest of the concatenation; a segment's checksum is the count of its rows
 and two sums of 60-bit slices of those fingerprints (order-independent, exact in both databases).
 """
 
@@ -102,13 +103,15 @@ def quote(name: str, dialect: Dialect) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def canonical(col: Col, dialect: Dialect) -> str:
-    """SQL for ``col``'s canonical text (NULL when the value is NULL)."""
+def canonical(col: Col, dialect: Dialect, digest: str = "md5") -> str:
+    """SQL for ``col``'s canonical text (NULL when the value is NULL); text and binary values are
+    their ``digest`` (both sides of a comparison use the same: :data:`SHA256`, :data:`MD5`)."""
     c = quote(col.name, dialect)
-    return {Dialect.MYSQL: _mysql_canonical, Dialect.POSTGRES: _pg_canonical}.get(dialect, _db2_canonical)(col, c)
+    return {Dialect.MYSQL: _mysql_canonical, Dialect.POSTGRES: _pg_canonical}.get(dialect, _db2_canonical)(
+        col, c, digest)
 
 
-def _mysql_canonical(col: Col, c: str) -> str:
+def _mysql_canonical(col: Col, c: str, digest: str) -> str:
     k = col.kind
     if k is Kind.INT:
         return f"CAST({c} AS CHAR)"
@@ -125,17 +128,18 @@ def _mysql_canonical(col: Col, c: str) -> str:
     if k in (Kind.DATETIME, Kind.TIMESTAMP):  # the session's time zone is UTC
         return f"DATE_FORMAT({c}, '%%Y-%%m-%%d %%H:%%i:%%s.%%f')"
     if k is Kind.TIME:
-        return f"CAST(CAST(TIME_TO_SEC({c}) AS DECIMAL(20,6)) AS CHAR)"
-    if k is Kind.TEXT:
-        return f"MD5(CONVERT({c} USING utf8mb4))"
-    if k is Kind.BINARY:
-        return f"MD5({c})"
+        # not TIME_TO_SEC: MySQL's drops the fraction, MariaDB's keeps it
+        seconds = f"(HOUR({c}) * 3600 + MINUTE({c}) * 60 + SECOND({c}) + MICROSECOND({c}) / 1000000)"
+        return f"CAST(CAST(IF({c} < 0, -{seconds}, {seconds}) AS DECIMAL(20,6)) AS CHAR)"
+    if k in (Kind.TEXT, Kind.BINARY):
+        value = f"CONVERT({c} USING utf8mb4)" if k is Kind.TEXT else c
+        return f"SHA2({value}, 256)" if digest == "sha256" else f"MD5({value})"
     if k is Kind.BIT:
         return f"LPAD(BIN({c}), {col.width}, '0')"
     return f"IF({c} IS NULL, NULL, 'J')"
 
 
-def _pg_canonical(col: Col, c: str) -> str:
+def _pg_canonical(col: Col, c: str, digest: str) -> str:
     k = col.kind
     if k is Kind.INT:
         return f"{c}::text"
@@ -156,13 +160,16 @@ def _pg_canonical(col: Col, c: str) -> str:
     if k is Kind.TIME:
         return f"extract(epoch FROM {c})::numeric(20,6)::text"
     if k in (Kind.TEXT, Kind.BINARY):
+        if digest == "sha256":
+            value = c if k is Kind.BINARY else f"convert_to({c}, 'UTF8')"
+            return f"encode(sha256({value}), 'hex')"
         return f"md5({c})"
     if k is Kind.BIT:
         return f"lpad({c}::text, {col.width}, '0')"
     return f"CASE WHEN {c} IS NULL THEN NULL ELSE 'J' END"
 
 
-def _db2_canonical(col: Col, c: str) -> str:
+def _db2_canonical(col: Col, c: str, digest: str) -> str:
     """DB2: only what the warehouse tables hold (integers, decimals, dates, short text)."""
     k = col.kind
     if k is Kind.INT:
@@ -172,12 +179,12 @@ def _db2_canonical(col: Col, c: str) -> str:
     if k is Kind.DATE:
         return f"CHAR({c}, ISO)"
     if k is Kind.TEXT:
-        return f"LOWER(HEX(HASH(CAST({c} AS VARCHAR(4000)), 0)))"
+        return f"LOWER(HEX(HASH(CAST({c} AS VARCHAR(4000)), {2 if digest == 'sha256' else 0})))"
     raise ValueError(f"column {col.name!r}: {k.value} is not supported on DB2")
 
 
-def _part(col: Col, dialect: Dialect) -> str:
-    t = canonical(col, dialect)
+def _part(col: Col, dialect: Dialect, digest: str = "md5") -> str:
+    t = canonical(col, dialect, digest)
     if dialect is Dialect.MYSQL:
         return f"IFNULL(CONCAT(CHAR_LENGTH({t}), ':', {t}), 'N')"
     if dialect is Dialect.POSTGRES:
@@ -185,13 +192,24 @@ def _part(col: Col, dialect: Dialect) -> str:
     return f"COALESCE(TRIM(CHAR(LENGTH({t}))) || ':' || {t}, 'N')"
 
 
-def row_hash(cols: Sequence[Col], dialect: Dialect) -> str:
-    """SQL for the row's fingerprint: 32 lower-case hex digits."""
+#: the digest a comparison's two sides compute: SHA-256 between the source and staging (MySQL
+#: 9 has no MD5(); MariaDB and MySQL have SHA2() since 5.5, PostgreSQL sha256() since 11), MD5
+#: between the star schema and the warehouse (Db2's HASH(..., 0))
+SHA256, MD5 = "sha256", "md5"
+
+
+def row_hash(cols: Sequence[Col], dialect: Dialect, digest: str = MD5) -> str:
+    """SQL for the row's fingerprint: lower-case hex digits (32 of MD5, 64 of SHA-256)."""
+    if digest not in (MD5, SHA256):
+        raise ValueError(f"unknown digest {digest!r}")
     if dialect is Dialect.MYSQL:
-        return f"MD5(CONCAT({', '.join(_part(c, dialect) for c in cols)}))"
+        text = f"CONCAT({', '.join(_part(c, dialect, digest) for c in cols)})"
+        return f"SHA2({text}, 256)" if digest == SHA256 else f"MD5({text})"
     if dialect is Dialect.POSTGRES:
-        return f"md5({' || '.join(_part(c, dialect) for c in cols)})"
-    return f"LOWER(HEX(HASH({' || '.join(_part(c, dialect) for c in cols)}, 0)))"
+        text = " || ".join(_part(c, dialect, digest) for c in cols)
+        return f"encode(sha256(convert_to({text}, 'UTF8')), 'hex')" if digest == SHA256 else f"md5({text})"
+    parts = " || ".join(_part(c, dialect, digest) for c in cols)
+    return f"LOWER(HEX(HASH({parts}, {2 if digest == SHA256 else 0})))"
 
 
 def _slice_value(h: str, start: int, dialect: Dialect) -> str:
@@ -273,13 +291,14 @@ class TableSpec:
     keys: tuple[Col, ...]
     cols: tuple[Col, ...]  # all columns, keys included
     dialect: Dialect
+    digest: str = MD5  # both sides of a comparison use the same
 
     def summary_sql(self, lo: Bound, hi: Bound) -> tuple[str, list[Any]]:
         """count, sum of slice 1, sum of slice 2 of the fingerprints in [lo, hi)."""
         d = self.dialect
         where, params = range_where(self.keys, lo, hi, d)
         h = "h"
-        inner = f"SELECT {row_hash(self.cols, d)} AS h FROM {self.relation} WHERE {where}"
+        inner = f"SELECT {row_hash(self.cols, d, self.digest)} AS h FROM {self.relation} WHERE {where}"
         return (f"SELECT COUNT(*), COALESCE(SUM({_slice_value(h, 1, d)}), 0),"
                 f" COALESCE(SUM({_slice_value(h, 16, d)}), 0) FROM ({inner}) x"), params
 
@@ -297,7 +316,8 @@ class TableSpec:
     def _key_select(self) -> str:
         d = self.dialect
         return ", ".join([*(quote(k.name, d) for k in self.keys),
-                          *(f"COALESCE({canonical(k, d)}, 'N')" for k in self.keys), row_hash(self.cols, d)])
+                          *(f"COALESCE({canonical(k, d, self.digest)}, 'N')" for k in self.keys),
+                          row_hash(self.cols, d, self.digest)])
 
     def split_sql(self, lo: Bound, hi: Bound, every: int) -> tuple[str, list[Any]]:
         """Keys at every ``every``-th row of [lo, hi) in key order: boundaries for sub-segments."""

@@ -53,7 +53,7 @@ from loader.warehouse import TABLES as WAREHOUSE_TABLES
 from loader.warehouse import Warehouse
 from transform.changes import deletion
 from transform.errors import ConfigError, SoftcartError, TransientError
-from transform.fingerprint import Col, Dialect, TableSpec, canonical, col_of, quote
+from transform.fingerprint import SHA256, Col, Dialect, TableSpec, canonical, col_of, quote
 from transform.model import Op, Position, RowChange
 from transform.schema import Table
 from transform.star_shape import AGGREGATES, fingerprint_kind
@@ -228,9 +228,9 @@ class Reconciler:
         except ValueError as exc:
             raise ConfigError(f"table {table.name}: {exc}") from None
         keys = tuple(cols[i] for i in table.key_indexes())
-        left = TableSpec(quote(table.name, Dialect.MYSQL), keys, cols, Dialect.MYSQL)
+        left = TableSpec(quote(table.name, Dialect.MYSQL), keys, cols, Dialect.MYSQL, SHA256)
         right = TableSpec(f"{quote(STAGING, Dialect.POSTGRES)}.{quote(table.name, Dialect.POSTGRES)}", keys, cols,
-                          Dialect.POSTGRES)
+                          Dialect.POSTGRES, SHA256)
         return Side("source", left, _mysql_fetch(src)), Side("staging", right, _pg_fetch(pg))
 
     def _wait_applied(self, watch: psycopg.Connection[Any], target: Position) -> None:
@@ -446,7 +446,7 @@ def _current_rows(src: pymysql.connections.Connection, table: Table, conv: RowCo
     matched to keys by canonical key text, as the comparison saw them."""
     key_idx = table.key_indexes()
     cols = [col_of(c) for c in table.columns]
-    canon = ", ".join(f"COALESCE({canonical(cols[i], Dialect.MYSQL)}, 'N')" for i in key_idx)
+    canon = ", ".join(f"COALESCE({canonical(cols[i], Dialect.MYSQL, SHA256)}, 'N')" for i in key_idx)
     where = " OR ".join(["(" + " AND ".join(f"{quote_mysql(k)} = %s" for k in table.primary_key) + ")"] * len(diffs))
     with src.cursor() as cur:
         cur.execute(f"SELECT {select_list(table)}, {canon} FROM {quote_mysql(table.name)} WHERE {where}",

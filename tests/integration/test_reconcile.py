@@ -117,6 +117,7 @@ def no_binlog(source: Conn, *stmts: str) -> None:
     execute(source, "SET SESSION sql_log_bin = 0", *stmts, "SET SESSION sql_log_bin = 1")
 
 
+@pytest.mark.both_sources
 def test_agreeing_copies_report_nothing(streaming: None, rc_settings: Settings) -> None:
     report = reconcile(rc_settings)
     assert report.exit_code == 0, report.text()
@@ -128,6 +129,7 @@ def test_agreeing_copies_report_nothing(streaming: None, rc_settings: Settings) 
     assert by_table[("warehouse", "factsales")].rows_copy == 343  # the reconcile flushed the snapshot first
 
 
+@pytest.mark.both_sources
 def test_source_and_staging_drift_is_found_exactly_and_repaired(streaming: None, source: Conn, staging: PG,
                                                                  warehouse: PG, rc_settings: Settings) -> None:
     no_binlog(source,
@@ -236,14 +238,15 @@ def test_a_warehouse_repair_that_changed_nothing_is_not_reported_as_repaired(
     assert warehouse.execute("SELECT count(*) FROM factsales WHERE rowid = 30").fetchone() == (0,)
 
 
+@pytest.mark.both_sources
 def test_reconcile_during_a_heavy_stream_reports_nothing_false(streaming: None, source: Conn, staging: PG,
                                                                warehouse: PG, rc_settings: Settings,
-                                                               mariadb: Any) -> None:
+                                                               source_server: Any) -> None:
     stop = threading.Event()
     written = [0]
 
     def load() -> None:
-        conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root",
+        conn = pymysql.connect(host="127.0.0.1", port=source_server.port, user="root",
                                database=rc_settings.source.database, autocommit=True)
         rnd = random.Random(7)
         next_id = 3000
@@ -351,6 +354,7 @@ CHANGED = {
 }
 
 
+@pytest.mark.both_sources
 def test_every_type_compares_equal_when_equal_and_different_when_changed(
         source: Conn, staging: PG, settings_env: dict[str, str], tmp_path: Path) -> None:
     """Normalisation on both sides: extremes, NULLs and ordinary values agree after streaming; a

@@ -113,3 +113,16 @@ def test_settle_stops_when_nothing_is_pending() -> None:
     pending = {"t": {("1",): _d(1)}}
     assert settle(pending, read_origin, lambda keys: {"t": {("1",): "a"}}) == {"t": []}
     assert len(calls) == 2 and pending == {"t": {}}
+
+
+def test_source_comparisons_use_functions_both_sources_have() -> None:
+    """MySQL 9 has no MD5() (the reconcile failed with 'FUNCTION sales.MD5 does not exist'):
+    between the source and staging every digest is SHA-256 (SHA2() on MariaDB and MySQL,
+    sha256() on PostgreSQL); the star schema and the warehouse keep MD5 (Db2's HASH(..., 0))."""
+    cols = (Col("id", Kind.INT), Col("name", Kind.TEXT), Col("blob", Kind.BINARY))
+    for dialect in (Dialect.MYSQL, Dialect.POSTGRES):
+        spec = TableSpec("t", cols[:2], cols, dialect, "sha256")
+        text = spec.summary_sql(None, None)[0] + spec.rows_sql(None, None)[0]
+        assert "md5" not in text.lower(), text
+    assert "SHA2(CONCAT(" in TableSpec("t", cols[:1], cols, Dialect.MYSQL, "sha256").summary_sql(None, None)[0]
+    assert "md5(" in TableSpec("t", cols[:1], cols, Dialect.POSTGRES).summary_sql(None, None)[0]
