@@ -106,29 +106,40 @@ def mariadb_gtid_advance(state: str, gtid: str) -> str:
     return ",".join(domains[d] for d in sorted(domains, key=int))
 
 
-def mysql_gtid_advance(state: str, gtid: str) -> str:
-    """MySQL GTID set (``uuid:1-5:7,uuid2:1-3``) after adding the transaction ``uuid:n``."""
+def _mysql_sets(state: str) -> dict[str, list[list[int]]]:
     sets: dict[str, list[list[int]]] = {}
     for part in filter(None, (p.strip() for p in state.replace("\n", "").split(","))):
         uuid, *ranges = part.split(":")
         for r in ranges:
             first, _, last = r.partition("-")
             sets.setdefault(uuid.lower(), []).append([int(first), int(last or first)])
+    return sets
+
+
+def _mysql_text(sets: dict[str, list[list[int]]]) -> str:
+    out = []
+    for u in sorted(sets):
+        merged: list[list[int]] = []
+        for lo, hi in sorted(sets[u]):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        out.append(u + "".join(f":{lo}" if lo == hi else f":{lo}-{hi}" for lo, hi in merged))
+    return ",".join(out)
+
+
+def mysql_gtid_advance(state: str, gtid: str) -> str:
+    """MySQL GTID set (``uuid:1-5:7,uuid2:1-3``) after adding the transaction ``uuid:n``."""
+    sets = _mysql_sets(state)
     uuid, _, n_text = gtid.rpartition(":")
-    n = int(n_text)
-    intervals = sets.setdefault(uuid.lower(), [])
-    intervals.append([n, n])
-    intervals.sort()
-    merged: list[list[int]] = []
-    for lo, hi in intervals:
-        if merged and lo <= merged[-1][1] + 1:
-            merged[-1][1] = max(merged[-1][1], hi)
-        else:
-            merged.append([lo, hi])
-    sets[uuid.lower()] = merged
-    return ",".join(
-        u + "".join(f":{lo}" if lo == hi else f":{lo}-{hi}" for lo, hi in sets[u]) for u in sorted(sets)
-    )
+    sets.setdefault(uuid.lower(), []).append([int(n_text), int(n_text)])
+    return _mysql_text(sets)
+
+
+def mysql_gtid_normal(state: str) -> str:
+    """A MySQL GTID set in one form (uuids lower-case and sorted, ranges merged), for comparing."""
+    return _mysql_text(_mysql_sets(state))
 
 
 def gtid_advance(mariadb: bool, state: str, gtid: str) -> str:

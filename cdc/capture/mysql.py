@@ -8,7 +8,7 @@ from typing import Any
 import pymysql
 import pymysql.cursors
 
-from cdc.capture.flavor import Flavor
+from cdc.capture.flavor import Flavor, mysql_gtid_advance, mysql_gtid_normal
 from cdc.capture.positions import SourceFacts, mariadb_gtid_contains
 from cdc.settings import Settings
 from transform.errors import ConfigError, FatalError, Kind, TableGone, TableUnusable, TransientError, mysql_kind
@@ -195,7 +195,41 @@ def source_facts(conn: pymysql.connections.Connection, settings: Settings, flavo
                 cur.execute("SELECT GTID_SUBSET(%s, @@GLOBAL.gtid_executed)", (saved_gtid,))
                 subset = cur.fetchone()
                 has = bool(subset and int(subset[0]))
+                assert saved is not None
+                sizes = dict(binary_logs(conn))
+                if saved.file in sizes and saved.pos <= sizes[saved.file]:
+                    at_saved = mysql_gtid_at(conn, saved.file, saved.pos)
     return SourceFacts(server_id, uuid, f"{settings.source.host}:{settings.source.port}", has, at_saved)
+
+
+#: SHOW BINLOG EVENTS rows asked at a time
+_EVENTS_PAGE = 5000
+
+
+def mysql_gtid_at(conn: pymysql.connections.Connection, file: str, pos: int) -> str:
+    """MySQL's GTID set executed at ``file``:``pos`` of its binary log: the file's Previous_gtids
+    and the GTID of each transaction before ``pos``; '' where ``pos`` is no event boundary. What
+    MariaDB's BINLOG_GTID_POS() answers, read with SHOW BINLOG EVENTS (the file's events up to
+    ``pos``, a page at a time). On the server a position was read from it is the GTID state saved
+    with it; after RESET BINARY LOGS AND GTIDS (or a restore) the same file name and offset hold
+    another history, whose GTIDs may well be a superset of the saved ones."""
+    state, start = "", 4
+    with conn.cursor() as cur:
+        while start < pos:
+            cur.execute("SHOW BINLOG EVENTS IN %s FROM %s LIMIT %s", (file, start, _EVENTS_PAGE))
+            rows = cur.fetchall()
+            if not rows:
+                return ""
+            for _name, at, kind, _server, end, info in rows:
+                if int(at) >= pos:
+                    return state if int(at) == pos else ""
+                text = str(info or "")
+                if str(kind).startswith("Previous_gtids"):
+                    state = mysql_gtid_normal(text)
+                elif text.startswith("SET @@SESSION.GTID_NEXT=") and "ANONYMOUS" not in text:
+                    state = mysql_gtid_advance(state, text.split("'")[1])
+                start = int(end)
+    return state if start == pos else ""
 
 
 def server_variables(conn: pymysql.connections.Connection, names: list[str]) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cdc.capture.flavor import mysql_gtid_normal
 from transform.errors import FatalError
 from transform.model import Position
 
@@ -60,6 +61,10 @@ def identity_text(server_id: int, uuid: str) -> str:
     return f"server_id {server_id}" + (f" (server_uuid {uuid})" if uuid else "")
 
 
+#: the statement that resets a binary log, by server
+RESET = "RESET MASTER; on MySQL 8.4+: RESET BINARY LOGS AND GTIDS"
+
+
 def resume_from(saved: Position, saved_source: tuple[int, str] | None, facts: SourceFacts) -> Resume:
     """Where to resume, given the position saved and the server it was read from.
 
@@ -80,7 +85,7 @@ def resume_from(saved: Position, saved_source: tuple[int, str] | None, facts: So
     if same and offset_ours:
         if saved.gtid and facts.has_saved_gtid is False:
             raise FatalError(f"the source {facts.name} ({here}) no longer holds the transactions of the saved position"
-                             f" {saved}: its binary log was reset (RESET MASTER) or the server restored, so that"
+                             f" {saved}: its binary log was reset ({RESET}) or the server restored, so that"
                              f" offset means nothing now; {fix}")
         return Resume(saved)
     if same:
@@ -89,9 +94,9 @@ def resume_from(saved: Position, saved_source: tuple[int, str] | None, facts: So
         # history may well number past the saved GTIDs: that proves nothing, so nothing is skipped.
         at = f"GTID state {facts.gtid_at_saved}" if facts.gtid_at_saved else "no event boundary"
         raise FatalError(f"the binary log of {facts.name} ({here}) holds another history at the saved position"
-                         f" {saved} ({at} there; saved: {saved.gtid}): its binary log was reset (RESET MASTER)"
-                         f" or the server restored, and where the saved changes end in the new history can't"
-                         f" be known; {fix} (or set SOFTCART_AUTO_RESNAPSHOT=true to have the daemon do it)")
+                         f" {saved} ({at} there; saved: {saved.gtid}): its binary log was reset ({RESET}) or the"
+                         " server restored, and where the saved changes end in the new history can't be known;"
+                         f" {fix} (or set SOFTCART_AUTO_RESNAPSHOT=true to have the daemon do it)")
     before = identity_text(*saved_source) if saved_source else "another server"
     found = f"{facts.name} is {here}"
     if saved.gtid and facts.has_saved_gtid:
@@ -105,12 +110,15 @@ def resume_from(saved: Position, saved_source: tuple[int, str] | None, facts: So
 
 
 def _gtid_seqs(text: str) -> dict[int, int] | str:
-    """A MariaDB GTID state as {domain: sequence number}; another form (MySQL's) as it is."""
+    """A MariaDB GTID state as {domain: sequence number}; MySQL's GTID set in one form."""
     out: dict[int, int] = {}
     for part in text.replace("\n", "").split(","):
         bits = part.strip().split("-")
         if len(bits) != 3 or not all(b.isdigit() for b in bits):
-            return text.strip()
+            try:
+                return mysql_gtid_normal(text)
+            except ValueError:
+                return text.strip()
         out[int(bits[0])] = max(out.get(int(bits[0]), 0), int(bits[2]))
     return out
 

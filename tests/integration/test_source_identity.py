@@ -15,8 +15,9 @@ import psycopg
 import pymysql
 import pytest
 
+from cdc.capture.flavor import mysql_gtid_normal
 from cdc.capture.positions import mariadb_gtid_contains
-from cdc.dev.localservers import MariaDBServer
+from cdc.dev.localservers import MariaDBServer, MySQLServer
 from cdc.settings import Settings, load_settings
 from tests.helpers import assert_same, execute, running_pipeline, wait_caught_up, wait_pipeline_died, wait_until
 from transform.errors import FatalError
@@ -182,3 +183,46 @@ def test_a_reset_binlog_whose_new_history_numbers_past_the_saved_gtids_is_a_rese
     with running_pipeline(at(other, SOFTCART_AUTO_RESNAPSHOT="true")):
         wait_caught_up(staging, src)
         assert assert_same(src, staging, "resetdb2", "items") == seq + 43
+
+
+@pytest.fixture
+def own_mysql(server_root: Path) -> Iterator[MySQLServer]:
+    """A MySQL of this test's own: it resets its binary log."""
+    server = MySQLServer(server_root / "ident-mysql")
+    server.start()
+    yield server
+    server.remove()
+
+
+def test_mysql_a_reset_binlog_is_a_reset_whatever_lies_at_the_saved_offset(
+        own_mysql: MySQLServer, settings_env: dict[str, str], staging: PG) -> None:
+    """RESET BINARY LOGS AND GTIDS while the daemon is stopped, then a new history past the saved
+    offset that holds the saved GTID set. The daemon resumed there without a word where an
+    event boundary fell on the offset, and stopped with a raw 1236 "bogus data in log event"
+    (which auto-resnapshot didn't take) where none did (#31 item 3). The GTID set at the saved
+    offset, read from the binlog, is now compared with the saved one: another history (or no
+    event boundary) is a reset, refused naming the command and the way out, and taken as a new
+    snapshot when allowed."""
+    from cdc.capture.mysql import mysql_gtid_at
+
+    conn = pymysql.connect(host="127.0.0.1", port=own_mysql.port, user="root", autocommit=True)
+    execute(conn, "CREATE DATABASE resetdb", "USE resetdb", ITEMS)
+    at = pointed_at(settings_env, own_mysql, "resetdb", SOFTCART_ONLINE_COPY="off")
+    with running_pipeline(at):
+        for i in range(20):
+            execute(conn, f"INSERT INTO items VALUES ({i}, {i})")
+        wait_caught_up(staging, conn)
+    (file, pos, saved) = staging.execute("SELECT binlog_file, binlog_pos, gtid FROM softcart.position").fetchone() \
+        or ("", 0, "")
+    assert mysql_gtid_at(conn, file, pos) == mysql_gtid_normal(saved), "read from the binlog: the saved state"
+    execute(conn, "RESET BINARY LOGS AND GTIDS")
+    for i in range(40):  # two rows a transaction: the saved offset falls elsewhere in the new history
+        execute(conn, f"INSERT INTO items VALUES ({100 + 2 * i}, {i}), ({101 + 2 * i}, {i})")
+    assert mysql_gtid_at(conn, file, pos) != mysql_gtid_normal(saved)
+    text = fatal_at_start(at)
+    assert "another history at the saved position" in text and "RESET BINARY LOGS AND GTIDS" in text, text
+    assert staging.execute("SELECT count(*) FROM staging.items").fetchone() == (20,), "nothing applied"
+    with running_pipeline(at.model_copy(update={"auto_resnapshot": True})):
+        wait_caught_up(staging, conn)
+        assert assert_same(conn, staging, "resetdb", "items") == 100
+    conn.close()

@@ -90,11 +90,24 @@ def test_mariadb_the_same_server_id_with_another_history_at_the_offset_is_a_rese
     assert resume_from(SAVED, (1, ""), here).position == SAVED
     for has_saved in (True, False):
         reset = SourceFacts(1, "", "db2.example:3306", has_saved, gtid_at_saved="0-1-311")
-        with pytest.raises(FatalError, match=r"another history at the saved position .* reset \(RESET MASTER\)"
-                                             r".*resnapshot"):
+        with pytest.raises(FatalError, match=r"another history at the saved position .* reset \(RESET MASTER; on"
+                                             r" MySQL 8.4\+: RESET BINARY LOGS AND GTIDS\).*resnapshot"):
             resume_from(SAVED, (1, ""), reset)
         inside = SourceFacts(1, "", "db2.example:3306", has_saved, gtid_at_saved="")  # no event boundary there
         with pytest.raises(FatalError, match="another history at the saved position"):
             resume_from(SAVED, (1, ""), inside)
     failover = SourceFacts(2, "", "db2.example:3306", True, gtid_at_saved="0-1-311")
     assert resume_from(SAVED, (1, ""), failover).by_gtid
+
+
+def test_mysql_another_history_at_the_saved_offset_is_a_reset_whatever_its_gtids() -> None:
+    """MySQL keeps its server_uuid across RESET BINARY LOGS AND GTIDS: the GTID set at the saved
+    offset (read from the binlog) tells. The new history's set may hold the saved one (so the
+    subset check passed and 20 changes were skipped without a word, #31 item 3)."""
+    uuid = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
+    saved = Position("binlog.000001", 9000, f"{uuid}:1-40")
+    same = SourceFacts(1, uuid, "db:3306", True, gtid_at_saved=f"{uuid.upper()}:1-20:21-40")  # other spelling
+    assert resume_from(saved, (1, uuid), same).position == saved
+    for there in (f"{uuid}:1-52", ""):  # another history at the offset, or no event boundary there
+        with pytest.raises(FatalError, match=r"another history at the saved position.*RESET BINARY LOGS AND GTIDS"):
+            resume_from(saved, (1, uuid), SourceFacts(1, uuid, "db:3306", True, gtid_at_saved=there))
