@@ -13,7 +13,7 @@ import pymysql
 import pytest
 
 from cdc.capture import mysql
-from cdc.dev.localservers import MariaDBServer, PostgresServer
+from cdc.dev.localservers import MariaDBServer, MySQLServer, PostgresServer
 from cdc.settings import Settings, load_settings
 from loader.pg import pg_connect
 from tests.helpers import SALES_DDL, assert_same, cli, execute, pg_database, running_pipeline, wait_caught_up
@@ -137,3 +137,24 @@ def test_verify_without_a_ca_is_a_settings_error(settings_env: dict[str, str]) -
         _settings(**settings_env, SOFTCART_SOURCE_TLS="verify-ca")
     with pytest.raises(ConfigError, match="SOFTCART_STAGING_TLS_CA: no such file"):
         _settings(**settings_env, SOFTCART_STAGING_TLS="verify-full", SOFTCART_STAGING_TLS_CA="/nonexistent.pem")
+
+
+def test_mysql_caching_sha2_password_without_tls_signs_in(mysql: MySQLServer, settings_env: dict[str, str]) -> None:
+    """MySQL's default authentication (caching_sha2_password) without TLS exchanges the password
+    under the server's RSA key the first time: pymysql needs the 'cryptography' package for that,
+    and without it `check` died with a raw traceback (#31 item 5). It is a dependency now."""
+    name = f"cs2_{settings_env['SOFTCART_SERVER_ID']}"
+    root = pymysql.connect(host="127.0.0.1", port=mysql.port, user="root", autocommit=True)
+    execute(root, f"CREATE DATABASE IF NOT EXISTS {name}", f"CREATE USER '{name}'@'%' IDENTIFIED BY 's3cret!'",
+            f"GRANT SELECT, RELOAD, REPLICATION CLIENT, REPLICATION SLAVE ON *.* TO '{name}'@'%'",
+            f"CREATE TABLE {name}.sales_data (rowid INT PRIMARY KEY)")
+    try:
+        out = cli("check", env={**settings_env, "SOFTCART_SOURCE_URL": mysql.url(name, "s3cret!", name),
+                                "SOFTCART_SOURCE_TLS": "disabled", "SOFTCART_STAR_TABLE": ""})
+        text = out.stdout + out.stderr
+        assert "Traceback" not in text and "cryptography" not in text, text
+        assert "ok    connected to the source: MySQL" in text, text
+        assert "s3cret" not in text
+    finally:
+        execute(root, f"DROP USER '{name}'@'%'", f"DROP DATABASE {name}")
+        root.close()
