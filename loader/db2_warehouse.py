@@ -318,7 +318,7 @@ class DB2Warehouse:
                 or ibm_db.conn_error() or ""
             with contextlib.suppress(Exception):
                 ibm_db.rollback(conn)
-            return self._failed(exc, state, step)
+            return self._failed(exc, state, step, batch)
 
     def _stage(self, conn: Any, t: WTable, batch: SpooledBatch, opts: dict[int, int]) -> int:
         """The batch's rows of ``t`` into its temporary table, a chunk at a time (a full reload of
@@ -344,11 +344,15 @@ class DB2Warehouse:
             staged += len(rows)
         return staged
 
-    def _failed(self, exc: Exception, state: str, step: str) -> bool:
-        """What a failed load means, raised as ours (False: another loader committed it first)."""
+    def _failed(self, exc: Exception, state: str, step: str, batch: SpooledBatch) -> bool:
+        """What a failed load means, raised as ours (False: another loader committed this very
+        batch first; BatchIdTaken where the ledger holds its number for another batch)."""
         text = _clean(str(exc), self._ep)
         outcome = load_outcome(state, step)
         if outcome == "loaded":
+            held = self.fetch(f"SELECT {q('batch_uid')} FROM {q(LEDGER)} WHERE {q('batch_id')} = ?",
+                              (batch.batch_id,))
+            already_loaded(held[0][0] if held else None, batch)
             return False
         if outcome == "rejected":
             raise BatchRejected(f"{state}: {text}") from None

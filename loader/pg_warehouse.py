@@ -181,7 +181,11 @@ class PostgresWarehouse:
                 raise TransientError(self._no_reply() + "; the batch is loaded again") from None
             state = exc.sqlstate or ""
             if step == "ledger" and is_duplicate_key(state):
-                return False  # another loader committed this batch first
+                # another loader committed this number first: this batch (a replay), or another
+                # batch under the same number (BatchIdTaken): the uids tell, never the number alone
+                held = conn.execute(f"SELECT batch_uid FROM {LEDGER} WHERE batch_id = %s", (batch.batch_id,)).fetchone()
+                if already_loaded(held[0] if held else None, batch):
+                    return False
             text = f"{state}: {exc.diag.message_primary or str(exc).strip()}" if state else str(exc).strip()
             kind = sqlstate_kind(state)
             if kind is Kind.REJECTED:

@@ -735,3 +735,41 @@ def test_an_installation_of_the_old_aggregate_grain_is_upgraded_by_a_restart_and
     assert assert_warehouse_equals_star(staging, warehouse) > 100
     by_product = warehouse.execute("SELECT sum(total_sales) FROM sales_by_product").fetchone()
     assert by_product == warehouse.execute("SELECT sum(total_price) FROM factsales").fetchone()
+
+
+def test_a_ledger_number_taken_by_another_batch_meanwhile_is_not_taken_for_this_one(
+        wh_settings: Settings, warehouse: psycopg.Connection[Any], tmp_path: Path) -> None:
+    """The load checks the ledger first; another loader may commit the same number in between,
+    and the ledger insert then meets its row. That was counted as this batch loaded, whatever
+    the other batch was: its data rolled back and never loaded (#30 item 13). Now the uids tell:
+    the same batch is a replay, another batch is BatchIdTaken."""
+    from loader.warehouse import LEDGER, BatchIdTaken
+    from tests.helpers import wait_until
+
+    wh = open_warehouse(wh_settings.warehouse_config)
+    wh.init()
+    spool = Spool(tmp_path)
+    spool.prepare()
+    batch = spool.write(7, {"dimdate": "U,20210101,2021-01-01,2021,1,Q1,1,January,1,6,Friday\n"}, {})
+    other = psycopg.connect(warehouse.info.dsn)
+    other.execute(f"INSERT INTO {LEDGER} (batch_id, pipeline, rows_loaded, batch_uid) VALUES (%s, %s, 0, %s)",
+                  (batch.batch_id, wh_settings.pipeline_name, "another-batch"))  # not committed yet
+    outcome: list[object] = []
+
+    def load() -> None:
+        try:
+            outcome.append(wh.load(batch))
+        except Exception as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=load)
+    t.start()
+    wait_until(lambda: warehouse.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                                         " 'softcart-sync-flush' AND wait_event_type = 'Lock'").fetchone() == (1,),
+               30, "the load waiting on the other loader's ledger row")
+    other.commit()
+    t.join(30)
+    other.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], BatchIdTaken), outcome
+    assert warehouse.execute("SELECT count(*) FROM dimdate").fetchone() == (0,)
+    wh.close()
