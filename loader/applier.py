@@ -25,7 +25,7 @@ from loader.pg import cut, pg_connect
 from loader.staging import StagingWriter
 from transform.batching import Batching, BatchLimits
 from transform.changes import carried, filled
-from transform.errors import SoftcartError, SourceColumnGone
+from transform.errors import SoftcartError, SourceColumnGone, SourceTableGone
 from transform.model import ApplyConfig, Heartbeat, Position, RowChange, SchemaChange, TxnChunk
 from transform.progress import PipelineState
 from transform.schema import Table
@@ -389,6 +389,9 @@ class Applier:
             rows = [r for i in range(0, len(keys), 1000)
                     for r in self._source_values(source, table, columns, keys[i:i + 1000], refused)]
             return columns, {r[:n]: r[n:] for r in rows}
+        except SourceTableGone:  # a later DROP or RENAME: the stream follows it when it gets there
+            log.info("absent_columns_gone", table=table.name, columns=columns, reason="the table is gone")
+            return [], {}
         except SourceColumnGone:
             if len(columns) == 1:
                 log.info("absent_columns_gone", table=table.name, columns=columns)

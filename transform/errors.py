@@ -60,6 +60,11 @@ class SourceColumnGone(TransientError):
     """A column asked of the source is no longer there (a later DDL dropped it): what the followed
     definition still names is read again once the stream reaches that DDL."""
 
+
+class SourceTableGone(SourceColumnGone):
+    """The table asked of the source is no longer there (a later DROP or RENAME, which the stream
+    will follow when it reaches the statement)."""
+
 class Kind(enum.Enum):
     TRANSIENT = "transient"
     REJECTED = "rejected"

@@ -22,7 +22,7 @@ from cdc.capture.mysql import connect, read_table
 from cdc.settings import Settings
 from loader.ddl import META, STAGING, record_snapshot
 from loader.staging import StagingWriter
-from transform.errors import ConfigError, SourceColumnGone, TransientError
+from transform.errors import ConfigError, SourceColumnGone, SourceTableGone, TransientError
 from transform.fingerprint import Dialect, quote
 from transform.model import Position
 from transform.schema import Table
@@ -66,6 +66,10 @@ class SourceRows:
             except pymysql.err.OperationalError as exc:
                 if exc.args and exc.args[0] == 1054:  # unknown column
                     raise SourceColumnGone(f"{part.name}: {exc.args[1]}") from None
+                raise
+            except pymysql.err.ProgrammingError as exc:
+                if exc.args and exc.args[0] == 1146:  # no such table
+                    raise SourceTableGone(f"{part.name}: {exc.args[1]}") from None
                 raise
             yield from cur
 

@@ -636,3 +636,37 @@ def test_a_partial_image_whose_fill_reads_a_value_staging_cannot_hold_is_dead_le
         wait_caught_up(staging, source)
         assert_same(source, staging, source_db, "wide")
     assert staging.execute("SELECT count(*) FROM softcart.dead_letter WHERE resolved_at IS NULL").fetchone() == (0,)
+
+
+@pytest.mark.both_sources
+@pytest.mark.parametrize("away", ["DROP TABLE wide", "ALTER TABLE wide RENAME TO wide_old"])
+def test_a_partial_image_of_a_table_dropped_or_renamed_away_since_follows_the_statement(
+        settings: Settings, source: Conn, staging: PG, source_db: str, connect: Connect, away: str) -> None:
+    """A partial image whose fill finds its table gone (a later DROP or RENAME, the daemon still
+    behind it): the read failed with 1146 and the daemon stopped for good at that position (#30
+    item 13). The change applies with the row's values (the fill reads nothing), and the
+    statement is followed when the stream gets there: the table's rows go, the others stream on.
+    The table is dropped while the fill's read waits on a lock its session holds, so the read
+    meets the table gone, every time."""
+    execute(source, "CREATE TABLE wide (id INT PRIMARY KEY, v INT, c INT)", "CREATE TABLE other (id INT PRIMARY KEY)",
+            "INSERT INTO wide VALUES (1, 1, 10), (2, 2, 20)")
+    s = settings.model_copy(update={"source_tables": ["wide", "other"], "star_table": "", "online_copy": "off"})
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+    execute(connect(), "SET SESSION binlog_row_image = 'MINIMAL'", "UPDATE wide SET v = 5 WHERE id = 1")
+    locker = connect()
+    execute(locker, "LOCK TABLES wide WRITE")
+    with running_pipeline(s) as pipeline:
+        def fill_waiting() -> bool:
+            with source.cursor() as cur:
+                cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE STATE LIKE"
+                            " 'Waiting for table metadata lock' AND INFO LIKE 'SELECT%%wide%%'")
+                return bool((cur.fetchone() or (0,))[0])
+
+        wait_until(fill_waiting, 60, "the fill's read to wait on the lock")
+        execute(locker, away, "UNLOCK TABLES")
+        execute(source, "INSERT INTO other VALUES (1)")
+        wait_caught_up(staging, source)
+        assert pipeline.state.restarts == 0
+    assert staging.execute("SELECT count(*) FROM staging.wide").fetchone() == (0,)
+    assert staging.execute("SELECT id FROM staging.other").fetchall() == [(1,)]
