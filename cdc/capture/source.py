@@ -350,7 +350,8 @@ class BinlogSource:
         keys = table.key_indexes()
         for row, err in rows:
             if err and op is Op.DELETE and all(row[k] is not None for k in keys):
-                out.append(RowChange(name, op, row, None))  # a delete needs the key alone
+                # a delete needs the key alone (the library's path keeps the key alone too)
+                out.append(RowChange(name, op, tuple(v if j in keys else None for j, v in enumerate(row)), None))
             elif err:
                 out.append(_bad(table, op, err, row, None))
             elif op is Op.INSERT:

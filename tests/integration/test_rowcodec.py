@@ -180,10 +180,12 @@ def test_limits_and_bad_values_decode_as_the_library_does(settings: Settings, so
             "INSERT INTO fast_types (id, vc, i) VALUES (6, 'nul\\0inside', 7), (7, 'fine', 8)",
             "UPDATE fast_types SET vc = 'still\\0bad' WHERE id = 7",
             "UPDATE fast_types SET dd = '2020-01-01' WHERE id = 4",  # away from the zero date: applies
-            "DELETE FROM fast_types WHERE id IN (4, 5, 6)")
+            "DELETE FROM fast_types WHERE id IN (4, 5, 6)")  # rows with such values go too: by key
     changes = compare(settings, source, start)
     errors = [c for c in changes if c.error]
-    assert [c.key for c in errors] == [(4,), (5,), (6,), (7,), (5,), (6,)]
+    assert [c.key for c in errors] == [(4,), (5,), (6,), (7,)]
+    deletes = [c.before for c in changes if c.op.value == "delete" and c.before and c.before[0] in (4, 5, 6)]
+    assert [d[0] for d in deletes] == [4, 5, 6] and all(v is None for d in deletes[1:] for v in d[1:])
     assert "zero or invalid date" in (errors[0].error or "") and "NUL" in (errors[2].error or "")
     assert len(changes) == 16
     fixed = [c for c in changes if c.op.value == "update" and c.after and c.after[0] == 4]
