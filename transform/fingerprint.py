@@ -169,13 +169,25 @@ def _pg_canonical(col: Col, c: str, digest: str) -> str:
     return f"CASE WHEN {c} IS NULL THEN NULL ELSE 'J' END"
 
 
+def db2_decimal_text(c: str, scale: int) -> str:
+    """Db2 SQL for a DECIMAL's text as PostgreSQL's ``round(x, scale)::text`` prints it. Not
+    VARCHAR(DECIMAL(...)): since Db2 9.7 that drops the leading zero (0.20 is '.20', IBM's own
+    example) and, at scale 0, the decimal point. DIGITS gives the 31 digits with leading zeros and
+    no sign or point (documented for every Db2 since 9.7); the integer part loses its leading
+    zeros but one, the fraction keeps ``scale`` digits."""
+    digits = f"DIGITS(DECIMAL({c}, 31, {scale}))"
+    whole = f"COALESCE(NULLIF(TRIM(LEADING '0' FROM SUBSTR({digits}, 1, {31 - scale})), ''), '0')"
+    fraction = f" || '.' || SUBSTR({digits}, {32 - scale}, {scale})" if scale else ""
+    return f"(CASE WHEN {c} < 0 THEN '-' ELSE '' END || {whole}{fraction})"
+
+
 def _db2_canonical(col: Col, c: str, digest: str) -> str:
     """DB2: only what the warehouse tables hold (integers, decimals, dates, short text)."""
     k = col.kind
     if k is Kind.INT:
         return f"TRIM(CHAR({c}))"
     if k is Kind.DECIMAL:
-        return f"VARCHAR(DECIMAL({c}, 31, {col.scale}))"
+        return db2_decimal_text(c, col.scale)
     if k is Kind.DATE:
         return f"CHAR({c}, ISO)"
     if k is Kind.TEXT:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -11,7 +13,17 @@ from hypothesis import strategies as st
 
 from cdc.ops.compare import Difference, diff_rows
 from cdc.ops.reconcile import settle
-from transform.fingerprint import Col, Dialect, Kind, TableSpec, canonical, col_of, range_where, row_hash
+from transform.fingerprint import (
+    Col,
+    Dialect,
+    Kind,
+    TableSpec,
+    canonical,
+    col_of,
+    db2_decimal_text,
+    range_where,
+    row_hash,
+)
 from transform.schema import _INT_TYPES, _SIMPLE_TYPES, Column
 
 KEYS = (Col("a", Kind.INT), Col("b", Kind.INT))
@@ -126,3 +138,40 @@ def test_source_comparisons_use_functions_both_sources_have() -> None:
         assert "md5" not in text.lower(), text
     assert "SHA2(CONCAT(" in TableSpec("t", cols[:1], cols, Dialect.MYSQL, "sha256").summary_sql(None, None)[0]
     assert "md5(" in TableSpec("t", cols[:1], cols, Dialect.POSTGRES).summary_sql(None, None)[0]
+
+
+def _db2_eval(expr: str, c: str, value: Decimal) -> str:
+    """Evaluate the SQL of db2_decimal_text for ``value`` by Db2's documented semantics of the
+    functions it uses (DIGITS: the absolute value's digits, zero-padded to the precision, no sign
+    or point; DECIMAL(x, 31, s): truncated to s places; TRIM LEADING; SUBSTR 1-based)."""
+    scale = int(re.search(r"DECIMAL\([^,]+, 31, (\d+)\)", expr).group(1))  # type: ignore[union-attr]
+    exact = value.quantize(Decimal(1).scaleb(-scale), rounding="ROUND_DOWN")
+    digits = str(abs(exact).scaleb(scale).to_integral_value()).zfill(31)
+    whole = digits[:31 - scale].lstrip("0") or "0"
+    text = ("-" if exact < 0 else "") + whole + ("." + digits[31 - scale:] if scale else "")
+    assert expr.count("DIGITS(") == (2 if scale else 1)  # the shape evaluated here
+    return text
+
+
+BIG = Decimal("99999999999999999999999.9999")
+
+
+@given(st.decimals(min_value=-BIG, max_value=BIG, places=4, allow_nan=False, allow_infinity=False),
+       st.sampled_from([0, 2, 4]))
+def test_db2_decimal_text_is_postgresqls_round_text(value: Decimal, scale: int) -> None:
+    """Db2's VARCHAR(DECIMAL(...)) drops the leading zero (0.20 -> '.20'): every value strictly
+    between -1 and 1 differed from PostgreSQL's '0.2000' on every nightly run (#32 item 4). The
+    builder's text, evaluated by the documented semantics of the functions it uses, is
+    PostgreSQL's round(x, s)::text for values at the column's scale."""
+    at_scale = value.quantize(Decimal(1).scaleb(-scale), rounding="ROUND_DOWN")
+    expr = db2_decimal_text('"PRICE"', scale)
+    assert "VARCHAR(" not in expr
+    pg = f"{at_scale:.{scale}f}" if at_scale != 0 else f"{Decimal(0):.{scale}f}"
+    assert _db2_eval(expr, '"PRICE"', at_scale) == pg
+
+
+def test_db2_decimal_text_edges() -> None:
+    for value, scale, want in [(Decimal("0.2"), 4, "0.2000"), (Decimal("-0.5"), 4, "-0.5000"),
+                               (Decimal(0), 2, "0.00"), (Decimal(5), 0, "5"), (Decimal("-12.34"), 2, "-12.34"),
+                               (Decimal("0.0001"), 4, "0.0001")]:
+        assert _db2_eval(db2_decimal_text("c", scale), "c", value) == want
