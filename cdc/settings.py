@@ -144,7 +144,8 @@ class Settings(BaseSettings):
         "CURRENT SCHEMA (upper-cased, as Db2 folds names), PostgreSQL's search_path; empty: the user's default "
         "(Db2: the user's own schema)")
     warehouse_receive_timeout_seconds: float = Field(
-        3600.0, gt=0, description="longest wait for one reply from the warehouse: a silent one is an error after "
+        3600.0, gt=0, le=32767, description="longest wait for one reply from the warehouse (at most 32767, the Db2"
+        " CLI's limit): a silent one is an error after "
         "this; sized for a MERGE or a full reload's DELETE of millions of rows (Db2 ReceiveTimeout; PostgreSQL "
         "keepalives notice a dead peer sooner, a guard cuts a connection whose peer acks but never answers)")
     warehouse_statement_timeout_seconds: float = Field(

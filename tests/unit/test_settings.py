@@ -183,3 +183,12 @@ def test_every_setting_is_in_the_readme() -> None:
     """The README's settings table is where an operator looks: a setting missing from it fails here."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert [n for n in Settings.model_fields if f"`SOFTCART_{n.upper()}`" not in readme] == []
+
+
+def test_the_warehouse_receive_timeout_stays_within_what_the_db2_cli_accepts(env: pytest.MonkeyPatch) -> None:
+    """The Db2 CLI's ReceiveTimeout takes 0..32767 seconds (#32 item 7)."""
+    env.setenv("SOFTCART_WAREHOUSE_RECEIVE_TIMEOUT_SECONDS", "32767")
+    assert load_settings().warehouse_receive_timeout_seconds == 32767
+    env.setenv("SOFTCART_WAREHOUSE_RECEIVE_TIMEOUT_SECONDS", "40000")
+    with pytest.raises(ConfigError, match=r"SOFTCART_WAREHOUSE_RECEIVE_TIMEOUT_SECONDS.*32767"):
+        load_settings()
