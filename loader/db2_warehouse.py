@@ -29,6 +29,7 @@ from transform.errors import (
     Kind,
     SoftcartError,
     TransientError,
+    db2_connect_state,
     is_duplicate_key,
     sqlstate_fix,
     sqlstate_kind,
@@ -258,7 +259,11 @@ class DB2Warehouse:
                 self._conn = ibm_db.connect(connection_string(self._ep, self._timeout, self._ep.query, self._receive,
                                                               self._schema), "", "")
             except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception
-                raise TransientError(f"warehouse {self._ep.display}: {_clean(str(exc), self._ep)}") from None
+                text = _clean(str(exc), self._ep)
+                state = db2_connect_state(str(exc), ibm_db.conn_error() or "")
+                if sqlstate_kind(state) is Kind.CONFIG:  # a refused login or CONNECT: no retry helps
+                    raise ConfigError(f"warehouse {self._ep.display}: {text}; {sqlstate_fix(state)}") from None
+                raise TransientError(f"warehouse {self._ep.display}: {text}") from None
             ibm_db.autocommit(self._conn, ibm_db.SQL_AUTOCOMMIT_OFF)
         return self._conn
 
@@ -311,7 +316,11 @@ class DB2Warehouse:
             with contextlib.suppress(Exception):
                 ibm_db.rollback(conn)
             raise
-        except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception; classify by SQLSTATE
+        except Exception as exc:
+            if type(exc) is not Exception:  # not the driver's (a spool file gone, a decode error): as it is,
+                with contextlib.suppress(Exception):  # never read as the driver's last error state
+                    ibm_db.rollback(conn)
+                raise
             # the failing statement's own diagnostics; without a handle the connection's last
             handle = self._at_fault
             state = (ibm_db.stmt_error(handle) if handle is not None else ibm_db.stmt_error()) \

@@ -16,8 +16,12 @@ IBM Db2, report the SQL standard's five-character states, so one table serves bo
 - ``CONFIG``: the warehouse isn't set up for us (an object missing: 42704 / 42P01; no privilege:
   42501, 42502; Db2's missing user temporary table space for the DGTT, SQL0286N: 42727; schema
   missing: 3F000): an operator must act; the message names what.
+- ``CONFIG`` too: statements that can never succeed as they are (42601 syntax, 42703 unknown
+  column, 42818 / 42821 type mismatch, 54001 too complex), a resource the work can't get by
+  retrying (57011: Db2's log, lock list or table space full), a refused login (28000; Db2's
+  SQL30082N, which reports 08001, :func:`db2_connect_state`) or CONNECT privilege (08004).
 - ``TRANSIENT``: everything else (connection 08, transaction rollback 40 — deadlock, timeout —,
-  resources 53 / 57, a statement cancelled by a time limit 57014): retried with backoff, and seen
+  resources 53, a statement cancelled by a time limit 57014): retried with backoff, and seen
   (attempts, first failure and last error per batch).
 
 Sources: the SQLSTATE tables of IBM Db2 11.5 ("SQLSTATE messages", class codes) and PostgreSQL
@@ -81,7 +85,40 @@ _CONFIG = {
     "42502": "the loader's user lacks a privilege: run the GRANTs in deploy/sql",
     "42727": "no user temporary table space for the loader's temporary tables: CREATE USER TEMPORARY TABLESPACE and"
              " GRANT USE OF it to the loader (deploy/sql/db2-warehouse.sql)",
+    # statements that can never succeed as they are: the warehouse's tables and this version disagree
+    "42601": "the warehouse refused a statement of ours as invalid SQL: its version or tables don't match this"
+             " softcart-sync; compare them with deploy/sql",
+    "42703": "a warehouse table lacks a column this version writes: apply the DBA script of this version"
+             " (deploy/sql) or `softcart-sync warehouse init`",
+    "42818": "a warehouse column's type differs from what this version writes: compare the tables with deploy/sql",
+    "42821": "a warehouse column's type differs from what this version writes: compare the tables with deploy/sql",
+    "54001": "a statement was too complex for the warehouse's statement heap: raise STMTHEAP (Db2: UPDATE DB CFG"
+             " USING STMTHEAP AUTOMATIC)",
+    # resources that a retry of the same work can't find: Db2's SQL0964C (transaction log full),
+    # SQL0912N (lock list full), SQL0289N (table space full)
+    "57011": "the warehouse ran out of a resource the load needs: if the log is full (SQL0964C) raise LOGFILSIZ,"
+             " LOGPRIMARY and LOGSECOND (log space = LOGFILSIZ x 4 KB x (LOGPRIMARY + LOGSECOND); `softcart-sync"
+             " check` says what a load needs) ; if the lock list"
+             " (SQL0912N) raise LOCKLIST and MAXLOCKS; if a table space (SQL0289N) extend it",
+    # at connect: a wrong user or password (Db2 SQL30082N), no CONNECT privilege (SQL1060N)
+    "28000": "the warehouse refused the user or password: check the user in SOFTCART_WAREHOUSE_URL and"
+             " SOFTCART_WAREHOUSE_PASSWORD",
+    "08004": "the warehouse refused the connection (Db2 SQL1060N: the user lacks CONNECT): GRANT CONNECT ON"
+             " DATABASE TO USER <loader> (deploy/sql/db2-warehouse.sql)",
 }
+
+#: Db2 message codes at connect whose SQLSTATE (08001) is also a network failure's
+_DB2_CONNECT_CONFIG = {"SQL30082N": "28000", "SQL1060N": "08004"}
+
+
+def db2_connect_state(message: str, state: str) -> str:
+    """The SQLSTATE to classify a failed Db2 connect by: a security failure (SQL30082N: a wrong
+    password, an expired one) reports 08001 like a listener that isn't there, but a retry can't
+    help it."""
+    for code, config in _DB2_CONNECT_CONFIG.items():
+        if code in message:
+            return config
+    return state
 
 
 def sqlstate_kind(sqlstate: str) -> Kind:

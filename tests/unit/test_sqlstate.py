@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transform.errors import Kind, is_duplicate_key
+from transform.errors import Kind, db2_connect_state, is_duplicate_key
 from transform.errors import sqlstate_fix as fix
 from transform.errors import sqlstate_kind as classify
 
@@ -29,7 +29,16 @@ from transform.errors import sqlstate_kind as classify
     ("08006", Kind.TRANSIENT),  # connection_failure
     ("40001", Kind.TRANSIENT),  # SQL0911N deadlock or timeout, rolled back / serialization_failure
     ("40P01", Kind.TRANSIENT),  # deadlock_detected
-    ("57011", Kind.TRANSIENT),  # SQL0968N / SQL0964C resources (log full)
+    # can never succeed as they are (#32 item 5): retried for ever before, each attempt re-staging
+    # a whole batch (a full reload: every fact) and rolling it back
+    ("57011", Kind.CONFIG),  # SQL0964C log full, SQL0912N lock list full, SQL0289N table space full
+    ("42601", Kind.CONFIG),  # SQL0104N syntax error / syntax_error
+    ("42703", Kind.CONFIG),  # SQL0206N unknown column / undefined_column
+    ("42818", Kind.CONFIG),  # SQL0401N incompatible operands
+    ("42821", Kind.CONFIG),  # SQL0408N value not assignable to the column's type
+    ("54001", Kind.CONFIG),  # SQL0101N statement too complex / statement_too_complex
+    ("28000", Kind.CONFIG),  # invalid_authorization_specification (Db2's SQL30082N: db2_connect_state)
+    ("08004", Kind.CONFIG),  # SQL1060N no CONNECT privilege
     ("57033", Kind.TRANSIENT),  # SQL0913N deadlock or timeout, not rolled back
     ("57014", Kind.TRANSIENT),  # SQL0952N cancelled (QueryTimeout) / query_canceled (statement_timeout)
     ("53200", Kind.TRANSIENT),  # out_of_memory
@@ -43,3 +52,15 @@ def test_configuration_states_name_the_fix_and_duplicates_are_told() -> None:
     assert "warehouse init" in fix("42704") and "TEMPORARY TABLESPACE" in fix("42727") and "GRANT" in fix("42501")
     assert fix("23505") == ""
     assert is_duplicate_key("23505") and not is_duplicate_key("23503")
+
+
+def test_a_refused_db2_login_is_a_setting_not_a_network_failure() -> None:
+    """SQL30082N (security processing failed: a wrong or expired password) reports 08001 like
+    a listener that isn't there; SQL1060N (no CONNECT) reports 08004."""
+    wrong = ("[IBM][CLI Driver] SQL30082N  Security processing failed with reason \"24\""
+             " (\"USERNAME AND/OR PASSWORD INVALID\").")
+    assert classify(db2_connect_state(wrong, "08001")) is Kind.CONFIG and "PASSWORD" in fix("28000")
+    assert classify(db2_connect_state("[IBM][CLI Driver] SQL30081N  A communication error", "08001")) is Kind.TRANSIENT
+    assert classify(db2_connect_state("SQL1060N  User \"LOADER\" does not have the CONNECT privilege.", "08004")) \
+        is Kind.CONFIG and "GRANT CONNECT" in fix("08004")
+    assert all(p in fix("57011") for p in ("LOGFILSIZ", "LOGPRIMARY", "LOGSECOND", "LOCKLIST"))
