@@ -45,6 +45,15 @@ def statement_options(query_timeout: int) -> dict[int, int]:
     return {0: query_timeout} if query_timeout > 0 else {}
 
 
+class DriverError(Exception):
+    """An ibm_db failure whose SQLSTATE was read already (reading a handle's error again gives
+    its next diagnostic record, so the second read of a single error is empty)."""
+
+    def __init__(self, state: str, text: str) -> None:
+        super().__init__(text)
+        self.state = state
+
+
 def first_failing(rows: Sequence[Sequence[Any]], attempt: Callable[[Sequence[Any]], str | None],
                   limit: int = 5) -> list[tuple[int, str]]:
     """The rows (index, error) that fail when tried one at a time, the first ``limit`` of them:
@@ -316,15 +325,17 @@ class DB2Warehouse:
             with contextlib.suppress(Exception):
                 ibm_db.rollback(conn)
             raise
-        except Exception as exc:
-            if type(exc) is not Exception:  # not the driver's (a spool file gone, a decode error): as it is,
-                with contextlib.suppress(Exception):  # never read as the driver's last error state
-                    ibm_db.rollback(conn)
+        except Exception as exc:  # ibm_db raises plain Exception: classified by SQLSTATE
+            if type(exc) not in (Exception, DriverError):  # not the driver's (a spool file gone, a decode
+                with contextlib.suppress(Exception):  # error): as it is, never read as the driver's last
+                    ibm_db.rollback(conn)  # error state
                 raise
-            # the failing statement's own diagnostics; without a handle the connection's last
-            handle = self._at_fault
-            state = (ibm_db.stmt_error(handle) if handle is not None else ibm_db.stmt_error()) \
-                or ibm_db.conn_error() or ""
+            if isinstance(exc, DriverError):  # read already (a second read of a handle is empty)
+                state = exc.state
+            else:  # the failing statement's own diagnostics; without a handle the connection's last
+                handle = self._at_fault
+                state = (ibm_db.stmt_error(handle) if handle is not None else ibm_db.stmt_error()) \
+                    or ibm_db.conn_error() or ""
             with contextlib.suppress(Exception):
                 ibm_db.rollback(conn)
             return self._failed(exc, state, step, batch)
@@ -342,12 +353,17 @@ class DB2Warehouse:
         for rows in batch.row_chunks(t.name):
             try:
                 ibm_db.execute_many(ins, tuple(tuple(r) for r in rows))  # text; DB2 casts
-            except Exception as exc:  # a chain's errors: find the rows at fault
+            except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception; a chain: find the rows at fault
+                # read once: each read of a handle's error takes its next diagnostic record
                 state = ibm_db.stmt_error(ins) or ""
-                if sqlstate_kind(state) is not Kind.REJECTED:
-                    raise
+                if state and sqlstate_kind(state) is not Kind.REJECTED:
+                    raise DriverError(state, str(exc)) from None
+                # refused rows, or a chain the client failed without a diagnostic (a value it
+                # can't convert, CLI0112E: execute_many raises Exception('') with no SQLSTATE)
                 ibm_db.exec_immediate(conn, declare_sql(t), opts)  # emptied: try the rows one by one
                 culprits = first_failing(rows, functools.partial(_insert_one, ins))
+                if not culprits and not state:
+                    raise DriverError(state, str(exc)) from None
                 raise BatchRejected(rejected_rows_text(t, rows, culprits, staged) or
                                     f"{state}: {_clean(str(exc), self._ep)}") from None
             staged += len(rows)
