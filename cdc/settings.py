@@ -148,6 +148,10 @@ class Settings(BaseSettings):
         " CLI's limit): a silent one is an error after "
         "this; sized for a MERGE or a full reload's DELETE of millions of rows (Db2 ReceiveTimeout; PostgreSQL "
         "keepalives notice a dead peer sooner, a guard cuts a connection whose peer acks but never answers)")
+    warehouse_lock_wait_seconds: float = Field(
+        60.0, ge=1, le=32767, description="longest wait for a lock in the warehouse (a dashboard's or a DBA's): a"
+        " load queued behind one gives up after this and is retried, and seen (Db2 LockTimeout, which otherwise"
+        " waits for ever; PostgreSQL lock_timeout)")
     warehouse_statement_timeout_seconds: float = Field(
         0.0, ge=0, description="longest one statement may run in the warehouse, 0 for no limit (Db2 "
         "QueryTimeout, PostgreSQL statement_timeout); a statement cut off is retried, and seen")
@@ -277,7 +281,7 @@ class Settings(BaseSettings):
             return None
         return WarehouseConfig(ep, self.pipeline_name, self.connect_timeout_seconds,
                                self.warehouse_receive_timeout_seconds, self.warehouse_statement_timeout_seconds,
-                               self.warehouse_schema)
+                               self.warehouse_schema, self.warehouse_lock_wait_seconds)
 
     @property
     def zone(self) -> ZoneInfo:

@@ -15,6 +15,6 @@ def open_warehouse(config: WarehouseConfig | None) -> Warehouse:
     ep = config.endpoint
     if ep.scheme == "db2":
         return DB2Warehouse(ep, config.pipeline, config.connect_timeout_seconds, config.receive_timeout_seconds,
-                            config.statement_timeout_seconds, config.schema)
+                            config.statement_timeout_seconds, config.schema, config.lock_wait_seconds)
     return PostgresWarehouse(ep, config.pipeline, config.connect_timeout_seconds, config.statement_timeout_seconds,
-                             config.schema, config.receive_timeout_seconds)
+                             config.schema, config.receive_timeout_seconds, config.lock_wait_seconds)

@@ -91,13 +91,14 @@ def q(name: str) -> str:
 
 
 def connection_string(ep: Endpoint, timeout: int, extra: str = "", receive_timeout: int = 3600,
-                      schema: str = "") -> str:
+                      schema: str = "", lock_wait: int = 60) -> str:
     """The CLI connection string; ConnectTimeout (the connect) and ReceiveTimeout (any one reply:
     sized for the longest MERGE or DELETE, not the connect) make a silent server an error, not a
-    hang. ``extra`` passes options through (from the URL's query: Security=SSL; ...)."""
+    hang; LockTimeout bounds a wait behind another's lock (Db2 waits for ever by default; SQL0911N,
+    40001, is retried). ``extra`` passes options through (from the URL's query: Security=SSL; ...)."""
     parts = {"DATABASE": ep.database, "HOSTNAME": ep.host, "PORT": str(ep.port), "PROTOCOL": "TCPIP",
              "UID": ep.user, "PWD": ep.password.get_secret_value(), "ConnectTimeout": str(timeout),
-             "ReceiveTimeout": str(receive_timeout)}
+             "ReceiveTimeout": str(receive_timeout), "LockTimeout": str(lock_wait)}
     if schema:  # SET CURRENT SCHEMA at connect: every unqualified name of ours resolves there
         parts["CurrentSchema"] = schema.upper()
     for opt in filter(None, extra.replace("&", ";").split(";")):
@@ -250,8 +251,9 @@ class DB2Warehouse:
     dialect = Dialect.DB2
 
     def __init__(self, endpoint: Endpoint, pipeline: str, connect_timeout: float, receive_timeout: float = 3600.0,
-                 statement_timeout: float = 0.0, schema: str = "") -> None:
+                 statement_timeout: float = 0.0, schema: str = "", lock_wait: float = 60.0) -> None:
         self._ep = endpoint
+        self._lock_wait = max(1, int(lock_wait))
         self._schema = schema
         self._pipeline = pipeline
         self._timeout = max(1, int(connect_timeout))
@@ -266,7 +268,7 @@ class DB2Warehouse:
         if self._conn is None:
             try:
                 self._conn = ibm_db.connect(connection_string(self._ep, self._timeout, self._ep.query, self._receive,
-                                                              self._schema), "", "")
+                                                              self._schema, self._lock_wait), "", "")
             except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception
                 text = _clean(str(exc), self._ep)
                 state = db2_connect_state(str(exc), ibm_db.conn_error() or "")

@@ -108,13 +108,15 @@ class PostgresWarehouse:
     dialect = Dialect.POSTGRES
 
     def __init__(self, endpoint: Endpoint, pipeline: str, connect_timeout: float,
-                 statement_timeout: float = 0.0, schema: str = "", receive_timeout: float = 3600.0) -> None:
+                 statement_timeout: float = 0.0, schema: str = "", receive_timeout: float = 3600.0,
+                 lock_wait: float = 60.0) -> None:
         self._ep = endpoint
         self._receive_timeout = receive_timeout
         self._schema = schema
         self._pipeline = pipeline
         self._timeout = connect_timeout
         self._statement_timeout_ms = int(statement_timeout * 1000)
+        self._lock_wait_ms = max(1, int(lock_wait * 1000))
         self._conn: psycopg.Connection[Any] | None = None
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -126,6 +128,7 @@ class PostgresWarehouse:
                 query["options"] = f"{query.get('options', '')} {ISO_DATES}".strip()
                 if self._schema:  # checked by the setting's pattern: a plain identifier
                     query["options"] += f" -c search_path={self._schema}"
+                query["options"] += f" -c lock_timeout={self._lock_wait_ms}"  # a dashboard's lock: seen, retried
                 if self._statement_timeout_ms:
                     query["options"] += f" -c statement_timeout={self._statement_timeout_ms}"
                 # a warehouse gone silent is noticed in about a minute, not the kernel's two hours

@@ -187,6 +187,7 @@ class WarehouseConfig:
     receive_timeout_seconds: float = 3600.0
     statement_timeout_seconds: float = 0.0
     schema: str = ""
+    lock_wait_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -773,3 +773,30 @@ def test_a_ledger_number_taken_by_another_batch_meanwhile_is_not_taken_for_this_
     assert len(outcome) == 1 and isinstance(outcome[0], BatchIdTaken), outcome
     assert warehouse.execute("SELECT count(*) FROM dimdate").fetchone() == (0,)
     wh.close()
+
+
+def test_a_load_queued_behind_another_sessions_lock_gives_up_after_the_lock_wait(
+        wh_settings: Settings, warehouse: psycopg.Connection[Any], tmp_path: Path) -> None:
+    """A dashboard's or a DBA's lock on a warehouse table: the load waits at most
+    SOFTCART_WAREHOUSE_LOCK_WAIT_SECONDS, then fails as transient (retried, and seen) instead of
+    waiting until the hour's receive limit (#32 item 3)."""
+    from loader.backends import open_warehouse
+
+    s = wh_settings.model_copy(update={"warehouse_lock_wait_seconds": 1.0})
+    wh = open_warehouse(s.warehouse_config)
+    wh.init()
+    spool = Spool(tmp_path)
+    spool.prepare()
+    batch = spool.write(3, {"dimdate": "U,20210101,2021-01-01,2021,1,Q1,1,January,1,6,Friday\n"}, {})
+    locker = psycopg.connect(warehouse.info.dsn)
+    locker.execute("LOCK TABLE dimdate IN ACCESS EXCLUSIVE MODE")
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientError, match="lock"):
+            wh.load(batch)
+        assert time.monotonic() - started < 30, "gave up after the lock wait, not the receive limit"
+    finally:
+        locker.rollback()
+        locker.close()
+    assert wh.load(batch) is True  # once the lock is gone
+    wh.close()

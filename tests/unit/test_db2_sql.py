@@ -23,6 +23,9 @@ def test_connection_string_has_timeouts_and_passes_options_through() -> None:
     # the connect's limit is not every reply's: a MERGE of millions of rows takes longer than 30 s
     assert "ConnectTimeout=10;" in text and "ReceiveTimeout=3600;" in text
     assert "ReceiveTimeout=120;" in connection_string(EP, 10, "", receive_timeout=120)
+    # Db2 waits for another's lock for ever by default: a load queued behind a dashboard's lock
+    # waited until the hour's receive limit (#32 item 3)
+    assert "LockTimeout=60;" in text and "LockTimeout=5;" in connection_string(EP, 10, "", lock_wait=5)
     assert text.endswith("Security=SSL;SSLServerCertificate=/etc/ca.pem;")
 
 
