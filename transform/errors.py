@@ -51,13 +51,15 @@ class FatalError(SoftcartError):
     """A failure that retrying will not fix: stop, log the position, exit non-zero."""
 
 
-class TableGone(FatalError):
-    """A followed table is not in the source's catalogue (dropped, renamed away, or never made)."""
+class TableGone(ConfigError, FatalError):
+    """A followed table is not in the source's catalogue (dropped, renamed away, or never made).
+    At a start that is the settings' to fix (exit 2: systemd doesn't restart it in a loop)."""
 
 
-class TableUnusable(FatalError):
+class TableUnusable(ConfigError, FatalError):
     """A followed table is in the source but can't be followed as it is defined now (no primary
-    key, a column type staging can't hold): the table stops; nothing of it is emptied."""
+    key, a column type staging can't hold): the table stops; nothing of it is emptied. At a start,
+    the table's to fix (exit 2)."""
 
 
 class SourceColumnGone(TransientError):

@@ -260,3 +260,12 @@ def test_an_unresolvable_host_is_named_with_its_setting() -> None:
     staging = next(ln for ln in lines if "connect to staging" in ln)
     assert source.startswith("FAIL") and "SOFTCART_SOURCE_URL" in source, source
     assert staging.startswith("FAIL") and "SOFTCART_STAGING_URL" in staging, staging
+
+
+def test_run_with_a_table_that_does_not_exist_is_a_settings_error(settings_env: dict[str, str],
+                                                                    source: Conn) -> None:
+    """Exit 2, like any wrong setting: systemd's unit doesn't restart it (it exited 1 and was
+    restarted five times, #33)."""
+    out = cli("run", env={**settings_env, "SOFTCART_SOURCE_TABLES": "nope"}, timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "nope does not exist" in out.stdout + out.stderr
