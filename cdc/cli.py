@@ -85,6 +85,9 @@ def _dev_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     demo.add_argument("--rows", type=int, default=20000, help="rows loaded before streaming starts")
     demo.add_argument("--rate", type=float, default=20.0, help="live source transactions per second")
     demo.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: on Ctrl-C)")
+    demo.add_argument("--source", choices=["mariadb", "mysql"], default="mariadb",
+                      help="the source server: MariaDB (the host's), or MySQL 9.7 (built once by deploy/mysql-root.sh"
+                           " as root, ~30 s)")
 
 
 def _state_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         from cdc.dev.demo import run_demo
 
         configure("info", "console" if sys.stderr.isatty() else "json")
-        return run_demo(args.dir, args.rows, args.rate, args.duration)
+        return run_demo(args.dir, args.rows, args.rate, args.duration, args.source)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

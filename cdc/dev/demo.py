@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -16,7 +17,7 @@ from types import FrameType
 import psycopg
 import pymysql
 
-from cdc.dev.localservers import MariaDBServer, PostgresServer
+from cdc.dev.localservers import MariaDBServer, MySQLServer, PostgresServer
 from cdc.dev.seed import generate, setup_source
 from cdc.flushing import flush_loop
 from cdc.metrics import Metrics
@@ -34,7 +35,7 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
+def run_demo(base: Path, rows: int, rate: float, duration: float, source: str = "mariadb") -> int:
     base = base.resolve()
     base.mkdir(parents=True, exist_ok=True)
     pg_base = base / "postgres"
@@ -42,7 +43,11 @@ def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
         # PostgreSQL runs as 'postgres', which must be able to reach its folder.
         pg_base = Path(tempfile.mkdtemp(prefix="softcart-demo-pg-"))
         pg_base.chmod(0o755)
-    maria = MariaDBServer(base / "mariadb")
+    maria: MariaDBServer | MySQLServer = MariaDBServer(base / "mariadb")
+    kind = "MariaDB"
+    if source == "mysql":  # its data in the MySQL root, named after this folder: kept across runs
+        maria = MySQLServer(base / "mysql", name="demo-" + hashlib.sha256(str(base).encode()).hexdigest()[:12])
+        kind = "MySQL"
     pg = PostgresServer(pg_base)
     stop = threading.Event()
 
@@ -52,7 +57,7 @@ def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        _say(f"1. Starting a private MariaDB (binlog on, ROW format) in {maria.base}")
+        _say(f"1. Starting a private {kind} (binlog on, ROW format) in {maria.base}")
         maria.start()
         _say(f"   listening on 127.0.0.1:{maria.port}")
         _say(f"2. Starting a private PostgreSQL (the staging warehouse) in {pg.base}")
@@ -70,14 +75,18 @@ def run_demo(base: Path, rows: int, rate: float, duration: float) -> int:
              " the star schema's changes as CSV batches (" + str(base / "spool") + ") into the warehouse"
              " (a PostgreSQL database standing in for DB2)")
         pipeline, started, errors = _start_daemon(settings, stop)
-        _say(f"5. Making live changes in MariaDB (~{rate:g} transactions/s: inserts, updates, deletes)."
+        _say(f"5. Making live changes in {kind} (~{rate:g} transactions/s: inserts, updates, deletes)."
              " Watch staging follow. Ctrl-C stops everything.\n")
         counts = {"insert": 0, "update": 0, "delete": 0}
-        threading.Thread(target=_changes, args=(maria, rate, stop, counts, rows + rows // 10),
+        changes_failed: list[BaseException] = []
+        threading.Thread(target=_changes, args=(maria.port, rate, stop, counts, changes_failed),
                          name="changes", daemon=True).start()
-        _watch(maria, settings, pipeline, counts, stop, duration, started)
+        _watch(maria.port, settings, pipeline, counts, stop, duration, started)
         if errors:
             _say(f"the daemon failed: {errors[0]}")
+            return 1
+        if changes_failed:
+            _say(f"the change generator failed: {changes_failed[0]}")
             return 1
         _say("\nStopped. The servers' data stays in " + str(base) + " (delete it to start afresh).")
         return 0
@@ -110,7 +119,7 @@ def _start_daemon(settings: Settings, stop: threading.Event) -> tuple[Pipeline, 
     return pipeline, started, errors
 
 
-def _demo_settings(maria: MariaDBServer, pg: PostgresServer, base: Path) -> Settings:
+def _demo_settings(maria: MariaDBServer | MySQLServer, pg: PostgresServer, base: Path) -> Settings:
     """The demo's settings: staging and a warehouse standing in for DB2, two databases of the
     private PostgreSQL (made, and the warehouse's tables created, if missing)."""
     admin = pg_connect(load_settings(source_url=maria.url(), staging_url=pg.url()).staging_config, autocommit=True)
@@ -127,10 +136,22 @@ def _demo_settings(maria: MariaDBServer, pg: PostgresServer, base: Path) -> Sett
     return settings
 
 
-def _changes(maria: MariaDBServer, rate: float, stop: threading.Event, counts: dict[str, int], next_id: int) -> None:
+def _changes(port: int, rate: float, stop: threading.Event, counts: dict[str, int],
+             failed: list[BaseException]) -> None:
+    """Live inserts, updates and deletes until ``stop``; a failure stops the demo (in ``failed``)."""
+    try:
+        _make_changes(port, rate, stop, counts)
+    except BaseException as exc:  # noqa: BLE001 - shown by the demo, which stops
+        failed.append(exc)
+        stop.set()
+
+
+def _make_changes(port: int, rate: float, stop: threading.Event, counts: dict[str, int]) -> None:
     rnd = random.Random()
-    conn = pymysql.connect(host="127.0.0.1", port=maria.port, user="root", database="sales", autocommit=True)
-    next_id += 1
+    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", database="sales", autocommit=True)
+    with conn.cursor() as cur:  # a second run carries on after the rows the first one made
+        cur.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM sales_data")
+        next_id = int((cur.fetchone() or (1,))[0])
     while not stop.wait(1.0 / rate):
         op = rnd.choices(["insert", "update", "delete"], [6, 3, 1])[0]
         with conn.cursor() as cur:
@@ -149,10 +170,10 @@ def _changes(maria: MariaDBServer, rate: float, stop: threading.Event, counts: d
     conn.close()
 
 
-def _watch(maria: MariaDBServer, settings: object, pipeline: Pipeline, counts: dict[str, int],
+def _watch(port: int, settings: object, pipeline: Pipeline, counts: dict[str, int],
            stop: threading.Event, duration: float, started: threading.Event) -> None:
     assert isinstance(settings, Settings)
-    src = pymysql.connect(host="127.0.0.1", port=maria.port, user="root", database="sales", autocommit=True)
+    src = pymysql.connect(host="127.0.0.1", port=port, user="root", database="sales", autocommit=True)
     began = time.monotonic()
     header = (f"{'time':>6} {'source rows':>12} {'staging rows':>13} {'ins/upd/del made':>17}  {'lag':>6}"
               f"  {'star facts':>10}  {'warehouse facts':>15}  position")

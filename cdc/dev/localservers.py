@@ -173,6 +173,8 @@ class MySQLServer:
     server_id: int = 1
     extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
+    #: names its data in the root (kept across starts, as the demo's); default: the port's
+    name: str = ""
 
     @property
     def root(self) -> Path:
@@ -180,7 +182,7 @@ class MySQLServer:
 
     @property
     def datadir(self) -> str:  # inside the root
-        return f"/srv/softcart/{self.port}"
+        return f"/srv/softcart/{self.name or self.port}"
 
     @property
     def log(self) -> Path:
@@ -199,7 +201,7 @@ class MySQLServer:
         data.parent.mkdir(parents=True, exist_ok=True)
         # root@'%' without a password (caching_sha2_password, MySQL's default): over TCP as the
         # private MariaDB's root
-        boot = self.root / "srv/softcart" / f"init-{self.port}.sql"
+        boot = self.root / "srv/softcart" / f"init-{self.name or self.port}.sql"
         boot.write_text("CREATE USER 'root'@'%' IDENTIFIED BY ''; GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION;\n")
         done = subprocess.run(["chroot", str(self.root), "/usr/sbin/mysqld", "--no-defaults", "--initialize-insecure",
                                "--user=root", f"--datadir={self.datadir}", f"--init-file=/srv/softcart/{boot.name}"],
@@ -236,7 +238,7 @@ class MySQLServer:
         """Stop it and delete its data (it lives in the shared root, not under ``base``)."""
         self.stop()
         shutil.rmtree(self.root / self.datadir.lstrip("/"), ignore_errors=True)
-        (self.root / "srv/softcart" / f"init-{self.port}.sql").unlink(missing_ok=True)
+        (self.root / "srv/softcart" / f"init-{self.name or self.port}.sql").unlink(missing_ok=True)
 
 
 @dataclass
