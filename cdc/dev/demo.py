@@ -17,11 +17,12 @@ from types import FrameType
 import psycopg
 import pymysql
 
-from cdc.dev.localservers import MariaDBServer, MySQLServer, PostgresServer
+from cdc.dev.localservers import MariaDBServer, MySQLServer, PostgresServer, free_port
 from cdc.dev.seed import generate, setup_source
-from cdc.flushing import flush_loop
-from cdc.metrics import Metrics
+from cdc.flushing import FlushProgress, flush_loop
+from cdc.http import HealthServer
 from cdc.pipeline import Pipeline
+from cdc.service import readiness
 from cdc.settings import Settings, load_settings
 from loader.backends import open_warehouse
 from loader.pg import pg_connect
@@ -43,11 +44,7 @@ def run_demo(base: Path, rows: int, rate: float, duration: float, source: str = 
         # PostgreSQL runs as 'postgres', which must be able to reach its folder.
         pg_base = Path(tempfile.mkdtemp(prefix="softcart-demo-pg-"))
         pg_base.chmod(0o755)
-    maria: MariaDBServer | MySQLServer = MariaDBServer(base / "mariadb")
-    kind = "MariaDB"
-    if source == "mysql":  # its data in the MySQL root, named after this folder: kept across runs
-        maria = MySQLServer(base / "mysql", name="demo-" + hashlib.sha256(str(base).encode()).hexdigest()[:12])
-        kind = "MySQL"
+    maria, kind = _source_server(base, source)
     pg = PostgresServer(pg_base)
     stop = threading.Event()
 
@@ -64,6 +61,7 @@ def run_demo(base: Path, rows: int, rate: float, duration: float, source: str = 
         pg.start()
         _say(f"   listening on 127.0.0.1:{pg.port}")
         settings = _demo_settings(maria, pg, base)
+        _say_settings(settings, maria.url(), pg.url("softcart"), pg.url("warehouse"))
         old, new = base / "sales_old.csv", base / "sales_new.csv"
         generate(old, new, rows, max(1, rows // 10))
         _say(f"3. Loading the SoftCart source: {rows} historical sales ({old.name}) and {max(1, rows // 10)} "
@@ -98,6 +96,14 @@ def run_demo(base: Path, rows: int, rate: float, duration: float, source: str = 
             shutil.rmtree(pg_base, ignore_errors=True)
 
 
+def _source_server(base: Path, source: str) -> tuple[MariaDBServer | MySQLServer, str]:
+    """The demo's source server and its kind's name. MySQL's data lives in the MySQL root, named
+    after the demo's folder: kept across runs as MariaDB's is in the folder."""
+    if source == "mysql":
+        return MySQLServer(base / "mysql", name="demo-" + hashlib.sha256(str(base).encode()).hexdigest()[:12]), "MySQL"
+    return MariaDBServer(base / "mariadb"), "MariaDB"
+
+
 def _start_daemon(settings: Settings, stop: threading.Event) -> tuple[Pipeline, threading.Event,
                                                                      list[BaseException]]:
     """The daemon's two threads in this process: the pipeline (its error, if any, in the list) and
@@ -114,8 +120,19 @@ def _start_daemon(settings: Settings, stop: threading.Event) -> tuple[Pipeline, 
 
     threading.Thread(target=daemon, name="daemon", daemon=True).start()
     started = threading.Event()
-    threading.Thread(target=flush_loop, args=(settings, stop, started, Metrics()), name="flusher",
-                     daemon=True).start()
+    progress = FlushProgress()
+    threading.Thread(target=flush_loop, args=(settings, stop, started, pipeline.metrics, "", progress),
+                     name="flusher", daemon=True).start()
+    host, port = settings.metrics_address  # the daemon's own endpoints, for status and curl
+    http = HealthServer(host, port, pipeline.metrics.registry,
+                        lambda: readiness(pipeline.state, time.time(), settings, progress))
+    http.start()
+
+    def serve_until_stopped() -> None:
+        stop.wait()
+        http.stop()
+
+    threading.Thread(target=serve_until_stopped, name="http-stop", daemon=True).start()
     return pipeline, started, errors
 
 
@@ -129,11 +146,23 @@ def _demo_settings(maria: MariaDBServer | MySQLServer, pg: PostgresServer, base:
     admin.close()
     settings = load_settings(source_url=maria.url(), staging_url=pg.url("softcart"),
                              warehouse_url=pg.url("warehouse"), spool_dir=base / "spool",
-                             flush_interval_seconds=5, log_level="warning", metrics_listen="127.0.0.1:0")
+                             flush_interval_seconds=5, log_level="warning", metrics_listen=f"127.0.0.1:{free_port()}")
     warehouse = open_warehouse(settings.warehouse_config)
     warehouse.init()
     warehouse.close()
     return settings
+
+
+def _say_settings(settings: Settings, source: str, staging: str, warehouse: str) -> None:
+    """The settings that reach the demo's servers, once: `status`, `check`, `reconcile` and
+    `resnapshot` work against it from a second terminal with them."""
+    _say("   From a second terminal, after these lines (the demo's own servers and daemon):")
+    for name, value in (("SOURCE_URL", source), ("STAGING_URL", staging),
+                        ("WAREHOUSE_URL", warehouse), ("SPOOL_DIR", str(settings.spool_dir)),
+                        ("METRICS_LISTEN", settings.metrics_listen)):
+        _say(f"     export SOFTCART_{name}={value}")
+    _say("   try: softcart-sync status | softcart-sync check | softcart-sync reconcile --dry-run"
+         f"   (metrics: http://{settings.metrics_listen}/metrics)")
 
 
 def _changes(port: int, rate: float, stop: threading.Event, counts: dict[str, int],

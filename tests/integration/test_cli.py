@@ -169,6 +169,10 @@ def _demo(folder: Path, *extra: str) -> None:
     assert any(r[1] == r[2] for r in rows), "staging's row count should meet the source's"
     assert int(rows[-1][3].split("/")[0]) > 0, "the change generator made inserts"
     assert "Stopped." in out.stdout
+    # what to point the everyday commands at, from a second terminal (#33 item 2)
+    for name in ("SOURCE_URL", "STAGING_URL", "WAREHOUSE_URL", "SPOOL_DIR", "METRICS_LISTEN"):
+        assert f"export SOFTCART_{name}=" in out.stdout, out.stdout[:3000]
+    assert re.search(r"metrics: http://127\.0\.0\.1:\d+/metrics", out.stdout), out.stdout[:3000]
 
 
 def test_demo_runs_and_staging_follows_the_source_and_a_second_run_carries_on(tmp_path: Path) -> None:
@@ -282,3 +286,37 @@ def test_run_with_a_table_that_does_not_exist_is_a_settings_error(settings_env: 
     out = cli("run", env={**settings_env, "SOFTCART_SOURCE_TABLES": "nope"}, timeout=60)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "nope does not exist" in out.stdout + out.stderr
+
+
+def test_the_demo_can_be_looked_at_from_a_second_terminal(tmp_path: Path) -> None:
+    """With the settings it prints, `status` answers from the demo's own metrics endpoint while
+    it runs (it served none, and `status` said 'not answering', #33 item 2)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, wait_until
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SOFTCART_")}
+    proc = subprocess.Popen([sys.executable, "-m", "cdc", "demo", "--dir", str(tmp_path / "demo"), "--rows", "500",
+                             "--duration", "40"], env=base, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    exports: dict[str, str] = {}
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            m = re.match(r"\s+export (SOFTCART_\w+)=(.*)", line)
+            if m:
+                exports[m.group(1)] = m.group(2)
+            if "METRICS_LISTEN" in line:
+                break
+        assert "SOFTCART_METRICS_LISTEN" in exports, exports
+
+        def status_answers() -> str:
+            out = cli("status", env=exports)
+            return out.stdout if out.returncode == 0 and "streaming" in out.stdout else ""
+
+        shown = wait_until(status_answers, 90, "status to read the demo's daemon")
+        assert "not answering" not in shown, shown
+    finally:
+        proc.terminate()
+        proc.wait(60)
