@@ -6,6 +6,7 @@ low cardinality only (table, operation, endpoint, stage, kind).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 import threading
@@ -129,13 +130,17 @@ class BacklogCollector(Collector):
     ``softcart_backlog_known 0`` without trying again for ``retry_seconds``, so a staging that is
     down doesn't slow every scrape by a connect timeout."""
 
-    def __init__(self, retry_seconds: float = 10.0) -> None:
+    def __init__(self, retry_seconds: float = 10.0, deadline_seconds: float = 1.5) -> None:
         self._connect: Callable[[], Any] | None = None
         self._read: Callable[[Any], Any] = lambda conn: None
         self._retry = retry_seconds
+        #: longest a scrape waits for the read, on our own clock: a stopped server enforces no
+        #: statement limit of its own (a scrape hung for a whole staging outage, #36)
+        self._deadline = deadline_seconds
         self._conn: Any = None
         self._failed_at = -float("inf")
         self._lock = threading.Lock()
+        self._reading: threading.Thread | None = None  # the read under way, in a thread of its own
 
     def attach(self, connect: Callable[[], Any], read: Callable[[Any], Any]) -> None:
         """Start reading the backlog at scrapes (only with a warehouse: there is none without)."""
@@ -150,22 +155,38 @@ class BacklogCollector(Collector):
 
     def close(self) -> None:
         with self._lock:
-            self._drop()
+            if self._reading is None or not self._reading.is_alive():
+                self._drop()
 
     def _sample(self) -> Any:
+        """The backlog, or None (unknown) when the read failed lately, is still waiting on staging
+        from an earlier scrape, or takes longer than the deadline: the scrape answers either way."""
         with self._lock:
             if time.monotonic() - self._failed_at < self._retry:
                 return None
-            try:
-                if self._conn is None:
-                    assert self._connect is not None
-                    self._conn = self._connect()
-                return self._read(self._conn)
-            except Exception as exc:  # noqa: BLE001 - a scrape reports what it can't read, never fails
-                log.warning("backlog_unknown", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            if self._reading is not None and self._reading.is_alive():
+                return None  # an earlier read still waits on staging: never a second one
+            result: list[Any] = []
+            self._reading = threading.Thread(target=self._read_once, args=(result,), name="backlog-read", daemon=True)
+            self._reading.start()
+            reading = self._reading
+        reading.join(self._deadline)
+        if reading.is_alive():
+            log.warning("backlog_unknown", error=f"staging did not answer within {self._deadline:g} s")
+            return None
+        return result[0] if result else None
+
+    def _read_once(self, result: list[Any]) -> None:
+        try:
+            if self._conn is None:
+                assert self._connect is not None
+                self._conn = self._connect()
+            result.append(self._read(self._conn))
+        except Exception as exc:  # noqa: BLE001 - a scrape reports what it can't read, never fails
+            log.warning("backlog_unknown", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            with contextlib.suppress(Exception):
                 self._drop()
-                self._failed_at = time.monotonic()
-                return None
+            self._failed_at = time.monotonic()
 
     def _drop(self) -> None:
         if self._conn is not None:

@@ -218,3 +218,36 @@ def test_a_pipeline_lock_held_by_a_foreign_idle_session_stalls_reader_and_writer
     finally:
         if not foreign.closed:
             foreign.close()
+
+
+@pytest.fixture(scope="module")
+def staging_server(server_root: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL of its own for staging, to stop without stopping the warehouse."""
+    server = PostgresServer(server_root / "postgres-staging")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_metrics_answer_within_seconds_while_staging_is_stopped(
+        staging_server: PostgresServer, wh_env: dict[str, str], source: Conn, tmp_path: Path) -> None:
+    """The backlog gauges are read from staging at each scrape; a stopped server enforces no
+    statement limit, and every scrape hung for the whole outage, so the stall alerts couldn't
+    fire (#36 item 1). A scrape now answers within our own deadline, the backlog unknown
+    (softcart_backlog_known 0), and known again once staging answers."""
+    execute(source, SALES_DDL)
+    with pg_database(staging_server, "staging_stop") as db:
+        env = {**wh_env, **QUICK, "SOFTCART_STAGING_URL": staging_server.url(db)}
+        assert cli("warehouse", "init", env=env).returncode == 0
+        with running_daemon(env, tmp_path / "daemon.log") as daemon:
+            port = metrics_port(daemon)
+            sale(source, 1)
+            wait_until(lambda: sample(port, "softcart_warehouse_batches_loaded_total") >= 1, 60, "a first load")
+            assert sample(port, "softcart_backlog_known") == 1
+            with paused(staging_server):
+                for _ in range(3):  # get() gives up after 5 s: a scrape that hangs fails here
+                    code, _text = get(port, "/metrics")
+                    assert code == 200
+                assert sample(port, "softcart_backlog_known") == 0
+            wait_until(lambda: sample(port, "softcart_backlog_known") == 1, 60, "the backlog known again")
+            assert daemon.stop(30) == 0
