@@ -12,7 +12,8 @@ and the alert SoftcartStageStalled fires. The watchdog asks less: that every sta
   source still sends a heartbeat every SOFTCART_HEARTBEAT_SECONDS);
 - writer: stalled when nothing was committed to staging for SOFTCART_STALL_SECONDS while the
   reader is not the one stalled;
-- flusher: stalled when no flush round succeeded for the sum of its waits' bounds (see
+- flusher: stalled when its rounds fail and none succeeded for the stall limit, or when no round
+  succeeded for the sum of its waits' bounds (a round under way: see
   :func:`cdc.flushing.flush_stall_seconds`).
 
 While the pipeline reconnects, nothing moves through the reader or the writer: both stall once
@@ -55,7 +56,11 @@ def stage_views(state: PipelineState, flush: FlushProgress | None, now: float, s
         views = [StageView("reader", reader, limit),
                  StageView("writer", writer, limit, state.writer_wait, starved=reader >= limit)]
     if flush is not None:
-        views.append(StageView("flusher", max(0.0, now - flush.ok_at), flush_stall_seconds(settings),
+        # A round that failed (its error reported) is named after the stall limit from the last one
+        # that succeeded; only a round still under way gets the sum of its waits' bounds (a dead
+        # warehouse was named after lock wait + receive limit + backoff + stall: ~64 min, #36)
+        flush_limit = limit if flush.error else flush_stall_seconds(settings)
+        views.append(StageView("flusher", max(0.0, now - flush.ok_at), flush_limit,
                                f"last error: {flush.error}" if flush.error else ""))
     return views
 

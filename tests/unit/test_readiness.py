@@ -30,8 +30,15 @@ def test_a_flush_round_past_every_bound_of_its_waits_makes_the_daemon_unready() 
     ok, why = readiness(streaming(now), now, S, failing)
     assert not ok and why == ("flusher stalled: no flush round succeeded for 5000 s"
                               " (last error: warehouse dw: connection refused)")
-    briefly = FlushProgress(alive_at=now - 5, ok_at=now - 300, error="warehouse dw: connection refused")
-    assert readiness(streaming(now), now, S, briefly)[0]  # within its limit (810 s)
+    briefly = FlushProgress(alive_at=now - 5, ok_at=now - 30, error="warehouse dw: connection refused")
+    assert readiness(streaming(now), now, S, briefly)[0]  # failing, within the stall limit (60 s)
+    # rounds that fail are named after the stall limit from the last success, not after the sum
+    # of every wait's bound (a dead warehouse showed after ~64 min with the defaults, #36 item 3)
+    dead = FlushProgress(alive_at=now - 5, ok_at=now - 61, error="warehouse dw: connection refused")
+    ok, why = readiness(streaming(now), now, S, dead)
+    assert not ok and why.startswith("flusher stalled: no flush round succeeded for 61 s")
+    under_way = FlushProgress(alive_at=now - 300, ok_at=now - 300)  # one long round, no error yet
+    assert readiness(streaming(now), now, S, under_way)[0]  # within the sum of its waits (810 s)
     stuck = FlushProgress(alive_at=now - 811, error="warehouse dw: timeout")
     ok, why = readiness(streaming(now), now, S, stuck)
     assert not ok and why == "flusher stuck: no flush round has ended for 811 s (last error: warehouse dw: timeout)"
