@@ -16,7 +16,7 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.dev.localservers import MariaDBServer
+from cdc.dev.localservers import MariaDBServer, MySQLServer
 from cdc.ops.reconcile import Reconciler
 from cdc.ops.star_ops import check_star
 from cdc.settings import Settings
@@ -63,9 +63,10 @@ class Churn:
     deletes, inserts and primary-key changes over the whole key range, so every chunk's keys
     change while it is read."""
 
-    def __init__(self, mariadb: MariaDBServer, database: str, keys: int, seed: int, rate: float = 0.0) -> None:
+    def __init__(self, server: MariaDBServer | MySQLServer, database: str, keys: int, seed: int, rate: float = 0.0
+                 ) -> None:
         """``rate``: changes per second at most (0: as fast as one session goes)."""
-        self.conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=database,
+        self.conn = pymysql.connect(host="127.0.0.1", port=server.port, user="root", database=database,
                                     autocommit=True)
         self.keys, self.rnd, self.rate = keys, random.Random(seed), rate
         self.stop = threading.Event()
@@ -114,13 +115,16 @@ class Churn:
 METHODS = pytest.mark.parametrize("method", ["auto", "signal"])
 
 
+@pytest.mark.both_sources
 @METHODS
 def test_a_table_added_while_changes_stream_into_it_is_copied_online_and_ends_equal(
-        settings: Settings, mariadb: MariaDBServer, source: Conn, staging: PG, source_db: str, method: str) -> None:
+        settings: Settings, source_server: MariaDBServer | MySQLServer, source: Conn, staging: PG, source_db: str,
+        method: str) -> None:
+    """On MySQL both methods are watermarks ('auto' chooses them: MySQL reports no snapshot position)."""
     items_not_yet_followed(settings, source, staging, 3000)
     added = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 100,
                                         "online_copy_rows_per_second": 6000.0, "online_copy": method})
-    with Churn(mariadb, source_db, 3000, seed=18) as churn, running_pipeline(added):
+    with Churn(source_server, source_db, 3000, seed=18) as churn, running_pipeline(added):
         wait_until(lambda: finished(staging, "items"), 120, "the online copy to finish")
         assert churn.changes > 100, "changes streamed while the copy ran"
     rows_copied, chunks, _ = copy_state(staging, "items") or (0, 0, False)
@@ -235,9 +239,10 @@ def test_text_keys_ending_below_space_are_chunked_in_one_order_on_both_sides(
     assert assert_same(source, staging, source_db, "tags") == len(names)
 
 
+@pytest.mark.both_sources
 @METHODS
 def test_changes_to_exactly_the_keys_of_the_chunk_being_read_end_right(
-        settings: Settings, mariadb: MariaDBServer, source: Conn, staging: PG, source_db: str,
+        settings: Settings, source_server: MariaDBServer | MySQLServer, source: Conn, staging: PG, source_db: str,
         monkeypatch: pytest.MonkeyPatch, method: str) -> None:
     """Right after each chunk is read (in its snapshot at P; or between its watermarks), its own
     keys change on the source: an update, a delete, a delete and re-insert, a primary-key change
@@ -246,7 +251,8 @@ def test_changes_to_exactly_the_keys_of_the_chunk_being_read_end_right(
     import cdc.capture.online as online
 
     items_not_yet_followed(settings, source, staging, 600)
-    other = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db, autocommit=True)
+    other = pymysql.connect(host="127.0.0.1", port=source_server.port, user="root", database=source_db,
+                            autocommit=True)
     read, hits = online.read_chunk, []
 
     def read_then_change(conn: Conn, table: Any, lo: Any, rows: int) -> Any:
@@ -340,9 +346,10 @@ def test_a_copier_that_loses_its_source_connection_retries_without_stopping_the_
     assert assert_same(source, staging, source_db, "items") == 3000
 
 
+@pytest.mark.both_sources
 @METHODS
 def test_xa_transactions_around_a_chunks_read_end_right(
-        settings: Settings, mariadb: MariaDBServer, source: Conn, staging: PG, source_db: str,
+        settings: Settings, source_server: MariaDBServer | MySQLServer, source: Conn, staging: PG, source_db: str,
         monkeypatch: pytest.MonkeyPatch, method: str) -> None:
     """XA transactions on the keys of the first chunk: one prepared before the chunk is read and
     committed right after it (its rows are past the chunk's position, or between its watermarks:
@@ -353,7 +360,8 @@ def test_xa_transactions_around_a_chunks_read_end_right(
     items_not_yet_followed(settings, source, staging, 300)
 
     def session() -> Conn:
-        return pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db, autocommit=True)
+        return pymysql.connect(host="127.0.0.1", port=source_server.port, user="root", database=source_db,
+                               autocommit=True)
 
     x1, x2, x3 = session(), session(), session()
     execute(x1, "XA START 'x1'", "UPDATE items SET v = -1, grp = 'xa1' WHERE id = 10", "XA END 'x1'", "XA PREPARE 'x1'")
