@@ -70,8 +70,9 @@ def connect(settings: Settings, *, database: bool = True, **extra: Any) -> pymys
     except pymysql.err.OperationalError as exc:
         if exc.args and exc.args[0] == 2013:  # connected, but no MySQL greeting came
             raise TransientError(f"source {settings.source.display}: the server there sent no MySQL/MariaDB greeting"
-                                 " (is it another kind of server, e.g. PostgreSQL?); check the host and port in"
-                                 " SOFTCART_SOURCE_URL") from None
+                                 f" within {params['connect_timeout']} s (SOFTCART_CONNECT_TIMEOUT_SECONDS): it is"
+                                 " stopped or overloaded, or another kind of server (e.g. PostgreSQL); check the"
+                                 " host and port in SOFTCART_SOURCE_URL") from None
         raise classify(exc, settings) from None
     require_tls(conn, settings)
     with conn.cursor() as cur:
