@@ -82,8 +82,8 @@ def _as_postgres() -> tuple[int, int] | None:
 
 
 @dataclass
-class MariaDBServer:
-    """A private MariaDB with the binlog on in ROW format, full row image and full metadata."""
+class _MySQLProtocolServer:
+    """What a private MariaDB and a private MySQL share: a folder, a free port, the process."""
 
     base: Path
     port: int = field(default_factory=free_port)
@@ -92,20 +92,32 @@ class MariaDBServer:
     proc: subprocess.Popen[bytes] | None = None
 
     @property
-    def datadir(self) -> Path:
-        return self.base / "data"
-
-    @property
-    def socket_path(self) -> Path:
-        return self.base / "mysqld.sock"
-
-    @property
     def log(self) -> Path:
         return self.base / "mysqld.log"
 
     def url(self, user: str = "root", password: str = "", database: str = "sales") -> str:
         auth = f"{user}:{password}" if password else user
         return f"mysql://{auth}@127.0.0.1:{self.port}/{database}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> None:
+        _stop(self.proc, sig, timeout_s)
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@dataclass
+class MariaDBServer(_MySQLProtocolServer):
+    """A private MariaDB with the binlog on in ROW format, full row image and full metadata."""
+
+    @property
+    def datadir(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.base / "mysqld.sock"
 
     def init(self) -> None:
         if (self.datadir / "mysql").exists():
@@ -140,13 +152,6 @@ class MariaDBServer:
                                      start_new_session=True)
         _wait_port(self.port, self.proc, self.log, timeout_s)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> None:
-        _stop(self.proc, sig, timeout_s)
-        self.proc = None
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
 
 def mysql_root() -> Path:
     """The root filesystem holding MySQL (deploy/mysql-root.sh builds it, once)."""
@@ -162,17 +167,12 @@ def mysql_root() -> Path:
 
 
 @dataclass
-class MySQLServer:
+class MySQLServer(_MySQLProtocolServer):
     """A private MySQL (9.7 LTS, from Debian sid, in a root of its own run with chroot: Debian 12
     has none), with the binlog in ROW format, full metadata and GTIDs on, as a MySQL source of
     SoftCart's runs; root without a password over TCP, like the private MariaDB. Its data lives in
-    the root (``/srv/softcart/<port>``), made anew at each start unless ``keep`` (a restart)."""
+    the root (``/srv/softcart/<name or port>``), kept across starts until :meth:`remove`."""
 
-    base: Path
-    port: int = field(default_factory=free_port)
-    server_id: int = 1
-    extra_args: tuple[str, ...] = ()
-    proc: subprocess.Popen[bytes] | None = None
     #: names its data in the root (kept across starts, as the demo's); default: the port's
     name: str = ""
 
@@ -183,14 +183,6 @@ class MySQLServer:
     @property
     def datadir(self) -> str:  # inside the root
         return f"/srv/softcart/{self.name or self.port}"
-
-    @property
-    def log(self) -> Path:
-        return self.base / "mysqld.log"
-
-    def url(self, user: str = "root", password: str = "", database: str = "sales") -> str:
-        auth = f"{user}:{password}" if password else user
-        return f"mysql://{auth}@127.0.0.1:{self.port}/{database}"
 
     def init(self) -> None:
         data = self.root / self.datadir.lstrip("/")
@@ -226,13 +218,6 @@ class MySQLServer:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
         _wait_port(self.port, self.proc, self.log, timeout_s)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> None:
-        _stop(self.proc, sig, timeout_s)
-        self.proc = None
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
 
     def remove(self) -> None:
         """Stop it and delete its data (it lives in the shared root, not under ``base``)."""
