@@ -27,6 +27,8 @@ from cdc.settings import Settings, load_settings
 from loader.backends import open_warehouse
 from loader.pg import pg_connect
 
+CATCH_UP_SECONDS = 60
+
 
 def _traversable_by_others(path: Path) -> bool:
     return all(not (p.exists() and not p.stat().st_mode & stat.S_IXOTH) for p in [path, *path.parents])
@@ -46,10 +48,11 @@ def run_demo(base: Path, rows: int, rate: float, duration: float, source: str = 
         pg_base.chmod(0o755)
     maria, kind = _source_server(base, source)
     pg = PostgresServer(pg_base)
-    stop = threading.Event()
+    stop = threading.Event()  # everything
+    changes_stop = threading.Event()  # the change generator and the watch: then staging catches up
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        (stop if changes_stop.is_set() else changes_stop).set()  # a second Ctrl-C doesn't wait
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -77,14 +80,22 @@ def run_demo(base: Path, rows: int, rate: float, duration: float, source: str = 
              " Watch staging follow. Ctrl-C stops everything.\n")
         counts = {"insert": 0, "update": 0, "delete": 0}
         changes_failed: list[BaseException] = []
-        threading.Thread(target=_changes, args=(maria.port, rate, stop, counts, changes_failed),
-                         name="changes", daemon=True).start()
-        _watch(maria.port, settings, pipeline, counts, stop, duration, started)
+        generator = threading.Thread(target=_changes, args=(maria.port, rate, changes_stop, stop, counts,
+                                                           changes_failed), name="changes", daemon=True)
+        generator.start()
+        _watch(maria.port, settings, pipeline, counts, changes_stop, stop, duration, started)
+        changes_stop.set()
+        generator.join(timeout=30)
+        caught_up = not stop.is_set() and _catch_up(maria.port, settings, CATCH_UP_SECONDS, stop)
         if errors:
             _say(f"the daemon failed: {errors[0]}")
             return 1
         if changes_failed:
             _say(f"the change generator failed: {changes_failed[0]}")
+            return 1
+        if not caught_up and not stop.is_set():
+            _say(f"staging did not reach the source's row count within {CATCH_UP_SECONDS} s of the last"
+                 " change: see `softcart-sync status` and the daemon's log above")
             return 1
         _say("\nStopped. The servers' data stays in " + str(base) + " (delete it to start afresh).")
         return 0
@@ -165,11 +176,12 @@ def _say_settings(settings: Settings, source: str, staging: str, warehouse: str)
          f"   (metrics: http://{settings.metrics_listen}/metrics)")
 
 
-def _changes(port: int, rate: float, stop: threading.Event, counts: dict[str, int],
-             failed: list[BaseException]) -> None:
-    """Live inserts, updates and deletes until ``stop``; a failure stops the demo (in ``failed``)."""
+def _changes(port: int, rate: float, changes_stop: threading.Event, stop: threading.Event,
+             counts: dict[str, int], failed: list[BaseException]) -> None:
+    """Live inserts, updates and deletes until ``changes_stop``; a failure stops the demo (in
+    ``failed``)."""
     try:
-        _make_changes(port, rate, stop, counts)
+        _make_changes(port, rate, changes_stop, counts)
     except BaseException as exc:  # noqa: BLE001 - shown by the demo, which stops
         failed.append(exc)
         stop.set()
@@ -200,20 +212,17 @@ def _make_changes(port: int, rate: float, stop: threading.Event, counts: dict[st
 
 
 def _watch(port: int, settings: object, pipeline: Pipeline, counts: dict[str, int],
-           stop: threading.Event, duration: float, started: threading.Event) -> None:
+           changes_stop: threading.Event, stop: threading.Event, duration: float, started: threading.Event) -> None:
+    """A line every two seconds until the duration is over, Ctrl-C, or the demo stops."""
     assert isinstance(settings, Settings)
-    src = pymysql.connect(host="127.0.0.1", port=port, user="root", database="sales", autocommit=True)
     began = time.monotonic()
     header = (f"{'time':>6} {'source rows':>12} {'staging rows':>13} {'ins/upd/del made':>17}  {'lag':>6}"
               f"  {'star facts':>10}  {'warehouse facts':>15}  position")
     _say(header)
-    while not stop.wait(2.0):
+    while not (stop.is_set() or changes_stop.wait(2.0)):
         if duration and time.monotonic() - began >= duration:
             break
-        with src.cursor() as cur:
-            cur.execute("SELECT COUNT(*) FROM sales_data")
-            row = cur.fetchone()
-        source_rows = row[0] if row else 0
+        source_rows = _source_rows(port)
         st = pipeline.state
         if st.started:
             started.set()
@@ -223,7 +232,31 @@ def _watch(port: int, settings: object, pipeline: Pipeline, counts: dict[str, in
         made = f"{counts['insert']}/{counts['update']}/{counts['delete']}"
         _say(f"{time.monotonic() - began:6.0f} {source_rows:>12} {staging_rows:>13} {made:>17}  {lag:>6}  "
              f"{facts:>10}  {loaded:>15}  {st.position or 'snapshotting...'}")
-    src.close()
+
+
+def _catch_up(port: int, settings: Settings, seconds: float, stop: threading.Event) -> bool:
+    """After the last change: wait (up to ``seconds``) for staging's row count to meet the
+    source's, and say so. The source no longer changes, so equal counts are a fact, not a moment."""
+    source_rows = _source_rows(port)
+    deadline = time.monotonic() + seconds
+    while True:
+        staging_rows = _count(settings, "softcart", "staging.sales_data")
+        if staging_rows == str(source_rows):
+            _say(f"\nChanges stopped; staging caught up: source {source_rows} rows = staging {staging_rows} rows.")
+            return True
+        if stop.wait(0.5) or time.monotonic() > deadline:
+            return False
+
+
+def _source_rows(port: int) -> int:
+    src = pymysql.connect(host="127.0.0.1", port=port, user="root", database="sales", autocommit=True)
+    try:
+        with src.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM sales_data")
+            row = cur.fetchone()
+    finally:
+        src.close()
+    return int(row[0]) if row else 0
 
 
 def _count(settings: Settings, database: str, table: str) -> str:

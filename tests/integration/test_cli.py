@@ -166,7 +166,9 @@ def _demo(folder: Path, *extra: str) -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = [line.split() for line in out.stdout.splitlines() if re.match(r"\s+\d+\s+\d+\s+\d+\s", line)]
     assert rows, out.stdout
-    assert any(r[1] == r[2] for r in rows), "staging's row count should meet the source's"
+    # after the last change staging meets the source: counts read while changes go on meet only by
+    # luck (a clean clone's CI missed every one of four)
+    assert re.search(r"staging caught up: source (\d+) rows = staging \1 rows", out.stdout), out.stdout[-3000:]
     assert int(rows[-1][3].split("/")[0]) > 0, "the change generator made inserts"
     assert "Stopped." in out.stdout
     # what to point the everyday commands at, from a second terminal (#33 item 2)
