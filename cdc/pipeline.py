@@ -160,8 +160,8 @@ class Pipeline:
     def prepare(self) -> tuple[dict[str, Table], Flavor]:
         """Connect to the source, read the configured tables' definitions (each must be followable)."""
         tables, flavor, unusable = self._read_source()
-        for error in unusable.values():
-            raise error
+        if unusable:
+            raise next(iter(unusable.values()))
         return tables, flavor
 
     def _read_source(self) -> tuple[dict[str, Table], Flavor, dict[str, TableUnusable]]:
@@ -218,8 +218,8 @@ class Pipeline:
                 self.metrics.binlog_purged.set(1)
                 if not self.settings.auto_resnapshot:
                     raise FatalError(why)
-                for error in unusable.values():  # a new snapshot takes every table as it is now
-                    raise error
+                if unusable:  # a new snapshot takes every table as it is now
+                    raise next(iter(unusable.values()))
                 log.warning("resnapshotting", reason=why, position=str(position))
                 # a new snapshot takes the source's definitions as they are now
                 source, tables = writer.source, current

@@ -3,7 +3,7 @@ skips them, and resolved once their key applies later (a fix, a delete, a new sn
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,19 +39,25 @@ class DeadLetters:
     def add(self, table: str, key: Sequence[Any] | None, reason: str, row: str | None, kind: str = "value") -> None:
         self.pending.append(DeadLetter(table, key_text(key), reason, row, kind))
 
-    def settle(self, cur: psycopg.Cursor[Any], table: str, keys: set[str]) -> None:
+    def settle(self, cur: psycopg.Cursor[Any], table: str, applied_keys: Callable[[], set[str]]) -> None:
         """Rows of ``table`` dead-lettered earlier whose key has now been applied (a later UPDATE
         fixed the value, or a DELETE removed the row): their 'value' dead letters are resolved, in
-        the open transaction (the caller leaves out keys refused or unreadable in this batch)."""
-        if not keys:
-            return
-        self.pending = [replace(d, resolved=True) if d.table == table and d.kind == "value" and d.key in keys else d
-                        for d in self.pending]
+        the open transaction (``applied_keys`` leaves out keys refused or unreadable in this
+        batch; it is called only when a dead letter of the table is open or pending)."""
+        pending = any(d.table == table and d.kind == "value" for d in self.pending)
         cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.dead_letter WHERE source_table = %s AND pipeline = %s"
                             " AND resolved_at IS NULL AND kind = 'value')").format(sql.Identifier(META)),
                     (table, self.pipeline))
         row = cur.fetchone()
-        if row and row[0]:
+        stored = bool(row and row[0])
+        if not (pending or stored):
+            return
+        keys = applied_keys()
+        if not keys:
+            return
+        self.pending = [replace(d, resolved=True) if d.table == table and d.kind == "value" and d.key in keys else d
+                        for d in self.pending]
+        if stored:
             cur.execute(sql.SQL("UPDATE {}.dead_letter SET resolved_at = now() WHERE source_table = %s"
                                 " AND pipeline = %s AND kind = 'value' AND row_key = ANY(%s::text[])"
                                 " AND resolved_at IS NULL").format(sql.Identifier(META)),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pickle
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -126,19 +127,14 @@ class StagingWriter:
         """Apply changes (any tables, in order) inside the open transaction; returns rows applied."""
         self.begin()
         by_table: dict[str, list[RowChange]] = defaultdict(list)
-        last_bad: set[tuple[str, str]] = set()  # keys whose last change here can't be applied
         for ch in changes:
             if ch.table in self.stopped:
                 continue
             if ch.error is not None:
                 self._letters.add(ch.table, ch.key, ch.error, ch.raw)
-                last_bad.add((ch.table, key_text(ch.key)))
             else:
                 by_table[ch.table].append(ch)
-                picks = self.tables[ch.table].key_indexes()
-                for image in (ch.before, ch.after):  # both keys of a key change
-                    if image is not None:
-                        last_bad.discard((ch.table, key_text([image[i] for i in picks])))
+        last_bad = self._last_bad(changes) if len(self._letters.pending) else set()
         applied = 0
         for name, table_changes in by_table.items():
             table = self.tables[name]
@@ -146,10 +142,26 @@ class StagingWriter:
             refused = len(self._letters.pending)
             applied += self._apply_net(table, net)
             refused_keys = {d.key for d in self._letters.pending[refused:] if d.kind == "value"}  # refused just now
+            skipped = {k for t, k in last_bad if t == name} | refused_keys
             with self.conn.cursor() as cur:
-                self._letters.settle(cur, name, {key_text(k) for k in (*net.upserts, *net.deletes)}
-                                             - {k for t, k in last_bad if t == name} - refused_keys)
+                self._letters.settle(cur, name, partial(_applied_keys, net, skipped))
         return applied
+
+    def _last_bad(self, changes: Sequence[RowChange]) -> set[tuple[str, str]]:
+        """Keys whose last change in ``changes`` can't be applied (worked out only when a change
+        here was dead-lettered: key_text per change is not free)."""
+        last_bad: set[tuple[str, str]] = set()
+        for ch in changes:
+            if ch.table in self.stopped:
+                continue
+            if ch.error is not None:
+                last_bad.add((ch.table, key_text(ch.key)))
+                continue
+            picks = self.tables[ch.table].key_indexes()
+            for image in (ch.before, ch.after):  # both keys of a key change
+                if image is not None:
+                    last_bad.discard((ch.table, key_text([image[i] for i in picks])))
+        return last_bad
 
     def rows_by_key(self, name: str, keys: Sequence[Key]) -> dict[Key, Row]:
         """Staging's rows of table ``name`` with ``keys`` (in the open transaction), by key."""
@@ -462,3 +474,8 @@ class StagingWriter:
 def _pg_error(exc: psycopg.Error) -> str:
     diag = exc.diag
     return f"{diag.sqlstate}: {diag.message_primary}" if diag.message_primary else str(exc).strip()
+
+
+def _applied_keys(net: NetChanges, skipped: set[str]) -> set[str]:
+    """The keys a table's net changes applied, as dead letters store them, less ``skipped``."""
+    return {key_text(k) for k in (*net.upserts, *net.deletes)} - skipped
