@@ -20,7 +20,19 @@ from typing import Any, Protocol
 import psycopg
 import structlog
 
-from loader.online import Chunk, ChunkGate, Fence, Key, Window, apply_chunk, fenced, fenced_item, refusal, watermarks
+from loader.online import (
+    Chunk,
+    ChunkGate,
+    Fence,
+    Key,
+    Window,
+    apply_chunk,
+    fenced,
+    fenced_item,
+    refusal,
+    transaction_ends_by,
+    watermarks,
+)
 from loader.pg import cut, pg_connect
 from loader.staging import StagingWriter
 from transform.batching import Batching, BatchLimits
@@ -195,8 +207,9 @@ class Applier:
 
     def _fenced(self, item: TxnChunk) -> TxnChunk:
         """``item`` without the changes online-copied chunks hold already (loader/online.py)."""
-        if item.commit is not None:
-            self._passed(item.commit)
+        at = transaction_ends_by(item)
+        if at is not None:
+            self._passed(at)
         return fenced_item(item, self._fences, self._fence_keys(self._fences))
 
     def _fence_keys(self, fences: list[Fence]) -> dict[str, Sequence[int]]:

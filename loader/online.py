@@ -90,9 +90,20 @@ class _State(enum.Enum):
 
 def ends_by(item: TxnChunk | SchemaChange, p: Position) -> bool:
     """Does ``item`` provably end at or before P (so it is in the chunk's snapshot)? A slice
-    without its transaction's end can't be proved to."""
-    at = item.position if isinstance(item, SchemaChange) else item.commit
+    without its transaction's end does where it was read before P: a transaction's events are
+    contiguous in the binlog, and P is a transaction boundary. The rows of an XA PREPARE are not
+    (their XA COMMIT comes later, anywhere)."""
+    at = item.position if isinstance(item, SchemaChange) else transaction_ends_by(item)
     return at is not None and at.order() <= p.order()
+
+
+def transaction_ends_by(item: TxnChunk) -> Position | None:
+    """A position the transaction of ``item`` is known to end by (None: unknown): its commit,
+    or for a slice without one, where it was read (a later boundary is past the whole
+    transaction); never for the held rows of an XA PREPARE."""
+    if item.commit is not None:
+        return item.commit
+    return None if item.hold else item.read_at
 
 
 class ChunkGate:
@@ -298,11 +309,12 @@ def fenced(changes: tuple[RowChange, ...], fences: list[Fence], key_indexes: Map
 
 
 def fenced_item(item: TxnChunk, fences: list[Fence], key_indexes: Mapping[str, Sequence[int]]) -> TxnChunk:
-    """``item`` (its transaction ends by every fence's position) without what the fenced chunks
-    hold. A slice without its end can't be proved to end by a fence's position, and the rows of an
-    XA PREPARE are held, not applied: they are judged when applied, at their XA COMMIT (its own
-    position may be past a chunk's that does not have them)."""
-    if item.commit is None or item.hold or not item.changes or not fences:
+    """``item`` (its transaction ends by every fence's position: :func:`transaction_ends_by`)
+    without what the fenced chunks hold. A slice is judged by where it was read (its transaction
+    ends by any later boundary); the rows of an XA PREPARE are held, not applied: they are judged
+    when applied, at their XA COMMIT (its own position may be past a chunk's that does not have
+    them)."""
+    if item.hold or transaction_ends_by(item) is None or not item.changes or not fences:
         return item
     return dataclasses.replace(item, changes=fenced(item.changes, fences, key_indexes))
 

@@ -95,6 +95,9 @@ class TxnChunk:
     #: an XA COMMIT / XA ROLLBACK of a transaction prepared earlier (this chunk has no changes)
     xa_commit: str = ""
     xa_rollback: str = ""
+    #: a slice without ``commit``: where its last rows event ends in the binlog (None: unknown). A
+    #: transaction's events are contiguous in the binlog, so one read before a boundary P ends by P
+    read_at: Position | None = None
     #: tables that can't be followed from this transaction on: (table, reason, statement)
     stops: tuple[tuple[str, str, str], ...] = ()
     #: with xa_commit: tables whose rows of that transaction are in their snapshot already (copied

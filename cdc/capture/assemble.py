@@ -146,7 +146,7 @@ class Assembler:
         txn.held.extend(changes)
         if len(txn.held) <= self.hold_rows:
             return []
-        return self._send(txn, event_time)
+        return self._send(txn, event_time, at)
 
     def unreadable(self, table: str, reason: str, at: Position | None = None) -> list[Item]:
         """A rows event of ``table`` whose rows can't be read as row images (MySQL's partial JSON
@@ -199,13 +199,13 @@ class Assembler:
             self._txn = _Txn()  # rows with no BEGIN (CREATE ... SELECT after its statement)
         return self._txn
 
-    def _send(self, txn: _Txn, event_time: float) -> list[Item]:
-        """Send what is held in slices (a huge transaction); savepoints before it can no longer be
-        rolled back to exactly."""
+    def _send(self, txn: _Txn, event_time: float, at: Position | None) -> list[Item]:
+        """Send what is held in slices (a huge transaction), read up to ``at``; savepoints before it
+        can no longer be rolled back to exactly."""
         out: list[Item] = []
         for i in range(0, len(txn.held), self.chunk_rows):
             part = tuple(txn.held[i:i + self.chunk_rows])
-            out.append(TxnChunk(part, None, event_time, hold=txn.xa))
+            out.append(TxnChunk(part, None, event_time, hold=txn.xa, read_at=at))
         txn.sent.update(c.table for c in txn.held if c.table not in self.nontransactional)
         txn.held = []
         txn.savepoints = [(name, None) for name, _ in txn.savepoints]
@@ -218,7 +218,7 @@ class Assembler:
             return [TxnChunk((), at, event_time)]
         held = txn.held
         parts = [tuple(held[i:i + self.chunk_rows]) for i in range(0, len(held), self.chunk_rows)] or [()]
-        out: list[Item] = [TxnChunk(p, None, event_time, hold=txn.xa) for p in parts[:-1]]
+        out: list[Item] = [TxnChunk(p, None, event_time, hold=txn.xa, read_at=at) for p in parts[:-1]]
         stops = tuple((t, reason, stmt) for t, (reason, stmt) in txn.stops.items())
         out.append(TxnChunk(parts[-1], at, event_time, hold=txn.xa, xa_prepared=xa_prepared, stops=stops))
         return out

@@ -207,7 +207,7 @@ class BinlogSource:
             else:
                 changes: list[RowChange] = []
                 self._rows(event, changes)
-                items = asm.rows(changes, when, Position(file, int(reader.log_pos), gtid) if asm.fences else None)
+                items = asm.rows(changes, when, Position(file, int(reader.log_pos), gtid))
             if items:
                 now = time.time()
                 for item in items:

@@ -346,6 +346,43 @@ def test_a_copier_that_loses_its_source_connection_retries_without_stopping_the_
     assert assert_same(source, staging, source_db, "items") == 3000
 
 
+def test_a_transaction_sliced_for_its_size_before_a_chunks_position_does_not_undo_later_ones(
+        settings: Settings, source_server: MariaDBServer, source: Conn, staging: PG, source_db: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """#30 item 5. While the applier waits at a boundary for the first chunk's snapshot to open, a
+    300-row UPDATE (sent in slices of 20: larger than the reader holds) and a later one-row UPDATE
+    commit: both end before the chunk's position P, so the chunk has them. The slices can't be
+    proved to end by P from their own commit (they have none), so they were applied unfenced over
+    the chunk, and the later UPDATE, which does end by P, was fenced out: staging kept the old
+    value for good. A slice read before P belongs to a transaction that ends by P (a transaction's
+    events are contiguous in the binlog, and P is a boundary)."""
+    import sys
+
+    import cdc.capture.online as online
+
+    items_not_yet_followed(settings, source, staging, 300)
+    other = pymysql.connect(host="127.0.0.1", port=source_server.port, user="root", database=source_db,
+                            autocommit=True)
+    opened, done = online.open_snapshot, []
+
+    def commit_then_open(conn: Conn, flavor: Any) -> Any:
+        if not done and sys._getframe(1).f_code.co_name == "_read":  # a chunk's snapshot, the applier held
+            done.append(True)
+            execute(other, "UPDATE items SET v = -1", "UPDATE items SET v = -2 WHERE id = 10")
+        return opened(conn, flavor)
+
+    monkeypatch.setattr(online, "open_snapshot", commit_then_open)
+    added = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 50,
+                                        "online_copy": "auto", "chunk_rows": 20, "queue_chunks": 1})
+    with running_pipeline(added):
+        wait_until(lambda: finished(staging, "items"), 60, "the copy")
+        wait_caught_up(staging, source)
+    other.close()
+    assert done, "the two UPDATEs ran while the applier was held for a chunk"
+    assert staging.execute("SELECT v FROM staging.items WHERE id = 10").fetchone() == (-2,)
+    assert assert_same(source, staging, source_db, "items") == 300
+
+
 @pytest.mark.both_sources
 @METHODS
 def test_xa_transactions_around_a_chunks_read_end_right(

@@ -95,6 +95,8 @@ def test_huge_transaction_goes_out_in_slices_and_a_late_rollback_stops_its_table
                     ("q", "ROLLBACK TO s"), ("rows", "t", 6), ("xid",)])
     # 5 rows > 4 held: sent in slices of 2; the rollback can't take back 4 and 5 any more
     assert [len(c.changes) for c in out if isinstance(c, TxnChunk)] == [2, 2, 1, 1]
+    # each slice says where it was read: its transaction ends by any boundary after that (#30 item 5)
+    assert [c.read_at for c in out if isinstance(c, TxnChunk) and c.commit is None] == [at(4)] * 3
     last = out[-1]
     assert isinstance(last, TxnChunk) and last.commit == at(7)
     assert [s[0] for s in last.stops] == ["t"] and "ROLLBACK TO SAVEPOINT s" in last.stops[0][1]

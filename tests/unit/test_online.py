@@ -51,9 +51,13 @@ def test_only_whole_applied_transactions_are_fenced_held_xa_rows_wait_for_their_
     whole = TxnChunk((ins(1), RowChange("other", Op.INSERT, None, (1,))), by_p)
     assert fenced_item(whole, [fence], KEYS).changes == (RowChange("other", Op.INSERT, None, (1,)),)
     slice_ = TxnChunk((ins(1),), None)
-    assert fenced_item(slice_, [fence], KEYS) is slice_, "its end unseen: not provably by P"
+    assert fenced_item(slice_, [fence], KEYS) is slice_, "read where unknown: not provably by P"
+    # a slice read before P: its transaction's events are contiguous and P is a boundary (#30 item 5)
+    assert fenced_item(TxnChunk((ins(1),), None, read_at=by_p), [fence], KEYS).changes == ()
     prepared = TxnChunk((ins(1),), by_p, hold=True, xa_prepared="x1")
     assert fenced_item(prepared, [fence], KEYS) is prepared, "held until its XA COMMIT, judged then"
+    held_slice = TxnChunk((ins(1),), None, hold=True, read_at=by_p)
+    assert fenced_item(held_slice, [fence], KEYS) is held_slice
     assert fenced_item(whole, [], KEYS) is whole
 
 
@@ -68,7 +72,10 @@ def test_only_what_carries_its_end_at_or_before_p_provably_ends_by_it() -> None:
     before, after = Position("mysql-bin.000002", 499), Position("mysql-bin.000003", 4)
     assert ends_by(TxnChunk((), before), P) and ends_by(TxnChunk((), P), P)
     assert not ends_by(TxnChunk((), after), P)
-    assert not ends_by(TxnChunk((ins(1),), None), P), "a slice without its end"
+    assert not ends_by(TxnChunk((ins(1),), None), P), "a slice read where unknown"
+    assert ends_by(TxnChunk((ins(1),), None, read_at=before), P), "a slice read before P: its transaction too"
+    assert not ends_by(TxnChunk((ins(1),), None, read_at=after), P)
+    assert not ends_by(TxnChunk((ins(1),), None, hold=True, read_at=before), P), "XA PREPARE's rows"
     assert ends_by(SchemaChange("ALTER TABLE items ADD c INT", "alter", before, 0.0, ()), P)
     assert not ends_by(SchemaChange("ALTER TABLE items ADD c INT", "alter", after, 0.0, ()), P)
 
