@@ -19,10 +19,16 @@ from typing import Any
 import psycopg
 import pymysql
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from cdc.dev.localservers import MariaDBServer, MySQLServer, PostgresServer
 from cdc.settings import Settings, load_settings
 from tests.helpers import Daemon, Daemons, pg_database
+
+# No time limit per example: a test asserts what happens, never how fast (speed is the benchmarks'
+# job), and a cold first example on a busy two-core machine took over hypothesis's 200 ms once.
+hypothesis_settings.register_profile("softcart", deadline=None)
+hypothesis_settings.load_profile("softcart")
 
 _counter = itertools.count(1)
 

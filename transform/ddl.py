@@ -60,6 +60,11 @@ def renames(statement: str) -> dict[str, str]:
     return out
 
 
+def _names(statement: str, column: str) -> bool:
+    """Does ``statement`` name ``column`` (as a word, quoted or not, any case)?"""
+    return re.search(rf"(?<![\w$]){re.escape(column)}(?![\w$])", statement, re.IGNORECASE) is not None
+
+
 def plan(schema: str, old: Table, new: Table, statement: str) -> SchemaPlan:
     """The staging statements that take ``old`` to ``new`` (``statement`` tells renames apart from a
     drop and an add)."""
@@ -90,8 +95,11 @@ def plan(schema: str, old: Table, new: Table, statement: str) -> SchemaPlan:
         was, now = pg_type(kept[name]), pg_type(col)
         if was != now:
             if not widens(was, now):
+                later = "" if _names(statement, name) else (
+                    " (not by this statement, which doesn't name the column: the definition read here is the"
+                    " source's current one, changed by a later statement not yet streamed)")
                 return SchemaPlan(stop=f"column {name} changed from {kept[name].column_type} to {col.column_type},"
-                                       " which staging can't hold without losing or changing values")
+                                       f" which staging can't hold without losing or changing values{later}")
             out.append(f"ALTER TABLE {rel} ALTER COLUMN {q} TYPE {now}")
         if not kept[name].nullable and col.nullable:
             out.append(f"ALTER TABLE {rel} ALTER COLUMN {q} DROP NOT NULL")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -181,6 +181,56 @@ def _date_reader(name: str) -> Callable[[bytes, int], dt.date]:
 #: and K_BYTES (bytes of the length prefix), K_DATE, K_DATETIME2 and K_TIMESTAMP2 (fsp).
 Step = tuple[int, int, int, str, str]
 K_INT, K_FLOAT, K_DECIMAL, K_TEXT, K_BYTES, K_DATE, K_DATETIME2, K_TIMESTAMP2 = range(1, 9)
+
+
+#: Binlog type codes by the kind of value they decode to, and the data types of each kind: a
+#: table map whose column is of another kind than the followed definition's was written under
+#: another definition. Types missing here (JSON, spatial, MariaDB's UUID/INET6) make no claim.
+_KINDS: dict[str, tuple[frozenset[int], frozenset[str]]] = {
+    "an integer": (frozenset({TINY, SHORT, LONG, LONGLONG, INT24}),
+                   frozenset({"tinyint", "smallint", "mediumint", "int", "integer", "bigint"})),
+    "a decimal": (frozenset({0, NEWDECIMAL}), frozenset({"decimal", "numeric"})),
+    "a floating-point number": (frozenset({FLOAT, DOUBLE}), frozenset({"float", "double", "real"})),
+    "text or bytes": (frozenset({VARCHAR, VAR_STRING, STRING, 249, 250, 251, BLOB}),
+                      frozenset({"char", "varchar", "binary", "varbinary", "enum", "set", *_TEXT, *_BLOBS})),
+    "a date": (frozenset({DATE, 14}), frozenset({"date"})),
+    "a DATETIME": (frozenset({12, DATETIME2}), frozenset({"datetime"})),
+    "a TIMESTAMP": (frozenset({TIMESTAMP, TIMESTAMP2}), frozenset({"timestamp"})),
+    "a TIME": (frozenset({11, 19}), frozenset({"time"})),
+    "a YEAR": (frozenset({13}), frozenset({"year"})),
+    "a BIT": (frozenset({16}), frozenset({"bit"})),
+}
+
+
+def _kind_of_code(code: int) -> str | None:
+    return next((k for k, (codes, _) in _KINDS.items() if code in codes), None)
+
+
+def _kind_of_type(data_type: str) -> str | None:
+    return next((k for k, (_, types) in _KINDS.items() if data_type in types), None)
+
+
+def written_under_another_type(table: Table, columns: Sequence[tuple[str | None, int]]) -> str | None:
+    """Why rows with this table map (``columns``: each column's name, None where the binlog has no
+    names, and binlog type code) were not written under ``table``'s definition, or None: a
+    column of another kind (an INT in the binlog, text in the definition). After a lag across
+    several ALTERs the definition read at the first is the source's current one; decoding older
+    rows by it would turn integers into text (or fail). Columns are matched by name where the
+    map has names, else by place (when the counts agree)."""
+    if all(name is not None for name, _ in columns):
+        held = {c.name: c for c in table.columns}
+        pairs = [(held[name], code) for name, code in columns if name in held]
+    elif len(columns) == len(table.columns):
+        pairs = [(col, code) for col, (_, code) in zip(table.columns, columns, strict=True)]
+    else:
+        return None
+    for col, code in pairs:
+        written, followed = _kind_of_code(code), _kind_of_type(col.data_type)
+        if written is not None and followed is not None and written != followed:
+            return (f"rows of {table.name} were written when column {col.name} held {written}; the definition"
+                    f" followed (read from the source after a later change) has {col.column_type}: they can't be"
+                    " decoded by it")
+    return None
 
 
 def step_error(step: Step) -> str | None:

@@ -52,7 +52,7 @@ from cdc.settings import Settings
 from transform.binlog_events import ROWS_EVENTS
 from transform.errors import FatalError, TableGone, TableUnusable, TransientError
 from transform.model import Heartbeat, Op, Position, RowChange, SchemaChange, TxnChunk
-from transform.rowcodec import BinlogColumn, RowsDecoder, compile_decoder
+from transform.rowcodec import BinlogColumn, RowsDecoder, compile_decoder, written_under_another_type
 from transform.schema import Table
 from transform.values import RowConverter, Unrepresentable
 
@@ -99,7 +99,8 @@ class BinlogSource:
         self._fast_decode = fast_decode  # False: every row through the library (tests compare both)
         self._native = native  # our decoders: C or Python (None: C where built; tests compare them)
         self._decoders: dict[tuple[str, int, tuple[Any, ...]], tuple[Table, RowsDecoder | None]] = {}
-        self._plans: dict[str, tuple[Any, Table, tuple[str, ...] | None, RowsDecoder | None]] = {}  # see _plan
+        # see _plan: table map, table, absent columns, decoder, why the rows can't be decoded
+        self._plans: dict[str, tuple[Any, Table, tuple[str, ...] | None, RowsDecoder | None, str | None]] = {}
         self._tables = dict(tables)  # ours: a schema change updates it before the writer has caught up
         self._converters = {name: RowConverter(t) for name, t in tables.items()}
         self._flavor = flavor
@@ -206,8 +207,9 @@ class BinlogSource:
                 items = asm.unreadable(event.table, PARTIAL_JSON, Position(file, int(reader.log_pos), gtid))
             else:
                 changes: list[RowChange] = []
-                self._rows(event, changes)
-                items = asm.rows(changes, when, Position(file, int(reader.log_pos), gtid))
+                retyped = self._rows(event, changes)
+                at = Position(file, int(reader.log_pos), gtid)
+                items = asm.unreadable(event.table, retyped, at) if retyped else asm.rows(changes, when, at)
             if items:
                 now = time.time()
                 for item in items:
@@ -244,26 +246,32 @@ class BinlogSource:
         log.info("source_ddl", statement=ddl.statement[:500], kind=ddl.kind, tables=names, position=str(ddl.position))
         return SchemaChange(ddl.statement, ddl.kind, ddl.position, ddl.event_time, tuple(tables), tuple(unusable))
 
-    def _rows(self, event: Any, out: list[RowChange]) -> None:
+    def _rows(self, event: Any, out: list[RowChange]) -> str | None:
+        """The event's changes into ``out``; or, where its table map has a column of another kind
+        than the followed definition (rows written before a later type change), none and why:
+        the table stops there (#30 item 8)."""
         table = event.table
         conv = self._converters.get(table)
         if conv is None:
             raise FatalError(f"binlog row event for unexpected table {event.schema}.{table}")
-        absent, decoder = self._plan(event)
+        absent, decoder, retyped = self._plan(event)
+        if retyped:
+            return retyped
         if absent is not None:  # written under another definition: by name, through the library
             first = len(out)
             self._library_rows(conv, table, event, out)
             if absent:
                 out[first:] = [dataclasses.replace(c, absent=tuple(dict.fromkeys((*absent, *c.absent))))
                                if c.after is not None and c.error is None else c for c in out[first:]]
-            return
+            return None
         if decoder is not None and self._full_images(event):
             body = event.__dict__.get("softcart_body")  # read by the fast path (cdc.capture.fast_events)
             if body is None:
                 body = event.packet.read(event.event_size - event.packet.read_bytes)
             self._decoded(table, event, decoder(body), out)
-            return
+            return None
         self._library_rows(conv, table, event, out)
+        return None
 
     @staticmethod
     def _library_rows(conv: RowConverter, table: str, event: Any, out: list[RowChange]) -> None:
@@ -294,19 +302,22 @@ class BinlogSource:
         present = set(names)
         return tuple(n for n in held if n not in present)
 
-    def _plan(self, event: Any) -> tuple[tuple[str, ...] | None, RowsDecoder | None]:
-        """How this event's rows decode: :meth:`_absent`, and the compiled decoder (None: the
-        library decodes them), worked out once per table map. While a table's map is the same
-        bytes the library hands back the same map object (``binlog_fixes``), so on a stream of
-        small transactions this is one look-up per event; a schema change replaces our Table."""
+    def _plan(self, event: Any) -> tuple[tuple[str, ...] | None, RowsDecoder | None, str | None]:
+        """How this event's rows decode: :meth:`_absent`, the compiled decoder (None: the library
+        decodes them), and why they can't be (written under another column type), worked out once
+        per table map. While a table's map is the same bytes the library hands back the same map
+        object (``binlog_fixes``), so on a stream of small transactions this is one look-up per
+        event; a schema change replaces our Table."""
         tm = event.table_map.get(event.table_id)
         table = self._tables[event.table]
         plan = self._plans.get(event.table)
         if plan is None or plan[0] is not tm or plan[1] is not table:
+            named = tm is not None and getattr(tm, "column_name_flag", False)
+            retyped = written_under_another_type(table, [(c.name if named else None, c.type) for c in event.columns])
             absent = self._absent(event)
-            decoder = self._decoder(event) if absent is None and self._fast_decode else None
-            plan = self._plans[event.table] = (tm, table, absent, decoder)
-        return plan[2], plan[3]
+            decoder = self._decoder(event) if absent is None and retyped is None and self._fast_decode else None
+            plan = self._plans[event.table] = (tm, table, absent, decoder, retyped)
+        return plan[2], plan[3], plan[4]
 
     @staticmethod
     def _full_images(event: Any) -> bool:

@@ -45,7 +45,13 @@ def test_narrowing_and_key_changes_stop_the_table() -> None:
     assert "changed from int to smallint" in (plan("staging", BASE, narrower, "ALTER TABLE t MODIFY a SMALLINT").stop
                                               or "")
     other = with_cols(col("id", "int", False), col("a", "varchar(5)"), col("b", "varchar(10)"))
-    assert plan("staging", BASE, other, "ALTER TABLE t MODIFY a VARCHAR(5)").stop
+    assert "not by this statement" not in (plan("staging", BASE, other, "ALTER TABLE t MODIFY `a` VARCHAR(5)").stop
+                                           or "not stopped")
+    # read at an ALTER that doesn't name the column: the source's current definition, a later
+    # statement's change (#30 item 8)
+    later = plan("staging", BASE, with_cols(*other.columns, col("c", "int")), "ALTER TABLE t ADD COLUMN c INT").stop
+    assert later and "changed from int to varchar(5)" in later and "not by this statement" in later
+    assert "not by this statement" in (plan("staging", BASE, other, "ALTER TABLE t ADD aa INT, DROP b2").stop or "")
     rekeyed = with_cols(*BASE.columns, key=("id", "a"))
     assert "primary key changed" in (plan("staging", BASE, rekeyed, "ALTER TABLE t ...").stop or "")
 

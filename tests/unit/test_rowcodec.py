@@ -20,9 +20,11 @@ from transform.rowcodec import (
     LONGLONG,
     NEWDECIMAL,
     TIMESTAMP2,
+    TINY,
     VARCHAR,
     BinlogColumn,
     compile_decoder,
+    written_under_another_type,
 )
 from transform.schema import Column, Table
 
@@ -197,3 +199,24 @@ def test_a_decimal_beyond_the_servers_limits_is_left_to_the_library() -> None:
         bc = BinlogColumn(rowcodec.NEWDECIMAL, precision=precision, decimals=decimals)
         assert rowcodec.decoder_plan(table, [bc]) is None
     assert rowcodec.decoder_plan(table, [BinlogColumn(rowcodec.NEWDECIMAL, precision=65, decimals=30)]) is not None
+
+
+def _col(name: str, data_type: str, column_type: str = "") -> Column:
+    return Column(name, data_type, column_type or data_type)
+
+
+ITEMS = Table("items", (_col("id", "int"), _col("v", "int"), _col("n", "varchar", "varchar(20)")), ("id",))
+
+
+def test_a_table_map_with_a_column_of_another_kind_was_written_under_another_definition() -> None:
+    """#30 item 8: rows read after a later ALTER turned an INT into text are not decoded by it."""
+    why = written_under_another_type(ITEMS, [("id", LONG), ("v", LONG), ("n", LONG)])
+    assert why and "column n held an integer" in why and "varchar(20)" in why
+    assert written_under_another_type(ITEMS, [(None, LONG), (None, LONG), (None, LONG)]), "by place, no names"
+    assert written_under_another_type(ITEMS, [("id", LONG), ("v", LONG), ("n", VARCHAR)]) is None
+    assert written_under_another_type(ITEMS, [("id", LONGLONG), ("v", TINY), ("n", 252)]) is None, "same kinds"
+    assert written_under_another_type(ITEMS, [(None, LONG), (None, LONG)]) is None, "other count, no names: no claim"
+    assert written_under_another_type(ITEMS, [("id", LONG), ("gone", 245), ("n", VARCHAR)]) is None, "not followed"
+    assert written_under_another_type(ITEMS, [("id", LONG), ("v", 245), ("n", VARCHAR)]) is None, "JSON: no claim"
+    dated = Table("d", (_col("id", "int"), _col("at", "datetime", "datetime(6)")), ("id",))
+    assert written_under_another_type(dated, [("id", LONG), ("at", DATE)]), "a DATE is not a DATETIME"
