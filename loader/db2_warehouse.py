@@ -36,7 +36,7 @@ from transform.errors import (
 )
 from transform.fingerprint import Dialect, quote
 from transform.model import Endpoint
-from transform.star_shape import FACT_INDEX, db2_type
+from transform.star_shape import FACT_INDEX, FACTSALES, db2_type
 
 
 def statement_options(query_timeout: int) -> dict[int, int]:
@@ -229,6 +229,79 @@ def merge_sql(t: WTable) -> str:
             f" ON {on} WHEN MATCHED THEN UPDATE SET {sets} WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
 
 
+def insert_sql(t: WTable) -> str:
+    """A full reload's fill of an emptied table: INSERT ... SELECT (nothing to match; a MERGE would
+    probe the key of every row)."""
+    cols = ", ".join(q(c) for c in t.columns)
+    return f"INSERT INTO {q(t.name)} ({cols}) SELECT {cols} FROM {stage_table(t)} WHERE {q('op')} = 'U'"
+
+
+def full_reload_steps() -> list[str]:
+    """A full reload after the batch is staged: every table emptied (facts before the dates they
+    reference), then filled in load order."""
+    return [*(f"DELETE FROM {q(t.name)}" for t in reversed(TABLES)), *(insert_sql(t) for t in TABLES)]
+
+
+def batch_steps(full: bool) -> list[str]:
+    """The statements that apply a staged batch: a full reload's, or deletes and merges."""
+    if full:
+        return full_reload_steps()
+    return [delete_sql(t) if op == "D" else merge_sql(t) for t, op in load_steps()]
+
+
+#: Log bytes a full reload writes per warehouse row it inserts: the row, its index entries and
+#: their undo. IBM's default log (LOGFILSIZ 1000 x 4 KB x (3 + 10) files, about 52 MB) holds about
+#: 100,000 facts' worth; a reload over loaded tables also logs their deletes: twice that.
+LOG_BYTES_PER_ROW = 520
+LOG_PAGE = 4096  # LOGFILSIZ counts 4 KB pages
+
+
+def log_config_sql() -> str:
+    """The database's log size parameters (SYSIBMADM.DBCFG: SELECT is PUBLIC's in a non-restrictive
+    database); one row per parameter (MAX over members)."""
+    return ("SELECT NAME, MAX(VALUE) FROM SYSIBMADM.DBCFG WHERE NAME IN ('logfilsiz', 'logprimary', 'logsecond')"
+            " GROUP BY NAME")
+
+
+def log_capacity(config: dict[str, str]) -> int | None:
+    """Bytes of active log a unit of work can use: LOGFILSIZ x 4 KB x (LOGPRIMARY + LOGSECOND);
+    None: unlimited (LOGSECOND -1, infinite logging)."""
+    size, primary, secondary = (int(config[k]) for k in ("logfilsiz", "logprimary", "logsecond"))
+    if secondary == -1:
+        return None
+    return size * LOG_PAGE * (primary + secondary)
+
+
+def reload_log_bytes(rows: int, replacing: bool) -> int:
+    """What a full reload of ``rows`` warehouse rows logs, in one unit of work (over loaded tables
+    their deletes too)."""
+    return rows * LOG_BYTES_PER_ROW * (2 if replacing else 1)
+
+
+def log_finding(config: dict[str, str], rows: int, replacing: bool) -> tuple[bool, str, str]:
+    """`check`'s line on the largest unit of work the loader runs (a full reload: every row of the
+    star schema) against the warehouse's log space."""
+    capacity = log_capacity(config)
+    need = reload_log_bytes(rows, replacing)
+    what = f"warehouse log space for a full reload of {rows:,} rows ({_mb(need)} needed"
+    if capacity is None:
+        return True, what + "; LOGSECOND -1: unlimited)", ""
+    ok = need <= capacity * 0.8  # a margin for other work and the log's own overhead
+    size, files = int(config["logfilsiz"]), int(config["logprimary"]) + int(config["logsecond"])
+    pages = -(-int(need / 0.8) // LOG_PAGE)
+    fix = "" if ok else (
+        "a full reload would fill the transaction log (SQL0964C); as the DBA, before the first load: raise"
+        f" LOGFILSIZ to {-(-pages // files)} (`db2 UPDATE DB CFG USING LOGFILSIZ {-(-pages // files)}`, from the next"
+        f" database activation), or LOGPRIMARY + LOGSECOND to {-(-pages // size)} files of today's size (README,"
+        " \"Db2: what the database needs\")")
+    return ok, what + f", {_mb(capacity)} of log: LOGFILSIZ {size} x 4 KB x (LOGPRIMARY" \
+        f" {config['logprimary']} + LOGSECOND {config['logsecond']}))", fix
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_000_000:,.0f} MB" if n >= 10_000_000 else f"{n / 1_000_000:.1f} MB"
+
+
 def check_statements() -> list[tuple[str, str, str]]:
     """What `check` runs on Db2 (sql, what, fix), none of which changes anything: each table and
     the ledger read, and one of the loader's temporary tables declared (it needs a user temporary
@@ -312,11 +385,8 @@ class DB2Warehouse:
                 return False
             total = sum(self._stage(conn, t, batch, opts) for t in TABLES)
             self._at_fault = None
-            if batch.manifest.get("full_reload"):
-                for t in reversed(TABLES):
-                    ibm_db.exec_immediate(conn, f"DELETE FROM {q(t.name)}", opts)
-            for t, op in load_steps():
-                ibm_db.exec_immediate(conn, delete_sql(t) if op == "D" else merge_sql(t), opts)
+            for statement in batch_steps(bool(batch.manifest.get("full_reload"))):
+                ibm_db.exec_immediate(conn, statement, opts)
             step = "ledger"
             led = self._at_fault = ibm_db.prepare(conn, f"INSERT INTO {q(LEDGER)} ({q('batch_id')}, {q('pipeline')},"
                                                   f" {q('rows_loaded')}, {q('batch_uid')}) VALUES (?, ?, ?, ?)", opts)
@@ -388,7 +458,7 @@ class DB2Warehouse:
         self.close()
         raise TransientError(f"warehouse {self._ep.display}: {text}") from None
 
-    def check(self) -> list[tuple[bool, str, str]]:
+    def check(self, reload_rows: int | None = None) -> list[tuple[bool, str, str]]:
         import ibm_db
 
         conn = self._connect()
@@ -400,9 +470,23 @@ class DB2Warehouse:
             except Exception as exc:  # noqa: BLE001 - ibm_db raises plain Exception
                 state = ibm_db.stmt_error() or ""
                 out.append((False, what, f"{state}: {_clean(str(exc), self._ep)[:300]}; {sqlstate_fix(state) or fix}"))
+        if reload_rows is not None:
+            out.append(self._log_check(reload_rows))
         with contextlib.suppress(Exception):
             ibm_db.rollback(conn)
         return out
+
+    def _log_check(self, rows: int) -> tuple[bool, str, str]:
+        """Whether a full reload of ``rows`` fits the warehouse's log (read from SYSIBMADM.DBCFG;
+        not judged where the user may not read it)."""
+        try:
+            config = {str(name).lower(): str(value) for name, value in self.fetch(log_config_sql(), ())}
+            loaded = bool(self.fetch(f"SELECT 1 FROM {q(FACTSALES.name)} FETCH FIRST 1 ROW ONLY", ()))
+        except SoftcartError as exc:
+            return True, "warehouse log space: not read (SYSIBMADM.DBCFG)", f"{exc}; GRANT SELECT ON SYSIBMADM.DBCFG"
+        if len(config) < 3:
+            return True, "warehouse log space: not read (SYSIBMADM.DBCFG has no log parameters here)", ""
+        return log_finding(config, rows, loaded)
 
     def max_batch_id(self) -> int:
         row = self.fetch(max_batch_sql(), ())

@@ -216,7 +216,7 @@ class PostgresWarehouse:
         guard.feed()
         return temp
 
-    def check(self) -> list[tuple[bool, str, str]]:
+    def check(self, reload_rows: int | None = None) -> list[tuple[bool, str, str]]:
         conn = self._connect()
         init = "run `softcart-sync warehouse init` (or deploy/sql/postgresql-warehouse.sql)"
         grant = "run the GRANTs in deploy/sql/postgresql-warehouse.sql"

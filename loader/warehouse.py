@@ -66,8 +66,9 @@ class Warehouse(Protocol):
         """The highest batch id in the ledger (0 when empty): a new staging numbers its batches
         past it, so they can't be taken for batches an earlier staging loaded."""
 
-    def check(self) -> list[tuple[bool, str, str]]:
+    def check(self, reload_rows: int | None = None) -> list[tuple[bool, str, str]]:
         """`softcart-sync check`: (ok, what, fix) for the connection, the tables, the ledger and the
-        loader's needs (privileges; Db2's user temporary table space)."""
+        loader's needs (privileges; Db2's user temporary table space; with ``reload_rows``, the
+        star schema's rows in staging, whether Db2's log holds a full reload of them)."""
 
     def close(self) -> None: ...

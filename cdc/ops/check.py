@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pymysql
 import structlog
+from psycopg import sql
 
 from cdc.capture import mysql
 from cdc.capture.flavor import Flavor
@@ -19,7 +20,9 @@ from cdc.capture.online import copy_method, signal_ddl
 from cdc.settings import Settings
 from loader.online import SIGNAL_TABLE
 from loader.pg import pg_connect
+from loader.star import STAR
 from transform.errors import ConfigError, FatalError, SoftcartError
+from transform.star_shape import TABLES as SHAPE
 
 log = structlog.get_logger(__name__)
 
@@ -226,7 +229,7 @@ def _check_warehouse(settings: Settings) -> list[Finding]:
 
     warehouse = open_warehouse(settings.warehouse_config)
     try:
-        found = warehouse.check()
+        found = warehouse.check(_star_rows(settings))
     except SoftcartError as exc:
         return [Finding(False, f"connect to the warehouse {settings.warehouse.display}",
                         f"{exc}; check SOFTCART_WAREHOUSE_URL")]
@@ -234,6 +237,28 @@ def _check_warehouse(settings: Settings) -> list[Finding]:
         warehouse.close()
     return [Finding(True, f"connected to the warehouse {settings.warehouse.display}"),
             *(Finding(ok, what, fix) for ok, what, fix in found)]
+
+
+def _star_rows(settings: Settings) -> int | None:
+    """The star schema's rows in staging (what a full reload sends the warehouse); None where
+    staging can't tell (not reachable, no star schema yet)."""
+    try:
+        pg = pg_connect(settings.staging_config, autocommit=True)
+    except SoftcartError:
+        return None
+    try:
+        names = [f"{STAR}.{t.name}" for t in SHAPE]
+        row = pg.execute("SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest(%s::text[]) n", (names,)).fetchone()
+        if not (row and row[0]):
+            return None
+        total = 0
+        for t in SHAPE:
+            count = pg.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(STAR),
+                                                                           sql.Identifier(t.name))).fetchone()
+            total += int(count[0]) if count else 0
+        return total
+    finally:
+        pg.close()
 
 
 def _check_staging(settings: Settings) -> Finding:

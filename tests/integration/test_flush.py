@@ -453,6 +453,10 @@ def test_real_db2_loads_a_batch_once(tmp_path: Path) -> None:
     batch = spool.write(int(time.time()), {"dimdate": text}, {})
     assert wh.load(batch) is True
     assert wh.load(batch) is False
+    # `check` reads the log's three parameters and judges a full reload against them (#32 item 1)
+    found = {what.split(" (")[0]: (ok, what) for ok, what, _ in wh.check(reload_rows=1000)}
+    assert "warehouse log space for a full reload of 1,000 rows" in found, found
+    assert "LOGFILSIZ" in found["warehouse log space for a full reload of 1,000 rows"][1]
     wh.close()
 
 

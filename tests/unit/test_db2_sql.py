@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from loader.db2_warehouse import connection_string, create_table_sql, declare_sql, delete_sql, merge_sql, q
@@ -185,3 +187,59 @@ def test_check_on_db2_reads_each_table_and_declares_a_temporary_table() -> None:
     assert 'SELECT 1 FROM "SOFTCART_LEDGER" FETCH FIRST 1 ROW ONLY' in texts
     assert any(t.startswith("DECLARE GLOBAL TEMPORARY TABLE SESSION.") for t in texts)
     assert all(t.split()[0] not in ("INSERT", "UPDATE", "DELETE", "DROP", "CREATE") for t in texts)
+
+
+def test_a_full_reload_fills_the_emptied_tables_by_insert_select_not_merge() -> None:
+    """#32 item 1: nothing to match in an emptied table; a MERGE probed every row's key."""
+    from loader.db2_warehouse import batch_steps, insert_sql
+
+    assert insert_sql(DIMDATE).startswith('INSERT INTO "DIMDATE" ("DATEID", "DATE", "YEAR"')
+    assert insert_sql(DIMDATE).endswith('FROM SESSION."LOAD_DIMDATE" WHERE "OP" = \'U\'')
+    full = batch_steps(True)
+    assert not any("MERGE" in s for s in full)
+    deletes = [s for s in full if s.startswith("DELETE")]
+    assert deletes[0] == 'DELETE FROM "SALES_BY_MONTH_PRODUCT"' and deletes[-1] == 'DELETE FROM "DIMDATE"'
+    inserts = [s for s in full if s.startswith("INSERT")]
+    assert [s.split('"')[1] for s in inserts] == ["DIMDATE", "FACTSALES", "SALES_BY_DAY", "SALES_BY_MONTH_PRODUCT"]
+    assert full.index(deletes[-1]) < full.index(inserts[0]), "every table emptied before the first fill"
+    assert any(s.startswith("MERGE") for s in batch_steps(False)), "an ordinary batch merges"
+
+
+DEFAULT_LOG = {"logfilsiz": "1000", "logprimary": "3", "logsecond": "10"}  # Db2 11.5's defaults
+
+
+def test_the_log_check_reads_db2s_three_parameters_and_names_them_when_a_reload_does_not_fit() -> None:
+    """#32 item 1: `check` says whether a full reload fits the log (LOGFILSIZ x 4 KB x (LOGPRIMARY +
+    LOGSECOND), IBM's formula; LOGSECOND -1 is infinite logging)."""
+    from loader.db2_warehouse import log_capacity, log_finding
+
+    assert log_capacity(DEFAULT_LOG) == 1000 * 4096 * 13
+    assert log_capacity({**DEFAULT_LOG, "logsecond": "-1"}) is None
+    ok, what, fix = log_finding(DEFAULT_LOG, 50_000, replacing=False)
+    assert ok and not fix and "LOGFILSIZ 1000 x 4 KB x (LOGPRIMARY 3 + LOGSECOND 10)" in what, what
+    ok, what, fix = log_finding(DEFAULT_LOG, 1_000_000, replacing=False)
+    assert not ok and "SQL0964C" in fix and "LOGFILSIZ" in fix and "LOGPRIMARY + LOGSECOND" in fix, fix
+    assert "1,000,000 rows" in what
+    assert not log_finding(DEFAULT_LOG, 60_000, replacing=True)[0], "over loaded tables the deletes log too"
+    assert log_finding({**DEFAULT_LOG, "logsecond": "-1"}, 10**9, replacing=True)[0]
+
+
+@given(st.integers(100, 65535), st.integers(2, 256), st.integers(0, 254), st.integers(0, 10**8), st.booleans())
+def test_a_reload_said_to_fit_fits_and_the_sizes_suggested_would_hold_it(
+        size: int, primary: int, secondary: int, rows: int, replacing: bool) -> None:
+    import re
+
+    from loader.db2_warehouse import LOG_PAGE, log_capacity, log_finding, reload_log_bytes
+
+    config = {"logfilsiz": str(size), "logprimary": str(primary), "logsecond": str(secondary)}
+    ok, _, fix = log_finding(config, rows, replacing)
+    need, capacity = reload_log_bytes(rows, replacing), log_capacity(config)
+    assert capacity is not None
+    if ok:
+        assert need <= capacity
+        return
+    bigger = re.search(r"raise LOGFILSIZ to (\d+)", fix)
+    more = re.search(r"LOGPRIMARY \+ LOGSECOND to (\d+) files", fix)
+    assert bigger and more, fix
+    assert int(bigger[1]) * LOG_PAGE * (primary + secondary) * 0.8 >= need
+    assert size * LOG_PAGE * int(more[1]) * 0.8 >= need
