@@ -19,6 +19,11 @@ TABLE_MAP event's column metadata anew though a table's map is the same bytes ev
 map's bytes parse to is kept (:func:`_table_map_init`, a few hundred maps at most), and a map
 seen before costs a dictionary look-up (``tests/integration/test_rowcodec.py`` reads the same
 binlog with and without it).
+
+MySQL 9 writes TABLE_MAP optional metadata fields the library doesn't know (type 64, with a
+VECTOR column): the library raised ``64 is not a valid MetadataFieldType`` and the stream died at
+that event, for any table of the server. The fields are type-length-value: the ones it doesn't
+know are left out by their length before it parses (:func:`known_optional_metadata`).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ import codecs
 import datetime as dt
 from typing import Any
 
+from pymysqlreplication.constants import BINLOG
 from pymysqlreplication.event import BinLogEvent, QueryEvent
-from pymysqlreplication.row_event import RowsEvent, TableMapEvent
+from pymysqlreplication.row_event import MetadataFieldType, RowsEvent, TableMapEvent
 from pymysqlreplication.table import Table
 
 _TIMEF_INT_OFS = 0x800000
@@ -185,6 +191,53 @@ def _table_map_init(self: Any, from_packet: Any, event_size: int, table_map: dic
     table_map_hits += 1
 
 
+#: the optional metadata field types mysql-replication 1.0 parses (1-12)
+_METADATA_KNOWN = frozenset(t.value for t in MetadataFieldType) - {MetadataFieldType.UNKNOWN_METADATA_FIELD_TYPE.value}
+
+
+def _lenenc(data: bytes, i: int) -> tuple[int, int] | None:
+    """A length-encoded integer at ``data[i]``: (value, bytes it takes); None: cut short or NULL."""
+    if i >= len(data):
+        return None
+    first = data[i]
+    if first < 0xFB:
+        return first, 1
+    width = {0xFC: 2, 0xFD: 3, 0xFE: 8}.get(first)
+    if width is None or i + 1 + width > len(data):
+        return None
+    return int.from_bytes(data[i + 1:i + 1 + width], "little"), 1 + width
+
+
+def known_optional_metadata(fields: bytes) -> bytes | None:
+    """A TABLE_MAP's optional metadata (type, length, value fields) without the fields of types
+    the library doesn't parse; None where the bytes don't split into whole fields (then the
+    library reads them as they are, and says what it finds)."""
+    kept, i = bytearray(), 0
+    while i < len(fields):
+        size = _lenenc(fields, i + 1)
+        if size is None:
+            return None
+        end = i + 1 + size[1] + size[0]
+        if end > len(fields):
+            return None
+        if fields[i] in _METADATA_KNOWN:
+            kept += fields[i:end]
+        i = end
+    return bytes(kept)
+
+
+def _optional_meta_data(self: Any) -> Any:
+    """``TableMapEvent._get_optional_meta_data`` on the fields it knows (see the module's text)."""
+    inner = self.packet.packet  # the server's packet: its bytes up to the checksum are the fields
+    data, at = inner._data, inner._position
+    end = len(data) - BINLOG.BINLOG_CHECKSUM_LEN  # as the library's own loop reads them
+    pushed_back = getattr(self.packet, "_BinLogPacketWrapper__data_buffer", b"")
+    kept = known_optional_metadata(bytes(data[at:end])) if at < end and not pushed_back else None
+    if kept is not None and len(kept) != end - at:
+        inner._data = bytes(data[:at]) + kept + bytes(data[end:])
+    return _library_optional_meta_data(self)
+
+
 #: the query event status variables mysql-replication 1.0 reads (MySQL's 0x00-0x14, MariaDB's 0x80, 0x81)
 _STATUS_VARS_KNOWN = frozenset([*range(0x15), 0x80, 0x81])
 
@@ -205,6 +258,7 @@ def _read_status_var(self: Any, key: int) -> None:
 
 
 _library_read_status_var = QueryEvent._read_status_vars_value_for_key
+_library_optional_meta_data = TableMapEvent._get_optional_meta_data
 _library_table_init = Table.__init__
 _library_table_data = Table.data
 _library_table_map_init = TableMapEvent.__init__
@@ -214,13 +268,15 @@ _installed = False
 
 def install() -> None:
     """Replace the library's TIME2 decoder, latin1 mapping, ``Table.__init__``,
-    ``TableMapEvent.__init__`` and the query event's status variable reader with ours (idempotent)."""
+    ``TableMapEvent.__init__``, its optional metadata reader and the query event's status variable
+    reader with ours (idempotent)."""
     global _installed
     RowsEvent._RowsEvent__read_time2 = _read_time2
     Table.__init__ = _table_init
     Table.data = property(_table_data)
     TableMapEvent.__init__ = _table_map_init
     QueryEvent._read_status_vars_value_for_key = _read_status_var
+    TableMapEvent._get_optional_meta_data = _optional_meta_data
     if not _installed:
         codecs.register(_search)
         RowsEvent.charset_to_encoding = staticmethod(_charset_to_encoding)

@@ -207,9 +207,12 @@ class BinlogSource:
                 items = asm.unreadable(event.table, PARTIAL_JSON, Position(file, int(reader.log_pos), gtid))
             else:
                 changes: list[RowChange] = []
-                retyped = self._rows(event, changes)
+                try:
+                    why = self._rows(event, changes)
+                except NotImplementedError as exc:  # a column type the library can't read (MySQL 9's VECTOR)
+                    why = f"its rows can't be read from the binlog: {exc}"
                 at = Position(file, int(reader.log_pos), gtid)
-                items = asm.unreadable(event.table, retyped, at) if retyped else asm.rows(changes, when, at)
+                items = asm.unreadable(event.table, why, at) if why else asm.rows(changes, when, at)
             if items:
                 now = time.time()
                 for item in items:

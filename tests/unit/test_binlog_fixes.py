@@ -107,3 +107,23 @@ def test_the_readers_filters_are_read_again_when_they_are_other_objects() -> Non
     assert binlog_fixes._filters(one) == first
     one["only_tables"].append("c")  # changed in place: not last time's
     assert "['a', 'c']" in binlog_fixes._filters(one)
+
+
+def _field(kind: int, value: bytes) -> bytes:
+    n = len(value)
+    size = bytes([n]) if n < 0xFB else b"\xfc" + n.to_bytes(2, "little")
+    return bytes([kind]) + size + value
+
+
+@given(st.lists(st.tuples(st.sampled_from([1, 2, 4, 8, 12, 13, 64, 0x80, 200]), st.binary(max_size=300)),
+                max_size=8))
+def test_optional_metadata_fields_the_library_does_not_know_are_left_out_by_their_length(
+        fields: list[tuple[int, bytes]]) -> None:
+    """MySQL 9's TABLE_MAP of a table with a VECTOR column carries field type 64: the library
+    raised and the stream died at it. Fields it knows (1-12) stay, byte for byte, in order."""
+    from cdc.capture.binlog_fixes import known_optional_metadata
+
+    data = b"".join(_field(k, v) for k, v in fields)
+    assert known_optional_metadata(data) == b"".join(_field(k, v) for k, v in fields if 1 <= k <= 12)
+    if data:
+        assert known_optional_metadata(data[:-1] if fields[-1][1] else data + b"\x04") is None, "cut short: as it is"
