@@ -20,19 +20,8 @@ from typing import Any, Protocol
 import psycopg
 import structlog
 
-from loader.online import (
-    Chunk,
-    ChunkGate,
-    Fence,
-    Key,
-    Window,
-    apply_chunk,
-    fenced,
-    fenced_item,
-    refusal,
-    transaction_ends_by,
-    watermarks,
-)
+from loader import online
+from loader.online import Chunk, ChunkGate, Fence, Key, Window, apply_chunk, fenced, fenced_item, refusal, watermarks
 from loader.pg import cut, pg_connect
 from loader.staging import StagingWriter
 from transform.batching import Batching, BatchLimits
@@ -207,7 +196,7 @@ class Applier:
 
     def _fenced(self, item: TxnChunk) -> TxnChunk:
         """``item`` without the changes online-copied chunks hold already (loader/online.py)."""
-        at = transaction_ends_by(item)
+        at = online.transaction_ends_by(item)
         if at is not None:
             self._passed(at)
         return fenced_item(item, self._fences, self._fence_keys(self._fences))

@@ -78,20 +78,10 @@ def run_demo(base: Path, rows: int, rate: float, duration: float, source: str = 
         pipeline, started, errors = _start_daemon(settings, stop)
         _say(f"5. Making live changes in {kind} (~{rate:g} transactions/s: inserts, updates, deletes)."
              " Watch staging follow. Ctrl-C stops everything.\n")
-        counts = {"insert": 0, "update": 0, "delete": 0}
         changes_failed: list[BaseException] = []
-        generator = threading.Thread(target=_changes, args=(maria.port, rate, changes_stop, stop, counts,
-                                                           changes_failed), name="changes", daemon=True)
-        generator.start()
-        _watch(maria.port, settings, pipeline, counts, changes_stop, stop, duration, started)
-        changes_stop.set()
-        generator.join(timeout=30)
-        caught_up = not stop.is_set() and _catch_up(maria.port, settings, CATCH_UP_SECONDS, stop)
-        if errors:
-            _say(f"the daemon failed: {errors[0]}")
-            return 1
-        if changes_failed:
-            _say(f"the change generator failed: {changes_failed[0]}")
+        caught_up = _live(maria.port, settings, pipeline, started, rate, duration, (changes_stop, stop), changes_failed)
+        if errors or changes_failed:
+            _say(f"the daemon failed: {errors[0]}" if errors else f"the change generator failed: {changes_failed[0]}")
             return 1
         if not caught_up and not stop.is_set():
             _say(f"staging did not reach the source's row count within {CATCH_UP_SECONDS} s of the last"
@@ -105,6 +95,21 @@ def run_demo(base: Path, rows: int, rate: float, duration: float, source: str = 
         maria.stop()
         if pg_base != base / "postgres":
             shutil.rmtree(pg_base, ignore_errors=True)
+
+
+def _live(port: int, settings: Settings, pipeline: Pipeline, started: threading.Event, rate: float,
+          duration: float, stops: tuple[threading.Event, threading.Event], failed: list[BaseException]) -> bool:
+    """Live changes and a line every two seconds until the duration is over or Ctrl-C; then the
+    changes stop and staging is waited for (True: it met the source's row count)."""
+    changes_stop, stop = stops
+    counts = {"insert": 0, "update": 0, "delete": 0}
+    generator = threading.Thread(target=_changes, args=(port, rate, changes_stop, stop, counts, failed),
+                                 name="changes", daemon=True)
+    generator.start()
+    _watch(port, settings, pipeline, counts, changes_stop, stop, duration, started)
+    changes_stop.set()
+    generator.join(timeout=30)
+    return not stop.is_set() and _catch_up(port, settings, CATCH_UP_SECONDS, stop)
 
 
 def _source_server(base: Path, source: str) -> tuple[MariaDBServer | MySQLServer, str]:

@@ -211,7 +211,7 @@ DEFAULT_LOG = {"logfilsiz": "1000", "logprimary": "3", "logsecond": "10"}  # Db2
 def test_the_log_check_reads_db2s_three_parameters_and_names_them_when_a_reload_does_not_fit() -> None:
     """#32 item 1: `check` says whether a full reload fits the log (LOGFILSIZ x 4 KB x (LOGPRIMARY +
     LOGSECOND), IBM's formula; LOGSECOND -1 is infinite logging)."""
-    from loader.db2_warehouse import log_capacity, log_finding
+    from loader.db2_log import log_capacity, log_finding
 
     assert log_capacity(DEFAULT_LOG) == 1000 * 4096 * 13
     assert log_capacity({**DEFAULT_LOG, "logsecond": "-1"}) is None
@@ -229,7 +229,7 @@ def test_a_reload_said_to_fit_fits_and_the_sizes_suggested_would_hold_it(
         size: int, primary: int, secondary: int, rows: int, replacing: bool) -> None:
     import re
 
-    from loader.db2_warehouse import LOG_PAGE, log_capacity, log_finding, reload_log_bytes
+    from loader.db2_log import LOG_PAGE, log_capacity, log_finding, reload_log_bytes
 
     config = {"logfilsiz": str(size), "logprimary": str(primary), "logsecond": str(secondary)}
     ok, _, fix = log_finding(config, rows, replacing)
