@@ -72,7 +72,7 @@ def star_schema(settings: Settings, tables: dict[str, Table]) -> StarSchema | No
     if settings.star_table not in tables:
         raise ConfigError(f"SOFTCART_STAR_TABLE {settings.star_table!r} is not among SOFTCART_SOURCE_TABLES; "
                           "add it there, or set SOFTCART_STAR_TABLE= (empty) to turn the star schema off")
-    return StarSchema(tables[settings.star_table], settings.zone, settings.star_deltas == "sql")
+    return StarSchema(tables[settings.star_table], mysql.day_zone(settings), settings.star_deltas == "sql")
 
 
 _PIPELINE_KEY = "hashtext('softcart-sync pipeline ' || %s)::bigint"

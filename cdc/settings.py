@@ -29,6 +29,7 @@ from pydantic_settings import (
 
 from transform.errors import ConfigError
 from transform.model import ApplyConfig, Endpoint, StagingConfig, WarehouseConfig
+from transform.star import zone_of
 
 ENV_PREFIX = "SOFTCART_"
 #: Environment variables with our prefix that are not settings (test harness knobs).
@@ -166,6 +167,10 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(30.0, gt=0, description="longest a clean shutdown may take")
     star_table: str = Field("sales_data", description="source table the star schema is built from ('' turns it off)")
     business_timezone: str = Field("UTC", description="IANA time zone that decides a sale's date (DimDate)")
+    source_datetime_zone: str = Field(
+        "source", description="the zone the source's DATETIME values are wall-clock times in, for a sale's date:"
+        " `source` (the source server's time zone, as NOW() uses it), an IANA name, or an offset such as +05:30"
+        " (TIMESTAMPs carry their instant and need none)")
     star_deltas: Literal["sql", "python"] = Field(
         "sql", description="where each batch's star-schema delta is computed: sql (set-based inside PostgreSQL,"
         " where the column types allow) or python (row by row, the reference rules)")
@@ -203,6 +208,13 @@ class Settings(BaseSettings):
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r}; use an IANA name such as UTC or Europe/Berlin") from None
+        return v
+
+    @field_validator("source_datetime_zone")
+    @classmethod
+    def _wall_zone(cls, v: str) -> str:
+        if v != "source":
+            zone_of(v)  # ValueError names what is accepted
         return v
 
     @model_validator(mode="after")

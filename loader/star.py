@@ -8,17 +8,17 @@ import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg import sql
 
 from loader.ddl import META, STAGING
 from transform.changes import NetChanges
-from transform.errors import FatalError
+from transform.errors import ConfigError, FatalError
 from transform.schema import Table
 from transform.star import (
     SALES_COLUMNS,
+    DayZone,
     Fact,
     ScratchBuilder,
     StarDelta,
@@ -137,27 +137,27 @@ class Built:
     invalid: list[tuple[Any, str]] = field(default_factory=list)
 
 
-def sql_rules_for(conn: psycopg.Connection[Any], table: str, zone: ZoneInfo) -> SqlRules | None:
-    """The SQL rules (transform.star_sql) for the staging table's column types, or None where
-    they'd differ from Python's or PostgreSQL doesn't know the zone."""
+def sql_rules_for(conn: psycopg.Connection[Any], table: str, zone: DayZone) -> SqlRules | None:
+    """transform.star_sql's rules for the staging table's column types (None: not Python's, or no such zone)."""
     types = dict(conn.execute(
         "SELECT attname, atttypid::regtype::text FROM pg_attribute WHERE attrelid = %s::regclass"
         " AND attnum > 0 AND NOT attisdropped", (f"{STAGING}.{table}",)).fetchall())
-    if not conn.execute("SELECT EXISTS (SELECT FROM pg_timezone_names WHERE name = %s)", (zone.key,)).fetchone():
-        return None
-    return sql_rules(types, zone.key)
+    known = conn.execute("SELECT EXISTS (SELECT FROM pg_timezone_names WHERE name = %s)", (zone.key,)).fetchone()
+    return sql_rules(types, zone) if known and known[0] else None  # (a row of false was taken for a known zone)
 
 
 class StarSchema:
     """Maintains ``star`` from the changes of one staging table (``sales_data``)."""
 
-    def __init__(self, table: Table, zone: ZoneInfo, deltas_in_sql: bool = True) -> None:
+    def __init__(self, table: Table, zone: DayZone, deltas_in_sql: bool = True) -> None:
         missing = [c for c in SALES_COLUMNS if c not in table.column_names]
         if missing:
             raise FatalError(f"the star schema needs columns {', '.join(missing)} in {table.name} "
                              "(set SOFTCART_STAR_TABLE to the sales table, or to an empty value to turn it off)")
         if table.primary_key != ("rowid",):
             raise FatalError(f"the star schema needs {table.name} to have the primary key (rowid)")
+        if why := zone.refusal(table.name, table.column("timestamp").data_type):
+            raise ConfigError(why)
         self.table = table
         self.zone = zone
         #: per-batch deltas computed inside PostgreSQL where the column types allow (SOFTCART_STAR_DELTAS)

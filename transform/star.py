@@ -12,15 +12,102 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import functools
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Context, Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from transform.star_shape import AGGREGATES
 from transform.star_shape import MONEY_DIGITS as MONEY_DIGITS
 from transform.star_shape import MONEY_SCALE as MONEY_SCALE
+
+#: Zone names that are UTC at every instant (a DATETIME in one of them is a UTC time).
+_UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "GMT", "Etc/GMT", "Etc/GMT0", "Etc/GMT+0", "Etc/GMT-0",
+                        "GMT0", "Zulu", "Etc/Zulu", "Universal", "Etc/Universal", "Greenwich", "Etc/Greenwich"})
+
+
+@dataclass(frozen=True)
+class DayZone:
+    """How a sale's timestamp becomes its date. ``business``: the zone whose calendar decides the
+    date (SOFTCART_BUSINESS_TIMEZONE). ``wall``: the zone a DATETIME (a wall-clock time with no zone
+    of its own) was written in, the source's by default (SOFTCART_SOURCE_DATETIME_ZONE); None where
+    it could not be told (a DATETIME is then refused, never guessed). A TIMESTAMP carries its instant."""
+
+    business: ZoneInfo
+    wall: dt.tzinfo | None = dt.UTC
+
+    @property
+    def key(self) -> str:
+        return self.business.key
+
+    def wall_offset(self) -> dt.timedelta | None:
+        """The wall zone's offset where it is one fixed offset (UTC, +05:30); None where it varies."""
+        if isinstance(self.wall, dt.timezone):
+            return self.wall.utcoffset(None)
+        if isinstance(self.wall, ZoneInfo) and self.wall.key in _UTC_NAMES:
+            return dt.timedelta(0)
+        return None
+
+    def wall_is_business(self) -> bool:
+        """Is a DATETIME already a wall-clock time of the business zone (its date is its own)?"""
+        return isinstance(self.wall, ZoneInfo) and self.wall.key == self.business.key
+
+    def refusal(self, table: str, data_type: str) -> str | None:
+        """Why ``table``'s timestamp of ``data_type`` can't be dated (None: it can)."""
+        if self.wall is not None or data_type != "datetime":
+            return None
+        return (f"{table}.timestamp is a DATETIME (a wall-clock time without a zone), and the source's time zone"
+                " could not be told for certain (SYSTEM, named by an abbreviation): set"
+                " SOFTCART_SOURCE_DATETIME_ZONE to the zone its DATETIMEs are written in (an IANA name such as"
+                " Asia/Kolkata, or an offset such as +05:30)")
+
+    def day(self, ts: dt.datetime) -> dt.date:
+        """The business date of ``ts`` (aware: its instant; naive: a wall-clock time in ``wall``);
+        OverflowError past the calendar's ends."""
+        if ts.tzinfo is not None:
+            return ts.astimezone(self.business).date()
+        if self.wall is None:
+            raise ValueError("a DATETIME's zone is not known")
+        if self.wall_is_business():
+            return ts.date()
+        return ts.replace(tzinfo=self.wall).astimezone(self.business).date()
+
+
+_OFFSET = re.compile(r"^([+-])(\d{1,2}):(\d{2})$")
+
+
+def zone_of(text: str) -> dt.tzinfo:
+    """An offset (``+05:30``, as MySQL writes one) or an IANA name as a zone; ValueError otherwise."""
+    m = _OFFSET.match(text.strip())
+    if m:
+        hours, minutes = int(m[2]), int(m[3])
+        if hours > 14 or minutes > 59:
+            raise ValueError(f"offset {text!r} out of range")
+        delta = dt.timedelta(hours=hours, minutes=minutes)
+        return dt.timezone(-delta if m[1] == "-" else delta)
+    try:
+        return ZoneInfo(text.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {text!r}: an IANA name (Asia/Kolkata) or an offset (+05:30)") from None
+
+
+def wall_zone(setting: str, time_zone: str = "", system_time_zone: str = "") -> dt.tzinfo | None:
+    """The zone the source's DATETIMEs are wall-clock times in. ``setting``: an IANA name or an
+    offset, or ``source``: the server's own (``@@global.time_zone``; ``SYSTEM``: the host's,
+    ``@@system_time_zone``). None where the server names it by an abbreviation (IST, CEST: several
+    zones, and the summer name differs from the winter one): not guessed."""
+    if setting != "source":
+        return zone_of(setting)
+    name = system_time_zone if time_zone.upper() == "SYSTEM" else time_zone
+    if _OFFSET.match(name) or name in _UTC_NAMES or "/" in name:
+        try:
+            return zone_of(name)
+        except ValueError:
+            return None
+    return None
+
 
 #: The columns of sales_data the star schema reads.
 SALES_COLUMNS = ("rowid", "product_id", "customer_id", "price", "quantity", "timestamp")
@@ -92,7 +179,7 @@ def _fits_money(value: Decimal) -> bool:
     return value.is_finite() and abs(value) < _MONEY_LIMIT and value == value.quantize(_MONEY_STEP, context=_EXACT)
 
 
-def fact_from_row(row: Mapping[str, Any], zone: ZoneInfo) -> Fact:
+def fact_from_row(row: Mapping[str, Any], zone: DayZone) -> Fact:
     """The fact for one sales row (a mapping of SALES_COLUMNS), or :class:`InvalidFact`."""
     return fact_from_values(tuple(row[c] for c in SALES_COLUMNS), zone)
 
@@ -101,7 +188,7 @@ def date_of(dateid: int) -> dt.date:
     return dt.date(dateid // 10000, dateid // 100 % 100, dateid % 100)
 
 
-def fact_from_values(values: tuple[Any, ...], zone: ZoneInfo) -> Fact:
+def fact_from_values(values: tuple[Any, ...], zone: DayZone) -> Fact:
     """The fact for one sales row given as values in SALES_COLUMNS order, or :class:`InvalidFact`."""
     rowid, product_id, customer_id, price, qty, ts = values
     if ts is None:
@@ -125,11 +212,10 @@ def fact_from_values(values: tuple[Any, ...], zone: ZoneInfo) -> Fact:
         raise InvalidFact(f"total_price {price} x {qty} = {total} overflows DECIMAL({MONEY_DIGITS},{MONEY_SCALE})")
     if isinstance(ts, dt.datetime):
         try:
-            local = ts.astimezone(zone) if ts.tzinfo else ts.replace(tzinfo=dt.UTC).astimezone(zone)
+            day = zone.day(ts)
         except OverflowError:  # 9999-12-31 23:00 UTC is in year 10000 east of UTC
             raise InvalidFact(f"timestamp {ts.isoformat()} has no date in {zone.key} (outside years 1-9999)") \
                 from None
-        day = local.date()
     else:
         day = ts
     dateid = day.year * 10000 + day.month * 100 + day.day
@@ -178,7 +264,7 @@ class StarDelta:
             aggs.setdefault(key, AggDelta()).add(fact, sign)
 
 
-def try_fact(values: tuple[Any, ...] | None, zone: ZoneInfo) -> tuple[Fact | None, str | None]:
+def try_fact(values: tuple[Any, ...] | None, zone: DayZone) -> tuple[Fact | None, str | None]:
     if values is None:
         return None, None
     try:
@@ -187,7 +273,7 @@ def try_fact(values: tuple[Any, ...] | None, zone: ZoneInfo) -> tuple[Fact | Non
         return None, str(exc)
 
 
-def star_delta(changes: Iterable[tuple[int, Fact | None, tuple[Any, ...] | None]], zone: ZoneInfo) -> StarDelta:
+def star_delta(changes: Iterable[tuple[int, Fact | None, tuple[Any, ...] | None]], zone: DayZone) -> StarDelta:
     """The delta for ``(rowid, its current fact or None, its new values or None)`` per changed
     sales row. The current fact is what factsales holds (a valid fact of the old row); the new
     values are the row after the batch in SALES_COLUMNS order, None when it was deleted."""
@@ -215,7 +301,7 @@ class ScratchBuilder:
     """The star schema from scratch: feed every sales row, stream the facts, then read the
     dimension and the aggregates (small: one row per day, one per month and product)."""
 
-    def __init__(self, zone: ZoneInfo) -> None:
+    def __init__(self, zone: DayZone) -> None:
         self.zone = zone
         self._aggs = StarDelta()
         self._dates: dict[int, DimDate] = {}

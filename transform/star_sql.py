@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from transform.star import MONEY_DIGITS, MONEY_SCALE
+from transform.star import MONEY_DIGITS, MONEY_SCALE, DayZone
 from transform.star_shape import AGGREGATES, FACTSALES, MEASURES, SALES_BY_DAY, StarTable
 
 _BIGINT_RANGE = sql.SQL("BETWEEN -9223372036854775808 AND 9223372036854775807")
@@ -38,19 +38,28 @@ class SqlRules:
     dateid: sql.Composable
 
 
-def sql_rules(types: Mapping[str, str], zone: str) -> SqlRules | None:
+def sql_rules(types: Mapping[str, str], zone: DayZone) -> SqlRules | None:
     """The rules for the staging columns' PostgreSQL types (``types``: name -> regtype text), or
-    None where they'd differ from Python's (a float price is exact binary in Python). ``zone``
-    must be one PostgreSQL knows (the caller asks pg_timezone_names)."""
+    None where they'd differ from Python's (a float price is exact binary in Python; a DATETIME
+    written in a zone with clock changes, other than the business one: the hour a clock goes back
+    is read as its first pass by Python, its second by PostgreSQL). ``zone.key`` must be one
+    PostgreSQL knows (the caller asks pg_timezone_names)."""
     numbers = (*_INTEGERS, "numeric")
     if any(types.get(c) not in numbers for c in ("rowid", "product_id", "customer_id", "price", "quantity")):
         return None
-    ts, tz = sql.Identifier("timestamp"), sql.Literal(zone)
+    ts, tz = sql.Identifier("timestamp"), sql.Literal(zone.key)
     day: sql.Composable
     if types.get("timestamp") == "timestamp with time zone":
         day = sql.SQL("({} AT TIME ZONE {})::date").format(ts, tz)
-    elif types.get("timestamp") == "timestamp without time zone":  # a DATETIME: UTC, as the reader's
-        day = sql.SQL("(({} AT TIME ZONE 'UTC') AT TIME ZONE {})::date").format(ts, tz)
+    elif types.get("timestamp") == "timestamp without time zone":  # a DATETIME: a wall-clock time in zone.wall
+        offset = zone.wall_offset()
+        if zone.wall_is_business():
+            day = sql.SQL("{}::date").format(ts)
+        elif offset is not None:  # its instant is the wall time less the offset (an interval: exact)
+            day = sql.SQL("(({} - {}::interval) AT TIME ZONE 'UTC' AT TIME ZONE {})::date").format(
+                ts, sql.Literal(f"{int(offset.total_seconds())} seconds"), tz)
+        else:
+            return None
     elif types.get("timestamp") == "date":
         day = ts
     else:

@@ -14,6 +14,7 @@ from cdc.settings import Settings
 from transform.errors import ConfigError, FatalError, Kind, TableGone, TableUnusable, TransientError, mysql_kind
 from transform.model import Endpoint, Position
 from transform.schema import Column, Table, UnsupportedType, pg_type
+from transform.star import DayZone, wall_zone
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -231,6 +232,19 @@ def mysql_gtid_at(conn: pymysql.connections.Connection, file: str, pos: int) -> 
                     state = mysql_gtid_advance(state, text.split("'")[1])
                 start = int(end)
     return state if start == pos else ""
+
+
+def day_zone(settings: Settings) -> DayZone:
+    """How a sale's timestamp becomes its date: the business zone, and the zone the source's
+    DATETIMEs are written in (SOFTCART_SOURCE_DATETIME_ZONE; ``source``: read from the server)."""
+    if settings.source_datetime_zone != "source":
+        return DayZone(settings.zone, wall_zone(settings.source_datetime_zone))
+    conn = connect(settings, database=False)
+    try:
+        found = server_variables(conn, ["time_zone", "system_time_zone"])
+    finally:
+        conn.close()
+    return DayZone(settings.zone, wall_zone("source", found.get("time_zone", ""), found.get("system_time_zone", "")))
 
 
 def server_variables(conn: pymysql.connections.Connection, names: list[str]) -> dict[str, str]:

@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from cdc.capture.mysql import day_zone
 from cdc.settings import Settings
 from loader.checkpoint import lock_apply
 from loader.ddl import STAGING
@@ -14,6 +15,7 @@ from loader.pg import pg_connect
 from loader.star import STAR, StarSchema
 from transform.errors import ConfigError
 from transform.schema import Column, Table
+from transform.star import DayZone
 
 
 def _sales_table(conn: psycopg.Connection[Any], settings: Settings) -> StarSchema:
@@ -21,12 +23,16 @@ def _sales_table(conn: psycopg.Connection[Any], settings: Settings) -> StarSchem
     name = settings.star_table
     if not name:
         raise ConfigError("SOFTCART_STAR_TABLE is empty: the star schema is turned off")
-    rows = conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s"
+    rows = conn.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %s"
                         " AND table_name = %s ORDER BY ordinal_position", (STAGING, name)).fetchall()
     if not rows:
         raise ConfigError(f"staging has no table {name!r} yet: run the daemon first (softcart-sync run)")
-    cols = tuple(Column(name=r[0], data_type="", column_type="") for r in rows)
-    return StarSchema(Table(name, cols, ("rowid",)), settings.zone)
+    # a DATETIME is held as a timestamp without time zone: only then is the source's zone asked for
+    cols = tuple(Column(name=r[0], data_type="datetime" if r[1] == "timestamp without time zone" else "",
+                        column_type="") for r in rows)
+    table = Table(name, cols, ("rowid",))
+    datetime = any(c.name == "timestamp" and c.data_type == "datetime" for c in cols)
+    return StarSchema(table, day_zone(settings) if datetime else DayZone(settings.zone))
 
 
 def rebuild_star(settings: Settings) -> tuple[int, int]:

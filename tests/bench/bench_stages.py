@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pymysql
@@ -43,6 +44,7 @@ import pymysql.cursors
 from cdc.dev.localservers import MariaDBServer, PostgresServer
 from loader.star import StarSchema
 from transform.schema import Column, Table
+from transform.star import DayZone
 
 ROOT = Path(__file__).resolve().parents[2]
 SALES = Table("sales_data", (
@@ -289,7 +291,7 @@ def baseline(src: pymysql.connections.Connection, pg_url: str, since: int) -> tu
             for row in cur:
                 copy.write_row(row)
                 n += 1
-        star = StarSchema(SALES, __import__("zoneinfo").ZoneInfo("UTC"))
+        star = StarSchema(SALES, DayZone(ZoneInfo("UTC")))
         pg.execute("CREATE SCHEMA IF NOT EXISTS softcart")
         pg.execute("CREATE TABLE IF NOT EXISTS softcart.outbox (id bigserial PRIMARY KEY, tbl text NOT NULL,"
                    " k1 bigint, k2 bigint)")

@@ -31,6 +31,7 @@ from loader.star import StarSchema
 from tests.bench.bench_catchup import costliest_statements
 from transform.model import Op, Position, RowChange
 from transform.schema import Column, Table
+from transform.star import DayZone
 
 SALES = Table("sales_data", (
     Column("rowid", "int", "int(11)", False), Column("product_id", "int", "int(11)"),
@@ -79,7 +80,7 @@ def run(url: str, work: list[list[RowChange]], deltas: str) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS staging, star, softcart CASCADE")
         ensure_schema(conn, {"sales_data": SALES})
-        star = StarSchema(SALES, ZoneInfo("UTC"), deltas_in_sql=deltas == "sql") if deltas != "none" else None
+        star = StarSchema(SALES, DayZone(ZoneInfo("UTC")), deltas_in_sql=deltas == "sql") if deltas != "none" else None
         if star:
             with conn.transaction(), conn.cursor() as cur:
                 star.ensure_schema(cur)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from cdc.ops.star_ops import check_star
 from cdc.settings import Settings
-from tests.helpers import SALES_DDL, cli, execute, running_pipeline, wait_caught_up
+from tests.helpers import SALES_DDL, cli, execute, running_pipeline, wait_caught_up, wait_until
 
 Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
@@ -97,6 +97,37 @@ def test_sale_near_midnight_lands_on_the_business_day(settings: Settings, source
     row = staging.execute("SELECT year, quarter, quartername, monthname, weekday, weekdayname FROM star.dimdate"
                           " WHERE dateid = 20220101").fetchone()
     assert row == (2022, 1, "Q1", "January", 7, "Saturday")
+
+
+def test_a_datetime_is_dated_in_the_sources_time_zone(
+        settings: Settings, source_server: Any, source: Conn, staging: PG) -> None:
+    """#30 item 11: after MODIFY timestamp DATETIME on a +05:30 server, the evening's sales landed on
+    the next day (a DATETIME was read as UTC). A DATETIME is a wall-clock time in the server's zone;
+    a TIMESTAMP before the change and one after agree."""
+    admin = pymysql.connect(host="127.0.0.1", port=source_server.port, user="root", autocommit=True)
+    execute(admin, "SET GLOBAL time_zone = '+05:30'")
+    try:
+        execute(source, "SET time_zone = '+05:30'", SALES_DDL,
+                "INSERT INTO sales_data VALUES (1, 7, 1, 1, 1, '2024-03-01 23:30:00')")  # 18:00 UTC
+        kolkata = settings.model_copy(update={"business_timezone": "Asia/Kolkata"})
+        with running_pipeline(kolkata):
+            wait_caught_up(staging, source)
+            execute(source, "ALTER TABLE sales_data MODIFY timestamp DATETIME NOT NULL",
+                    "INSERT INTO sales_data VALUES (2, 7, 1, 1, 1, '2024-03-01 23:30:00'),"
+                    " (3, 7, 1, 1, 1, '2024-03-02 00:10:00')")
+            wait_until(lambda: staging.execute(  # staging can't hold a TIMESTAMP column as a DATETIME: copied again
+                "SELECT 1 FROM softcart.stopped_table s JOIN softcart.online_copy c USING (pipeline, source_table)"
+                " WHERE s.taken_up_at IS NOT NULL AND c.finished_at IS NOT NULL").fetchone() is not None, 90,
+                "sales_data copied again with its DATETIME")
+            wait_caught_up(staging, source)
+        assert {k: v[0] for k, v in facts(staging).items()} == {1: 20240301, 2: 20240301, 3: 20240302}
+        assert check_star(kolkata) == []  # a rebuild dates them alike
+        # an explicit zone is taken as given: the same wall clock in UTC is 05:00 the next day in Kolkata
+        utc_wall = kolkata.model_copy(update={"source_datetime_zone": "UTC"})
+        assert any("20240302" in d for d in check_star(utc_wall)), "read as UTC, row 2 moves to the next day"
+    finally:
+        execute(admin, "SET GLOBAL time_zone = 'SYSTEM'")
+        admin.close()
 
 
 def test_rebuild_check_finds_tampering_and_rebuild_repairs_it(settings: Settings, settings_env: dict[str, str],

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from loader.ddl import ensure_schema
 from loader.star import StarSchema
 from tests.star_cases import KINDS, ROWS, fill
-from transform.star import ScratchBuilder
+from transform.star import DayZone, ScratchBuilder
 
 PG = psycopg.Connection[Any]
 
@@ -43,7 +43,7 @@ def both_ways(conn: PG, star: StarSchema) -> tuple[list[tuple[Any, str]], list[s
 def test_sql_build_equals_the_python_reference(staging: PG, kind: str, zone: str) -> None:
     table = KINDS[kind]
     ensure_schema(staging, {table.name: table})
-    star = StarSchema(table, ZoneInfo(zone))
+    star = StarSchema(table, DayZone(ZoneInfo(zone)))
     with staging.cursor() as cur:
         star.ensure_schema(cur)
 
@@ -71,7 +71,7 @@ def test_quantities_summing_past_bigint_build_and_an_old_grain_is_made_anew(stag
     made anew at the next start, and ensure_schema says it needs a build."""
     table = KINDS["datetime-wide"]
     ensure_schema(staging, {table.name: table})
-    star = StarSchema(table, ZoneInfo("America/St_Johns"))
+    star = StarSchema(table, DayZone(ZoneInfo("America/St_Johns")))
     with staging.cursor() as cur:
         assert star.ensure_schema(cur) is True, "made: it needs a build"
         assert star.ensure_schema(cur) is False

@@ -24,6 +24,7 @@ from tests.star_cases import IDS, KINDS, PRICES, QTYS, TIMES, fill
 from transform.errors import SoftcartError
 from transform.model import Op, Position, RowChange
 from transform.schema import Table
+from transform.star import DayZone, zone_of
 
 PG = psycopg.Connection[Any]
 
@@ -73,7 +74,7 @@ def state(conn: PG) -> dict[str, Any]:
     }
 
 
-def run(conn: PG, table: Table, zone: ZoneInfo, in_sql: bool, initial: list[tuple[Any, ...]],
+def run(conn: PG, table: Table, zone: DayZone, in_sql: bool, initial: list[tuple[Any, ...]],
         changes: list[tuple[int, tuple[Any, ...] | None]]) -> tuple[dict[str, Any], str, list[str]]:
     """From a fresh staging (the initial rows) and its star schema built from scratch, one batch in
     the given mode; returns what it left, the error it stopped with (if any) and the differences
@@ -119,16 +120,33 @@ def run(conn: PG, table: Table, zone: ZoneInfo, in_sql: bool, initial: list[tupl
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("zone", ["UTC", "Pacific/Chatham", "America/St_Johns"])
 def test_the_sql_delta_equals_the_python_rules(staging: PG, kind: str, zone: str) -> None:
-    table = KINDS[kind]
+    _differential(staging, KINDS[kind], DayZone(ZoneInfo(zone)))
+
+
+@pytest.mark.parametrize(("zone", "wall"), [("Pacific/Chatham", "+05:30"), ("America/St_Johns", "-09:30"),
+                                           ("America/St_Johns", "same")])
+def test_the_sql_delta_equals_the_python_rules_for_a_datetime_written_in_the_sources_zone(
+        staging: PG, zone: str, wall: str) -> None:
+    """#30 item 11: a DATETIME is a wall-clock time in the source's zone (a fixed offset, or the
+    business zone itself: the cases the SQL takes; the rest go to Python)."""
+    table = KINDS["datetime-wide"]
+    day_zone = DayZone(ZoneInfo(zone), ZoneInfo(zone) if wall == "same" else zone_of(wall))
+    ensure_schema(staging, {table.name: table})
+    assert StarSchema(table, day_zone).sql_delta(staging, "t") is not None, "the SQL takes it"
+    staging.execute("DROP TABLE staging.sales_data")
+    _differential(staging, table, day_zone)
+
+
+def _differential(staging: PG, table: Table, zone: DayZone) -> None:
     ensure_schema(staging, {table.name: table})
     with staging.cursor() as cur:
-        StarSchema(table, ZoneInfo(zone)).ensure_schema(cur)
+        StarSchema(table, zone).ensure_schema(cur)
 
     @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
     @given(INITIAL, CHANGES)
     def check(initial: list[tuple[Any, ...]], changes: list[tuple[int, tuple[Any, ...] | None]]) -> None:
-        python = run(staging, table, ZoneInfo(zone), False, initial, changes)
-        in_sql = run(staging, table, ZoneInfo(zone), True, initial, changes)
+        python = run(staging, table, zone, False, initial, changes)
+        in_sql = run(staging, table, zone, True, initial, changes)
         for part in python[0]:
             assert in_sql[0][part] == python[0][part], (part, in_sql[0][part], python[0][part])
         assert in_sql == python
@@ -141,7 +159,7 @@ def test_the_sql_delta_is_used_where_the_types_allow_and_python_elsewhere(stagin
     for kind, expected in (("timestamp-decimal", True), ("double-price", False)):
         table = KINDS[kind]
         ensure_schema(staging, {table.name: table})
-        star = StarSchema(table, ZoneInfo("UTC"))
+        star = StarSchema(table, DayZone(ZoneInfo("UTC")))
         assert (star.sql_delta(staging, "some_temp") is not None) is expected, kind
-        assert StarSchema(table, ZoneInfo("UTC"), deltas_in_sql=False).sql_delta(staging, "t") is None
+        assert StarSchema(table, DayZone(ZoneInfo("UTC")), deltas_in_sql=False).sql_delta(staging, "t") is None
         staging.execute("DROP TABLE staging.sales_data")
