@@ -113,10 +113,12 @@ class Churn:
 
 # Both methods (loader/online.py): MariaDB's snapshot positions, and the watermarks MySQL needs
 METHODS = pytest.mark.parametrize("method", ["auto", "signal"])
+#: Both methods on MariaDB, and MySQL's one: there 'auto' is the watermark method, as 'signal' is (#31)
+SOURCES_AND_METHODS = pytest.mark.parametrize(("source_server", "method"), [
+    ("mariadb", "auto"), ("mariadb", "signal"), ("mysql", "auto")], indirect=["source_server"])
 
 
-@pytest.mark.both_sources
-@METHODS
+@SOURCES_AND_METHODS
 def test_a_table_added_while_changes_stream_into_it_is_copied_online_and_ends_equal(
         settings: Settings, source_server: MariaDBServer | MySQLServer, source: Conn, staging: PG, source_db: str,
         method: str) -> None:
@@ -239,8 +241,7 @@ def test_text_keys_ending_below_space_are_chunked_in_one_order_on_both_sides(
     assert assert_same(source, staging, source_db, "tags") == len(names)
 
 
-@pytest.mark.both_sources
-@METHODS
+@SOURCES_AND_METHODS
 def test_changes_to_exactly_the_keys_of_the_chunk_being_read_end_right(
         settings: Settings, source_server: MariaDBServer | MySQLServer, source: Conn, staging: PG, source_db: str,
         monkeypatch: pytest.MonkeyPatch, method: str) -> None:
@@ -383,8 +384,7 @@ def test_a_transaction_sliced_for_its_size_before_a_chunks_position_does_not_und
     assert assert_same(source, staging, source_db, "items") == 300
 
 
-@pytest.mark.both_sources
-@METHODS
+@SOURCES_AND_METHODS
 def test_xa_transactions_around_a_chunks_read_end_right(
         settings: Settings, source_server: MariaDBServer | MySQLServer, source: Conn, staging: PG, source_db: str,
         monkeypatch: pytest.MonkeyPatch, method: str) -> None:
