@@ -17,7 +17,7 @@ from cdc.metrics import Metrics
 from cdc.settings import Settings
 from loader.backends import open_warehouse
 from loader.flush import Flusher
-from loader.pg import pg_connect
+from loader.pg import guard_replies, pg_connect
 from loader.spool import Spool, SpooledBatch
 from transform.errors import SoftcartError, TransientError
 
@@ -37,9 +37,10 @@ class FlushProgress:
 
 def flush_stall_seconds(settings: Settings) -> float:
     """How long one flush round may take before the thread counts as stuck: every wait in it is
-    bounded (the loader's lock, a warehouse reply, the backoff), so past their sum it hangs."""
-    return (settings.lock_wait_seconds + settings.warehouse_receive_timeout_seconds + settings.retry_max_seconds
-            + settings.stall_seconds)
+    bounded (the loader's lock, one reply: the warehouse's or staging's, the backoff), so past
+    their sum it hangs."""
+    reply = max(settings.warehouse_receive_timeout_seconds, settings.read_timeout_seconds)
+    return settings.lock_wait_seconds + reply + settings.retry_max_seconds + settings.stall_seconds
 
 
 def open_flusher(settings: Settings, crash_point: str = "") -> Flusher:
@@ -54,6 +55,9 @@ def open_flusher(settings: Settings, crash_point: str = "") -> Flusher:
     except BaseException:
         warehouse.close()
         raise
+    # each call on the flusher's staging session is bounded by our clock: a reply's time, and a
+    # lock wait's (which staging's lock_timeout bounds while the server runs)
+    guard_replies(conn, settings.read_timeout_seconds + settings.lock_wait_seconds)
     return Flusher(conn, spool, warehouse, settings.pipeline_name, crash_point, settings.lock_wait_seconds)
 
 

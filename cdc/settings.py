@@ -138,7 +138,8 @@ class Settings(BaseSettings):
         "client, auto = client where it applies")
     heartbeat_seconds: float = Field(5.0, gt=0, le=3600, description="source heartbeat period when idle")
     connect_timeout_seconds: float = Field(10.0, gt=0, description="timeout of every connect")
-    read_timeout_seconds: float = Field(30.0, gt=0, description="silence from the source before reconnecting")
+    read_timeout_seconds: float = Field(30.0, gt=0, description="silence from the source before reconnecting; the"
+                                        " longest one reply from staging may take, by the daemon's own clock")
     warehouse_schema: str = Field(
         "", pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,127})?$",
         description="the warehouse schema the tables are in (warehouse init, the loader, the reconcile): Db2's "

@@ -29,7 +29,7 @@ from psycopg import sql
 
 from loader.checkpoint import APPLY_LOCK
 from loader.ddl import META
-from loader.pg import holders_text, lock_holders, lock_wait_limit
+from loader.pg import fed, holders_text, lock_holders, lock_wait_limit
 from loader.spool import Spool, SpooledBatch
 from loader.star import STAR
 from loader.warehouse import TABLES, BatchIdTaken, BatchRejected, Warehouse, WTable
@@ -222,7 +222,9 @@ class Flusher:
         the spool reads it, so one COPY at a time on the connection)."""
         query = _all_sql(t) if full else _keys_sql(t, last, hi)
         with self.conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)) as copy:
-            yield from (bytes(chunk) for chunk in copy)
+            for chunk in copy:
+                fed(self.conn)  # a reply came: the guard's clock (loader.pg.ReplyGuard) starts again
+                yield bytes(chunk)
 
     def _advisory(self, function: str, lock: str) -> None:
         """``function`` (pg_advisory_lock / pg_advisory_unlock) of the pipeline's ``lock`` (apply:

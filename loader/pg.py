@@ -6,6 +6,9 @@ import contextlib
 import datetime as dt
 import os
 import socket
+import threading
+import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -118,3 +121,74 @@ def lock_wait_limit(conn: psycopg.Connection[Any], seconds: float, *, in_transac
     finally:
         if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
             conn.execute("SELECT set_config('lock_timeout', '0', %s)", (in_transaction,))
+
+
+class ReplyGuard:
+    """Cuts a connection when one call on it outlasts ``seconds`` by our own clock. A stopped
+    server enforces no statement_timeout, and its kernel still acknowledges, so keepalives and
+    TCP's own timeouts never fire: a session of ours waited for the whole outage (#36 item 2).
+    Attached by :func:`guard_replies`; calls made through the connection's cursors are watched,
+    a COPY's clock restarts with each chunk (:func:`fed`)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], seconds: float) -> None:
+        self.conn, self.seconds = conn, seconds
+        self.fired = False
+        self._since = 0.0
+        threading.Thread(target=self._watch, name="staging-reply-guard", daemon=True).start()
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._since = 0.0
+
+    def feed(self) -> None:
+        if self._since:
+            self._since = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self.conn.closed:
+            time.sleep(0.25)
+            since = self._since
+            if since and time.monotonic() - since > self.seconds:
+                self.fired, self._since = True, 0.0
+                cut(self.conn)
+
+
+_guards: weakref.WeakKeyDictionary[psycopg.Connection[Any], ReplyGuard] = weakref.WeakKeyDictionary()
+
+
+class _GuardedCursor(psycopg.Cursor[Any]):
+    """A cursor whose statements and COPYs are watched by its connection's :class:`ReplyGuard`."""
+
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
+                binary: bool | None = None) -> _GuardedCursor:
+        guard = _guards.get(self.connection)
+        if guard is None:
+            return super().execute(query, params, prepare=prepare, binary=binary)
+        with guard.watching():
+            return super().execute(query, params, prepare=prepare, binary=binary)
+
+    @contextlib.contextmanager
+    def copy(self, statement: Any, params: Any = None, *, writer: Any = None) -> Iterator[Any]:
+        guard = _guards.get(self.connection)
+        with contextlib.ExitStack() as stack:
+            if guard is not None:
+                stack.enter_context(guard.watching())
+            yield stack.enter_context(super().copy(statement, params, writer=writer))
+
+
+def guard_replies(conn: psycopg.Connection[Any], seconds: float) -> ReplyGuard:
+    """Watch every call on ``conn`` (see :class:`ReplyGuard`); the guard ends with the connection."""
+    guard = _guards[conn] = ReplyGuard(conn, seconds)
+    conn.cursor_factory = _GuardedCursor
+    return guard
+
+
+def fed(conn: psycopg.Connection[Any]) -> None:
+    """A reply came (a COPY's chunk): the guard's clock, if ``conn`` has one, starts again."""
+    guard = _guards.get(conn)
+    if guard is not None:
+        guard.feed()

@@ -42,10 +42,10 @@ Conn = pymysql.connections.Connection
 PG = psycopg.Connection[Any]
 
 #: Short limits, so that each stall shows in seconds: the flusher's limit is the sum of its waits'
-#: bounds (lock 2 s + warehouse reply 3 s + backoff 1 s + stall 3 s = 9 s).
+#: bounds (lock 2 s + one reply, the warehouse's 3 s or staging's 3 s + backoff 1 s + stall 3 s = 9 s).
 QUICK = {"SOFTCART_STALL_SECONDS": "3", "SOFTCART_LOCK_WAIT_SECONDS": "2", "SOFTCART_RETRY_MAX_SECONDS": "1",
          "SOFTCART_WAREHOUSE_RECEIVE_TIMEOUT_SECONDS": "3", "SOFTCART_FLUSH_INTERVAL_SECONDS": "0.5",
-         "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2"}
+         "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2", "SOFTCART_READ_TIMEOUT_SECONDS": "3"}
 
 
 def sale(source: Conn, n: int) -> None:
@@ -251,3 +251,45 @@ def test_metrics_answer_within_seconds_while_staging_is_stopped(
                 assert sample(port, "softcart_backlog_known") == 0
             wait_until(lambda: sample(port, "softcart_backlog_known") == 1, 60, "the backlog known again")
             assert daemon.stop(30) == 0
+
+
+def test_staging_stopped_past_the_watchdogs_limit_keeps_the_pings_going_names_the_stall_and_catches_up(
+        staging_server: PostgresServer, wh_env: dict[str, str], source_db: str, source: Conn, warehouse: PG,
+        tmp_path: Path) -> None:
+    """#36 item 2: a staging stop of 270 s got the daemon killed by the watchdog from ~185 s: the
+    flush thread's staging query never returned (a stopped server enforces no statement limit, its
+    kernel acknowledges, so keepalives never fire), and a round past the sum of its waits' bounds
+    counts as a hang. Every call on the flusher's staging session is now bounded by our clock: the
+    pings go on through a stop of three times the round's bound and of the watchdog's timeout,
+    the stall is named, and everything catches up after."""
+    execute(source, SALES_DDL)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    with pg_database(staging_server, "staging_frozen") as db:
+        env = {**wh_env, **QUICK, "SOFTCART_STAGING_URL": staging_server.url(db), "NOTIFY_SOCKET": str(notify.path),
+               "WATCHDOG_USEC": "8000000"}  # pings every 4 s; a gap of 8 s would be a kill
+        assert cli("warehouse", "init", env=env).returncode == 0
+        try:
+            with running_daemon(env, tmp_path / "daemon.log") as daemon:
+                port = metrics_port(daemon)
+                sale(source, 1)
+                wait_until(lambda: sample(port, "softcart_warehouse_batches_loaded_total") >= 1, 60, "a first load")
+                with paused(staging_server):
+                    for n in range(2, 6):
+                        sale(source, n)
+                    began = time.monotonic()
+                    notify.drain()
+                    seen_stall = False
+                    while time.monotonic() - began < 30:  # the outage itself: 30 s > 9 s x 3, > 8 s x 3
+                        notify.drain()  # stamps each message as it comes (0.2 s a poll)
+                        seen_stall = seen_stall or stalled(port, "writer") or stalled(port, "flusher")
+                    ended = time.monotonic()
+                    pings = [t for t, m in notify.messages if t >= began and "WATCHDOG=1" in m]
+                assert pings, "no watchdog ping while staging was stopped"
+                gaps = [b - a for a, b in zip([began, *pings], [*pings, ended], strict=True)]
+                assert max(gaps) < 8.0, f"the pings stopped for {max(gaps):.1f} s: systemd would kill the daemon"
+                assert seen_stall, "the stall was named while staging was stopped"
+                with psycopg.connect(staging_server.url(db), autocommit=True) as staging:
+                    caught_up_everywhere(source, source_db, staging, warehouse, env, port)
+                assert daemon.stop(30) == 0
+        finally:
+            notify.close()

@@ -21,6 +21,8 @@ def streaming(now: float) -> PipelineState:
 def test_a_flush_round_past_every_bound_of_its_waits_makes_the_daemon_unready() -> None:
     now = 1_000_000.0
     assert flush_stall_seconds(S) == 120 + 600 + 30 + 60
+    # one reply is the warehouse's or staging's, whichever bound is longer (#36 item 2)
+    assert flush_stall_seconds(S.model_copy(update={"read_timeout_seconds": 900})) == 120 + 900 + 30 + 60
     fresh = FlushProgress(alive_at=now - 5, ok_at=now - 5)
     assert readiness(streaming(now), now, S, fresh)[0]
     # a warehouse that is down is reported and retried: rounds keep ending (alive, no watchdog
