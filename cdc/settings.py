@@ -71,6 +71,19 @@ def _split_list(v: Any) -> Any:
     return v
 
 
+def default_spool(pipeline: str, environ: Mapping[str, str] | None = None) -> Path:
+    """The spool folder when SOFTCART_SPOOL_DIR is not set, whatever folder a command runs in (it
+    was ./spool, so a `reconcile` run elsewhere wrote batches the daemon never saw): under systemd
+    the unit's state folder (StateDirectory=, the path the units always used), otherwise per
+    pipeline under $XDG_STATE_HOME (~/.local/state)."""
+    env = os.environ if environ is None else environ
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return Path(state) / "spool"
+    base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else Path.home() / ".local" / "state"
+    return base / "softcart-sync" / pipeline / "spool"
+
+
 class Settings(BaseSettings):
     """Every setting, with its environment variable ``SOFTCART_<NAME>`` and TOML key ``<name>``."""
 
@@ -98,7 +111,6 @@ class Settings(BaseSettings):
         "(unset: no flush)")
     warehouse_password: SecretStr | None = Field(None, description="warehouse password (overrides the URL's)")
     warehouse_password_file: Path | None = Field(None, description="file holding the warehouse password")
-    spool_dir: Path = Field(Path("spool"), description="folder of the CSV batches (pending/, loaded/, failed/)")
     flush_interval_seconds: float = Field(60.0, gt=0,
                                           description="how often the star schema is flushed to the warehouse")
     flush_rows: int = Field(50000, ge=1, description="flush sooner once this many star keys are pending in the outbox")
@@ -106,6 +118,11 @@ class Settings(BaseSettings):
                            description="replica server id the daemon uses; unique among the source's replicas")
     pipeline_name: str = Field("default", min_length=1, max_length=63,
                                description="name under which the position is stored (one per source database)")
+    spool_dir: Path = Field(
+        default_factory=lambda data: default_spool(data.get("pipeline_name", "default")),
+        description="folder of the CSV batches (pending/, loaded/, failed/); by default the same whatever folder a"
+        " command runs in: under systemd the unit's state folder ($STATE_DIRECTORY/spool), otherwise"
+        " $XDG_STATE_HOME/softcart-sync/<pipeline>/spool (~/.local/state/...)")
     metrics_listen: str = Field("127.0.0.1:9401", description="host:port of /metrics, /healthz, /readyz")
     batch_max_rows: int = Field(20000, ge=1, description="rows per PostgreSQL transaction (micro-batch), soft;"
                                 " also the rows held before they are written to staging")
@@ -397,7 +414,8 @@ def settings_help() -> str:
     """The list of settings for `softcart-sync settings`, `--help` and the README."""
     rows = []
     for name, f in Settings.model_fields.items():
-        default = "required" if f.is_required() else f"default {shown(f.get_default(call_default_factory=True))}"
+        default = "required" if f.is_required() else \
+            f"default {shown(f.get_default(call_default_factory=True, validated_data={}))}"
         rows.append(f"  {ENV_PREFIX + name.upper():<36} {f.description} ({default})")
     return "\n".join(rows)
 
@@ -434,7 +452,8 @@ def as_toml(settings: Settings) -> str:
             value = ep.display + (f"?{ep.query}" if ep.query else "")
         elif isinstance(value, SecretStr):
             value = value.get_secret_value()
-        default = None if f.is_required() else f.get_default(call_default_factory=True)
+        default = None if f.is_required() else f.get_default(
+            call_default_factory=True, validated_data={"pipeline_name": settings.pipeline_name})
         if isinstance(default, SecretStr):
             default = default.get_secret_value()
         if value is None or (value == default and not f.is_required()):

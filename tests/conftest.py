@@ -30,6 +30,11 @@ from tests.helpers import Daemon, Daemons, pg_database
 hypothesis_settings.register_profile("softcart", deadline=None)
 hypothesis_settings.load_profile("softcart")
 
+# What the default spool folder (cdc.settings.default_spool) resolves to in this run: never the
+# user's own ~/.local/state, nor a systemd unit's state folder.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="softcart-test-state-")
+os.environ.pop("STATE_DIRECTORY", None)
+
 _counter = itertools.count(1)
 
 
@@ -114,10 +119,12 @@ def server_id() -> int:
 
 @pytest.fixture
 def settings_env(source_server: Source, postgres: PostgresServer, source_db: str, staging_db: str,
-                 server_id: int) -> dict[str, str]:
-    """The environment a daemon subprocess needs for this test's databases."""
+                 server_id: int, tmp_path: Path) -> dict[str, str]:
+    """The environment a daemon subprocess needs for this test's databases (a spool of its own:
+    the default folder is the same for every command, so tests would share it)."""
     return {
         "SOFTCART_SOURCE_URL": source_server.url(database=source_db),
+        "SOFTCART_SPOOL_DIR": str(tmp_path / "spool"),
         "SOFTCART_STAGING_URL": postgres.url(staging_db),
         "SOFTCART_SERVER_ID": str(server_id),
         "SOFTCART_METRICS_LISTEN": "127.0.0.1:0",

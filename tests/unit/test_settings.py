@@ -120,7 +120,9 @@ def test_settings_are_listed_and_logged_as_an_operator_writes_them_and_never_wit
 
     listed = settings_help()
     assert "PosixPath" not in listed and "SecretStr" not in listed and "default None" not in listed
-    assert "SOFTCART_SPOOL_DIR" in listed and "(default spool)" in listed
+    from cdc.settings import default_spool
+
+    assert "SOFTCART_SPOOL_DIR" in listed and f"(default {default_spool('default')})" in listed, listed
     env.setenv("SOFTCART_SOURCE_URL", f"mysql://u:{CANARY}@db.example:3307/sales")
     env.setenv("SOFTCART_STAGING_PASSWORD", CANARY)
     shown = effective(load_settings())
@@ -192,3 +194,20 @@ def test_the_warehouse_receive_timeout_stays_within_what_the_db2_cli_accepts(env
     env.setenv("SOFTCART_WAREHOUSE_RECEIVE_TIMEOUT_SECONDS", "40000")
     with pytest.raises(ConfigError, match=r"SOFTCART_WAREHOUSE_RECEIVE_TIMEOUT_SECONDS.*32767"):
         load_settings()
+
+
+def test_the_default_spool_is_the_same_whatever_folder_a_command_runs_in() -> None:
+    """#33 item 3: it was ./spool, so a `reconcile` run from another folder wrote batches the daemon
+    never saw. Under systemd the unit's state folder (the path the units always used: their working
+    directory was it); otherwise per pipeline under $XDG_STATE_HOME (~/.local/state)."""
+    from pathlib import Path
+
+    from cdc.settings import default_spool
+
+    unit = {"STATE_DIRECTORY": "/var/lib/softcart-sync"}
+    assert default_spool("default", unit) == Path("/var/lib/softcart-sync/spool")
+    assert default_spool("x", {"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}) == Path("/var/lib/a/spool")
+    xdg = {"XDG_STATE_HOME": "/home/u/.state"}
+    assert default_spool("shop2", xdg) == Path("/home/u/.state/softcart-sync/shop2/spool")
+    assert default_spool("shop2", {}) == Path.home() / ".local/state/softcart-sync/shop2/spool"
+    assert default_spool("default", {}).is_absolute()
