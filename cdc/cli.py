@@ -27,17 +27,23 @@ file given with --config), then `softcart-sync check`, then `softcart-sync run`.
 """
 
 EPILOG = """\
-settings (environment variables override the --config TOML file, whose keys are the lower-case
-names without the SOFTCART_ prefix):
+settings to start with (environment variables override the --config TOML file, whose keys are the
+lower-case names without the SOFTCART_ prefix):
 {settings}
+`softcart-sync settings` lists all {count} with their meaning and default; `softcart-sync settings
+--toml` writes the ones in force as a settings file.
 
 exit codes: 0 success, 1 failure (a check failed, a fatal error), 2 bad settings or arguments.
 """
 
+#: The settings --help shows (the rest: `softcart-sync settings`)
+ESSENTIAL = ("source_url", "staging_url", "warehouse_url", "source_tables", "pipeline_name", "metrics_listen")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="softcart-sync", description=DESCRIPTION, epilog=EPILOG.format(settings=settings_help()),
+        prog="softcart-sync", description=DESCRIPTION,
+        epilog=EPILOG.format(settings=settings_help(ESSENTIAL), count=len(Settings.model_fields)),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML file with settings")
     p.add_argument("--version", action="version", version=f"softcart-sync {version()}")

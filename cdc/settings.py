@@ -410,10 +410,12 @@ def shown(value: Any) -> str:
     return str(value)
 
 
-def settings_help() -> str:
-    """The list of settings for `softcart-sync settings`, `--help` and the README."""
+def settings_help(only: tuple[str, ...] = ()) -> str:
+    """The list of settings for `softcart-sync settings` (``only``: those, for `--help`)."""
     rows = []
     for name, f in Settings.model_fields.items():
+        if only and name not in only:
+            continue
         default = "required" if f.is_required() else \
             f"default {shown(f.get_default(call_default_factory=True, validated_data={}))}"
         rows.append(f"  {ENV_PREFIX + name.upper():<36} {f.description} ({default})")

@@ -140,7 +140,10 @@ class PostgresWarehouse:
                                              connect_timeout=max(1, int(self._timeout)), autocommit=True,
                                              application_name="softcart-sync-flush")
             except psycopg.OperationalError as exc:
-                raise TransientError(f"warehouse {ep.display}: {str(exc).strip().splitlines()[-1]}") from None
+                # libpq's cause and its hint, on one line ("...failed: Connection refused; Is the server
+                # running...": the last line alone dropped the cause and kept the hint's tab)
+                said = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or "connect failed"
+                raise TransientError(f"warehouse {ep.display}: {said}") from None
         return self._conn
 
     def init(self) -> None:

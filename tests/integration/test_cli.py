@@ -29,6 +29,9 @@ def test_help_explains_commands_settings_and_exit_codes() -> None:
                    "exit codes", "--config"):
         assert needle in out.stdout, needle
     assert cli("run", "--help").returncode == 0
+    # the fifty-odd settings are `softcart-sync settings`'s to list, not --help's (#33 item 5)
+    assert "softcart-sync settings` lists all" in out.stdout and "SOFTCART_RECONCILE_FANOUT" not in out.stdout
+    assert "SOFTCART_RECONCILE_FANOUT" in cli("settings").stdout
 
 
 def test_bad_setting_exits_2_naming_it_without_the_password(settings_env: dict[str, str]) -> None:
@@ -85,6 +88,9 @@ def test_check_covers_the_warehouse_and_names_what_to_run(wh_env: dict[str, str]
             "SOFTCART_CONNECT_TIMEOUT_SECONDS": "2"}
     out = cli("check", env=down)
     assert out.returncode == 1 and re.search(r"FAIL  connect to the warehouse .*SOFTCART_WAREHOUSE_URL", out.stdout)
+    # the cause, on one line (the line kept only libpq's hint, after a tab: #33 item 5)
+    line = next(x for x in out.stdout.splitlines() if "connect to the warehouse" in x)
+    assert "Connection refused" in line and "\t" not in line, line
 
 
 @pytest.fixture
