@@ -58,12 +58,16 @@ class Report:
         lines = [f"reconcile: {len(self.tables)} table(s) on {len(self.levels)} level(s), {rows} rows compared in "
                  f"{self.seconds:.1f} s; {self.differences} difference(s) found, "
                  f"{self.differences if self.dry_run else self.repaired} {verb}"]
+        w = max([16, *(len(t.table) for t in self.tables)])  # sales_by_month_product is 22 wide
         if self.tables:
-            lines.append(f"  {'level':<10} {'table':<16} {'origin rows':>12} {'copy rows':>12} {'segments':>9}"
+            lines.append(f"  {'level':<10} {'table':<{w}} {'origin rows':>12} {'copy rows':>12} {'segments':>9}"
                          f" {'differ':>7} {'repaired':>9} {'unsettled':>10} {'seconds':>8}")
         for t in self.tables:
-            lines.append(f"  {t.level:<10} {t.table:<16} {t.rows_origin:>12} {t.rows_copy:>12} {t.segments:>9}"
+            lines.append(f"  {t.level:<10} {t.table:<{w}} {t.rows_origin:>12} {t.rows_copy:>12} {t.segments:>9}"
                          f" {len(t.differences):>7} {t.repaired:>9} {t.unsettled:>10} {t.seconds:>8.2f}")
+        if any(t.rows_origin != t.rows_copy and not t.differences for t in self.tables):
+            lines.append("  note: row counts that differ with 0 differences: each side was counted while changes went"
+                         " on; a difference is a row that still differs when both sides are read at the same position")
         for t in self.tables:
             for d in t.differences[:shown]:
                 lines.append(f"  {t.level} {t.table}: {d['kind']} key {d['key']}")

@@ -211,3 +211,20 @@ def test_the_default_spool_is_the_same_whatever_folder_a_command_runs_in() -> No
     assert default_spool("shop2", xdg) == Path("/home/u/.state/softcart-sync/shop2/spool")
     assert default_spool("shop2", {}) == Path.home() / ".local/state/softcart-sync/shop2/spool"
     assert default_spool("default", {}).is_absolute()
+
+
+def test_the_reconcile_table_keeps_its_columns_and_explains_counts_read_while_changes_go_on() -> None:
+    """#33 item 5: sales_by_month_product (22 characters) pushed its row out of line, and "55183
+    vs 55182, 0 differ" under a live source said nothing of why."""
+    from cdc.ops.reconcile_report import Report, TableReport
+
+    report = Report(dry_run=True, levels=("source", "star"), tables=[
+        TableReport("source", "sales_data", 55183, 55182, 6), TableReport("star", "sales_by_month_product", 9, 9, 1)])
+    lines = report.text().splitlines()
+    header, first, second = lines[1], lines[2], lines[3]
+    for column in ("origin rows", "copy rows", "differ", "seconds"):
+        end = header.index(column) + len(column)
+        assert first[end - 1] != " " and second[end - 1] != " ", (column, lines)  # right-aligned under it
+    assert any("counted while changes went on" in line for line in lines)
+    assert not any("counted while" in line for line in Report(dry_run=True, levels=("source",), tables=[
+        TableReport("source", "sales_data", 5, 5, 1)]).text().splitlines())
