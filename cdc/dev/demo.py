@@ -52,7 +52,9 @@ def run_demo(base: Path, rows: int, rate: float, duration: float, source: str = 
     changes_stop = threading.Event()  # the change generator and the watch: then staging catches up
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        (stop if changes_stop.is_set() else changes_stop).set()  # a second Ctrl-C doesn't wait
+        if signum == signal.SIGTERM or changes_stop.is_set():  # a second Ctrl-C, or a kill: no waiting
+            stop.set()
+        changes_stop.set()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)

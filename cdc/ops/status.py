@@ -143,8 +143,11 @@ def render(status: dict[str, Any]) -> str:
         p = status["position"]
         lines.append(f"position       {p['file']}:{p['pos']}" + (f"  gtid {p['gtid']}" if p["gtid"] else ""))
         lines.append(f"last commit    {status['last_commit']} ({_ago(status['seconds_since_last_commit'])})")
-        if status["lag_at_last_commit_seconds"] is not None:
-            lines.append(f"lag            {status['lag_at_last_commit_seconds']} s at the last commit")
+        if status["lag_at_last_commit_seconds"] is not None and not status["daemon"].get("answering"):
+            # the running daemon's line above has the lag (/readyz's); without it, what staging holds,
+            # named for what it is: binlog time has whole seconds
+            lines.append(f"commit delay   {status['lag_at_last_commit_seconds']} s from the source's last event to"
+                         " staging's last commit (binlog time, whole seconds)")
     dead = status["dead_letters"]
     if dead:
         parts = [f"{k}: {v['open']} open of {v['total']}" for k, v in dead.items()]

@@ -221,6 +221,7 @@ def test_status_reads_postgresql_with_or_without_the_daemon(settings_env: dict[s
     port = free_port()
     alone = cli("status", env={**settings_env, "SOFTCART_METRICS_LISTEN": f"127.0.0.1:{port}"}).stdout
     assert f"daemon         not answering at 127.0.0.1:{port}" in alone and "SOFTCART_METRICS_LISTEN" in alone
+    assert "lag " not in alone, alone  # one lag, /readyz's (#33 item 5)
 
 
 def test_unreachable_hosts_and_missing_privileges_are_one_clear_line_each(
@@ -326,6 +327,8 @@ def test_the_demo_can_be_looked_at_from_a_second_terminal(tmp_path: Path) -> Non
 
         shown = wait_until(status_answers, 90, "status to read the demo's daemon")
         assert "not answering" not in shown, shown
+        # one lag, /readyz's: staging's commit delay (whole binlog seconds) was shown beside it (#33 item 5)
+        assert len(re.findall(r"\blag\b", shown)) == 1 and "commit delay" not in shown, shown
     finally:
         proc.terminate()
         proc.wait(60)

@@ -228,3 +228,19 @@ def test_the_reconcile_table_keeps_its_columns_and_explains_counts_read_while_ch
     assert any("counted while changes went on" in line for line in lines)
     assert not any("counted while" in line for line in Report(dry_run=True, levels=("source",), tables=[
         TableReport("source", "sales_data", 5, 5, 1)]).text().splitlines())
+
+
+def test_status_shows_one_lag_the_daemons_and_names_stagings_commit_delay_for_what_it_is() -> None:
+    """#33 item 5: "lag 0.9 s at the last commit" (binlog time, whole seconds) beside /readyz's
+    "lag 0.0 s": two lags, two definitions."""
+    from cdc.ops.status import render
+
+    status = {"pipeline": "default", "state": "streaming position stored", "last_commit": "2026-12-07T10:00:00",
+              "position": {"file": "mysql-bin.000001", "pos": 4, "gtid": ""}, "seconds_since_last_commit": 1.0,
+              "lag_at_last_commit_seconds": 0.9, "dead_letters": {}, "batches": {}, "snapshot": []}
+    answering = render({**status, "daemon": {"answering": True, "ready": True, "at": "127.0.0.1:9401",
+                                             "says": "streaming at mysql-bin.000001:4; lag 0.0 s; 5 rows applied"}})
+    assert answering.count("lag") == 1 and "commit delay" not in answering, answering
+    alone = render({**status, "daemon": {"answering": False, "at": "127.0.0.1:9401", "why": "refused"}})
+    assert "commit delay   0.9 s from the source's last event to staging's last commit" in alone, alone
+    assert "lag" not in alone.replace("not answering", ""), alone
