@@ -14,7 +14,7 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.dev.localservers import MariaDBServer, PostgresServer
+from cdc.dev.localservers import MariaDBServer, MySQLServer, PostgresServer
 from cdc.ops.star_ops import check_star
 from cdc.settings import load_settings
 from tests.helpers import SALES_DDL, Daemons, OutageLoad, execute, pg_database, source_rows, staging_rows, wait_until
@@ -52,11 +52,14 @@ class SalesLoad:
                 cur.execute("DELETE FROM sales_data WHERE rowid BETWEEN %s AND %s", (lo, lo + 3))
 
 
-@pytest.mark.parametrize("seconds", [pytest.param(20, id="short"),
-                                     pytest.param(180, id="long", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(("source_server", "seconds"), [
+    pytest.param("mariadb", 20, id="short"), pytest.param("mariadb", 180, id="long", marks=pytest.mark.slow),
+    pytest.param("mysql", 15, id="short-mysql")], indirect=["source_server"])  # #31: MySQL's short form
 def test_random_faults_under_load_end_with_every_copy_equal(
-        seconds: int, mariadb: MariaDBServer, postgres: PostgresServer, source_db: str, staging_db: str,
-        settings_env: dict[str, str], tmp_path: Path, daemons: Daemons) -> None:
+        seconds: int, source_server: MariaDBServer | MySQLServer, postgres: PostgresServer, source_db: str,
+        staging_db: str, settings_env: dict[str, str], tmp_path: Path, daemons: Daemons) -> None:
+    mariadb = source_server  # the source: MariaDB, or MySQL in the short MySQL run
+    mysql = isinstance(source_server, MySQLServer)
     seeder = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database=source_db, autocommit=True)
     execute(seeder, SALES_DDL)
     with seeder.cursor() as cur:
@@ -82,11 +85,11 @@ def test_random_faults_under_load_end_with_every_copy_equal(
         try:
             while time.monotonic() < ends:
                 time.sleep(rnd.uniform(0.5, 3.0))  # a random moment, not a synchronisation
-                fault = rnd.choice(["daemon", "daemon", "mariadb", "postgres"])
+                fault = rnd.choice(["daemon", "daemon", "source", "postgres"])
                 if fault == "daemon":
                     daemon.kill()
                     daemon.start()
-                elif fault == "mariadb":
+                elif fault == "source":
                     mariadb.kill()
                     mariadb.start()
                 else:
@@ -104,7 +107,7 @@ def test_random_faults_under_load_end_with_every_copy_equal(
                 from tests.helpers import assert_warehouse_equals_star
 
                 with source.cursor() as cur:
-                    cur.execute("SHOW MASTER STATUS")
+                    cur.execute("SHOW BINARY LOG STATUS" if mysql else "SHOW MASTER STATUS")  # MySQL 8.4 renamed it
                     file, pos = cur.fetchone()[:2]
                 row = staging.execute("SELECT binlog_file, binlog_pos FROM softcart.position").fetchone()
                 if row is None or (row[0], row[1]) < (file, pos):
@@ -126,7 +129,8 @@ def test_random_faults_under_load_end_with_every_copy_equal(
             differences = check_star(settings)
             from tests.helpers import FAULT_FIGURES
 
-            FAULT_FIGURES.append((f"chaos, {seconds} s", ", ".join(f"{k} {v}" for k, v in faults.items()), len(want),
+            label = f"chaos, {seconds} s" + (", MySQL" if mysql else "")
+            FAULT_FIGURES.append((label, ", ".join(f"{k} {v}" for k, v in faults.items()), len(want),
                                   lost, extra))
             print(f"\nchaos ({seconds} s): faults injected {dict(faults)}, {load.committed} source transactions,"
                   f" {len(want)} rows compared, rows lost {lost}, rows duplicated or wrong {extra},"
