@@ -119,6 +119,62 @@ def test_a_failover_to_a_replica_resumes_by_gtid_and_an_unrelated_server_is_refu
         assert_same(rep, staging, DB, "items")
 
 
+@pytest.fixture(scope="module")
+def mysql_pair(server_root: Path) -> Iterator[dict[str, MySQLServer]]:
+    """A MySQL primary (server_id 21) and its replica (22), replicating by GTID auto-position."""
+    made = {"primary": MySQLServer(server_root / "ident-mysql-primary", server_id=21),
+            "replica": MySQLServer(server_root / "ident-mysql-replica", server_id=22)}
+    try:
+        for s in made.values():
+            s.start()
+        with contextlib.closing(connect(made["replica"], None)) as r:
+            execute(r, f"CHANGE REPLICATION SOURCE TO SOURCE_HOST='127.0.0.1', SOURCE_PORT={made['primary'].port},"
+                       " SOURCE_USER='root', SOURCE_AUTO_POSITION=1, GET_SOURCE_PUBLIC_KEY=1", "START REPLICA")
+        yield made
+    finally:
+        for s in made.values():
+            s.remove()
+
+
+def test_mysql_a_failover_to_a_gtid_replica_resumes_by_gtid(
+        mysql_pair: dict[str, MySQLServer], settings_env: dict[str, str], staging: PG) -> None:
+    """#31: MySQL's GTIDs (server uuid:sequence) carry a failover as MariaDB's domain-server-sequence
+    do: the replica's binlog has other file names and offsets; the daemon resumes after its own
+    transactions there, by GTID."""
+    primary, replica = mysql_pair["primary"], mysql_pair["replica"]
+    with contextlib.closing(connect(primary, None)) as root:
+        execute(root, f"CREATE DATABASE {DB}")
+    src = connect(primary)
+    execute(src, ITEMS, "INSERT INTO items VALUES " + ", ".join(f"({i}, {i})" for i in range(1, 101)))
+    with running_pipeline(pointed_at(settings_env, primary)):
+        wait_caught_up(staging, src)
+    for i in range(10):  # while the daemon is stopped: more changes, replicated
+        execute(src, f"UPDATE items SET v = v + 1 WHERE id <= {10 * (i + 1)}",
+                f"INSERT INTO items VALUES ({200 + i}, 0)")
+    with src.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.gtid_executed")
+        executed = str((cur.fetchone() or ("",))[0])
+    rep = connect(replica)
+
+    def applied() -> bool:
+        with rep.cursor() as cur:
+            cur.execute("SELECT GTID_SUBSET(%s, @@GLOBAL.gtid_executed)", (executed,))
+            return bool((cur.fetchone() or (0,))[0])
+
+    wait_until(applied, 60, "the replica to apply the primary's transactions")
+    primary.stop()
+    execute(rep, "STOP REPLICA", "RESET REPLICA ALL")
+    with running_pipeline(pointed_at(settings_env, replica)):
+        wait_caught_up(staging, rep)
+        assert_same(rep, staging, DB, "items")
+        execute(rep, "DELETE FROM items WHERE id > 150", "UPDATE items SET v = -1 WHERE id = 1")
+        wait_caught_up(staging, rep)
+        assert_same(rep, staging, DB, "items")
+    assert staging.execute("SELECT source_server_id FROM softcart.position").fetchone() == (22,)
+    src.close()
+    rep.close()
+
+
 def test_a_reset_binlog_stops_with_the_way_out_or_resnapshots_when_allowed(
         servers: dict[str, MariaDBServer], settings_env: dict[str, str], staging: PG) -> None:
     other = servers["other"]
