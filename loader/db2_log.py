@@ -46,8 +46,8 @@ def log_finding(config: dict[str, str], rows: int, replacing: bool) -> tuple[boo
     fix = "" if ok else (
         "a full reload would fill the transaction log (SQL0964C); as the DBA, before the first load: raise"
         f" LOGFILSIZ to {-(-pages // files)} (`db2 UPDATE DB CFG USING LOGFILSIZ {-(-pages // files)}`, from the next"
-        f" database activation), or LOGPRIMARY + LOGSECOND to {-(-pages // size)} files of today's size (README,"
-        " \"Db2: what the database needs\")")
+        f" database activation), or LOGPRIMARY + LOGSECOND to {-(-pages // size)} files of today's size (docs/design/"
+        "warehouse-flush.md)")
     return ok, what + f", {_mb(capacity)} of log: LOGFILSIZ {size} x 4 KB x (LOGPRIMARY" \
         f" {config['logprimary']} + LOGSECOND {config['logsecond']}))", fix
 

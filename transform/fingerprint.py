@@ -16,7 +16,7 @@ and differs for different ones:
   bytes (hashing first keeps a 16 MB value under MySQL's packet limit): SHA-256 between the
   source and staging (MySQL 9 has no MD5()), MD5 between the star schema and the warehouse;
 - BIT(n): ``n`` binary digits; JSON: only NULL or not (MySQL and PostgreSQL print JSON differently,
-  and neither can print it the other's way: a JSON-only difference is not seen, see README);
+  and neither can print it the other's way: a JSON-only difference is not seen, see docs/design/reconcile.md);
 - NULL: ``N``; any other value is prefixed with its length, so no two rows run together alike.
 
 A row's fingerprint is the digest of the concatenation; a segment's checksum is the count of its rows

@@ -86,7 +86,7 @@ def _measures() -> tuple[StarColumn, ...]:
             _c("amount_total", f"numeric(38,{MONEY_SCALE})", _MONEY))
 
 
-#: The aggregates, at grains that compress (README, "The star schema"): per day, and per month and
+#: The aggregates, at grains that compress (docs/design/star-schema.md): per day, and per month and
 #: product. Per (day, product) SoftCart's sales made about one aggregate row per sale.
 SALES_BY_DAY = StarTable("sales_by_day", (_c("dateid", "integer"), *_measures()), key=("dateid",),
                          grouping=("dateid",))
