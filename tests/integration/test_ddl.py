@@ -158,17 +158,25 @@ def test_a_change_made_while_the_daemon_is_stopped_is_followed_at_its_statement(
     assert staging.execute("SELECT id, qty, z FROM staging.items ORDER BY id").fetchall() == [(1, 11, 5), (2, 21, 5)]
 
 
+def items_streamed(settings: Settings, source: Conn, staging: PG, *columns: str) -> Settings:
+    """``items`` (id and INT ``columns``, 20 rows, each value its id) followed alone and caught up,
+    then the daemon stopped: what follows is read as a lag. Returns the settings that follow it."""
+    execute(source, f"CREATE TABLE items (id INT PRIMARY KEY, {', '.join(f'{c} INT' for c in columns)})",
+            "INSERT INTO items VALUES " + ", ".join("(" + ", ".join([str(i)] * (len(columns) + 1)) + ")"
+                                                    for i in range(1, 21)))
+    s = settings.model_copy(update={"source_tables": ["items"], "star_table": ""})
+    with running_pipeline(s):
+        wait_caught_up(staging, source)
+    return s
+
+
 def test_rows_replayed_across_several_alters_are_decoded_as_they_were_written(
         settings: Settings, source: Conn, staging: PG, source_db: str) -> None:
     # A lag across two ALTERs: at the first, the source's definition is already the last one. The
     # rows between were written with another (each binlog table map says which): decoded by name,
     # a column they don't carry is read from the source, never set to NULL; a dropped column's
     # value never lands in another of the same type and place.
-    execute(source, "CREATE TABLE items (id INT PRIMARY KEY, v INT)",
-            "INSERT INTO items VALUES " + ", ".join(f"({i}, {i})" for i in range(1, 21)))
-    s = settings.model_copy(update={"source_tables": ["items"], "star_table": ""})
-    with running_pipeline(s):
-        wait_caught_up(staging, source)
+    s = items_streamed(settings, source, staging, "v")
     execute(source, "ALTER TABLE items ADD COLUMN c INT DEFAULT 5",
             "UPDATE items SET v = v + 100 WHERE id <= 3", "INSERT INTO items (id, v, c) VALUES (100, 100, 7)",
             "UPDATE items SET c = 50 WHERE id = 4",
@@ -193,11 +201,7 @@ def test_rows_replayed_across_alters_that_turn_a_column_into_text_are_never_deco
     not decoded by it: the table stops and is copied again online; the stream goes on. The stop is
     where the type change was first seen (the first ALTER), and it says the change is a later
     statement's."""
-    execute(source, "CREATE TABLE items (id INT PRIMARY KEY, v INT, n INT)",
-            "INSERT INTO items VALUES " + ", ".join(f"({i}, {i}, {i})" for i in range(1, 21)))
-    s = settings.model_copy(update={"source_tables": ["items"], "star_table": ""})
-    with running_pipeline(s):
-        wait_caught_up(staging, source)
+    s = items_streamed(settings, source, staging, "v", "n")
     execute(source, "ALTER TABLE items ADD COLUMN c INT DEFAULT 5",
             "UPDATE items SET n = n + 100 WHERE id <= 3", "INSERT INTO items (id, v, n) VALUES (100, 100, 100)",
             "ALTER TABLE items MODIFY n VARCHAR(20)",
