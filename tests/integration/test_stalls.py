@@ -8,6 +8,9 @@ tests/unit/test_deploy.py on the same metric."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,7 @@ import psycopg
 import pymysql
 import pytest
 
-from cdc.dev.localservers import PostgresServer
+from cdc.dev.localservers import MariaDBServer, PostgresServer
 from loader.checkpoint import lock_apply
 from tests.helpers import (
     SALES_DDL,
@@ -253,19 +256,38 @@ def test_metrics_answer_within_seconds_while_staging_is_stopped(
             assert daemon.stop(30) == 0
 
 
-def test_staging_stopped_past_the_watchdogs_limit_keeps_the_pings_going_names_the_stall_and_catches_up(
-        staging_server: PostgresServer, wh_env: dict[str, str], source_db: str, source: Conn, warehouse: PG,
-        tmp_path: Path) -> None:
+@contextlib.contextmanager
+def frozen(kind: str, source_server: MariaDBServer, staging_server: PostgresServer, wh_server: PostgresServer
+           ) -> Iterator[None]:
+    """Every process of one server stopped (SIGSTOP) for the block: its kernel still accepts and
+    acknowledges, so only our own clocks can tell."""
+    if kind != "source":
+        with paused(staging_server if kind == "staging" else wh_server):
+            yield
+        return
+    assert source_server.proc is not None
+    os.kill(source_server.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(source_server.proc.pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("kind", ["staging", "warehouse", "source"])
+def test_a_server_stopped_past_the_watchdogs_limit_keeps_the_pings_going_names_the_stall_and_catches_up(
+        kind: str, staging_server: PostgresServer, wh_server: PostgresServer, mariadb: MariaDBServer,
+        settings_env: dict[str, str], source_db: str, source: Conn, tmp_path: Path) -> None:
     """#36 item 2: a staging stop of 270 s got the daemon killed by the watchdog from ~185 s: the
     flush thread's staging query never returned (a stopped server enforces no statement limit, its
     kernel acknowledges, so keepalives never fire), and a round past the sum of its waits' bounds
-    counts as a hang. Every call on the flusher's staging session is now bounded by our clock: the
-    pings go on through a stop of three times the round's bound and of the watchdog's timeout,
-    the stall is named, and everything catches up after."""
+    counts as a hang. Every wait on every connection is bounded by our clock: with staging, the
+    warehouse or the source stopped for three times the flush round's bound and of the watchdog's
+    timeout, the pings go on, the stall is named, and everything catches up after."""
     execute(source, SALES_DDL)
     notify = NotifySocket(tmp_path / "notify.sock")
-    with pg_database(staging_server, "staging_frozen") as db:
-        env = {**wh_env, **QUICK, "SOFTCART_STAGING_URL": staging_server.url(db), "NOTIFY_SOCKET": str(notify.path),
+    with pg_database(staging_server, "staging_frozen") as st_db, pg_database(wh_server, "dw_frozen") as dw:
+        env = {**settings_env, **QUICK, "SOFTCART_STAGING_URL": staging_server.url(st_db),
+               "SOFTCART_WAREHOUSE_URL": wh_server.url(dw), "NOTIFY_SOCKET": str(notify.path),
                "WATCHDOG_USEC": "8000000"}  # pings every 4 s; a gap of 8 s would be a kill
         assert cli("warehouse", "init", env=env).returncode == 0
         try:
@@ -273,22 +295,27 @@ def test_staging_stopped_past_the_watchdogs_limit_keeps_the_pings_going_names_th
                 port = metrics_port(daemon)
                 sale(source, 1)
                 wait_until(lambda: sample(port, "softcart_warehouse_batches_loaded_total") >= 1, 60, "a first load")
-                with paused(staging_server):
-                    for n in range(2, 6):
-                        sale(source, n)
+                with frozen(kind, mariadb, staging_server, wh_server):
+                    if kind != "source":
+                        for n in range(2, 6):
+                            sale(source, n)
                     began = time.monotonic()
                     notify.drain()
                     seen_stall = False
                     while time.monotonic() - began < 30:  # the outage itself: 30 s > 9 s x 3, > 8 s x 3
                         notify.drain()  # stamps each message as it comes (0.2 s a poll)
-                        seen_stall = seen_stall or stalled(port, "writer") or stalled(port, "flusher")
+                        seen_stall = seen_stall or any(stalled(port, s) for s in ("reader", "writer", "flusher"))
                     ended = time.monotonic()
                     pings = [t for t, m in notify.messages if t >= began and "WATCHDOG=1" in m]
-                assert pings, "no watchdog ping while staging was stopped"
+                assert pings, f"no watchdog ping while {kind} was stopped"
                 gaps = [b - a for a, b in zip([began, *pings], [*pings, ended], strict=True)]
                 assert max(gaps) < 8.0, f"the pings stopped for {max(gaps):.1f} s: systemd would kill the daemon"
-                assert seen_stall, "the stall was named while staging was stopped"
-                with psycopg.connect(staging_server.url(db), autocommit=True) as staging:
+                assert seen_stall, f"the stall was named while {kind} was stopped"
+                if kind == "source":
+                    for n in range(2, 6):
+                        sale(source, n)
+                with psycopg.connect(staging_server.url(st_db), autocommit=True) as staging, \
+                        psycopg.connect(wh_server.url(dw), autocommit=True) as warehouse:
                     caught_up_everywhere(source, source_db, staging, warehouse, env, port)
                 assert daemon.stop(30) == 0
         finally:
