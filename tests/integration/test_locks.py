@@ -25,7 +25,7 @@ from loader.star import StarSchema, enqueue
 from tests.helpers import SALES_DDL, execute, running_pipeline, wait_caught_up, wait_until
 from transform.errors import TransientError
 from transform.schema import Column, Table
-from transform.star import SALES_COLUMNS
+from transform.star import SALES_COLUMNS, DayZone
 
 PG = psycopg.Connection[Any]
 
@@ -86,7 +86,7 @@ def _outbox_ready(staging: PG, wh_settings: Settings) -> None:
     ensure_schema(staging, {})
     sales = Table("sales_data", tuple(Column(c, "int", "int") for c in SALES_COLUMNS), ("rowid",))
     with staging.cursor() as cur:
-        StarSchema(sales, wh_settings.zone).ensure_schema(cur)
+        StarSchema(sales, DayZone(wh_settings.zone)).ensure_schema(cur)
 
 
 def _flusher(staging: PG, wh_settings: Settings, tmp_path: Path) -> Flusher:
