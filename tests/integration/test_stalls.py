@@ -281,7 +281,7 @@ def test_a_server_stopped_past_the_watchdogs_limit_keeps_the_pings_going_names_t
     flush thread's staging query never returned (a stopped server enforces no statement limit, its
     kernel acknowledges, so keepalives never fire), and a round past the sum of its waits' bounds
     counts as a hang. Every wait on every connection is bounded by our clock: with staging, the
-    warehouse or the source stopped for three times the flush round's bound and of the watchdog's
+    warehouse or the source stopped for over twice the flush round's bound and the watchdog's
     timeout, the pings go on, the stall is named, and everything catches up after."""
     execute(source, SALES_DDL)
     notify = NotifySocket(tmp_path / "notify.sock")
@@ -302,7 +302,7 @@ def test_a_server_stopped_past_the_watchdogs_limit_keeps_the_pings_going_names_t
                     began = time.monotonic()
                     notify.drain()
                     seen_stall = False
-                    while time.monotonic() - began < 30:  # the outage itself: 30 s > 9 s x 3, > 8 s x 3
+                    while time.monotonic() - began < 20:  # the outage itself: 20 s > 9 s x 2, > 8 s x 2
                         notify.drain()  # stamps each message as it comes (0.2 s a poll)
                         seen_stall = seen_stall or any(stalled(port, s) for s in ("reader", "writer", "flusher"))
                     ended = time.monotonic()
