@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pymysql
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -99,6 +100,7 @@ def test_sale_near_midnight_lands_on_the_business_day(settings: Settings, source
     assert row == (2022, 1, "Q1", "January", 7, "Saturday")
 
 
+@pytest.mark.both_sources
 def test_a_datetime_is_dated_in_the_sources_time_zone(
         settings: Settings, source_server: Any, source: Conn, staging: PG) -> None:
     """#30 item 11: after MODIFY timestamp DATETIME on a +05:30 server, the evening's sales landed on
