@@ -59,7 +59,8 @@ def dba_script() -> str:
         *(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {q(t.name)} TO USER {loader};" for t in TABLES),
         f"GRANT SELECT, INSERT ON {q(LEDGER)} TO USER {loader};",
         "-- The transaction log must hold a full reload (the first load sends every fact): `softcart-sync check`",
-        "-- says whether LOGFILSIZ x 4 KB x (LOGPRIMARY + LOGSECOND) does, and what to set (docs/design/warehouse-flush.md).",
+        "-- says whether LOGFILSIZ x 4 KB x (LOGPRIMARY + LOGSECOND) does, and what to set",
+        "-- (docs/design/warehouse-flush.md).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -26,4 +26,5 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON "SALES_BY_DAY" TO USER SOFTCART;
 GRANT SELECT, INSERT, UPDATE, DELETE ON "SALES_BY_MONTH_PRODUCT" TO USER SOFTCART;
 GRANT SELECT, INSERT ON "SOFTCART_LEDGER" TO USER SOFTCART;
 -- The transaction log must hold a full reload (the first load sends every fact): `softcart-sync check`
--- says whether LOGFILSIZ x 4 KB x (LOGPRIMARY + LOGSECOND) does, and what to set (docs/design/warehouse-flush.md).
+-- says whether LOGFILSIZ x 4 KB x (LOGPRIMARY + LOGSECOND) does, and what to set
+-- (docs/design/warehouse-flush.md).
