@@ -127,6 +127,7 @@ class Copy:
     rows_estimated: int = 0
     rows_copied: int = 0
     started_at: Any = None  # which request this copy answers (a new one starts it again)
+    finished: bool = False  # its last chunk is applied (committed with the open batch)
 
 
 def pending_copies(conn: Any, pipeline: str, tables: dict[str, Table]) -> dict[str, Copy]:
@@ -319,7 +320,19 @@ class OnlineCopier:
         finally:
             self.gate.active = False
             conn.close()
+        self._committed([(n, c.started_at) for n, c in copies.items() if c.finished], stop)
         return False
+
+    def _committed(self, done: list[tuple[str, Any]], stop: threading.Event) -> None:
+        """Until the batch holding these copies' last chunks is committed (bounded): read before it,
+        a copy still looked pending and was started again from its last committed chunk, the last
+        chunk copied twice (a second start and finish in the log, on MySQL under load)."""
+        deadline = time.monotonic() + max(5.0, 10 * self.settings.batch_max_seconds)
+        while done and time.monotonic() < deadline and not stop.is_set():
+            pending = self.pending()
+            if not any(name in pending and pending[name].started_at == at for name, at in done):
+                return
+            stop.wait(0.05)  # a poll with a deadline, for the commit
 
     def _copy(self, conn: pymysql.connections.Connection, copy: Copy, stop: threading.Event) -> bool:
         """Every chunk of one table; False when stopping."""
@@ -351,6 +364,7 @@ class OnlineCopier:
                 log.info("online_copy_progress", table=copy.table.name, rows_copied=copy.rows_copied,
                          rows_estimated=copy.rows_estimated, seconds=round(logged - started, 1))
             if chunk.hi is None:
+                copy.finished = True
                 return True
             if s.online_copy_rows_per_second > 0:  # the throttle: pace the next chunk
                 stop.wait(max(0.0, len(chunk.rows) / s.online_copy_rows_per_second - (time.monotonic() - began)))

@@ -199,6 +199,25 @@ def test_a_table_removed_and_added_back_is_copied_again_without_stale_rows(
     assert assert_same(source, staging, source_db, "items") == 1000 - 333 + 2
 
 
+@pytest.mark.both_sources
+def test_a_copy_under_load_is_started_once_and_finished_once(
+        settings: Settings, source_server: MariaDBServer | MySQLServer, source: Conn, staging: PG, source_db: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """#31 item 6: on MySQL under inserts a copy logged a second start and finish 80 ms after the
+    first: the copier looked for pending copies before the batch holding the last chunk was
+    committed, and copied its last chunk again. It waits for that commit (bounded) now."""
+    items_not_yet_followed(settings, source, staging, 3000)
+    added = settings.model_copy(update={"source_tables": ["sales_data", "items"], "online_copy_chunk_rows": 500})
+    with running_pipeline(added):
+        with Churn(source_server, source_db, 3000, seed=3, rate=300):
+            wait_until(lambda: finished(staging, "items"), 60, "the copy")
+        wait_caught_up(staging, source)  # the churn stopped: everything it wrote is in staging
+    said = capsys.readouterr().out
+    starts = [line for line in said.splitlines() if "online_copy_started" in line and "table=items" in line]
+    assert len(starts) == 1, starts
+    assert assert_same(source, staging, source_db, "items") > 0
+
+
 def test_text_and_composite_keys_are_chunked_in_one_order_on_both_sides(
         settings: Settings, source: Conn, staging: PG, source_db: str) -> None:
     """MariaDB's collations and PostgreSQL's order text differently (case, accents, trailing
