@@ -14,7 +14,7 @@ import contextlib
 import queue
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import psycopg
@@ -479,13 +479,13 @@ class Applier:
 
     def _waiting_for_a_lock(self) -> bool:
         """Is the writer's session waiting for a lock (a rebuild or a repair holding the apply lock)?
-        Asked on a connection of its own (at most every 2 s): a staging that answers is no silent
-        network."""
+        Asked on a connection of its own (at most every 2 s; connected within 2 s, or the cut waited
+        for a frozen staging's connect timeout too): a staging that answers is no silent network."""
         if time.monotonic() - self._lock_asked_at < 2.0:
             return self._lock_wait_seen
         self._lock_asked_at = time.monotonic()
         try:
-            with pg_connect(self.config.staging, autocommit=True) as other:
+            with pg_connect(replace(self.config.staging, connect_timeout_seconds=2.0), autocommit=True) as other:
                 row = other.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
                                     (self.writer.conn.info.backend_pid,)).fetchone()
         except (SoftcartError, psycopg.Error):

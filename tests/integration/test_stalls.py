@@ -320,3 +320,35 @@ def test_a_server_stopped_past_the_watchdogs_limit_keeps_the_pings_going_names_t
                 assert daemon.stop(30) == 0
         finally:
             notify.close()
+
+
+def test_a_statement_to_a_stopped_staging_is_cut_at_its_limit_not_a_connect_timeout_later(
+        staging_server: PostgresServer, settings_env: dict[str, str], source: Conn, tmp_path: Path) -> None:
+    """#36 item 4: a statement frozen by a staging stop was cut after ~48 s, not the documented
+    ~30 (SOFTCART_READ_TIMEOUT_SECONDS): before cutting, the writer's guard asks whether the session
+    waits for a lock, on a new connection that waited the whole connect timeout (10 s) on the
+    frozen server. That question is bounded at 2 s: the cut comes at the limit plus that."""
+    import json
+
+    execute(source, SALES_DDL)
+    with pg_database(staging_server, "staging_cut") as db:
+        env = {**settings_env, "SOFTCART_STAGING_URL": staging_server.url(db), "SOFTCART_STALL_SECONDS": "8",
+               "SOFTCART_READ_TIMEOUT_SECONDS": "3", "SOFTCART_CONNECT_TIMEOUT_SECONDS": "10"}
+        log = tmp_path / "daemon.log"
+        with running_daemon(env, log) as daemon, psycopg.connect(staging_server.url(db), autocommit=True) as staging:
+            sale(source, 1)
+            wait_caught_up(staging, source, timeout=30)
+
+            def cut_after() -> float | None:
+                for line in log.read_text().splitlines():
+                    if '"staging_unresponsive"' in line:
+                        return float(json.loads(line)["seconds"])
+                return None
+
+            with paused(staging_server):
+                sale(source, 2)  # a statement to staging that can't return
+                waited = wait_until(cut_after, 40, "the frozen statement cut")
+            assert waited < 3 + 2 + 2, f"cut after {waited} s: the limit is 3 s, the lock question 2 s at most"
+            sale(source, 3)
+            wait_caught_up(staging, source, timeout=60)
+            assert daemon.stop(30) == 0
