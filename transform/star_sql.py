@@ -49,6 +49,7 @@ def sql_rules(types: Mapping[str, str], zone: DayZone) -> SqlRules | None:
         return None
     ts, tz = sql.Identifier("timestamp"), sql.Literal(zone.key)
     day: sql.Composable
+    instant: sql.Composable | None = None  # a DATETIME's UTC instant, where Python computes one
     if types.get("timestamp") == "timestamp with time zone":
         day = sql.SQL("({} AT TIME ZONE {})::date").format(ts, tz)
     elif types.get("timestamp") == "timestamp without time zone":  # a DATETIME: a wall-clock time in zone.wall
@@ -56,8 +57,8 @@ def sql_rules(types: Mapping[str, str], zone: DayZone) -> SqlRules | None:
         if zone.wall_is_business():
             day = sql.SQL("{}::date").format(ts)
         elif offset is not None:  # its instant is the wall time less the offset (an interval: exact)
-            day = sql.SQL("(({} - {}::interval) AT TIME ZONE 'UTC' AT TIME ZONE {})::date").format(
-                ts, sql.Literal(f"{int(offset.total_seconds())} seconds"), tz)
+            instant = sql.SQL("({} - {}::interval)").format(ts, sql.Literal(f"{int(offset.total_seconds())} seconds"))
+            day = sql.SQL("({} AT TIME ZONE 'UTC' AT TIME ZONE {})::date").format(instant, tz)
         else:
             return None
     elif types.get("timestamp") == "date":
@@ -75,6 +76,8 @@ def sql_rules(types: Mapping[str, str], zone: DayZone) -> SqlRules | None:
             checks.append(sql.SQL("({0} IS NULL OR ({0} {1} AND {0} = trunc({0})))").format(
                 sql.Identifier(c), _BIGINT_RANGE))
     checks.append(sql.SQL("{} BETWEEN '0001-01-01' AND '9999-12-31'").format(day))  # Python's dates
+    if instant is not None:  # Python's datetimes: past them its astimezone overflows (the row goes to Python)
+        checks.append(sql.SQL("{} BETWEEN '0001-01-01' AND '9999-12-31 23:59:59.999999'").format(instant))
     dateid = sql.SQL("(date_part('year', {0}) * 10000 + date_part('month', {0}) * 100"
                      " + date_part('day', {0}))::integer").format(day)
     return SqlRules(sql.SQL(" AND ").join(checks), dateid)

@@ -323,7 +323,7 @@ def test_the_demo_can_be_looked_at_from_a_second_terminal(tmp_path: Path) -> Non
 
         def status_answers() -> str:
             out = cli("status", env=exports)
-            return out.stdout if out.returncode == 0 and "streaming" in out.stdout else ""
+            return out.stdout if out.returncode == 0 and "streaming at " in out.stdout else ""  # the daemon's line
 
         shown = wait_until(status_answers, 90, "status to read the demo's daemon")
         assert "not answering" not in shown, shown

@@ -9,12 +9,13 @@ dead-letter facts that are fixed or deleted, dates gained and lost, and sales mo
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from loader.ddl import ensure_schema
@@ -151,6 +152,9 @@ def _differential(staging: PG, table: Table, zone: DayZone) -> None:
 
     @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
     @given(INITIAL, CHANGES)
+    # a DATETIME at the calendar's first minute, east of UTC: its instant is in year 0, past Python's
+    # datetimes (the SQL vouched for it and made a fact Python can't: found by CI)
+    @example([], [(1, (0, None, Decimal("0.00"), 0, dt.datetime(1, 1, 1, 0, 0)))])
     def check(initial: list[tuple[Any, ...]], changes: list[tuple[int, tuple[Any, ...] | None]]) -> None:
         python = run(staging, table, zone, False, initial, changes)
         in_sql = run(staging, table, zone, True, initial, changes)
