@@ -54,7 +54,7 @@ class SalesLoad:
 
 @pytest.mark.parametrize(("source_server", "seconds"), [
     pytest.param("mariadb", 20, id="short"), pytest.param("mariadb", 180, id="long", marks=pytest.mark.slow),
-    pytest.param("mysql", 15, id="short-mysql")], indirect=["source_server"])  # #31: MySQL's short form
+    pytest.param("mysql", 15, id="short-mysql", marks=pytest.mark.slow)], indirect=["source_server"])  # #31
 def test_random_faults_under_load_end_with_every_copy_equal(
         seconds: int, source_server: MariaDBServer | MySQLServer, postgres: PostgresServer, source_db: str,
         staging_db: str, settings_env: dict[str, str], tmp_path: Path, daemons: Daemons) -> None:

@@ -191,6 +191,7 @@ def test_demo_runs_and_staging_follows_the_source_and_a_second_run_carries_on(tm
     _demo(tmp_path / "demo")
 
 
+@pytest.mark.slow  # the default run has the demo on MariaDB; the MySQL stream is tested throughout
 def test_demo_runs_on_mysql(tmp_path: Path) -> None:
     _demo(tmp_path / "demo", "--source", "mysql")
 

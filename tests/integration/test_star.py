@@ -191,6 +191,7 @@ def run_ops(source: Conn, ops: list[tuple[str, Any]], pick: st.DataObject) -> No
                 existing[existing.index(target)] = new
 
 
+@pytest.mark.slow  # 46 s; the SQL rules' differential tests hold the same per batch in the default run
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(batches=st.lists(st.tuples(st.booleans(), st.lists(OP, min_size=1, max_size=8)), min_size=1, max_size=4),
